@@ -1,0 +1,1 @@
+"""Trajectories from scaffolds: segment layout, SentencePiece vocabulary, seqio tasks, feature converter."""

@@ -1,0 +1,88 @@
+"""Invert a planning scaffold into a training trajectory: a list of typed segments.
+
+The human prose stays the supervised target; the plans before it make book-scale generation learnable.
+Each segment has a *kind* that sets its loss weight, and starts with a marker token so that the model
+(and a reader of decoded tokens) sees where one level of the plan ends and the next begins.
+
+Layout `interleaved` (DESIGN.md "Trajectory"):
+  prompt, premise, synopsis, outline (all chapter summaries),
+  then for each chapter: its chapter plan, its scene plans, its scene texts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+# Segment kinds, in the order they first appear in a trajectory. Their integer ids are positions here.
+SEGMENT_KINDS: tuple[str, ...] = (
+    "prompt", "premise", "synopsis", "outline", "chapter_plan", "scene_plan", "text")
+KIND_ID: dict[str, int] = {kind: i for i, kind in enumerate(SEGMENT_KINDS)}
+
+# One marker per kind (SentencePiece user-defined symbols), plus one that closes the book.
+MARKERS: dict[str, str] = {kind: f"<|{kind}|>" for kind in SEGMENT_KINDS}
+END_OF_BOOK = "<|end_of_book|>"
+ALL_MARKERS: tuple[str, ...] = tuple(MARKERS.values()) + (END_OF_BOOK,)
+
+# Default loss weight of each kind: the request itself is given, everything the model writes is learned.
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
+    "prompt": 0.0, "premise": 1.0, "synopsis": 1.0, "outline": 1.0,
+    "chapter_plan": 1.0, "scene_plan": 1.0, "text": 1.0}
+
+LAYOUTS = ("interleaved",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """One typed piece of a trajectory; `text` already starts with its kind's marker."""
+
+  kind: str
+  text: str
+
+
+def _segment(kind: str, body: str) -> Segment:
+  return Segment(kind=kind, text=f"{MARKERS[kind]}{body.strip()}\n")
+
+
+def outline_text(chapters: Sequence[Mapping[str, Any]]) -> str:
+  """All chapter summaries, one numbered paragraph each."""
+  return "\n".join(f"{c['index'] + 1}. {c['title']}: {c['summary']}".strip() for c in chapters)
+
+
+def scaffold_to_segments(record: Mapping[str, Any], layout: str = "interleaved") -> list[Segment]:
+  """The trajectory of one scaffold record (schema `xbook.scaffold/1`).
+
+  Args:
+    record: a validated scaffold record.
+    layout: trajectory layout; only "interleaved" exists so far.
+
+  Returns:
+    Segments in reading order; the last `text` segment ends with END_OF_BOOK.
+  """
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown trajectory layout {layout!r}; expected one of {LAYOUTS}")
+  chapters = record["chapters"]
+  segments = [
+      _segment("prompt", record["prompt"]),
+      _segment("premise", record["premise"]),
+      _segment("synopsis", record["synopsis"]),
+      _segment("outline", outline_text(chapters)),
+  ]
+  for chapter in chapters:
+    segments.append(_segment("chapter_plan", f"{chapter['title']}\n{chapter['summary']}"))
+    segments.extend(_segment("scene_plan", scene["summary"]) for scene in chapter["scenes"])
+    segments.extend(_segment("text", scene["text"]) for scene in chapter["scenes"])
+  last = segments[-1]
+  segments[-1] = Segment(kind=last.kind, text=last.text + END_OF_BOOK)
+  return segments
+
+
+def loss_weight_table(weights: Mapping[str, float] | None = None) -> list[float]:
+  """Loss weight per kind id, from a {kind: weight} mapping (missing kinds keep their default)."""
+  merged = dict(DEFAULT_LOSS_WEIGHTS)
+  for kind, weight in (weights or {}).items():
+    if kind not in KIND_ID:
+      raise ValueError(f"loss weight given for unknown segment kind {kind!r}; "
+                       f"kinds are {SEGMENT_KINDS}")
+    merged[kind] = float(weight)
+  return [merged[kind] for kind in SEGMENT_KINDS]

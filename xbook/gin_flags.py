@@ -1,0 +1,31 @@
+"""t5x-style gin flags: `--gin_file=PATH` (repeatable) and `--gin.NAME=VALUE` bindings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import gin
+
+# Gin files name each other relative to the repository root (e.g. include 'configs/models/tiny.gin').
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separate `--gin.NAME=VALUE` arguments (returned as "NAME=VALUE") from the rest of argv."""
+  rest, bindings = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      name, sep, value = arg[len("--gin."):].partition("=")
+      if not sep:
+        raise SystemExit(f"error: {arg}: gin bindings are written --gin.NAME=VALUE")
+      bindings.append(f"{name} = {value}")
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Parse gin files then bindings (later ones win); files resolve from the cwd or the repo root."""
+  gin.add_config_file_search_path(str(REPO_ROOT))
+  gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)

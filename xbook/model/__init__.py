@@ -1,0 +1,7 @@
+"""Flax decoder (Llama/Mistral family) and its attention implementations."""
+
+from xbook.model.attention import ATTENTION_IMPLS, dense_attention, get_attention
+from xbook.model.config import DecoderConfig
+from xbook.model.decoder import Decoder
+
+__all__ = ["ATTENTION_IMPLS", "Decoder", "DecoderConfig", "dense_attention", "get_attention"]

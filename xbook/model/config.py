@@ -1,0 +1,71 @@
+"""Decoder hyperparameters (Llama/Mistral family)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+REMAT_POLICIES = ("none", "save_dots", "save_attention_out", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Shape and numerics of the decoder.
+
+  Attributes:
+    vocab_size: embedding rows (SentencePiece pieces).
+    d_model: residual stream width (logical axis `embed`).
+    n_layers: decoder blocks (logical axis `layers` when scanned).
+    n_heads: query heads (`heads`); n_kv_heads: key/value heads (`kv_heads`), dividing n_heads (GQA).
+    head_dim: per-head width (`head_dim`).
+    mlp_dim: SwiGLU hidden width (`mlp`).
+    rope_theta: rotary embedding base.
+    norm_eps: RMSNorm epsilon.
+    tie_embeddings: share the input embedding with the output projection.
+    dtype: compute dtype of activations and matmuls ("float32" or "bfloat16").
+    param_dtype: storage dtype of parameters (master weights).
+    attention: attention implementation name (xbook.model.attention.ATTENTION_IMPLS).
+    remat: rematerialization policy per layer (REMAT_POLICIES).
+    scan_layers: run the layers under `nn.scan` (one compiled layer body, params stacked on `layers`).
+  """
+
+  vocab_size: int
+  d_model: int = 256
+  n_layers: int = 4
+  n_heads: int = 4
+  n_kv_heads: int = 2
+  head_dim: int = 64
+  mlp_dim: int = 1024
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  attention: str = "dense"
+  remat: str = "none"
+  scan_layers: bool = True
+
+  def __post_init__(self) -> None:
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weights_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  def num_params(self) -> int:
+    """Parameter count, embeddings included."""
+    attn = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+    mlp = 3 * self.d_model * self.mlp_dim
+    per_layer = attn + mlp + 2 * self.d_model
+    head = 0 if self.tie_embeddings else self.vocab_size * self.d_model
+    return self.vocab_size * self.d_model + self.n_layers * per_layer + self.d_model + head

@@ -1,0 +1,136 @@
+"""Decoder building blocks: RMSNorm, rotary embeddings, GQA attention, SwiGLU MLP.
+
+Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`);
+activations are constrained to `activation_*` names. Rules in xbook.train.partitioning map both to mesh axes.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from xbook.model import attention as attention_lib
+from xbook.model.config import DecoderConfig
+
+BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
+
+
+def _init(init_fn, names: tuple[str, ...]):
+  return nn.with_logical_partitioning(init_fn, names)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm over the last axis, statistics in float32. x: [..., embed]."""
+
+  eps: float
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", _init(nn.initializers.ones, ("embed",)), (x.shape[-1],),
+                       self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (normed * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (rotate-half convention of Llama).
+
+  Args:
+    x: [batch, length, ..., head_dim].
+    positions: [batch, length] int.
+    theta: frequency base.
+  """
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, length, half]
+  angles = angles.reshape(angles.shape[:2] + (1,) * (x.ndim - 3) + (half,))
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention. x: [batch, length, embed] -> [batch, length, embed].
+
+  Query heads are laid out [kv_heads, heads] where `heads` counts the query heads sharing one key/value
+  head (n_heads // n_kv_heads), so head h = kv * group + g, the grouping of Llama-family checkpoints.
+  """
+
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+    cfg = self.config
+    group = cfg.n_heads // cfg.n_kv_heads
+
+    def kernel(name: str, shape: tuple[int, ...], names: tuple[str, ...], fan_in: int) -> jax.Array:
+      init = _init(nn.initializers.normal(stddev=fan_in ** -0.5), names)
+      return self.param(name, init, shape, cfg.weights_dtype).astype(cfg.compute_dtype)
+
+    x = x.astype(cfg.compute_dtype)
+    wq = kernel("query", (cfg.d_model, cfg.n_kv_heads, group, cfg.head_dim),
+                ("embed", "kv_heads", "heads", "head_dim"), cfg.d_model)
+    wk = kernel("key", (cfg.d_model, cfg.n_kv_heads, cfg.head_dim),
+                ("embed", "kv_heads", "head_dim"), cfg.d_model)
+    wv = kernel("value", (cfg.d_model, cfg.n_kv_heads, cfg.head_dim),
+                ("embed", "kv_heads", "head_dim"), cfg.d_model)
+    wo = kernel("out", (cfg.n_kv_heads, group, cfg.head_dim, cfg.d_model),
+                ("kv_heads", "heads", "head_dim", "embed"), cfg.n_heads * cfg.head_dim)
+    q = jnp.einsum("ble,ekgd->blkgd", x, wq)
+    k = jnp.einsum("ble,ekd->blkd", x, wk)
+    v = jnp.einsum("ble,ekd->blkd", x, wv)
+    q = nn.with_logical_constraint(
+        apply_rope(q, positions, cfg.rope_theta),
+        ("activation_batch", "activation_length", "activation_kv_heads", "activation_heads", None))
+    k = nn.with_logical_constraint(
+        apply_rope(k, positions, cfg.rope_theta),
+        ("activation_batch", "activation_length", "activation_kv_heads", None))
+    v = nn.with_logical_constraint(
+        v, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    out = attention_lib.get_attention(cfg.attention)(
+        q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, q_positions=positions,
+        kv_positions=positions)
+    out = jnp.einsum("blkgd,kgde->ble", out, wo)
+    return nn.with_logical_constraint(out, BATCH_LENGTH_EMBED)
+
+
+class SwiGLU(nn.Module):
+  """Gated MLP: (silu(x W_gate) * x W_up) W_down. x: [batch, length, embed]."""
+
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    kw = dict(use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype)
+    up_init = _init(nn.initializers.normal(stddev=cfg.d_model ** -0.5), ("embed", "mlp"))
+    gate = nn.Dense(cfg.mlp_dim, kernel_init=up_init, name="gate", **kw)(x)
+    up = nn.Dense(cfg.mlp_dim, kernel_init=up_init, name="up", **kw)(x)
+    hidden = nn.with_logical_constraint(
+        nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    down_init = _init(nn.initializers.normal(stddev=cfg.mlp_dim ** -0.5), ("mlp", "embed"))
+    out = nn.Dense(cfg.d_model, kernel_init=down_init, name="down", **kw)(hidden)
+    return nn.with_logical_constraint(out, BATCH_LENGTH_EMBED)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x)). Carries x: [batch, length, embed]."""
+
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array):
+    cfg = self.config
+    norm = lambda name: RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name=name)  # noqa: E731
+    attn_out = Attention(cfg, name="attention")(norm("attention_norm")(x), segment_ids, positions)
+    attn_out = checkpoint_name(attn_out, "attention_out")
+    x = x + attn_out
+    x = x + SwiGLU(cfg, name="mlp")(norm("mlp_norm")(x))
+    x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
+    return x, None

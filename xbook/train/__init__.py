@@ -1,0 +1,1 @@
+"""Mesh and partitioning, optimizer, training loop, Orbax checkpoints, metrics."""

@@ -1,0 +1,44 @@
+"""Batches of trajectory windows for the trainer, from a registered seqio task.
+
+Each host reads its own shard of the scaffold files and yields numpy batches of its share of the
+global batch: {feature: [per_host_batch, length]} with the features of the example contract.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Mapping
+
+import jax
+import numpy as np
+import seqio
+
+from xbook.data.feature_converter import TrajectoryFeatureConverter
+
+log = logging.getLogger(__name__)
+
+Batch = Mapping[str, np.ndarray]
+
+
+def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, seq_len: int,
+                       length_multiple: int, seed: int, start_batch: int = 0,
+                       repeat: bool = True) -> Iterator[Batch]:
+  """Deterministic batches of `task_name`, skipping the `start_batch` batches already consumed.
+
+  The dataset order depends only on `seed`, so a resumed run sees exactly the batches an uninterrupted
+  run would have seen.
+  """
+  num_hosts = jax.process_count()
+  if global_batch_size % num_hosts:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by {num_hosts} hosts")
+  shard_info = seqio.ShardInfo(jax.process_index(), num_hosts) if num_hosts > 1 else None
+  ds = seqio.get_dataset(
+      task_name, task_feature_lengths={"targets": seq_len, "loss_weights": seq_len},
+      dataset_split=split, shuffle=True, num_epochs=None if repeat else 1, shard_info=shard_info,
+      seed=seed, use_cached=False,
+      feature_converter=TrajectoryFeatureConverter(pack=False, length_multiple=length_multiple))
+  ds = ds.batch(global_batch_size // num_hosts, drop_remainder=repeat)
+  if start_batch:
+    log.info("input pipeline: skipping %d batches already consumed", start_batch)
+    ds = ds.skip(start_batch)
+  return ds.prefetch(2).as_numpy_iterator()

@@ -1,0 +1,60 @@
+"""Logical axis rules: how parameter and activation axis names map onto the mesh."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+LogicalRules = Sequence[tuple[str, Any]]
+
+# Parameters are sharded by FSDP on `embed` and by tensor parallelism on heads / MLP / vocab;
+# activations are [batch, length, ...] sharded (data+fsdp, sequence, ...).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", "sequence"),
+    ("activation_embed", None),
+    ("activation_kv_heads", "tensor"),
+    ("activation_heads", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("mlp", "tensor"),
+    ("kv_heads", "tensor"),
+    ("heads", None),
+    ("head_dim", None),
+    ("layers", None),
+)
+
+BATCH_SPEC = ("activation_batch", "activation_length")
+
+
+@gin.configurable
+def logical_axis_rules(rules: LogicalRules = DEFAULT_RULES) -> tuple[tuple[str, Any], ...]:
+  """The rules in force; override in gin with `logical_axis_rules.rules = [...]`."""
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: LogicalRules) -> Any:
+  """NamedShardings for a tree whose leaves are nn.Partitioned boxes (or arrays: replicated)."""
+  specs = nn.get_partition_spec(boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules: LogicalRules) -> NamedSharding:
+  """Sharding of every [batch, length] input feature."""
+  spec = nn.logical_to_mesh_axes(BATCH_SPEC, rules)
+  return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch(batch: dict[str, Any], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """Place a host-local numpy batch ([batch, length] per feature) on the mesh."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -1,0 +1,234 @@
+"""The training loop: mesh and shardings from config, jit-compiled steps, metrics, Orbax checkpoints.
+
+`train()` is the gin entry point (`xbook train --gin_file=...`). A run directory holds
+  config.gin        the operative gin config
+  model.json        the DecoderConfig and vocabulary path (what `xbook generate` needs)
+  metrics.jsonl     one record per step
+  tensorboard/      TensorBoard events
+  checkpoints/      Orbax checkpoints; a rerun with the same run_dir resumes from the latest
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import flax.struct
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+from tqdm import tqdm
+
+from xbook.data import tasks
+from xbook.model import Decoder, DecoderConfig
+from xbook.train import partitioning
+from xbook.train.checkpoints import RunCheckpoints
+from xbook.train.input_pipeline import trajectory_batches
+from xbook.train.loss import weighted_cross_entropy
+from xbook.train.mesh import MeshConfig, make_mesh
+from xbook.train.metrics import MetricsWriter
+from xbook.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+
+log = logging.getLogger(__name__)
+
+gin.external_configurable(DecoderConfig, module="xbook.model")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Trainer:
+  """The model, optimizer, mesh and compiled steps of one run (no data, no I/O)."""
+
+  model_config: DecoderConfig
+  optimizer_config: OptimizerConfig
+  mesh_config: MeshConfig
+  batch_size: int
+  seq_len: int
+  rules: Sequence[tuple[str, Any]] = partitioning.DEFAULT_RULES
+  z_loss: float = 0.0
+
+  def __post_init__(self) -> None:
+    self.mesh = make_mesh(self.mesh_config)
+    self.model = Decoder(self.model_config)
+    self.tx = make_optimizer(self.optimizer_config)
+    self.lr_schedule = learning_rate_schedule(self.optimizer_config)
+    sequence_size = self.mesh.shape["sequence"]
+    if self.seq_len % sequence_size:
+      raise ValueError(f"seq_len {self.seq_len} must be a multiple of the sequence axis size {sequence_size}")
+    batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    if self.batch_size % batch_shards:
+      raise ValueError(f"batch_size {self.batch_size} must be a multiple of data*fsdp = {batch_shards}")
+    boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))
+    self.state_shardings = partitioning.logical_shardings(boxed, self.mesh, self.rules)
+    self.abstract_state = jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        nn.unbox(boxed), self.state_shardings)
+    self.batch_sharding = partitioning.batch_sharding(self.mesh, self.rules)
+    self._init = jax.jit(lambda rng: nn.unbox(self._init_boxed(rng)),
+                         out_shardings=self.state_shardings)
+    self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+                         out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
+                         donate_argnums=(0,))
+
+  def _dummy_inputs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    tokens = jnp.zeros((self.batch_size, self.seq_len), jnp.int32)
+    return tokens, tokens + 1, jnp.broadcast_to(jnp.arange(self.seq_len), tokens.shape)
+
+  def _init_boxed(self, rng: jax.Array) -> TrainState:
+    params = self.model.init(rng, *self._dummy_inputs())["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+
+  def _train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
+    def loss_fn(params):
+      logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
+                                batch["decoder_segment_ids"], batch["decoder_positions"])
+      return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
+                                    batch["decoder_loss_weights"], self.z_loss)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "lr": self.lr_schedule(state.step), "weighted_tokens": aux["weight_sum"]}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def context(self):
+    """Mesh and logical-rule context under which steps are traced."""
+    return _Context(self.mesh, self.rules)
+
+  def init_state(self, seed: int) -> TrainState:
+    with self.context():
+      return self._init(jax.random.key(seed))
+
+  def step(self, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, Any]]:
+    with self.context():
+      return self._step(state, partitioning.shard_batch(batch, self.batch_sharding))
+
+
+class _Context:
+  def __init__(self, mesh, rules) -> None:
+    self._mesh, self._rules = mesh, rules
+    self._stack: list[Any] = []
+
+  def __enter__(self):
+    self._stack = [jax.set_mesh(self._mesh), nn.logical_axis_rules(self._rules)]
+    for ctx in self._stack:
+      ctx.__enter__()
+
+  def __exit__(self, *exc):
+    for ctx in reversed(self._stack):
+      ctx.__exit__(*exc)
+
+
+def write_run_info(run_dir: Path, model_config: DecoderConfig, vocab_path: str) -> None:
+  """model.json (what inference needs) and config.gin (the operative gin config), atomically."""
+  info = {"model": dataclasses.asdict(model_config), "vocab_path": str(Path(vocab_path).resolve())}
+  for name, text in (("model.json", json.dumps(info, indent=2)), ("config.gin", gin.operative_config_str())):
+    tmp = run_dir / f".{name}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, run_dir / name)
+
+
+@gin.configurable(denylist=["run_dir"])
+def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
+          vocab_path: str = gin.REQUIRED, model_config: DecoderConfig = gin.REQUIRED,
+          steps: int = 100, batch_size: int = 8, seq_len: int = 512, seed: int = 0,
+          checkpoint_every: int = 50, keep_checkpoints: int = 3, log_every: int = 10,
+          loss_weights: Mapping[str, float] | None = None,
+          task_name: str = "xbook_windows") -> dict[str, float]:
+  """Train (or resume) a run until `steps`; returns the last step's metrics.
+
+  Args:
+    run_dir: run directory (created if missing; resumed from its latest checkpoint if any).
+    scaffold_files: scaffold JSONL file(s) or glob pattern(s); records of split "train" are used.
+    vocab_path: SentencePiece model from `xbook vocab train`.
+    model_config: the decoder's shape (its vocab_size must cover the vocabulary).
+    steps: total optimizer steps of the run (not steps of this invocation).
+    batch_size: global batch, in windows of `seq_len` tokens.
+    seq_len: tokens per window (a multiple of the `sequence` mesh axis).
+    seed: seeds parameter init and data order.
+    checkpoint_every: save every N steps (and always at the end).
+    keep_checkpoints: how many recent checkpoints to keep.
+    log_every: log a summary line every N steps (metrics.jsonl gets every step).
+    loss_weights: {segment kind: weight}; defaults in xbook.data.trajectory.DEFAULT_LOSS_WEIGHTS.
+    task_name: seqio task name to register the scaffold files under.
+  """
+  run_path = Path(run_dir)
+  run_path.mkdir(parents=True, exist_ok=True)
+  trainer = Trainer(model_config=model_config, optimizer_config=OptimizerConfig(),
+                    mesh_config=MeshConfig(), batch_size=batch_size, seq_len=seq_len,
+                    rules=partitioning.logical_axis_rules())
+  log.info("mesh %s over %d devices; model of %.2fM parameters", dict(trainer.mesh.shape),
+           trainer.mesh.size, model_config.num_params() / 1e6)
+  task = tasks.register_windows_task(task_name, scaffold_files, vocab_path, loss_weights=loss_weights)
+  vocab_size = task.output_features["targets"].vocabulary.vocab_size
+  if vocab_size > model_config.vocab_size:
+    raise ValueError(f"vocabulary {vocab_path} has {vocab_size} pieces but model_config.vocab_size is "
+                     f"{model_config.vocab_size}; set DecoderConfig.vocab_size >= {vocab_size}")
+  if jax.process_index() == 0:
+    write_run_info(run_path, model_config, vocab_path)
+
+  checkpoints = RunCheckpoints(str(run_path), every=checkpoint_every, keep=keep_checkpoints)
+  start = checkpoints.latest_step()
+  if start is None:
+    log.info("starting a new run in %s", run_path)
+    state = trainer.init_state(seed)
+    start = 0
+  else:
+    log.info("resuming %s from its checkpoint at step %d", run_path, start)
+    restored = checkpoints.restore(start, trainer.abstract_state.params,
+                                   trainer.abstract_state.opt_state)
+    state = TrainState(step=jnp.asarray(start, jnp.int32), params=restored["params"],
+                       opt_state=restored["opt_state"])
+    start = int(restored["progress"]["step"])
+
+  batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
+                               seq_len=seq_len, length_multiple=trainer.mesh.shape["sequence"],
+                               seed=seed, start_batch=start)
+  writer = MetricsWriter(run_path)
+  metrics: dict[str, float] = {}
+  progress = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step",
+                  disable=jax.process_index() != 0)
+  try:
+    for step in progress:
+      try:
+        batch = next(batches)
+      except StopIteration:
+        raise RuntimeError(f"no training windows: no scaffold record with split 'train' in "
+                           f"{scaffold_files}") from None
+      began = time.perf_counter()
+      state, step_metrics = trainer.step(state, batch)
+      metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      step_s = time.perf_counter() - began
+      metrics.update(step_s=step_s, tokens_per_s=batch_size * seq_len / step_s)
+      if not all(map(_finite, metrics.values())):
+        raise FloatingPointError(f"step {step + 1}: non-finite metrics {metrics}; nothing saved")
+      writer.write(step + 1, metrics)
+      progress.set_postfix(loss=f"{metrics['loss']:.3f}")
+      if (step + 1) % log_every == 0 or step + 1 == steps:
+        log.info("step %d/%d: loss %.4f, grad norm %.3f, lr %.2e, %.0f tokens/s", step + 1, steps,
+                 metrics["loss"], metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
+      checkpoints.save(step + 1, state.params, state.opt_state, {"step": step + 1},
+                       force=step + 1 == steps)
+  finally:
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+  return metrics
+
+
+def _finite(x: float) -> bool:
+  return x == x and abs(x) != float("inf")
