@@ -44,7 +44,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
   info = json.loads(info_path.read_text(encoding="utf-8"))
   config = DecoderConfig(**info["model"])
   model = Decoder(config)
-  checkpoints = RunCheckpoints(str(run_dir), every=1)
+  checkpoints = RunCheckpoints(str(run_dir))
   step = step if step is not None else checkpoints.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")

@@ -15,30 +15,25 @@ log = logging.getLogger(__name__)
 
 
 class RunCheckpoints:
-  """Asynchronous saves every `every` steps, keeping the latest `keep`."""
+  """Asynchronous saves at the steps the caller chooses, keeping the latest `keep`."""
 
-  def __init__(self, run_dir: str, every: int, keep: int = 3) -> None:
+  def __init__(self, run_dir: str, keep: int = 3) -> None:
     self.directory = f"{str(run_dir).rstrip('/')}/checkpoints"
-    self.every = every
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
-                                             enable_async_checkpointing=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, params: Any, opt_state: Any, progress: dict[str, Any],
-           force: bool = False) -> bool:
-    """Start saving (asynchronously) if `step` is due or `force`; returns whether a save started."""
-    saved = self._manager.save(
-        step, force=force,
+  def save(self, step: int, params: Any, opt_state: Any, progress: dict[str, Any]) -> None:
+    """Start saving `step` in the background; the next save or `wait()` waits for it."""
+    self._manager.save(
+        step, force=True,
         args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                 opt_state=ocp.args.StandardSave(opt_state),
                                 progress=ocp.args.JsonSave(progress)))
-    if saved:
-      log.info("saving checkpoint of step %d to %s", step, self.directory)
-    return saved
+    log.info("saving checkpoint of step %d to %s", step, self.directory)
 
   def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any | None = None
               ) -> dict[str, Any]:

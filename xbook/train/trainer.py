@@ -117,6 +117,11 @@ class Trainer:
     with self.context():
       return self._step(state, partitioning.shard_batch(batch, self.batch_sharding))
 
+  def compile_step(self, state: TrainState, batch: Mapping[str, Any]) -> jax.stages.Compiled:
+    """The compiled train step for these shapes (for memory_analysis / cost_analysis)."""
+    with self.context():
+      return self._step.lower(state, partitioning.shard_batch(batch, self.batch_sharding)).compile()
+
 
 class _Context:
   def __init__(self, mesh, rules) -> None:
@@ -181,7 +186,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   if jax.process_index() == 0:
     write_run_info(run_path, model_config, vocab_path)
 
-  checkpoints = RunCheckpoints(str(run_path), every=checkpoint_every, keep=keep_checkpoints)
+  checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints)
   start = checkpoints.latest_step()
   if start is None:
     log.info("starting a new run in %s", run_path)
@@ -221,8 +226,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       if (step + 1) % log_every == 0 or step + 1 == steps:
         log.info("step %d/%d: loss %.4f, grad norm %.3f, lr %.2e, %.0f tokens/s", step + 1, steps,
                  metrics["loss"], metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
-      checkpoints.save(step + 1, state.params, state.opt_state, {"step": step + 1},
-                       force=step + 1 == steps)
+      if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+        checkpoints.save(step + 1, state.params, state.opt_state, {"step": step + 1})
   finally:
     checkpoints.wait()
     checkpoints.close()
