@@ -11,23 +11,30 @@ VENV="${XBOOK_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
-REQS=("$ROOT/requirements.txt")
-if [[ "${1:-}" == "--test" ]]; then REQS=("$ROOT/requirements-test.txt"); fi
+runtime_hash="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+test_hash="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-test.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+up_to_date() { [[ -f "$VENV/.xbook-setup-$1" && "$(cat "$VENV/.xbook-setup-$1")" == "$2" ]]; }
 
-STAMP="$VENV/.xbook-setup-$(basename "${REQS[0]}" .txt)"
-WANT="$(cat "$ROOT/requirements.txt" "${REQS[@]}" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
-  echo "[setup] $VENV is up to date (nothing to do)"
-  exit 0
+if [[ "${1:-}" == "--test" ]]; then
+  requirements="$ROOT/requirements-test.txt"
+  up_to_date test "$test_hash" && { echo "[setup] $VENV is up to date (nothing to do)"; exit 0; }
+else
+  requirements="$ROOT/requirements.txt"
+  if up_to_date runtime "$runtime_hash" || up_to_date test "$test_hash"; then
+    echo "[setup] $VENV is up to date (nothing to do)"; exit 0
+  fi
 fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "[setup] creating virtualenv $VENV with $("$PYTHON" --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-echo "[setup] installing $(basename "${REQS[0]}") into $VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -r "${REQS[0]}"
-"$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$ROOT"
-echo "$WANT" > "$STAMP"
-echo "[setup] done: $("$VENV/bin/xbook" --version 2>/dev/null || echo xbook installed)"
+log="$VENV/setup.log"
+echo "[setup] installing $(basename "$requirements") into $VENV (a few minutes on a new machine; log: $log)"
+install() { "$VENV/bin/python" -m pip install "$@" >>"$log" 2>&1 || { tail -30 "$log" >&2; exit 1; }; }
+install --upgrade pip
+install -r "$requirements"
+install --no-deps --no-build-isolation -e "$ROOT"
+echo "$runtime_hash" > "$VENV/.xbook-setup-runtime"
+[[ "$requirements" == "$ROOT/requirements-test.txt" ]] && echo "$test_hash" > "$VENV/.xbook-setup-test"
+echo "[setup] done: $("$VENV/bin/xbook" --version)"
