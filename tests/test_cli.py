@@ -14,8 +14,8 @@ def _subcommands(parser):
   for action in parser._actions:  # argparse keeps subparsers here
     if action.__class__.__name__ == "_SubParsersAction":
       for name, sub in action.choices.items():
-        nested = list(_subcommands(sub))
-        yield from ([(name,) + n for n in nested] if nested else [(name,)])
+        yield (name,)
+        yield from ((name,) + nested for nested in _subcommands(sub))
 
 
 COMMANDS = sorted(_subcommands(cli.build_parser()))

@@ -6,12 +6,14 @@ Run `xbook --help` for the list and `xbook SUBCOMMAND --help` for each one's exa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
 import os
 import sys
 import textwrap
+from pathlib import Path
 from typing import Callable, Sequence
 
 from xbook import __version__
@@ -32,6 +34,14 @@ def _setup_logging() -> None:
   logging.getLogger("absl").setLevel(logging.WARNING)
 
 
+def _group(subparsers, name: str, help_text: str, example: str):
+  """A subcommand with actions of its own (e.g. `xbook books segment`)."""
+  parser = subparsers.add_parser(name, help=help_text, description=help_text,
+                                 epilog="example:\n  " + example,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+  return parser.add_subparsers(title=f"{name} subcommands", metavar="ACTION")
+
+
 def _add(subparsers, name: str, help_text: str, example: str, handler: Callable[[argparse.Namespace], int],
          gin_modules: Sequence[str] = ()) -> argparse.ArgumentParser:
   """Add a subcommand; `gin_modules` (imported before gin parses) makes it take gin flags."""
@@ -44,6 +54,96 @@ def _add(subparsers, name: str, help_text: str, example: str, handler: Callable[
                         help="gin config file (repeatable; resolved from the cwd or the repo root); "
                              "bind single values with --gin.NAME=VALUE")
   return parser
+
+
+# ----------------------------------------------------------------------------------------------- books
+def _books_fetch(args: argparse.Namespace) -> int:
+  from xbook.books import fetch_books
+  numbers = [int(n.strip().removeprefix("pg")) for n in args.ids.split(",") if n.strip()]
+  paths = fetch_books(numbers, args.cache, base_url=args.base_url)
+  for path in paths:
+    print(path)
+  return 0
+
+
+def _book_files(folder: str, ids: str | None) -> list[Path]:
+  root = Path(folder)
+  if not root.is_dir():
+    raise SystemExit(f"error: --books {folder} is not a folder of Gutenberg .txt files")
+  if ids:
+    files = [root / f"{book_id.strip()}.txt" for book_id in ids.split(",") if book_id.strip()]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+      raise SystemExit(f"error: no such book file: {', '.join(missing)}")
+    return files
+  files = sorted(root.glob("*.txt"))
+  if not files:
+    raise SystemExit(f"error: {folder} holds no .txt files")
+  return files
+
+
+def _books_segment(args: argparse.Namespace) -> int:
+  from tqdm import tqdm
+  from xbook.books import load_book
+  from xbook.books.io import write_books
+  books = []
+  for path in tqdm(_book_files(args.books, args.ids), desc="segment", unit="book"):
+    book = load_book(path, scene_target_words=args.scene_words)
+    books.append(book)
+    n_scenes = sum(len(c.scenes) for c in book.chapters)
+    tqdm.write(f"{book.id:>8}  {book.title[:40]:<40} {len(book.chapters):>4} chapters {n_scenes:>5} scenes "
+               f"{book.n_words:>8,} words{'  (chapters cut by length)' if book.chapters_by_length else ''}")
+  write_books(args.out, books)
+  print(f"books: {args.out} ({len(books)} books)")
+  return 0
+
+
+def _books_inspect(args: argparse.Namespace) -> int:
+  from xbook.books import clean_gutenberg, load_book
+  book = load_book(args.file)
+  _, report = clean_gutenberg(Path(args.file).read_text(encoding="utf-8-sig"))
+  if args.json:
+    print(json.dumps({"book": book.metadata(), "cleaning": dataclasses.asdict(report),
+                      "chapters": [{"index": c.index, "title": c.title, "kind": c.kind, "path": list(c.path),
+                                    "scenes": len(c.scenes), "words": c.n_words} for c in book.chapters]}))
+    return 0
+  print(f"{book.id}: {book.title} by {book.author} ({book.language}), {book.n_words:,} words")
+  print(f"cleaning: {report}")
+  for c in book.chapters:
+    print(f"  {c.index:>4} {c.kind:<9} {' / '.join(c.path) or c.title or '(untitled)':<60} "
+          f"{len(c.scenes):>3} scenes {c.n_words:>7,} words")
+  return 0
+
+
+# -------------------------------------------------------------------------------------------- scaffold
+def _scaffold_build(args: argparse.Namespace) -> int:
+  from xbook.books.io import read_books
+  from xbook.scaffold import ExtractiveSummarizer, ScaffoldTargets, SummaryCache, build_scaffolds
+  books = list(read_books(args.books))
+  with SummaryCache(args.cache) as cache:
+    build_scaffolds(books, ExtractiveSummarizer(), out_path=args.out, cache=cache,
+                    targets=ScaffoldTargets())
+    print(f"scaffolds: {args.out} ({len(books)} books); summary cache {args.cache}: "
+          f"{cache.hits} hits, {cache.misses} calls")
+  return 0
+
+
+def _scaffold_show(args: argparse.Namespace) -> int:
+  from xbook.scaffold import read_scaffolds
+  records = [r for r in read_scaffolds(args.file) if args.book in (None, r["book"]["id"])]
+  if not records:
+    raise SystemExit(f"error: no scaffold for book {args.book!r} in {args.file}")
+  record = records[0]
+  if args.json:
+    print(json.dumps(record, ensure_ascii=False))
+    return 0
+  print(f"{record['book']['id']}: {record['book']['title']} ({record['split']})")
+  for level in ("prompt", "premise", "synopsis"):
+    print(f"\n{level.upper()}\n" + textwrap.fill(record[level], 100))
+  for chapter in record["chapters"]:
+    print(f"\n[{chapter['index'] + 1}] {chapter['title']} ({len(chapter['scenes'])} scenes)\n"
+          + textwrap.fill(chapter["summary"], 100, initial_indent="  ", subsequent_indent="  "))
+  return 0
 
 
 # ----------------------------------------------------------------------------------------------- vocab
@@ -118,8 +218,42 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--version", action="version", version=f"xbook {__version__}")
   commands = parser.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
 
-  vocab = commands.add_parser("vocab", help="SentencePiece vocabulary").add_subparsers(
-      title="vocab subcommands", metavar="ACTION")
+  books = _group(commands, "books", "Gutenberg novels: fetch, clean, segment.",
+                 "xbook books segment --books ../shared/corpus/gutenberg --out out/books.jsonl")
+  p = _add(books, "fetch", "Download plain-text ebooks from a Project Gutenberg mirror into a cache (resumable).",
+           "xbook books fetch --ids 46,35,43 --cache gutenberg/", _books_fetch)
+  p.add_argument("--ids", required=True, help="comma-separated ebook numbers")
+  p.add_argument("--cache", required=True, help="download folder; files already there are kept")
+  p.add_argument("--base_url", default="https://www.gutenberg.org", help="Gutenberg mirror")
+  p = _add(books, "segment", "Clean Gutenberg .txt files and split them into chapters and scenes (JSONL).",
+           "xbook books segment --books ../shared/corpus/gutenberg --ids pg46,pg35 --out out/books.jsonl",
+           _books_segment)
+  p.add_argument("--books", required=True, help="folder of Gutenberg .txt files")
+  p.add_argument("--ids", default=None, help="comma-separated file stems (default: every .txt file)")
+  p.add_argument("--out", required=True, help="output books JSONL")
+  p.add_argument("--scene_words", type=int, default=1200, help="target scene size in words")
+  p = _add(books, "inspect", "Show the cleaning report and chapters of one Gutenberg file.",
+           "xbook books inspect ../shared/corpus/gutenberg/pg98.txt", _books_inspect)
+  p.add_argument("file")
+  p.add_argument("--json", action="store_true")
+
+  scaffold = _group(commands, "scaffold", "Planning scaffolds: multi-resolution summaries of books.",
+                    "xbook scaffold build --books out/books.jsonl --out out/scaffolds.jsonl "
+                    "--cache out/summaries.sqlite")
+  p = _add(scaffold, "build", "Summarize books bottom-up into xbook.scaffold/1 records (cached, resumable).",
+           "xbook scaffold build --books out/books.jsonl --out out/scaffolds.jsonl --cache out/summaries.sqlite",
+           _scaffold_build, gin_modules=("xbook.scaffold",))
+  p.add_argument("--books", required=True, help="books JSONL from `xbook books segment`")
+  p.add_argument("--out", required=True, help="scaffold JSONL (books already in it are kept)")
+  p.add_argument("--cache", required=True, help="SQLite cache of summarizer calls")
+  p = _add(scaffold, "show", "Print the plans of one scaffold record.",
+           "xbook scaffold show out/scaffolds.jsonl --book pg46", _scaffold_show)
+  p.add_argument("file")
+  p.add_argument("--book", default=None, help="book id (default: the first record)")
+  p.add_argument("--json", action="store_true")
+
+  vocab = _group(commands, "vocab", "SentencePiece vocabulary with the segment markers.",
+                 "xbook vocab train --scaffolds out/scaffolds.jsonl --out out/vocab.model")
   p = _add(vocab, "train", "Train a SentencePiece vocabulary (markers as user-defined symbols) on scaffolds.",
            "xbook vocab train --scaffolds out/scaffolds.jsonl --out out/vocab.model --vocab_size 8000",
            _vocab_train)
@@ -129,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model_type", choices=("unigram", "bpe"), default="unigram")
   p.add_argument("--json", action="store_true", help="print a JSON summary")
 
-  data = commands.add_parser("data", help="trajectory examples").add_subparsers(
-      title="data subcommands", metavar="ACTION")
+  data = _group(commands, "data", "Trajectory examples from the seqio tasks.",
+                "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model")
   p = _add(data, "inspect", "Build trajectory windows with the seqio task and summarize them.",
            "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model --seq_len 512",
            _data_inspect)
