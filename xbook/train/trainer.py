@@ -101,7 +101,7 @@ class Trainer:
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "lr": self.lr_schedule(state.step), "weighted_tokens": aux["weight_sum"]}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
