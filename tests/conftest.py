@@ -1,0 +1,53 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+  """The Gutenberg test corpus: $XBOOK_CORPUS, else ../shared/corpus/gutenberg beside the clone.
+
+  A missing corpus fails the test under CI (CI=true) and skips it elsewhere.
+  """
+  default = Path(__file__).resolve().parents[2] / "shared/corpus/gutenberg"
+  path = Path(os.environ.get("XBOOK_CORPUS") or default)
+  if not (path / "MANIFEST.tsv").is_file():
+    message = (f"Gutenberg test corpus not found at {path} (no MANIFEST.tsv); put it at {default} "
+               f"or point XBOOK_CORPUS at it")
+    if os.environ.get("CI") == "true":
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
+
+
+# Real scaffolds of two short novels by different authors, built once per test session with the
+# offline extractive summarizer, and a small SentencePiece vocabulary trained on them.
+PIPELINE_BOOKS = ("pg46.txt", "pg43.txt")
+
+
+@pytest.fixture(scope="session")
+def scaffold_records(corpus_dir):
+  from xbook.books import load_book
+  from xbook.scaffold import ExtractiveSummarizer, build_scaffold
+  summarizer = ExtractiveSummarizer()
+  return [build_scaffold(load_book(corpus_dir / name), summarizer, split="train")
+          for name in PIPELINE_BOOKS]
+
+
+@pytest.fixture(scope="session")
+def scaffold_file(scaffold_records, tmp_path_factory):
+  from xbook.scaffold import write_scaffolds
+  path = tmp_path_factory.mktemp("scaffolds") / "scaffolds.jsonl"
+  write_scaffolds(path, scaffold_records)
+  return path
+
+
+@pytest.fixture(scope="session")
+def vocab_path(scaffold_records, tmp_path_factory):
+  from xbook.data.vocab import train_vocab
+  return train_vocab(scaffold_records, tmp_path_factory.mktemp("vocab") / "vocab.model", vocab_size=1024)
