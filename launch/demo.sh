@@ -39,9 +39,9 @@ echo "== 4. trajectories through the seqio task and feature converter"
 "$XBOOK" data inspect --scaffolds "$OUT/scaffolds.jsonl" --vocab "$OUT/vocab.model" --seq_len 256
 
 GIN=(--gin_file=configs/runs/demo.gin "--gin.SCAFFOLDS='$OUT/scaffolds.jsonl'" "--gin.VOCAB='$OUT/vocab.model'")
-echo "== 5. train to step 30 on 8 simulated devices (checkpoints at 20 and 30)"
-"$XBOOK" train "${GIN[@]}" --run_dir "$OUT/run" --gin.train.steps=30
-echo "== 6. restart: resume from the latest checkpoint and continue to step 50"
+echo "== 5. train to step 60 on 8 simulated devices (checkpoints at 30 and 60)"
+"$XBOOK" train "${GIN[@]}" --run_dir "$OUT/run" --gin.train.steps=60
+echo "== 6. restart: resume from the latest checkpoint and continue to step 120"
 "$XBOOK" train "${GIN[@]}" --run_dir "$OUT/run"
 
 echo "== 7. generate a passage from a prompt"

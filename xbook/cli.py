@@ -167,7 +167,7 @@ def _data_inspect(args: argparse.Namespace) -> int:
   processor = vocab.load_processor(args.vocab)
   batches = trajectory_batches("xbook_inspect", split=args.split, global_batch_size=1,
                                seq_len=args.seq_len, length_multiple=args.length_multiple, seed=0,
-                               repeat=False)
+                               repeat=False, shuffle=False)
   n_windows, n_tokens, weighted = 0, 0, 0.0
   first = None
   for batch in batches:

@@ -22,11 +22,11 @@ Batch = Mapping[str, np.ndarray]
 
 def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, seq_len: int,
                        length_multiple: int, seed: int, start_batch: int = 0,
-                       repeat: bool = True) -> Iterator[Batch]:
+                       repeat: bool = True, shuffle: bool = True) -> Iterator[Batch]:
   """Deterministic batches of `task_name`, skipping the `start_batch` batches already consumed.
 
-  The dataset order depends only on `seed`, so a resumed run sees exactly the batches an uninterrupted
-  run would have seen.
+  With `shuffle` the order depends only on `seed`; without it windows come in book order. Either way a
+  resumed run sees exactly the batches an uninterrupted run would have seen.
   """
   num_hosts = jax.process_count()
   if global_batch_size % num_hosts:
@@ -34,7 +34,7 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
   shard_info = seqio.ShardInfo(jax.process_index(), num_hosts) if num_hosts > 1 else None
   ds = seqio.get_dataset(
       task_name, task_feature_lengths={"targets": seq_len, "loss_weights": seq_len},
-      dataset_split=split, shuffle=True, num_epochs=None if repeat else 1, shard_info=shard_info,
+      dataset_split=split, shuffle=shuffle, num_epochs=None if repeat else 1, shard_info=shard_info,
       seed=seed, use_cached=False,
       feature_converter=TrajectoryFeatureConverter(pack=False, length_multiple=length_multiple))
   ds = ds.batch(global_batch_size // num_hosts, drop_remainder=repeat)
