@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable
 
+from tqdm import tqdm
+
 USER_AGENT = "xbook/0.1 (+research)"
 DEFAULT_URL_PATTERN = "{base_url}/cache/epub/{n}/pg{n}.txt"
 
@@ -77,7 +79,8 @@ def fetch_books(ebook_numbers: Iterable[int], cache_dir: str | os.PathLike[str],
                 timeout_s: float = 60.0) -> list[Path]:
   """Download books into `cache_dir` as pg<n>.txt, skipping those already there.
 
-  Progress goes to the `xbook.books.fetch` logger: one INFO line per book, a WARNING per retry.
+  Progress shows as a bar over the books; the `xbook.books.fetch` logger says what each one did
+  (INFO) and warns of every retry.
 
   Args:
     ebook_numbers: Gutenberg ebook numbers.
@@ -100,7 +103,7 @@ def fetch_books(ebook_numbers: Iterable[int], cache_dir: str | os.PathLike[str],
   cache.mkdir(parents=True, exist_ok=True)
   throttle = _Throttle(min_interval_s)
   paths = []
-  for n in ebook_numbers:
+  for n in tqdm(list(ebook_numbers), desc="fetch", unit="book"):
     path = cache / f"pg{n}.txt"
     paths.append(path)
     if path.is_file() and path.stat().st_size > 0:
