@@ -1,0 +1,17 @@
+"""Scaffolds: multi-resolution summaries of a Book (scene, chapter, synopsis, premise, prompt).
+
+`build_scaffolds` turns books into `xbook.scaffold/1` JSONL records with a summarizer backend and a
+cache of its calls; `read_scaffolds` and `write_scaffolds` are the only readers and writers of the files.
+"""
+
+from xbook.scaffold.build import ScaffoldTargets, build_scaffold, build_scaffolds
+from xbook.scaffold.cache import SummaryCache, cache_key
+from xbook.scaffold.schema import (SCHEMA, SPLITS, ScaffoldError, read_scaffolds, validate_scaffold,
+                                   write_scaffolds)
+from xbook.scaffold.summarizer import LEVELS, ExtractiveSummarizer, Summarizer
+
+__all__ = [
+    "LEVELS", "SCHEMA", "SPLITS", "ExtractiveSummarizer", "ScaffoldError", "ScaffoldTargets",
+    "Summarizer", "SummaryCache", "build_scaffold", "build_scaffolds", "cache_key", "read_scaffolds",
+    "validate_scaffold", "write_scaffolds",
+]

@@ -1,0 +1,104 @@
+"""Summarizer backends: the interface a scaffold build calls, and the extractive backend.
+
+A backend turns text into a shorter text at one level of the scaffold. Its `name`, `model`,
+`prompt_version` and `params` identify what it would output: they go into the scaffold record and into
+every cache key, so change one of them whenever the output would change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from importlib import resources
+from typing import Any, Mapping, Protocol
+
+from xbook.scaffold import extractive
+
+# Scaffold levels, bottom-up: each is summarized from the one before it (scenes from scene text).
+LEVELS: tuple[str, ...] = ("scene", "chapter", "synopsis", "premise", "prompt")
+
+
+class Summarizer(Protocol):
+  """What the scaffold builder needs from a backend."""
+
+  @property
+  def name(self) -> str:
+    """The backend, e.g. "extractive" or "openai-compatible"."""
+
+  @property
+  def model(self) -> str:
+    """The model (or algorithm) and its version."""
+
+  @property
+  def prompt_version(self) -> str:
+    """Version of the prompts or templates the backend uses."""
+
+  @property
+  def params(self) -> Mapping[str, Any]:
+    """JSON-serializable settings that change the output (temperature, thresholds ...)."""
+
+  def summarize(self, text: str, level: str, target_words: int) -> str:
+    """A summary of `text` for scaffold `level` (one of LEVELS) of about `target_words` words."""
+
+
+def summarizer_metadata(summarizer: Summarizer) -> dict[str, Any]:
+  """The `summarizer` field of a scaffold record."""
+  return {"backend": summarizer.name, "model": summarizer.model,
+          "prompt_version": summarizer.prompt_version, "params": dict(summarizer.params)}
+
+
+def check_level(level: str) -> None:
+  """Raise ValueError unless `level` is one of LEVELS."""
+  if level not in LEVELS:
+    raise ValueError(f"unknown scaffold level {level!r}; expected one of {LEVELS}")
+
+
+@functools.cache
+def load_prompt_template(version: str) -> str:
+  """The prompt template `templates/<version>.txt`, which must contain the field `{premise}` once."""
+  template = resources.files("xbook.scaffold").joinpath(f"templates/{version}.txt").read_text("utf-8")
+  template = template.strip()
+  if template.count("{premise}") != 1:
+    raise ValueError(f"prompt template {version!r} must contain {{premise}} exactly once: {template!r}")
+  return template
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractiveSummarizer:
+  """Summaries made of the source's own most central sentences (see `xbook.scaffold.extractive`).
+
+  Levels scene, chapter and synopsis take the most central sentences that fit `target_words`; the
+  premise level also takes at most `premise_max_sentences` of them (a premise is 1-3 sentences).
+
+  The prompt level is a fixed template, not a model: the premise is pasted into the versioned template
+  `templates/<prompt_version>.txt` ("Write a novel from this premise: ..."), whatever `target_words`
+  says. It gives every record a well-formed request, not a request a reader would have written.
+
+  Attributes:
+    damping: damping factor of the centrality random walk.
+    redundancy: highest similarity a chosen sentence may have to one chosen before it.
+    min_sentence_words: shorter sentences are chosen only into an otherwise empty summary.
+    premise_max_sentences: the most sentences a premise may have.
+  """
+
+  damping: float = 0.85
+  redundancy: float = 0.7
+  min_sentence_words: int = 6
+  premise_max_sentences: int = 3
+
+  name = "extractive"
+  model = extractive.ALGORITHM
+  prompt_version = "extractive_prompt_v1"
+
+  @property
+  def params(self) -> Mapping[str, Any]:
+    return dataclasses.asdict(self)
+
+  def summarize(self, text: str, level: str, target_words: int) -> str:
+    """See `Summarizer.summarize`; the prompt level fills the template with `text` (the premise)."""
+    check_level(level)
+    if level == "prompt":
+      return load_prompt_template(self.prompt_version).format(premise=" ".join(text.split()))
+    return extractive.summarize(
+        text, target_words, max_sentences=self.premise_max_sentences if level == "premise" else None,
+        min_sentence_words=self.min_sentence_words, damping=self.damping, redundancy=self.redundancy)
