@@ -117,12 +117,15 @@ def _books_inspect(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- scaffold
 def _scaffold_build(args: argparse.Namespace) -> int:
+  from xbook.books import split_for_author
   from xbook.books.io import read_books
-  from xbook.scaffold import ExtractiveSummarizer, ScaffoldTargets, SummaryCache, build_scaffolds
+  from xbook.scaffold import ExtractiveSummarizer, SummaryCache, build_scaffolds
   books = list(read_books(args.books))
+  splits = {book.id: split_for_author(book.author) for book in books}
+  for book in books:
+    log.info("%s (%s): %s split", book.id, book.author, splits[book.id])
   with SummaryCache(args.cache) as cache:
-    build_scaffolds(books, ExtractiveSummarizer(), out_path=args.out, cache=cache,
-                    targets=ScaffoldTargets())
+    build_scaffolds(books, ExtractiveSummarizer(), out_path=args.out, cache=cache, splits=splits)
     print(f"scaffolds: {args.out} ({len(books)} books); summary cache {args.cache}: "
           f"{cache.hits} hits, {cache.misses} calls")
   return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Iterable
 
 from tqdm import tqdm
+
+from xbook.atomic import atomic_open
 
 USER_AGENT = "xbook/0.1 (+research)"
 DEFAULT_URL_PATTERN = "{base_url}/cache/epub/{n}/pg{n}.txt"
@@ -61,18 +62,6 @@ def _download(url: str, timeout_s: float) -> bytes:
     return response.read()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-  """Write `data` to `path` so that `path` is either absent or complete, never partial."""
-  handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "wb") as tmp:
-      tmp.write(data)
-    os.replace(tmp_name, path)
-  except BaseException:
-    Path(tmp_name).unlink(missing_ok=True)
-    raise
-
-
 def fetch_books(ebook_numbers: Iterable[int], cache_dir: str | os.PathLike[str],
                 base_url: str = "https://www.gutenberg.org", url_pattern: str = DEFAULT_URL_PATTERN,
                 min_interval_s: float = 2.0, retries: int = 4, backoff_s: float = 2.0,
@@ -110,7 +99,9 @@ def fetch_books(ebook_numbers: Iterable[int], cache_dir: str | os.PathLike[str],
       _log.info("pg%d: cached at %s", n, path)
       continue
     url = url_pattern.format(base_url=base_url.rstrip("/"), n=n)
-    _write_atomically(path, _fetch_with_retries(n, url, throttle, retries, backoff_s, timeout_s))
+    data = _fetch_with_retries(n, url, throttle, retries, backoff_s, timeout_s)
+    with atomic_open(path, "wb") as f:
+      f.write(data)
     _log.info("pg%d: downloaded %s -> %s", n, url, path)
   return paths
 

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from xbook.atomic import atomic_open
 from xbook.books.types import Book
 
 
 def write_books(path: str | os.PathLike[str], books: Iterable[Book]) -> int:
   """Write books to `path` (replacing it only once every record is written); returns the count."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   count = 0
-  with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False,
-                                   suffix=".tmp") as tmp:
+  with atomic_open(path) as f:
     for book in books:
-      tmp.write(json.dumps(book.to_json(), ensure_ascii=False) + "\n")
+      f.write(json.dumps(book.to_json(), ensure_ascii=False) + "\n")
       count += 1
-  os.replace(tmp.name, path)
   return count
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import sentencepiece as spm
 
+from xbook.atomic import atomic_open
 from xbook.data import trajectory
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,8 @@ def train_vocab(records: Iterable[Mapping[str, Any]], out_path: str | os.PathLik
       input_sentence_size=max_sentences, shuffle_input_sentence=True,
       seed_sentencepiece_size=seed_sentencepiece_size,
       hard_vocab_limit=False, num_threads=os.cpu_count() or 1, minloglevel=2)
-  with tempfile.NamedTemporaryFile(dir=out_path.parent, delete=False) as tmp:
-    tmp.write(model.getvalue())
-  os.replace(tmp.name, out_path)
+  with atomic_open(out_path, "wb") as f:
+    f.write(model.getvalue())
   log.info("wrote vocabulary %s", out_path)
   return out_path
 

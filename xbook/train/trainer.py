@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from tqdm import tqdm
 
+from xbook.atomic import atomic_open
 from xbook.data import tasks
 from xbook.model import Decoder, DecoderConfig
 from xbook.train import partitioning
@@ -142,9 +142,8 @@ def write_run_info(run_dir: Path, model_config: DecoderConfig, vocab_path: str) 
   """model.json (what inference needs) and config.gin (the operative gin config), atomically."""
   info = {"model": dataclasses.asdict(model_config), "vocab_path": str(Path(vocab_path).resolve())}
   for name, text in (("model.json", json.dumps(info, indent=2)), ("config.gin", gin.operative_config_str())):
-    tmp = run_dir / f".{name}.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, run_dir / name)
+    with atomic_open(run_dir / name) as f:
+      f.write(text)
 
 
 @gin.configurable(denylist=["run_dir"])
