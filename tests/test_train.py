@@ -100,8 +100,8 @@ def test_greedy_generation_matches_an_unpadded_forward_pass(trained_run):
   tokens = prefix + greedy
   for k in range(len(greedy)):  # token k is the argmax after prefix + greedy[:k], computed without padding
     seen = jnp.asarray([tokens[:len(prefix) + k]])
-    inputs = jnp.concatenate([jnp.zeros((1, 1), jnp.int32), seen[:, :-1]], axis=1)
-    positions = jnp.arange(seen.shape[1])[None]
+    inputs = jnp.concatenate([jnp.zeros((1, 1), jnp.int32), seen], axis=1)  # BOS, then what was seen
+    positions = jnp.arange(inputs.shape[1])[None]
     logits = run.model.apply({"params": run.params}, inputs, jnp.ones_like(inputs), positions)
     assert int(jnp.argmax(logits[0, -1])) == greedy[k]
   sampled = sample_tokens(run, prefix, max_new_tokens=8, temperature=1.0, seed=3)
