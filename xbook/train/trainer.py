@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -105,9 +106,11 @@ class Trainer:
                "lr": self.lr_schedule(state.step), "weighted_tokens": aux["weight_sum"]}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  def context(self):
+  @contextlib.contextmanager
+  def context(self) -> Iterator[None]:
     """Mesh and logical-rule context under which steps are traced."""
-    return _Context(self.mesh, self.rules)
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
 
   def init_state(self, seed: int) -> TrainState:
     with self.context():
@@ -121,21 +124,6 @@ class Trainer:
     """The compiled train step for these shapes (for memory_analysis / cost_analysis)."""
     with self.context():
       return self._step.lower(state, partitioning.shard_batch(batch, self.batch_sharding)).compile()
-
-
-class _Context:
-  def __init__(self, mesh, rules) -> None:
-    self._mesh, self._rules = mesh, rules
-    self._stack: list[Any] = []
-
-  def __enter__(self):
-    self._stack = [jax.set_mesh(self._mesh), nn.logical_axis_rules(self._rules)]
-    for ctx in self._stack:
-      ctx.__enter__()
-
-  def __exit__(self, *exc):
-    for ctx in reversed(self._stack):
-      ctx.__exit__(*exc)
 
 
 def write_run_info(run_dir: Path, model_config: DecoderConfig, vocab_path: str) -> None:
