@@ -29,7 +29,7 @@ from tqdm import tqdm
 from xbook.atomic import atomic_open
 from xbook.data import tasks
 from xbook.model import Decoder, DecoderConfig
-from xbook.train import partitioning
+from xbook.train import flops, partitioning
 from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.loss import weighted_cross_entropy
@@ -165,6 +165,11 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
                     rules=partitioning.logical_axis_rules())
   log.info("mesh %s over %d devices; model of %.2fM parameters", dict(trainer.mesh.shape),
            trainer.mesh.size, model_config.num_params() / 1e6)
+  flops_per_token = flops.training_flops_per_token(model_config, seq_len, causal=True)
+  peak = flops.peak_flops_per_device()
+  log.info("training FLOPs per token: %.3g with the causal mask, %.3g counting full attention; MFU %s",
+           flops_per_token, flops.training_flops_per_token(model_config, seq_len, causal=False),
+           f"against {peak:.3g} FLOP/s per device" if peak else "not reported (unknown device peak)")
   task = tasks.register_windows_task(task_name, scaffold_files, vocab_path, loss_weights=loss_weights)
   vocab_size = task.output_features["targets"].vocabulary.vocab_size
   if vocab_size > model_config.vocab_size:
@@ -206,6 +211,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       step_s = time.perf_counter() - began
       metrics.update(step_s=step_s, tokens_per_s=batch_size * seq_len / step_s)
+      if peak:
+        metrics["mfu"] = flops.mfu(metrics["tokens_per_s"], flops_per_token, trainer.mesh.size, peak)
       if not all(map(_finite, metrics.values())):
         raise FloatingPointError(f"step {step + 1}: non-finite metrics {metrics}; nothing saved")
       writer.write(step + 1, metrics)
