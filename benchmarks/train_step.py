@@ -21,6 +21,7 @@ import gin
 import jax
 import numpy as np
 
+from xbook.data import trajectory
 from xbook.gin_flags import parse_gin, split_gin_bindings
 from xbook.train import partitioning
 from xbook.train import trainer as trainer_lib
@@ -48,7 +49,8 @@ def main(argv: list[str]) -> int:
   batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": np.roll(tokens, -1, axis=1),
            "decoder_loss_weights": np.ones((batch_size, seq_len), np.float32),
            "decoder_segment_ids": np.ones((batch_size, seq_len), np.int32),
-           "decoder_positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), tokens.shape).copy()}
+           "decoder_positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), tokens.shape).copy(),
+           "decoder_segment_kinds": np.full((batch_size, seq_len), trajectory.KIND_ID["text"], np.int32)}
   state = trainer.init_state(0)
   began = time.perf_counter()
   compiled = trainer.compile_step(state, batch)

@@ -9,13 +9,13 @@ import pytest
 import seqio
 
 from xbook.data import tasks, trajectory, vocab
-from xbook.data.feature_converter import TrajectoryFeatureConverter
+from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
 
 SEQ_LEN = 256
 
 
 def _windows(task_name: str, split: str = "train", length_multiple: int = 1):
-  ds = seqio.get_dataset(task_name, task_feature_lengths={"targets": SEQ_LEN, "loss_weights": SEQ_LEN},
+  ds = seqio.get_dataset(task_name, task_feature_lengths=task_feature_lengths(SEQ_LEN),
                          dataset_split=split, shuffle=False,
                          feature_converter=TrajectoryFeatureConverter(length_multiple=length_multiple))
   return list(ds.as_numpy_iterator())
@@ -54,24 +54,29 @@ def test_windows_tile_the_tokenized_trajectory_with_kind_weights(vocab_path, sca
                               loss_weights={"prompt": 0.0, "outline": 0.5})
   windows = _windows("test_windows")
   processor = vocab.load_processor(vocab_path)
+  weight_table = trajectory.loss_weight_table({"prompt": 0.0, "outline": 0.5})
   by_book = {}
   for record in scaffold_records:
     if record["split"] == "train":
-      segments = trajectory.scaffold_to_segments(record)
-      ids = [i for s in segments for i in processor.encode(s.text)] + [vocab.EOS_ID]
-      weights = [trajectory.loss_weight_table({"prompt": 0.0, "outline": 0.5})[trajectory.KIND_ID[s.kind]]
-                 for s in segments for _ in processor.encode(s.text)] + [1.0]
-      by_book[record["book"]["id"]] = (ids, weights)
-  stream = np.concatenate([w["decoder_target_tokens"][w["decoder_segment_ids"] > 0] for w in windows])
-  weight_stream = np.concatenate([w["decoder_loss_weights"][w["decoder_segment_ids"] > 0] for w in windows])
+      pieces = [(processor.encode(s.text), trajectory.KIND_ID[s.kind])
+                for s in trajectory.scaffold_to_segments(record)]
+      ids = [i for encoded, _ in pieces for i in encoded] + [vocab.EOS_ID]
+      kinds = [kind for encoded, kind in pieces for _ in encoded] + [trajectory.KIND_ID["text"]]
+      by_book[record["book"]["id"]] = (ids, kinds)
+  real = [w["decoder_segment_ids"] > 0 for w in windows]
+  stream = np.concatenate([w["decoder_target_tokens"][r] for w, r in zip(windows, real)])
+  weight_stream = np.concatenate([w["decoder_loss_weights"][r] for w, r in zip(windows, real)])
+  kind_stream = np.concatenate([w["decoder_segment_kinds"][r] for w, r in zip(windows, real)])
   expected = np.concatenate([np.array(ids) for ids, _ in by_book.values()])
   assert sorted(stream.tolist()) == sorted(expected.tolist())
-  for ids, weights in by_book.values():  # each book appears as one contiguous run of windows
+  for ids, kinds in by_book.values():  # each book appears as one contiguous run of windows
     start = next(i for i in range(len(stream)) if stream[i:i + len(ids)].tolist() == ids)
-    np.testing.assert_array_equal(weight_stream[start:start + len(ids)], weights)
+    np.testing.assert_array_equal(kind_stream[start:start + len(ids)], kinds)
+    np.testing.assert_array_equal(weight_stream[start:start + len(ids)],
+                                  [weight_table[k] for k in kinds])
   first = windows[0]
   assert set(first) == {"decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                        "decoder_segment_ids", "decoder_positions"}
+                        "decoder_segment_ids", "decoder_positions", "decoder_segment_kinds"}
   for name, array in first.items():
     assert array.shape == (SEQ_LEN,)
     assert array.dtype == (np.float32 if name == "decoder_loss_weights" else np.int32)

@@ -72,10 +72,12 @@ def test_parameters_and_batches_are_sharded_by_the_logical_rules():
 def test_training_lowers_the_loss_and_writes_metrics_and_checkpoints(trained_run):
   records = read_metrics(trained_run)
   assert [r["step"] for r in records] == list(range(1, 13))
-  for key in ("loss", "grad_norm", "lr", "tokens_per_s", "step_s"):
+  for key in ("loss", "grad_norm", "lr", "tokens_per_s", "step_s", "loss/text"):
     assert all(np.isfinite(r[key]) for r in records), key
   first, last = records[0]["loss"], records[-1]["loss"]
   assert last < first - 0.5, (first, last)
+  assert records[-1]["loss/text"] < records[0]["loss/text"]
+  assert any("loss/scene_plan" in r for r in records)
   assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
   assert sorted(int(p.name) for p in (trained_run / "checkpoints").iterdir() if p.name.isdigit()) == [6, 9, 12]
   assert "MeshConfig.tensor = 2" in (trained_run / "config.gin").read_text()

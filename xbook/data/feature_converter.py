@@ -1,8 +1,9 @@
 """Feature converter from trajectory task features to the decoder example contract (DESIGN.md).
 
-Task features (per example, unbatched):
-  targets       int32  [n]  token ids of a trajectory window
-  loss_weights  float32 [n] weight of each token, set by its segment kind
+Task features (per example, unbatched; `task_feature_lengths(n)` gives their lengths):
+  targets        int32   [n] token ids of a trajectory window
+  loss_weights   float32 [n] weight of each token, set by its segment kind
+  segment_kinds  int32   [n] segment kind of each token (xbook.data.trajectory.KIND_ID)
 
 Model features (each [length] here, [batch, length] once batched):
   decoder_target_tokens  int32    the tokens to predict
@@ -10,6 +11,8 @@ Model features (each [length] here, [batch, length] once batched):
   decoder_loss_weights   float32  0 on padding, else the segment kind's weight
   decoder_segment_ids    int32    1..k for the k sequences packed into the row, 0 on padding
   decoder_positions      int32    position of each token inside its own sequence
+  decoder_segment_kinds  int32    segment kind of each token (prompt, premise, ..., text), so that the
+                                  trainer can report the loss of plans and of prose separately
 
 `length` must be a multiple of the sequence-parallel degree, so that ring attention can split it evenly.
 """
@@ -24,6 +27,11 @@ import tensorflow as tf
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 
 
+def task_feature_lengths(length: int) -> dict[str, int]:
+  """The `task_feature_lengths` of a trajectory task at sequence length `length`."""
+  return {"targets": length, "loss_weights": length, "segment_kinds": length}
+
+
 class TrajectoryFeatureConverter(seqio.FeatureConverter):
   """Decoder-only conversion that keeps per-token loss weights and always emits segments/positions.
 
@@ -36,6 +44,7 @@ class TrajectoryFeatureConverter(seqio.FeatureConverter):
   TASK_FEATURES = {
       "targets": FeatureSpec(dtype=tf.int32),
       "loss_weights": FeatureSpec(dtype=tf.float32),
+      "segment_kinds": FeatureSpec(dtype=tf.int32),
   }
   MODEL_FEATURES = {
       "decoder_target_tokens": FeatureSpec(dtype=tf.int32),
@@ -43,6 +52,7 @@ class TrajectoryFeatureConverter(seqio.FeatureConverter):
       "decoder_loss_weights": FeatureSpec(dtype=tf.float32),
       "decoder_segment_ids": FeatureSpec(dtype=tf.int32),
       "decoder_positions": FeatureSpec(dtype=tf.int32),
+      "decoder_segment_kinds": FeatureSpec(dtype=tf.int32),
   }
   PACKING_FEATURE_DTYPES = {
       "decoder_segment_ids": tf.int32,
@@ -71,6 +81,7 @@ class TrajectoryFeatureConverter(seqio.FeatureConverter):
         "decoder_loss_weights": features["loss_weights"] * tf.cast(non_padding, tf.float32),
         "decoder_segment_ids": segment_ids,
         "decoder_positions": positions,
+        "decoder_segment_kinds": features["segment_kinds"],
     }
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
@@ -85,9 +96,9 @@ class TrajectoryFeatureConverter(seqio.FeatureConverter):
 
   def _check_lengths(self, task_feature_lengths: Mapping[str, int]) -> None:
     length = task_feature_lengths["targets"]
-    if task_feature_lengths["loss_weights"] != length:
-      raise ValueError(f"task feature lengths differ: targets {length}, loss_weights "
-                       f"{task_feature_lengths['loss_weights']}; they must be equal")
+    if set(task_feature_lengths.values()) != {length}:
+      raise ValueError(f"task feature lengths differ: {dict(task_feature_lengths)}; they must be equal "
+                       f"(use task_feature_lengths({length}))")
     if length % self._length_multiple:
       raise ValueError(f"sequence length {length} is not a multiple of the sequence-parallel degree "
                        f"{self._length_multiple}; use {-(-length // self._length_multiple) * self._length_multiple}")

@@ -64,13 +64,13 @@ class ScaffoldDataSource(seqio.FileDataSource):
 @seqio.map_over_dataset
 def tokenize_segments(ex: Mapping[str, tf.Tensor], output_features: Mapping[str, seqio.Feature],
                       weight_table: Sequence[float]) -> dict[str, tf.Tensor]:
-  """Tokenize each segment; every token inherits its segment's loss weight. Appends EOS."""
+  """Tokenize each segment; every token inherits its segment's kind and loss weight. Appends EOS."""
   pieces = output_features["targets"].vocabulary.encode_tf(ex["segment_text"])
   kinds = tf.repeat(ex["segment_kind"], pieces.row_lengths())
   tokens = tf.concat([tf.cast(pieces.flat_values, tf.int32), [EOS_ID]], axis=0)
   kinds = tf.concat([kinds, [trajectory.KIND_ID["text"]]], axis=0)
   weights = tf.gather(tf.constant(weight_table, tf.float32), kinds)
-  return {"targets": tokens, "loss_weights": weights}
+  return {"targets": tokens, "loss_weights": weights, "segment_kinds": kinds}
 
 
 def split_into_windows(ds: tf.data.Dataset, sequence_length: Mapping[str, int]) -> tf.data.Dataset:
@@ -83,7 +83,7 @@ def split_into_windows(ds: tf.data.Dataset, sequence_length: Mapping[str, int]) 
     pad = n_windows * length - n
     return tf.data.Dataset.from_tensor_slices({
         key: tf.reshape(tf.pad(ex[key], [[0, pad]]), [n_windows, length])
-        for key in ("targets", "loss_weights")})
+        for key in ("targets", "loss_weights", "segment_kinds")})
 
   return ds.flat_map(windows)
 
@@ -102,7 +102,7 @@ def register_windows_task(name: str, scaffold_files: str | Sequence[str], vocab_
     loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS.
 
   Returns:
-    The registered task; its examples have features `targets` and `loss_weights`.
+    The registered task; its examples have features `targets`, `loss_weights` and `segment_kinds`.
   """
   vocabulary = seqio.SentencePieceVocabulary(vocab_path)
   preprocessors = [
@@ -114,5 +114,7 @@ def register_windows_task(name: str, scaffold_files: str | Sequence[str], vocab_
       name, source=ScaffoldDataSource(scaffold_files, layout), preprocessors=preprocessors,
       output_features={"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
                        "loss_weights": seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False,
-                                                     dtype=tf.float32, required=False)})
+                                                     dtype=tf.float32, required=False),
+                       "segment_kinds": seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False,
+                                                      dtype=tf.int32, required=False)})
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import seqio
 
-from xbook.data.feature_converter import TrajectoryFeatureConverter
+from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
     raise ValueError(f"global batch {global_batch_size} is not divisible by {num_hosts} hosts")
   shard_info = seqio.ShardInfo(jax.process_index(), num_hosts) if num_hosts > 1 else None
   ds = seqio.get_dataset(
-      task_name, task_feature_lengths={"targets": seq_len, "loss_weights": seq_len},
+      task_name, task_feature_lengths=task_feature_lengths(seq_len),
       dataset_split=split, shuffle=shuffle, num_epochs=None if repeat else 1, shard_info=shard_info,
       seed=seed, use_cached=False,
       feature_converter=TrajectoryFeatureConverter(pack=False, length_multiple=length_multiple))

@@ -27,12 +27,12 @@ import optax
 from tqdm import tqdm
 
 from xbook.atomic import atomic_open
-from xbook.data import tasks
+from xbook.data import tasks, trajectory
 from xbook.model import Decoder, DecoderConfig
 from xbook.train import flops, partitioning
 from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.input_pipeline import trajectory_batches
-from xbook.train.loss import weighted_cross_entropy
+from xbook.train.loss import nll_by_kind, weighted_cross_entropy
 from xbook.train.mesh import MeshConfig, make_mesh
 from xbook.train.metrics import MetricsWriter
 from xbook.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
@@ -102,8 +102,11 @@ class Trainer:
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    kind_nll, kind_count = nll_by_kind(aux["nll"], batch["decoder_segment_kinds"],
+                                       batch["decoder_segment_ids"] > 0, len(trajectory.SEGMENT_KINDS))
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "lr": self.lr_schedule(state.step), "weighted_tokens": aux["weight_sum"]}
+               "lr": self.lr_schedule(state.step), "weighted_tokens": aux["weight_sum"],
+               "kind_nll": kind_nll, "kind_count": kind_count}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   @contextlib.contextmanager
@@ -208,7 +211,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
                            f"{scaffold_files}") from None
       began = time.perf_counter()
       state, step_metrics = trainer.step(state, batch)
-      metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      metrics = scalar_metrics(jax.device_get(step_metrics))
       step_s = time.perf_counter() - began
       metrics.update(step_s=step_s, tokens_per_s=batch_size * seq_len / step_s)
       if peak:
@@ -226,6 +229,17 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     checkpoints.wait()
     checkpoints.close()
     writer.close()
+  return metrics
+
+
+def scalar_metrics(step_metrics: Mapping[str, Any]) -> dict[str, float]:
+  """Step metrics as floats, with the NLL of each segment kind present in the batch as `loss/<kind>`
+  (the mean over its tokens, whatever its loss weight: the prompt's NLL shows even when untrained)."""
+  metrics = {k: float(v) for k, v in step_metrics.items() if k not in ("kind_nll", "kind_count")}
+  for kind, total, count in zip(trajectory.SEGMENT_KINDS, step_metrics["kind_nll"],
+                                step_metrics["kind_count"]):
+    if count > 0:
+      metrics[f"loss/{kind}"] = float(total / count)
   return metrics
 
 
