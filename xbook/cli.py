@@ -57,12 +57,42 @@ def _add(subparsers, name: str, help_text: str, example: str, handler: Callable[
 
 
 # ----------------------------------------------------------------------------------------------- books
+_DOWNLOAD_CATALOG = "<download>"
+
+
+def _ebook_numbers(text: str) -> list[int]:
+  """Comma-separated ebook numbers, each optionally written pg<n> (an argparse type)."""
+  try:
+    return [int(item.strip().removeprefix("pg")) for item in text.split(",") if item.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated ebook numbers such as 46,pg35, got {text!r}") from None
+
+
 def _books_fetch(args: argparse.Namespace) -> int:
-  from xbook.books import fetch_books
-  numbers = [int(n.strip().removeprefix("pg")) for n in args.ids.split(",") if n.strip()]
-  paths = fetch_books(numbers, args.cache, base_url=args.base_url)
+  from xbook.books import FetchError, Fetcher, download_catalog, fetch_books, read_catalog, select_ebooks
+  fetcher = Fetcher(min_interval_s=args.min_interval_s)
+  if args.ids is not None:
+    if args.language or args.subject or args.bookshelf or args.limit is not None:
+      raise SystemExit("error: --language, --subject, --bookshelf and --limit choose from a catalog; "
+                       "use them with --catalog, not --ids")
+    numbers = args.ids
+  else:
+    try:
+      catalog = (download_catalog(args.cache, args.base_url, fetcher) if args.catalog == _DOWNLOAD_CATALOG
+                 else Path(args.catalog))
+      numbers = select_ebooks(read_catalog(catalog), languages=args.language, subjects=args.subject,
+                              bookshelves=args.bookshelf, limit=args.limit)
+    except (FetchError, FileNotFoundError, ValueError) as error:  # a BookError is a ValueError
+      raise SystemExit(f"error: {error}")
+    log.info("catalog %s: %d ebooks selected", catalog, len(numbers))
+  paths = fetch_books(numbers, args.cache, base_url=args.base_url, fetcher=fetcher, keep_going=True)
   for path in paths:
     print(path)
+  if len(paths) < len(numbers):
+    print(f"error: {len(numbers) - len(paths)} of {len(numbers)} books could not be downloaded (see above); "
+          f"run the command again to retry them", file=sys.stderr)
+    return 1
   return 0
 
 
@@ -84,34 +114,58 @@ def _book_files(folder: str, ids: str | None) -> list[Path]:
 
 def _books_segment(args: argparse.Namespace) -> int:
   from tqdm import tqdm
-  from xbook.books import load_book
+  from xbook.books import BookError, load_book
   from xbook.books.io import write_books
-  books = []
-  for path in tqdm(_book_files(args.books, args.ids), desc="segment", unit="book"):
-    book = load_book(path, scene_target_words=args.scene_words)
+  files = _book_files(args.books, args.ids)
+  books, skipped = [], []
+  for path in tqdm(files, desc="segment", unit="book"):
+    try:
+      book = load_book(path, scene_target_words=args.scene_words)
+    except BookError as error:
+      skipped.append(str(error))
+      continue
     books.append(book)
     n_scenes = sum(len(c.scenes) for c in book.chapters)
     tqdm.write(f"{book.id:>8}  {book.title[:40]:<40} {len(book.chapters):>4} chapters {n_scenes:>5} scenes "
                f"{book.n_words:>8,} words{'  (chapters cut by length)' if book.chapters_by_length else ''}")
+  if skipped:
+    print(f"skipped {len(skipped)} of {len(files)} files:\n" + "\n".join(f"  {reason}" for reason in skipped),
+          file=sys.stderr)
+  if not books:
+    raise SystemExit(f"error: no usable book among the {len(files)} files; {args.out} not written")
   write_books(args.out, books)
   print(f"books: {args.out} ({len(books)} books)")
   return 0
 
 
 def _books_inspect(args: argparse.Namespace) -> int:
-  from xbook.books import clean_gutenberg, load_book
-  book = load_book(args.file)
-  _, report = clean_gutenberg(Path(args.file).read_text(encoding="utf-8-sig"))
+  from xbook.books import BookError, load_book_with_report
+  try:
+    book, report = load_book_with_report(args.file)
+  except (BookError, FileNotFoundError) as error:
+    raise SystemExit(f"error: {error}")
+  structure = "length_fallback" if book.chapters_by_length else "headings"
+  chapters = [{"index": c.index, "path": list(c.path), "title": c.title, "kind": c.kind, "n_words": c.n_words,
+               "n_scenes": len(c.scenes)} for c in book.chapters]
   if args.json:
-    print(json.dumps({"book": book.metadata(), "cleaning": dataclasses.asdict(report),
-                      "chapters": [{"index": c.index, "title": c.title, "kind": c.kind, "path": list(c.path),
-                                    "scenes": len(c.scenes), "words": c.n_words} for c in book.chapters]}))
+    print(json.dumps({**book.metadata(), "encoding": report.encoding, "structure_source": structure,
+                      "cleaning": dataclasses.asdict(report.cleaning), "chapters": chapters},
+                     ensure_ascii=False))
     return 0
-  print(f"{book.id}: {book.title} by {book.author} ({book.language}), {book.n_words:,} words")
-  print(f"cleaning: {report}")
-  for c in book.chapters:
-    print(f"  {c.index:>4} {c.kind:<9} {' / '.join(c.path) or c.title or '(untitled)':<60} "
-          f"{len(c.scenes):>3} scenes {c.n_words:>7,} words")
+  cleaning = report.cleaning
+  print(f"{book.id}: {book.title}\n"
+        f"  author     {book.author}\n"
+        f"  language   {book.language}\n"
+        f"  words      {book.n_words:,} in {len(chapters)} chapters\n"
+        f"  structure  {structure}\n"
+        f"  encoding   {report.encoding}\n"
+        f"  cleaning   {'header found' if cleaning.header_found else 'no Gutenberg header (plain text)'}, "
+        f"{'footer found' if cleaning.footer_found else 'no footer'}, {cleaning.fraction_removed:.1%} removed, "
+        f"{cleaning.leftover_gutenberg_mentions} leftover Gutenberg mentions\n"
+        f"  chapters   (index, words, scenes, kind, path: parent headings / title)")
+  for c in chapters:
+    print(f"  {c['index']:>4} {c['n_words']:>8,} words {c['n_scenes']:>3} scenes  {c['kind']:<9} "
+          f"{' / '.join(c['path']) or '(untitled: cut by length)'}")
   return 0
 
 
@@ -223,19 +277,37 @@ def build_parser() -> argparse.ArgumentParser:
 
   books = _group(commands, "books", "Gutenberg novels: fetch, clean, segment.",
                  "xbook books segment --books ../shared/corpus/gutenberg --out out/books.jsonl")
-  p = _add(books, "fetch", "Download plain-text ebooks from a Project Gutenberg mirror into a cache (resumable).",
-           "xbook books fetch --ids 46,35,43 --cache gutenberg/", _books_fetch)
-  p.add_argument("--ids", required=True, help="comma-separated ebook numbers")
+  p = _add(books, "fetch", "Download plain-text ebooks, by number or chosen from Gutenberg's catalog, into a cache "
+           "(resumable; exit status 1 if any book failed).",
+           "xbook books fetch --ids 46,35,43 --cache gutenberg/\n"
+           "xbook books fetch --catalog --language en --subject fiction --limit 100 --cache gutenberg/",
+           _books_fetch)
+  which = p.add_mutually_exclusive_group(required=True)
+  which.add_argument("--ids", type=_ebook_numbers, help="comma-separated ebook numbers (46,35 or pg46,pg35)")
+  which.add_argument("--catalog", nargs="?", const=_DOWNLOAD_CATALOG, metavar="PATH",
+                     help="choose the books from Gutenberg's pg_catalog.csv: a local file, or with no PATH "
+                          "the mirror's {base_url}/cache/epub/feeds/pg_catalog.csv, downloaded into --cache "
+                          "(and reused from there; delete it to refresh). Only Type=Text rows; the filters "
+                          "below must all match, the values of one filter are alternatives")
+  p.add_argument("--language", action="append", default=[], help="catalog language code, e.g. en (repeatable)")
+  p.add_argument("--subject", action="append", default=[],
+                 help="text in a catalog subject, any case, e.g. fiction (repeatable)")
+  p.add_argument("--bookshelf", action="append", default=[],
+                 help="text in a catalog bookshelf, any case, e.g. 'Category: Novels' (repeatable)")
+  p.add_argument("--limit", type=int, default=None, help="at most this many books from the catalog (the first)")
   p.add_argument("--cache", required=True, help="download folder; files already there are kept")
   p.add_argument("--base_url", default="https://www.gutenberg.org", help="Gutenberg mirror")
-  p = _add(books, "segment", "Clean Gutenberg .txt files and split them into chapters and scenes (JSONL).",
+  p.add_argument("--min_interval_s", type=float, default=2.0,
+                 help="least seconds between two requests (keep the default for gutenberg.org)")
+  p = _add(books, "segment", "Clean Gutenberg .txt files and split them into chapters and scenes (JSONL); unusable "
+           "files are skipped and listed on stderr (exit status 1, no output, if none was usable).",
            "xbook books segment --books ../shared/corpus/gutenberg --ids pg46,pg35 --out out/books.jsonl",
            _books_segment)
   p.add_argument("--books", required=True, help="folder of Gutenberg .txt files")
   p.add_argument("--ids", default=None, help="comma-separated file stems (default: every .txt file)")
   p.add_argument("--out", required=True, help="output books JSONL")
   p.add_argument("--scene_words", type=int, default=1200, help="target scene size in words")
-  p = _add(books, "inspect", "Show the cleaning report and chapters of one Gutenberg file.",
+  p = _add(books, "inspect", "Show one Gutenberg file's metadata, cleaning report and chapters.",
            "xbook books inspect ../shared/corpus/gutenberg/pg98.txt", _books_inspect)
   p.add_argument("file")
   p.add_argument("--json", action="store_true")

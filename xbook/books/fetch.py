@@ -1,4 +1,4 @@
-"""Download Project Gutenberg plain-text books into a local cache, politely and resumably.
+"""Download Project Gutenberg files (books, the catalog) into a local cache, politely and resumably.
 
 Requests are spaced by a minimum delay, failures that may pass (HTTP 5xx and 429, timeouts,
 connection errors) are retried with exponential backoff, each file is written atomically (temporary
@@ -21,13 +21,14 @@ from tqdm import tqdm
 from xbook.atomic import atomic_open
 
 USER_AGENT = "xbook/0.1 (+research)"
+DEFAULT_BASE_URL = "https://www.gutenberg.org"
 DEFAULT_URL_PATTERN = "{base_url}/cache/epub/{n}/pg{n}.txt"
 
 _log = logging.getLogger(__name__)
 
 
 class FetchError(RuntimeError):
-  """A book could not be downloaded; the message names the ebook and the URL."""
+  """A file could not be downloaded; the message names the file (e.g. "ebook 46") and the URL."""
 
 
 class _Throttle:
@@ -62,10 +63,73 @@ def _download(url: str, timeout_s: float) -> bytes:
     return response.read()
 
 
+class Fetcher:
+  """Downloads files politely: spaced requests, retries with backoff, atomic writes, a file cache.
+
+  All downloads through one Fetcher share its rate limit, so use one for a catalog and the books
+  chosen from it.
+
+  Args:
+    min_interval_s: least time between the starts of two requests (rate limit).
+    retries: further attempts after a transient failure (HTTP 5xx/429, timeout, connection error).
+    backoff_s: wait before the first retry; doubled for each next one.
+    timeout_s: socket timeout of one request.
+  """
+
+  def __init__(self, min_interval_s: float = 2.0, retries: int = 4, backoff_s: float = 2.0,
+               timeout_s: float = 60.0):
+    self.retries = retries
+    self.backoff_s = backoff_s
+    self.timeout_s = timeout_s
+    self._throttle = _Throttle(min_interval_s)
+
+  def fetch(self, url: str, path: Path, what: str) -> Path:
+    """Download `url` to `path`, unless a non-empty file is already there.
+
+    Args:
+      url: what to download.
+      path: where to keep it (its folder is created if missing).
+      what: names the download in messages, e.g. "ebook 46".
+
+    Raises:
+      FetchError: the download failed for good (a 4xx other than 429, transient failures past the
+        retries, or an empty body); the message names `what`, the URL and the last error.
+    """
+    if path.is_file() and path.stat().st_size > 0:
+      _log.info("%s: cached at %s", what, path)
+      return path
+    data = self._download_with_retries(url, what)
+    with atomic_open(path, "wb") as f:
+      f.write(data)
+    _log.info("%s: downloaded %s -> %s", what, url, path)
+    return path
+
+  def _download_with_retries(self, url: str, what: str) -> bytes:
+    attempt = 0
+    while True:
+      self._throttle.wait()
+      try:
+        data = _download(url, self.timeout_s)
+      except _REQUEST_ERRORS as error:
+        if not _is_transient(error):
+          raise FetchError(f"{what}: download of {url} failed: {error}") from error
+        if attempt == self.retries:
+          raise FetchError(f"{what}: download of {url} failed after {attempt + 1} attempts: "
+                           f"{error}") from error
+        delay = self.backoff_s * 2**attempt
+        attempt += 1
+        _log.warning("%s: %s (attempt %d of %d); retrying in %.1fs", what, error, attempt,
+                     self.retries + 1, delay)
+        time.sleep(delay)
+        continue
+      if not data:
+        raise FetchError(f"{what}: download of {url} returned an empty body")
+      return data
+
+
 def fetch_books(ebook_numbers: Iterable[int], cache_dir: str | os.PathLike[str],
-                base_url: str = "https://www.gutenberg.org", url_pattern: str = DEFAULT_URL_PATTERN,
-                min_interval_s: float = 2.0, retries: int = 4, backoff_s: float = 2.0,
-                timeout_s: float = 60.0) -> list[Path]:
+                base_url: str = DEFAULT_BASE_URL, url_pattern: str = DEFAULT_URL_PATTERN,
+                fetcher: Fetcher | None = None, keep_going: bool = False) -> list[Path]:
   """Download books into `cache_dir` as pg<n>.txt, skipping those already there.
 
   Progress shows as a bar over the books; the `xbook.books.fetch` logger says what each one did
@@ -73,59 +137,29 @@ def fetch_books(ebook_numbers: Iterable[int], cache_dir: str | os.PathLike[str],
 
   Args:
     ebook_numbers: Gutenberg ebook numbers.
-    cache_dir: folder for the files (created if missing).
+    cache_dir: folder for the files (created when the first one is written).
     base_url: the server, without a trailing slash.
     url_pattern: the file's URL, formatted with `base_url` and `n` (the ebook number).
-    min_interval_s: least time between the starts of two requests (rate limit).
-    retries: further attempts after a transient failure (HTTP 5xx/429, timeout, connection error).
-    backoff_s: wait before the first retry; doubled for each next one.
-    timeout_s: socket timeout of one request.
+    fetcher: the downloader (rate limit, retries, timeout); default `Fetcher()`.
+    keep_going: on a book that fails for good, log the error and go on with the next one (the
+      book is left out of the result) instead of raising.
 
   Returns:
     The cached file of each book, in the order asked for.
 
   Raises:
-    FetchError: a book failed for good (a 4xx other than 429, or transient failures past the
-      retries); the message names the ebook, the URL and the last error.
+    FetchError: unless `keep_going`, a book failed for good (a 4xx other than 429, or transient
+      failures past the retries); the message names the ebook, the URL and the last error.
   """
   cache = Path(cache_dir)
-  cache.mkdir(parents=True, exist_ok=True)
-  throttle = _Throttle(min_interval_s)
+  fetcher = fetcher or Fetcher()
   paths = []
   for n in tqdm(list(ebook_numbers), desc="fetch", unit="book"):
-    path = cache / f"pg{n}.txt"
-    paths.append(path)
-    if path.is_file() and path.stat().st_size > 0:
-      _log.info("pg%d: cached at %s", n, path)
-      continue
     url = url_pattern.format(base_url=base_url.rstrip("/"), n=n)
-    data = _fetch_with_retries(n, url, throttle, retries, backoff_s, timeout_s)
-    with atomic_open(path, "wb") as f:
-      f.write(data)
-    _log.info("pg%d: downloaded %s -> %s", n, url, path)
-  return paths
-
-
-def _fetch_with_retries(n: int, url: str, throttle: _Throttle, retries: int, backoff_s: float,
-                        timeout_s: float) -> bytes:
-  """The body at `url`, retrying transient failures with exponential backoff."""
-  attempt = 0
-  while True:
-    throttle.wait()
     try:
-      data = _download(url, timeout_s)
-    except _REQUEST_ERRORS as error:
-      if not _is_transient(error):
-        raise FetchError(f"ebook {n}: download of {url} failed: {error}") from error
-      if attempt == retries:
-        raise FetchError(f"ebook {n}: download of {url} failed after {attempt + 1} attempts: "
-                         f"{error}") from error
-      delay = backoff_s * 2**attempt
-      attempt += 1
-      _log.warning("ebook %d: %s (attempt %d of %d); retrying in %.1fs", n, error, attempt,
-                   retries + 1, delay)
-      time.sleep(delay)
-      continue
-    if not data:
-      raise FetchError(f"ebook {n}: download of {url} returned an empty body")
-    return data
+      paths.append(fetcher.fetch(url, cache / f"pg{n}.txt", f"ebook {n}"))
+    except FetchError as error:
+      if not keep_going:
+        raise
+      _log.error("%s", error)
+  return paths

@@ -1,10 +1,21 @@
 """Project Gutenberg plain-text files: strip the header, footer and licence; read the header fields.
 
-Gutenberg files changed format over the years. The body sits between a START marker
-(`*** START OF THIS PROJECT GUTENBERG EBOOK ... ***`, `***START OF THE ...***`, sometimes wrapped over
-two lines, or the old `*END*THE SMALL PRINT!...*END*` line) and an END marker (`*** END OF ...`, else
-an `End of the Project Gutenberg EBook of ...` line, else the start of the licence). Around the body
-there are producer credits, transcriber's notes and "THE END" lines, which are removed as well.
+Gutenberg files changed format over the years. The body sits between a START marker and an END
+marker:
+
+- START: `*** START OF THIS PROJECT GUTENBERG EBOOK ... ***`, `***START OF THE ...***` (sometimes
+  wrapped over two lines), or in older files the line that closes the legal small print,
+  `*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*` (also `*END THE SMALL PRINT!`).
+  Where a file has several (small print, then a START line), the last one before the END marker
+  counts; small print after the END marker is licence.
+- END: the first of `*** END OF ...`, `End of (the|this) Project Gutenberg EBook/Etext of ...`,
+  `*** START: FULL LICENSE` or `THE FULL PROJECT GUTENBERG LICENSE`.
+
+Inside the body, producer credits ("Produced by ...", "This etext was prepared by ...") and
+transcriber's notes are removed near the start, bracketed "[Transcriber's note: ...]" paragraphs
+anywhere, and in the tail everything from the first back-matter paragraph (credits, transcriber's
+notes, errata, a list of typographical errors, a NOTES / ENDNOTES / FOOTNOTES heading) or the last
+"THE END" / "FINIS" line, whichever comes first.
 """
 
 from __future__ import annotations
@@ -12,30 +23,28 @@ from __future__ import annotations
 import dataclasses
 import re
 
-_START_MARKERS = (
-    re.compile(r"^\s*\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG", re.IGNORECASE),
-    re.compile(r"^\s*\*END\*\s*THE SMALL PRINT", re.IGNORECASE),
-)
-# Tried in order: the first pattern found after the START marker ends the body.
-_END_MARKERS = (
-    re.compile(r"^\s*\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG", re.IGNORECASE),
-    re.compile(r"^\s*End of (?:the )?Project Gutenberg", re.IGNORECASE),
-    re.compile(r"^\s*\*{3}\s*START: FULL LICENSE", re.IGNORECASE),
-    re.compile(r"^\s*THE FULL PROJECT GUTENBERG LICENSE", re.IGNORECASE),
-)
-_END_OF_EBOOK_LINE = re.compile(r"^\s*End of (?:the )?Project Gutenberg", re.IGNORECASE)
-_CREDIT_PARAGRAPH = re.compile(
-    r"^\s*(?:Produced by|Transcribed from|(?:Original )?Transcriber.s Notes?\b|E-?text prepared by)",
-    re.IGNORECASE)
+_START_MARKER = re.compile(
+    r"^\s*(?:\*+\s*START OF (?:THE|THIS) PROJECT GUTENBERG|\*END[*\s]*THE SMALL PRINT)", re.IGNORECASE)
+_END_MARKER = re.compile(
+    r"^\s*(?:\*+\s*END OF (?:THE|THIS) PROJECT GUTENBERG|End of (?:the |this )?Project Gutenberg|"
+    r"\*+\s*START: FULL LICENSE|THE FULL PROJECT GUTENBERG LICENSE)", re.IGNORECASE)
+_CREDIT = (r"Produced by|Transcribed from|E-?text prepared by|"
+           r"This e-?(?:text|book) was (?:produced|prepared|created) by")
+_TRANSCRIBER_NOTE = r"(?:Original )?Transcriber.s Notes?\b"
+_FRONT_MATTER = re.compile(rf"^\s*(?:{_CREDIT}|{_TRANSCRIBER_NOTE})", re.IGNORECASE)
+_BACK_MATTER = re.compile(
+    rf"^\s*(?:{_CREDIT}|{_TRANSCRIBER_NOTE}|Typographical errors|Errata\b|Corrigenda\b|"
+    r"(?:(?:END|FOOT) ?NOTES?|NOTES)[.:]?\s*$)", re.IGNORECASE)
+_BRACKETED_NOTE = re.compile(rf"^\s*\[\s*{_TRANSCRIBER_NOTE}.*\]$", re.IGNORECASE | re.DOTALL)
 _CLOSING_LINE = re.compile(r"^\s*(?:THE END|FINIS)\.?\s*$", re.IGNORECASE)
 _GUTENBERG_MENTION = re.compile(r"gutenberg", re.IGNORECASE)
-_EBOOK_NUMBER = re.compile(r"\[e-?book #\s*(\d+)\s*\]", re.IGNORECASE)
+_EBOOK_NUMBER = re.compile(r"\[e-?(?:book|text) #\s*(\d+)\s*\]", re.IGNORECASE)
 _HEADER_FIELD = re.compile(r"^(Title|Author|Language):\s*(.*)$")
 
 # A START marker spans at most this many lines (pg43.txt wraps it over two).
 _MAX_MARKER_LINES = 3
-# Credits and transcriber's notes are removed only from this leading fraction of the body, and a
-# closing "THE END" only from this trailing fraction.
+# Credits and transcriber's notes are removed only from this leading fraction of the body, and back
+# matter (with a closing "THE END") only from this trailing fraction.
 _FRONT_FRACTION = 0.1
 _TAIL_FRACTION = 0.1
 # Without a START marker, header fields are looked for in this many leading lines.
@@ -65,11 +74,12 @@ def normalise_text(raw: str) -> str:
 
 
 def clean_gutenberg(raw: str) -> tuple[str, CleaningReport]:
-  """The book's own text, without Gutenberg header, footer, licence, credits and closing "THE END".
+  """The book's own text, without Gutenberg header, footer, licence, credits and back matter.
 
   Lines keep their leading indentation and lose trailing whitespace; blank lines are kept, since
   they separate paragraphs and headings. Without a START marker the text is kept from its first
-  line (header_found=False); without an END marker it is kept to its last (footer_found=False).
+  line (header_found=False: plain text); without an END marker it is kept to its last
+  (footer_found=False).
 
   Args:
     raw: the file's text as decoded (a BOM and CRLF line ends are fine).
@@ -79,12 +89,11 @@ def clean_gutenberg(raw: str) -> tuple[str, CleaningReport]:
   """
   text = normalise_text(raw)
   lines = [line.rstrip() for line in text.split("\n")]
-  body_start = _body_start(lines)
-  body_end = _body_end(lines, body_start or 0)
+  body_start, body_end = _body_bounds(lines)
   body = lines[body_start or 0:body_end if body_end is not None else len(lines)]
-  body = _drop_end_of_ebook_line(body)
-  body = _drop_front_credits(body)
-  body = _drop_closing_tail(body)
+  body = _drop_front_matter(body)
+  body = _drop_bracketed_notes(body)
+  body = _drop_back_matter(body)
   cleaned = "\n".join(body).strip("\n")
   report = CleaningReport(
       header_found=body_start is not None,
@@ -98,13 +107,14 @@ def parse_header(raw: str) -> dict[str, str | int | None]:
   """Title, author, language and ebook number from the Gutenberg header.
 
   Each field is the text after "Title:", "Author:" or "Language:" on its line (indented lines below a
-  title hold subtitles and are left out). The ebook number comes from "[EBook #46]" / "[eBook #46]".
+  title hold subtitles and are left out). The ebook number comes from "[EBook #46]", "[eBook #46]"
+  or "[Etext #46]".
 
   Returns:
     {"title", "author", "language": str or None, "ebook_number": int or None}.
   """
   lines = normalise_text(raw).split("\n")
-  start = _body_start(lines)
+  start, _ = _body_bounds(lines)
   header = lines[:start] if start is not None else lines[:_HEADER_SCAN_LINES]
   fields: dict[str, str | int | None] = {"title": None, "author": None, "language": None,
                                          "ebook_number": None}
@@ -118,24 +128,25 @@ def parse_header(raw: str) -> dict[str, str | int | None]:
   return fields
 
 
-def _body_start(lines: list[str]) -> int | None:
-  """Index of the first line after the START marker (which may wrap), or None without one."""
-  for index, line in enumerate(lines):
-    if any(marker.match(line) for marker in _START_MARKERS):
-      for offset in range(_MAX_MARKER_LINES):
-        if index + offset < len(lines) and lines[index + offset].rstrip().endswith("*"):
-          return index + offset + 1
-      return index + 1
-  return None
+def _body_bounds(lines: list[str]) -> tuple[int | None, int | None]:
+  """(first body line, first footer line); None where the file has no such marker.
+
+  The body starts after the last START marker that comes before the END marker, and ends at the
+  first END marker after the first START marker.
+  """
+  starts = [i for i, line in enumerate(lines) if _START_MARKER.match(line)]
+  search_from = starts[0] + 1 if starts else 0
+  end = next((i for i in range(search_from, len(lines)) if _END_MARKER.match(lines[i])), None)
+  before_end = [i for i in starts if end is None or i < end]
+  return (_after_marker(lines, before_end[-1]) if before_end else None), end
 
 
-def _body_end(lines: list[str], body_start: int) -> int | None:
-  """Index of the first footer line after `body_start`, or None without a footer."""
-  for marker in _END_MARKERS:
-    for index in range(body_start, len(lines)):
-      if marker.match(lines[index]):
-        return index
-  return None
+def _after_marker(lines: list[str], index: int) -> int:
+  """The line after a START marker at `index`, which may wrap over lines up to the closing "*"."""
+  for offset in range(_MAX_MARKER_LINES):
+    if index + offset < len(lines) and lines[index + offset].endswith("*"):
+      return index + offset + 1
+  return index + 1
 
 
 def _paragraph_spans(lines: list[str]) -> list[tuple[int, int]]:
@@ -150,35 +161,38 @@ def _paragraph_spans(lines: list[str]) -> list[tuple[int, int]]:
   return spans
 
 
-def _drop_end_of_ebook_line(lines: list[str]) -> list[str]:
-  """Cut the "End of the Project Gutenberg EBook of ..." paragraph left before the END marker."""
-  spans = _paragraph_spans(lines)
-  if spans and _END_OF_EBOOK_LINE.match(lines[spans[-1][0]]):
-    return lines[:spans[-1][0]]
-  return lines
-
-
-def _drop_front_credits(lines: list[str]) -> list[str]:
+def _drop_front_matter(lines: list[str]) -> list[str]:
   """Remove producer credits and transcriber's notes near the start of the body.
 
-  A credit paragraph that ends in a colon ("Original Transcriber's Notes:") is a heading, and the
+  A paragraph of these that ends in a colon ("Original Transcriber's Notes:") is a heading, and the
   paragraph after it goes with it.
   """
   limit = len(lines) * _FRONT_FRACTION
   spans = [span for span in _paragraph_spans(lines) if span[0] < limit]
   dropped: set[int] = set()
   for position, (start, end) in enumerate(spans):
-    if _CREDIT_PARAGRAPH.match(lines[start]):
+    if _FRONT_MATTER.match(lines[start]):
       dropped.update(range(start, end))
-      if lines[end - 1].rstrip().endswith(":") and position + 1 < len(spans):
+      if lines[end - 1].endswith(":") and position + 1 < len(spans):
         dropped.update(range(*spans[position + 1]))
   return [line for index, line in enumerate(lines) if index not in dropped]
 
 
-def _drop_closing_tail(lines: list[str]) -> list[str]:
-  """Cut from the last "THE END" / "FINIS" line in the tail (what follows it is back matter)."""
+def _drop_bracketed_notes(lines: list[str]) -> list[str]:
+  """Remove "[Transcriber's note: ...]" paragraphs wherever they are, with the blank lines after them."""
+  spans = _paragraph_spans(lines)
+  dropped: set[int] = set()
+  for position, (start, end) in enumerate(spans):
+    if _BRACKETED_NOTE.match("\n".join(lines[start:end])):
+      dropped.update(range(start, spans[position + 1][0] if position + 1 < len(spans) else end))
+  return [line for index, line in enumerate(lines) if index not in dropped]
+
+
+def _drop_back_matter(lines: list[str]) -> list[str]:
+  """Cut the tail from the first back-matter paragraph or the last "THE END" line, if earlier."""
   tail_start = int(len(lines) * (1.0 - _TAIL_FRACTION))
-  for index in range(len(lines) - 1, tail_start - 1, -1):
-    if _CLOSING_LINE.match(lines[index]):
-      return lines[:index]
-  return lines
+  spans = [span for span in _paragraph_spans(lines) if span[0] >= tail_start]
+  back_matter = [start for start, _ in spans if _BACK_MATTER.match(lines[start])]
+  closing = [index for index in range(tail_start, len(lines)) if _CLOSING_LINE.match(lines[index])]
+  cuts = back_matter[:1] + closing[-1:]
+  return lines[:min(cuts)] if cuts else lines
