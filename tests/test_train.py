@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
 import gin
 import jax
 import jax.numpy as jnp
@@ -12,7 +19,9 @@ from jax.sharding import PartitionSpec as P
 from xbook.infer import generate_passage, load_run, sample_tokens
 from xbook.infer.generate import prompt_prefix
 from xbook.model import DecoderConfig
+from xbook.scaffold import write_scaffolds
 from xbook.train import trainer as trainer_lib
+from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.mesh import MeshConfig, make_mesh
 from xbook.train.metrics import read_metrics
 
@@ -38,9 +47,19 @@ def _train(run_dir, scaffold_file, vocab_path, steps, **overrides):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, scaffold_file, vocab_path):
+def split_scaffold_file(tmp_path_factory, scaffold_records):
+  """The scaffolds with the second book moved to the validation split."""
+  path = tmp_path_factory.mktemp("split") / "scaffolds.jsonl"
+  write_scaffolds(path, [dict(r, split="validation" if i == 1 else "train")
+                         for i, r in enumerate(scaffold_records)])
+  return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, split_scaffold_file, vocab_path):
   run_dir = tmp_path_factory.mktemp("run")
-  _train(run_dir, scaffold_file, vocab_path, steps=12)
+  _train(run_dir, split_scaffold_file, vocab_path, steps=12, eval_every=6,
+         keep_every=6)
   return run_dir
 
 
@@ -79,8 +98,44 @@ def test_training_lowers_the_loss_and_writes_metrics_and_checkpoints(trained_run
   assert records[-1]["loss/text"] < records[0]["loss/text"]
   assert any("loss/scene_plan" in r for r in records)
   assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
-  assert sorted(int(p.name) for p in (trained_run / "checkpoints").iterdir() if p.name.isdigit()) == [6, 9, 12]
+  # The latest 3 (checkpoint_every=3) plus every multiple of keep_every=6.
+  assert _checkpoint_steps(trained_run) == [6, 9, 12]
+  assert {"eval/loss", "eval/loss/text", "eval/loss/prompt"} <= set(records[5]) & set(records[11])
+  assert "eval/loss" not in records[4]
+  assert records[11]["eval/loss"] < records[5]["eval/loss"] + 0.5
   assert "MeshConfig.tensor = 2" in (trained_run / "config.gin").read_text()
+
+
+def _checkpoint_steps(run_dir):
+  return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_checkpoints_restore_onto_a_different_mesh(trained_run):
+  saved = load_run(trained_run).params
+  other = trainer_lib.Trainer(model_config=MODEL, optimizer_config=trainer_lib.OptimizerConfig(),
+                              mesh_config=MeshConfig(data=1, fsdp=4, sequence=1, tensor=2),
+                              batch_size=8, seq_len=128)
+  checkpoints = RunCheckpoints(str(trained_run))
+  restored = checkpoints.restore_latest(other.abstract_state.params, other.abstract_state.opt_state)
+  checkpoints.close()
+  assert restored["step"] == 12
+  kernel = restored["params"]["layers"]["mlp"]["gate"]["kernel"]
+  assert kernel.sharding.spec == P(None, "fsdp", "tensor") and kernel.sharding.mesh.shape["fsdp"] == 4
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(restored["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(trained_run, split_scaffold_file,
+                                                                     vocab_path, tmp_path, caplog):
+  run_dir = tmp_path / "run"
+  shutil.copytree(trained_run, run_dir)
+  for f in (run_dir / "checkpoints" / "12" / "params").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  with caplog.at_level(logging.WARNING, logger="xbook"):
+    _train(run_dir, split_scaffold_file, vocab_path, steps=12)
+  assert "checkpoint of step 12" in caplog.text and "restored step 9" in caplog.text
+  assert [r["step"] for r in read_metrics(run_dir)][-3:] == [10, 11, 12]
 
 
 def test_a_restarted_run_continues_exactly_like_an_uninterrupted_one(tmp_path, scaffold_file, vocab_path):
@@ -116,3 +171,32 @@ def test_generation_reads_an_earlier_checkpoint_too(trained_run):
   assert early.step == 6
   leaves = zip(jax.tree.leaves(early.params), jax.tree.leaves(late.params))
   assert any(not np.array_equal(a, b) for a, b in leaves)
+
+
+def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_from_it(tmp_path, split_scaffold_file, vocab_path):
+  gin_file = tmp_path / "run.gin"
+  gin_file.write_text("\n".join([
+      "include 'configs/models/tiny.gin'",
+      f"train.scaffold_files = '{split_scaffold_file}'", f"train.vocab_path = '{vocab_path}'",
+      "train.steps = 1000", "train.batch_size = 8", "train.seq_len = 128",
+      "train.checkpoint_every = 1000", "MeshConfig.fsdp = 4", "MeshConfig.tensor = 2"]))
+  run_dir = tmp_path / "run"
+  command = [sys.executable, "-m", "xbook.cli", "train", f"--gin_file={gin_file}", "--run_dir", str(run_dir)]
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.monotonic() + 180
+    while not ((run_dir / "metrics.jsonl").is_file() and len(read_metrics(run_dir)) >= 3):
+      assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+      time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+  finally:
+    process.kill()
+  assert process.returncode == 0, output
+  stopped = read_metrics(run_dir)[-1]["step"]
+  assert "after SIGTERM" in output and stopped < 1000
+  assert _checkpoint_steps(run_dir) == [stopped]
+  resumed = subprocess.run(command + [f"--gin.train.steps={stopped + 2}"], capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr
+  assert f"from its checkpoint at step {stopped}" in resumed.stderr
+  assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, stopped + 3))

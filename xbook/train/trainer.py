@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
 import flax.struct
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from tqdm import tqdm
 
@@ -36,6 +38,7 @@ from xbook.train.loss import nll_by_kind, weighted_cross_entropy
 from xbook.train.mesh import MeshConfig, make_mesh
 from xbook.train.metrics import MetricsWriter
 from xbook.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+from xbook.train.preemption import PreemptionGuard
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,9 @@ class Trainer:
     self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
                          out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
                          donate_argnums=(0,))
+    self._eval = jax.jit(self._eval_step,
+                         in_shardings=(self.state_shardings.params, self.batch_sharding),
+                         out_shardings=partitioning.replicated(self.mesh))
 
   def _dummy_inputs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
     tokens = jnp.zeros((self.batch_size, self.seq_len), jnp.int32)
@@ -92,22 +98,28 @@ class Trainer:
     params = self.model.init(rng, *self._dummy_inputs())["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
-  def _train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
-    def loss_fn(params):
-      logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
-                                batch["decoder_segment_ids"], batch["decoder_positions"])
-      return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                    batch["decoder_loss_weights"], self.z_loss)
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+  def _loss(self, params: Any, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted cross-entropy of a batch, with the NLL sums and token counts of each segment kind."""
+    logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
+                              batch["decoder_segment_ids"], batch["decoder_positions"])
+    loss, aux = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
+                                       batch["decoder_loss_weights"], self.z_loss)
     kind_nll, kind_count = nll_by_kind(aux["nll"], batch["decoder_segment_kinds"],
                                        batch["decoder_segment_ids"] > 0, len(trajectory.SEGMENT_KINDS))
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "lr": self.lr_schedule(state.step), "weighted_tokens": aux["weight_sum"],
-               "kind_nll": kind_nll, "kind_count": kind_count}
+    return loss, {"weight_sum": aux["weight_sum"], "kind_nll": kind_nll, "kind_count": kind_count}
+
+  def _train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
+    (loss, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, batch)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": self.lr_schedule(state.step),
+               "weighted_tokens": aux["weight_sum"], "kind_nll": aux["kind_nll"],
+               "kind_count": aux["kind_count"]}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def _eval_step(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    loss, aux = self._loss(params, batch)
+    return {"nll_sum": loss * aux["weight_sum"], **aux}
 
   @contextlib.contextmanager
   def context(self) -> Iterator[None]:
@@ -123,10 +135,46 @@ class Trainer:
     with self.context():
       return self._step(state, partitioning.shard_batch(batch, self.batch_sharding))
 
+  def evaluate(self, params: Any, batches: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Weighted loss over all `batches`, and the mean NLL of each segment kind, as `eval/...` metrics."""
+    totals: dict[str, Any] = {}
+    with self.context():
+      for batch in batches:
+        batch = _pad_batch(batch, self.batch_size)
+        out = jax.device_get(self._eval(params, partitioning.shard_batch(batch, self.batch_sharding)))
+        totals = {k: totals.get(k, 0) + v for k, v in out.items()}
+    if not totals:
+      return {}
+    metrics = {"eval/loss": float(totals["nll_sum"] / max(totals["weight_sum"], 1e-8))}
+    for kind, total, count in zip(trajectory.SEGMENT_KINDS, totals["kind_nll"], totals["kind_count"]):
+      if count > 0:
+        metrics[f"eval/loss/{kind}"] = float(total / count)
+    return metrics
+
   def compile_step(self, state: TrainState, batch: Mapping[str, Any]) -> jax.stages.Compiled:
     """The compiled train step for these shapes (for memory_analysis / cost_analysis)."""
     with self.context():
       return self._step.lower(state, partitioning.shard_batch(batch, self.batch_sharding)).compile()
+
+
+def _validate(trainer: Trainer, params: Any, task_name: str, *, step: int, seed: int,
+              max_batches: int | None) -> dict[str, float]:
+  """`eval/...` metrics on the validation windows of `task_name` (empty, with a warning, if none)."""
+  windows = trajectory_batches(task_name, split="validation", global_batch_size=trainer.batch_size,
+                               seq_len=trainer.seq_len, length_multiple=trainer.mesh.shape["sequence"],
+                               seed=seed, repeat=False, shuffle=False)
+  metrics = trainer.evaluate(params, itertools.islice(windows, max_batches))
+  if metrics:
+    log.info("step %d: validation loss %.4f", step, metrics["eval/loss"])
+  else:
+    log.warning("step %d: no validation windows (no scaffold record with split 'validation')", step)
+  return metrics
+
+
+def _pad_batch(batch: Mapping[str, Any], size: int) -> dict[str, Any]:
+  """Pad a short final batch with all-padding rows (segment id 0, weight 0) up to `size` rows."""
+  rows = next(iter(batch.values())).shape[0]
+  return {k: np.pad(v, [(0, size - rows)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
 
 
 def write_run_info(run_dir: Path, model_config: DecoderConfig, vocab_path: str) -> None:
@@ -141,7 +189,8 @@ def write_run_info(run_dir: Path, model_config: DecoderConfig, vocab_path: str) 
 def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           vocab_path: str = gin.REQUIRED, model_config: DecoderConfig = gin.REQUIRED,
           steps: int = 100, batch_size: int = 8, seq_len: int = 512, seed: int = 0,
-          checkpoint_every: int = 50, keep_checkpoints: int = 3, log_every: int = 10,
+          checkpoint_every: int = 50, keep_checkpoints: int = 3, keep_every: int | None = None,
+          log_every: int = 10, eval_every: int = 0, eval_batches: int | None = None,
           loss_weights: Mapping[str, float] | None = None,
           task_name: str = "xbook_windows") -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
@@ -157,7 +206,10 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     seed: seeds parameter init and data order.
     checkpoint_every: save every N steps (and always at the end).
     keep_checkpoints: how many recent checkpoints to keep.
+    keep_every: also keep every checkpoint whose step is a multiple of this (None: only the recent).
     log_every: log a summary line every N steps (metrics.jsonl gets every step).
+    eval_every: evaluate on the records of split "validation" every N steps and at the end (0: never).
+    eval_batches: at most this many validation batches per evaluation (None: all of them).
     loss_weights: {segment kind: weight}; defaults in xbook.data.trajectory.DEFAULT_LOSS_WEIGHTS.
     task_name: seqio task name to register the scaffold files under.
   """
@@ -181,19 +233,17 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   if jax.process_index() == 0:
     write_run_info(run_path, model_config, vocab_path)
 
-  checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints)
-  start = checkpoints.latest_step()
-  if start is None:
+  checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints, keep_every=keep_every)
+  restored = checkpoints.restore_latest(trainer.abstract_state.params, trainer.abstract_state.opt_state)
+  if restored is None:
     log.info("starting a new run in %s", run_path)
     state = trainer.init_state(seed)
     start = 0
   else:
+    start = int(restored["progress"]["step"])
     log.info("resuming %s from its checkpoint at step %d", run_path, start)
-    restored = checkpoints.restore(start, trainer.abstract_state.params,
-                                   trainer.abstract_state.opt_state)
     state = TrainState(step=jnp.asarray(start, jnp.int32), params=restored["params"],
                        opt_state=restored["opt_state"])
-    start = int(restored["progress"]["step"])
 
   batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
                                seq_len=seq_len, length_multiple=trainer.mesh.shape["sequence"],
@@ -202,33 +252,42 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   metrics: dict[str, float] = {}
   progress = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step",
                   disable=jax.process_index() != 0)
-  try:
-    for step in progress:
-      try:
-        batch = next(batches)
-      except StopIteration:
-        raise RuntimeError(f"no training windows: no scaffold record with split 'train' in "
-                           f"{scaffold_files}") from None
-      began = time.perf_counter()
-      state, step_metrics = trainer.step(state, batch)
-      metrics = scalar_metrics(jax.device_get(step_metrics))
-      step_s = time.perf_counter() - began
-      metrics.update(step_s=step_s, tokens_per_s=batch_size * seq_len / step_s)
-      if peak:
-        metrics["mfu"] = flops.mfu(metrics["tokens_per_s"], flops_per_token, trainer.mesh.size, peak)
-      if not all(map(_finite, metrics.values())):
-        raise FloatingPointError(f"step {step + 1}: non-finite metrics {metrics}; nothing saved")
-      writer.write(step + 1, metrics)
-      progress.set_postfix(loss=f"{metrics['loss']:.3f}")
-      if (step + 1) % log_every == 0 or step + 1 == steps:
-        log.info("step %d/%d: loss %.4f, grad norm %.3f, lr %.2e, %.0f tokens/s", step + 1, steps,
-                 metrics["loss"], metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
-      if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-        checkpoints.save(step + 1, state.params, state.opt_state, {"step": step + 1})
-  finally:
-    checkpoints.wait()
-    checkpoints.close()
-    writer.close()
+
+  with PreemptionGuard() as guard:
+    try:
+      for step in progress:
+        try:
+          batch = next(batches)
+        except StopIteration:
+          raise RuntimeError(f"no training windows: no scaffold record with split 'train' in "
+                             f"{scaffold_files}") from None
+        began = time.perf_counter()
+        state, step_metrics = trainer.step(state, batch)
+        metrics = scalar_metrics(jax.device_get(step_metrics))
+        step_s = time.perf_counter() - began
+        metrics.update(step_s=step_s, tokens_per_s=batch_size * seq_len / step_s)
+        if peak:
+          metrics["mfu"] = flops.mfu(metrics["tokens_per_s"], flops_per_token, trainer.mesh.size, peak)
+        if not all(map(_finite, metrics.values())):
+          raise FloatingPointError(f"step {step + 1}: non-finite metrics {metrics}; nothing saved")
+        last = step + 1 == steps
+        if eval_every and ((step + 1) % eval_every == 0 or last):
+          metrics.update(_validate(trainer, state.params, task_name, step=step + 1, seed=seed,
+                                   max_batches=eval_batches))
+        writer.write(step + 1, metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}")
+        if (step + 1) % log_every == 0 or last:
+          log.info("step %d/%d: loss %.4f, grad norm %.3f, lr %.2e, %.0f tokens/s", step + 1, steps,
+                   metrics["loss"], metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
+        if (step + 1) % checkpoint_every == 0 or last or guard.requested:
+          checkpoints.save(step + 1, state.params, state.opt_state, {"step": step + 1})
+        if guard.requested:
+          log.warning("stopped at step %d after SIGTERM; rerun the same command to resume", step + 1)
+          break
+    finally:
+      checkpoints.wait()
+      checkpoints.close()
+      writer.close()
   return metrics
 
 
