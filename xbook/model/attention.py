@@ -9,7 +9,8 @@ Every implementation takes
   q_positions: [batch, q_len], kv_positions: [batch, kv_len]       (causal order)
 and returns [batch, q_len, n_kv_heads, group, head_dim] in q's dtype, with softmax statistics in float32.
 
-`dense` is the reference; blockwise and ring variants (issue 6) plug in under new names.
+`dense` is the reference; `blockwise` (one device, O(length) memory) and `ring` (length sharded over the
+`sequence` mesh axis) compute the same function.
 """
 
 from __future__ import annotations
@@ -19,18 +20,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from xbook.model.attention_mask import MASKED, attention_mask
+from xbook.model.blockwise_attention import blockwise_attention
+from xbook.model.ring_attention import ring_attention
+
 AttentionFn = Callable[..., jax.Array]
-
-_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
-
-
-def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_positions: jax.Array,
-                   kv_positions: jax.Array) -> jax.Array:
-  """Boolean [batch, q_len, kv_len]: same non-padding segment and key not after query."""
-  same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-  not_padding = (q_segment_ids[:, :, None] > 0) & (kv_segment_ids[:, None, :] > 0)
-  causal = kv_positions[:, None, :] <= q_positions[:, :, None]
-  return same_segment & not_padding & causal
 
 
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: jax.Array,
@@ -40,7 +34,7 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: 
   scale = q.shape[-1] ** -0.5
   scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32) * scale
   mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
-  scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+  scores = jnp.where(mask[:, None, None, :, :], scores, MASKED)
   probs = jax.nn.softmax(scores, axis=-1)
   # Rows with no visible key (padding queries) get zero output rather than a uniform average.
   probs = probs * jnp.any(mask, axis=-1)[:, None, None, :, None]
@@ -48,7 +42,11 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: 
   return out.astype(q.dtype)
 
 
-ATTENTION_IMPLS: dict[str, AttentionFn] = {"dense": dense_attention}
+ATTENTION_IMPLS: dict[str, AttentionFn] = {
+    "dense": dense_attention,
+    "blockwise": blockwise_attention,
+    "ring": ring_attention,
+}
 
 
 def get_attention(name: str) -> AttentionFn:

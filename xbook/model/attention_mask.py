@@ -1,0 +1,18 @@
+"""Which keys each query may see, shared by every attention implementation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Finite stand-in for -inf on masked scores (keeps max/exp arithmetic free of NaNs).
+MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_positions: jax.Array,
+                   kv_positions: jax.Array) -> jax.Array:
+  """Boolean [batch, q_len, kv_len]: same non-padding segment and key not after query."""
+  same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+  not_padding = (q_segment_ids[:, :, None] > 0) & (kv_segment_ids[:, None, :] > 0)
+  causal = kv_positions[:, None, :] <= q_positions[:, :, None]
+  return same_segment & not_padding & causal
