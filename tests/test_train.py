@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import signal
@@ -29,12 +30,10 @@ MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_h
                       mlp_dim=128)
 
 
-def _train(run_dir, scaffold_file, vocab_path, steps, **overrides):
-  bindings = [
-      "MeshConfig.data = 2", "MeshConfig.fsdp = 2", "MeshConfig.sequence = 1", "MeshConfig.tensor = 2",
-      "OptimizerConfig.learning_rate = 3e-3", "OptimizerConfig.warmup_steps = 2",
-      "OptimizerConfig.decay_steps = 20",
-  ]
+def _train(run_dir, scaffold_file, vocab_path, steps, mesh=(2, 2, 1, 2), **overrides):
+  bindings = [f"MeshConfig.{axis} = {size}" for axis, size in zip(("data", "fsdp", "sequence", "tensor"), mesh)]
+  bindings += ["OptimizerConfig.learning_rate = 3e-3", "OptimizerConfig.warmup_steps = 2",
+               "OptimizerConfig.decay_steps = 20"]
   gin.clear_config()
   gin.parse_config(bindings)
   kwargs = dict(scaffold_files=str(scaffold_file), vocab_path=str(vocab_path), model_config=MODEL,
@@ -136,6 +135,16 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(trained_run,
     _train(run_dir, split_scaffold_file, vocab_path, steps=12)
   assert "checkpoint of step 12" in caplog.text and "restored step 9" in caplog.text
   assert [r["step"] for r in read_metrics(run_dir)][-3:] == [10, 11, 12]
+
+
+def test_ring_attention_on_a_zigzag_sequence_axis_trains_like_dense(tmp_path, scaffold_file, vocab_path):
+  dense, ring = tmp_path / "dense", tmp_path / "ring"
+  _train(dense, scaffold_file, vocab_path, steps=3, mesh=(1, 2, 2, 2))
+  _train(ring, scaffold_file, vocab_path, steps=3, mesh=(1, 2, 2, 2), layout="zigzag",
+         model_config=dataclasses.replace(MODEL, attention="ring"))
+  want = [r["loss"] for r in read_metrics(dense)]
+  got = [r["loss"] for r in read_metrics(ring)]
+  np.testing.assert_allclose(got, want, rtol=2e-5)
 
 
 def test_a_restarted_run_continues_exactly_like_an_uninterrupted_one(tmp_path, scaffold_file, vocab_path):

@@ -223,7 +223,7 @@ def _data_inspect(args: argparse.Namespace) -> int:
   tasks.register_windows_task("xbook_inspect", args.scaffolds, args.vocab)
   processor = vocab.load_processor(args.vocab)
   batches = trajectory_batches("xbook_inspect", split=args.split, global_batch_size=1,
-                               seq_len=args.seq_len, length_multiple=args.length_multiple, seed=0,
+                               seq_len=args.seq_len, sequence_shards=args.sequence_shards, seed=0,
                                repeat=False, shuffle=False)
   n_windows, n_tokens, weighted = 0, 0, 0.0
   first = None
@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--scaffolds", required=True)
   p.add_argument("--vocab", required=True)
   p.add_argument("--seq_len", type=int, default=512)
-  p.add_argument("--length_multiple", type=int, default=1, help="sequence-parallel degree")
+  p.add_argument("--sequence_shards", type=int, default=1,
+                 help="size of the sequence mesh axis (the length must divide by it)")
   p.add_argument("--split", default="train", choices=("train", "validation", "test"))
   p.add_argument("--json", action="store_true")
 

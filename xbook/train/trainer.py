@@ -157,12 +157,12 @@ class Trainer:
       return self._step.lower(state, partitioning.shard_batch(batch, self.batch_sharding)).compile()
 
 
-def _validate(trainer: Trainer, params: Any, task_name: str, *, step: int, seed: int,
+def _validate(trainer: Trainer, params: Any, task_name: str, *, step: int, seed: int, layout: str,
               max_batches: int | None) -> dict[str, float]:
   """`eval/...` metrics on the validation windows of `task_name` (empty, with a warning, if none)."""
   windows = trajectory_batches(task_name, split="validation", global_batch_size=trainer.batch_size,
-                               seq_len=trainer.seq_len, length_multiple=trainer.mesh.shape["sequence"],
-                               seed=seed, repeat=False, shuffle=False)
+                               seq_len=trainer.seq_len, sequence_shards=trainer.mesh.shape["sequence"],
+                               layout=layout, seed=seed, repeat=False, shuffle=False)
   metrics = trainer.evaluate(params, itertools.islice(windows, max_batches))
   if metrics:
     log.info("step %d: validation loss %.4f", step, metrics["eval/loss"])
@@ -191,6 +191,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           steps: int = 100, batch_size: int = 8, seq_len: int = 512, seed: int = 0,
           checkpoint_every: int = 50, keep_checkpoints: int = 3, keep_every: int | None = None,
           log_every: int = 10, eval_every: int = 0, eval_batches: int | None = None,
+          layout: str = "contiguous",
           loss_weights: Mapping[str, float] | None = None,
           task_name: str = "xbook_windows") -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
@@ -210,6 +211,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     log_every: log a summary line every N steps (metrics.jsonl gets every step).
     eval_every: evaluate on the records of split "validation" every N steps and at the end (0: never).
     eval_batches: at most this many validation batches per evaluation (None: all of them).
+    layout: order of the length axis, "contiguous" or "zigzag" (balances causal ring attention;
+      seq_len must then be a multiple of twice the `sequence` axis).
     loss_weights: {segment kind: weight}; defaults in xbook.data.trajectory.DEFAULT_LOSS_WEIGHTS.
     task_name: seqio task name to register the scaffold files under.
   """
@@ -246,8 +249,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
                        opt_state=restored["opt_state"])
 
   batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
-                               seq_len=seq_len, length_multiple=trainer.mesh.shape["sequence"],
-                               seed=seed, start_batch=start)
+                               seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"],
+                               layout=layout, seed=seed, start_batch=start)
   writer = MetricsWriter(run_path)
   metrics: dict[str, float] = {}
   progress = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step",
@@ -273,7 +276,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
         last = step + 1 == steps
         if eval_every and ((step + 1) % eval_every == 0 or last):
           metrics.update(_validate(trainer, state.params, task_name, step=step + 1, seed=seed,
-                                   max_batches=eval_batches))
+                                   layout=layout, max_batches=eval_batches))
         writer.write(step + 1, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.3f}")
         if (step + 1) % log_every == 0 or last:
