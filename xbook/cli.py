@@ -249,7 +249,10 @@ def _data_inspect(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
+  from xbook.train import distributed
   from xbook.train.trainer import train
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         auto=args.distributed_auto)
   metrics = train(args.run_dir)
   print(json.dumps({"run_dir": args.run_dir, **metrics}) if args.json
         else f"run {args.run_dir}: last loss {metrics.get('loss', float('nan')):.4f}")
@@ -356,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
            _train, gin_modules=("xbook.train.trainer",))
   p.add_argument("--run_dir", required=True, help="run directory (resumed if it has checkpoints)")
   p.add_argument("--json", action="store_true", help="print the last step's metrics as JSON")
+  p.add_argument("--coordinator_address", default=None,
+                 help="multi-process: host:port of process 0 (or XBOOK_COORDINATOR_ADDRESS)")
+  p.add_argument("--num_processes", type=int, default=None, help="multi-process: (or XBOOK_NUM_PROCESSES)")
+  p.add_argument("--process_id", type=int, default=None, help="multi-process: (or XBOOK_PROCESS_ID)")
+  p.add_argument("--distributed_auto", action="store_true",
+                 help="join a TPU pod job with jax.distributed.initialize() auto-detection")
 
   p = _add(commands, "generate", "Write a passage from a prompt with a trained run.",
            'xbook generate --run_dir=runs/demo --prompt "Write a ghost story set at Christmas."',
