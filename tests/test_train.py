@@ -24,6 +24,7 @@ from xbook.scaffold import write_scaffolds
 from xbook.train import trainer as trainer_lib
 from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.mesh import MeshConfig, make_mesh
+from xbook.train.optimizer import OptimizerConfig, learning_rate_schedule
 from xbook.train.metrics import read_metrics
 
 MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
@@ -57,8 +58,8 @@ def split_scaffold_file(tmp_path_factory, scaffold_records):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, split_scaffold_file, vocab_path):
   run_dir = tmp_path_factory.mktemp("run")
-  _train(run_dir, split_scaffold_file, vocab_path, steps=12, eval_every=6,
-         keep_every=6)
+  _train(run_dir, split_scaffold_file, vocab_path, steps=12, eval_every=6, keep_every=6,
+         microbatches=2, profile_steps=(2, 3))
   return run_dir
 
 
@@ -103,6 +104,61 @@ def test_training_lowers_the_loss_and_writes_metrics_and_checkpoints(trained_run
   assert "eval/loss" not in records[4]
   assert records[11]["eval/loss"] < records[5]["eval/loss"] + 0.5
   assert "MeshConfig.tensor = 2" in (trained_run / "config.gin").read_text()
+  assert list((trained_run / "profile").rglob("*.xplane.pb"))
+
+
+def _random_batch(batch_size, length, vocab_size, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, vocab_size, (batch_size, length), dtype=np.int32)
+  kinds = rng.integers(0, 7, (batch_size, length), dtype=np.int32)
+  return {"decoder_input_tokens": tokens, "decoder_target_tokens": np.roll(tokens, -1, axis=1),
+          "decoder_loss_weights": rng.uniform(0, 1, (batch_size, length)).astype(np.float32),
+          "decoder_segment_ids": np.ones((batch_size, length), np.int32),
+          "decoder_positions": np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy(),
+          "decoder_segment_kinds": kinds}
+
+
+def test_gradient_accumulation_over_microbatches_matches_one_batch():
+  def one_step(microbatches):
+    trainer = trainer_lib.Trainer(model_config=MODEL, optimizer_config=trainer_lib.OptimizerConfig(),
+                                  mesh_config=MeshConfig(data=2, fsdp=2, sequence=1, tensor=2),
+                                  batch_size=16, seq_len=32, microbatches=microbatches, z_loss=1e-4)
+    state, metrics = trainer.step(trainer.init_state(0), _random_batch(16, 32, MODEL.vocab_size))
+    return jax.device_get(state.params), jax.device_get(metrics)
+
+  params_1, metrics_1 = one_step(1)
+  params_4, metrics_4 = one_step(4)
+  for key in ("loss", "grad_norm", "weighted_tokens"):
+    np.testing.assert_allclose(metrics_4[key], metrics_1[key], rtol=1e-5)
+  np.testing.assert_allclose(metrics_4["kind_nll"], metrics_1["kind_nll"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params_4), jax.tree.leaves(params_1)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_non_finite_gradients_stop_the_run_naming_the_tensor():
+  metrics = {"loss": np.float32(2.0),
+             "finite_grads": {"embed": {"embedding": np.bool_(True)},
+                              "layers": {"mlp": {"up": {"kernel": np.bool_(False)}}}}}
+  with pytest.raises(FloatingPointError, match=r"step 7: .*\['layers'\]\['mlp'\]\['up'\]\['kernel'\]"):
+    trainer_lib.check_finite(7, metrics)
+  metrics["finite_grads"]["layers"]["mlp"]["up"]["kernel"] = np.bool_(True)
+  trainer_lib.check_finite(7, metrics)
+  with pytest.raises(FloatingPointError, match="loss nan"):
+    trainer_lib.check_finite(8, dict(metrics, loss=np.float32("nan")))
+
+
+def test_linear_and_cosine_schedules_warm_up_then_decay_to_the_final_fraction():
+  for schedule in ("linear", "cosine"):
+    config = OptimizerConfig(learning_rate=1.0, schedule=schedule, warmup_steps=10, decay_steps=110,
+                             final_lr_fraction=0.1)
+    lr = learning_rate_schedule(config)
+    assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.5)
+    assert float(lr(10)) == pytest.approx(1.0) and float(lr(110)) == pytest.approx(0.1)
+  assert float(learning_rate_schedule(OptimizerConfig(learning_rate=1.0, schedule="linear",
+                                                      warmup_steps=10, decay_steps=110,
+                                                      final_lr_fraction=0.1))(60)) == pytest.approx(0.55)
+  with pytest.raises(ValueError, match="schedule"):
+    learning_rate_schedule(OptimizerConfig(schedule="step"))
 
 
 def _checkpoint_steps(run_dir):

@@ -15,6 +15,7 @@ class OptimizerConfig:
   """Hyperparameters of the optimizer and its learning-rate schedule."""
 
   learning_rate: float = 3e-4
+  schedule: str = "cosine"
   warmup_steps: int = 100
   decay_steps: int = 10_000
   final_lr_fraction: float = 0.1
@@ -26,11 +27,20 @@ class OptimizerConfig:
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
-  """Linear warmup to `learning_rate`, then cosine decay to `final_lr_fraction` of it."""
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
-      decay_steps=max(config.decay_steps, config.warmup_steps + 1),
-      end_value=config.learning_rate * config.final_lr_fraction)
+  """Linear warmup to `learning_rate`, then cosine or linear decay to `final_lr_fraction` of it by
+  `decay_steps` (counted from step 0, warmup included)."""
+  end_value = config.learning_rate * config.final_lr_fraction
+  decay_steps = max(config.decay_steps, config.warmup_steps + 1)
+  if config.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
+        decay_steps=decay_steps, end_value=end_value)
+  if config.schedule == "linear":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps),
+         optax.linear_schedule(config.learning_rate, end_value, decay_steps - config.warmup_steps)],
+        boundaries=[config.warmup_steps])
+  raise ValueError(f"OptimizerConfig.schedule must be 'cosine' or 'linear', got {config.schedule!r}")
 
 
 def decay_mask(params):

@@ -39,6 +39,7 @@ from xbook.train.mesh import MeshConfig, make_mesh
 from xbook.train.metrics import MetricsWriter
 from xbook.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from xbook.train.preemption import PreemptionGuard
+from xbook.train.profiling import StepProfiler
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Trainer:
   seq_len: int
   rules: Sequence[tuple[str, Any]] = partitioning.DEFAULT_RULES
   z_loss: float = 0.0
+  microbatches: int = 1
 
   def __post_init__(self) -> None:
     self.mesh = make_mesh(self.mesh_config)
@@ -75,6 +77,9 @@ class Trainer:
     batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     if self.batch_size % batch_shards:
       raise ValueError(f"batch_size {self.batch_size} must be a multiple of data*fsdp = {batch_shards}")
+    if self.batch_size % (self.microbatches * batch_shards):
+      raise ValueError(f"batch_size {self.batch_size} must split into {self.microbatches} microbatches "
+                       f"of a multiple of data*fsdp = {batch_shards} rows")
     boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))
     self.state_shardings = partitioning.logical_shardings(boxed, self.mesh, self.rules)
     self.abstract_state = jax.tree.map(
@@ -98,28 +103,60 @@ class Trainer:
     params = self.model.init(rng, *self._dummy_inputs())["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
-  def _loss(self, params: Any, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted cross-entropy of a batch, with the NLL sums and token counts of each segment kind."""
+  def _loss_sums(self, params: Any, batch: Mapping[str, jax.Array]
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The batch's objective summed over weighted tokens (its gradient is the sum of token gradients),
+    with the weight sum and the NLL sums and token counts of each segment kind."""
     logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
                               batch["decoder_segment_ids"], batch["decoder_positions"])
     loss, aux = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
                                        batch["decoder_loss_weights"], self.z_loss)
     kind_nll, kind_count = nll_by_kind(aux["nll"], batch["decoder_segment_kinds"],
                                        batch["decoder_segment_ids"] > 0, len(trajectory.SEGMENT_KINDS))
-    return loss, {"weight_sum": aux["weight_sum"], "kind_nll": kind_nll, "kind_count": kind_count}
+    objective_sum = loss * jnp.maximum(aux["weight_sum"], 1e-8)
+    return objective_sum, {"weight_sum": aux["weight_sum"], "kind_nll": kind_nll,
+                           "kind_count": kind_count}
+
+  def _summed_grads(self, params: Any, batch: Mapping[str, jax.Array]):
+    """Gradient of the summed objective over the batch, accumulated over `microbatches` in float32.
+
+    Microbatch j takes rows j, j + k, j + 2k, ... so that every device keeps its share of each.
+    """
+    grad_fn = jax.value_and_grad(self._loss_sums, has_aux=True)
+    if self.microbatches == 1:
+      return grad_fn(params, batch)
+    k = self.microbatches
+
+    def split(x):
+      return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+
+    def accumulate(carry, microbatch):
+      microbatch = {name: jax.lax.with_sharding_constraint(x, self.batch_sharding)
+                    for name, x in microbatch.items()}
+      (objective, aux), grads = grad_fn(params, microbatch)
+      return jax.tree.map(jnp.add, carry, ((objective, aux), grads)), None
+
+    split_batch = {name: split(x) for name, x in batch.items()}
+    first = jax.tree.map(lambda x: x[0], split_batch)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), jax.eval_shape(grad_fn, params, first))
+    total, _ = jax.lax.scan(accumulate, zeros, split_batch)
+    return total
 
   def _train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
-    (loss, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(state.params, batch)
+    (objective_sum, aux), summed_grads = self._summed_grads(state.params, batch)
+    denominator = jnp.maximum(aux["weight_sum"], 1e-8)
+    grads = jax.tree.map(lambda g, p: (g / denominator).astype(p.dtype), summed_grads, state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": self.lr_schedule(state.step),
-               "weighted_tokens": aux["weight_sum"], "kind_nll": aux["kind_nll"],
-               "kind_count": aux["kind_count"]}
+    metrics = {"loss": objective_sum / denominator, "grad_norm": optax.tree.norm(grads),
+               "lr": self.lr_schedule(state.step), "weighted_tokens": aux["weight_sum"],
+               "kind_nll": aux["kind_nll"], "kind_count": aux["kind_count"],
+               "finite_grads": jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _eval_step(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    loss, aux = self._loss(params, batch)
-    return {"nll_sum": loss * aux["weight_sum"], **aux}
+    objective_sum, aux = self._loss_sums(params, batch)
+    return {"nll_sum": objective_sum, **aux}
 
   @contextlib.contextmanager
   def context(self) -> Iterator[None]:
@@ -191,7 +228,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           steps: int = 100, batch_size: int = 8, seq_len: int = 512, seed: int = 0,
           checkpoint_every: int = 50, keep_checkpoints: int = 3, keep_every: int | None = None,
           log_every: int = 10, eval_every: int = 0, eval_batches: int | None = None,
-          layout: str = "contiguous",
+          layout: str = "contiguous", microbatches: int = 1, z_loss: float = 0.0,
+          profile_steps: Sequence[int] | None = None,
           loss_weights: Mapping[str, float] | None = None,
           task_name: str = "xbook_windows") -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
@@ -213,6 +251,9 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     eval_batches: at most this many validation batches per evaluation (None: all of them).
     layout: order of the length axis, "contiguous" or "zigzag" (balances causal ring attention;
       seq_len must then be a multiple of twice the `sequence` axis).
+    microbatches: accumulate gradients over this many microbatches of the global batch.
+    z_loss: coefficient of the log(Z)^2 penalty on the softmax normaliser.
+    profile_steps: (first, last) steps to record a profiler trace of, into <run_dir>/profile.
     loss_weights: {segment kind: weight}; defaults in xbook.data.trajectory.DEFAULT_LOSS_WEIGHTS.
     task_name: seqio task name to register the scaffold files under.
   """
@@ -220,7 +261,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   run_path.mkdir(parents=True, exist_ok=True)
   trainer = Trainer(model_config=model_config, optimizer_config=OptimizerConfig(),
                     mesh_config=MeshConfig(), batch_size=batch_size, seq_len=seq_len,
-                    rules=partitioning.logical_axis_rules())
+                    rules=partitioning.logical_axis_rules(), z_loss=z_loss, microbatches=microbatches)
+  profiler = StepProfiler(run_path / "profile", profile_steps)
   log.info("mesh %s over %d devices; model of %.2fM parameters", dict(trainer.mesh.shape),
            trainer.mesh.size, model_config.num_params() / 1e6)
   flops_per_token = flops.training_flops_per_token(model_config, seq_len, causal=True)
@@ -264,15 +306,17 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
         except StopIteration:
           raise RuntimeError(f"no training windows: no scaffold record with split 'train' in "
                              f"{scaffold_files}") from None
+        profiler.before(step + 1)
         began = time.perf_counter()
         state, step_metrics = trainer.step(state, batch)
-        metrics = scalar_metrics(jax.device_get(step_metrics))
+        step_metrics = jax.device_get(step_metrics)
+        profiler.after(step + 1)
+        check_finite(step + 1, step_metrics)
+        metrics = scalar_metrics(step_metrics)
         step_s = time.perf_counter() - began
         metrics.update(step_s=step_s, tokens_per_s=batch_size * seq_len / step_s)
         if peak:
           metrics["mfu"] = flops.mfu(metrics["tokens_per_s"], flops_per_token, trainer.mesh.size, peak)
-        if not all(map(_finite, metrics.values())):
-          raise FloatingPointError(f"step {step + 1}: non-finite metrics {metrics}; nothing saved")
         last = step + 1 == steps
         if eval_every and ((step + 1) % eval_every == 0 or last):
           metrics.update(_validate(trainer, state.params, task_name, step=step + 1, seed=seed,
@@ -288,6 +332,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           log.warning("stopped at step %d after SIGTERM; rerun the same command to resume", step + 1)
           break
     finally:
+      profiler.stop()
       checkpoints.wait()
       checkpoints.close()
       writer.close()
@@ -297,7 +342,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
 def scalar_metrics(step_metrics: Mapping[str, Any]) -> dict[str, float]:
   """Step metrics as floats, with the NLL of each segment kind present in the batch as `loss/<kind>`
   (the mean over its tokens, whatever its loss weight: the prompt's NLL shows even when untrained)."""
-  metrics = {k: float(v) for k, v in step_metrics.items() if k not in ("kind_nll", "kind_count")}
+  metrics = {k: float(v) for k, v in step_metrics.items()
+             if k not in ("kind_nll", "kind_count", "finite_grads")}
   for kind, total, count in zip(trajectory.SEGMENT_KINDS, step_metrics["kind_nll"],
                                 step_metrics["kind_count"]):
     if count > 0:
@@ -305,5 +351,15 @@ def scalar_metrics(step_metrics: Mapping[str, Any]) -> dict[str, float]:
   return metrics
 
 
-def _finite(x: float) -> bool:
-  return x == x and abs(x) != float("inf")
+def check_finite(step: int, step_metrics: Mapping[str, Any]) -> None:
+  """Stop the run on a NaN or Inf loss or gradient, naming the step and the offending tensors.
+
+  Raised before the step's checkpoint is written, so the last checkpoint on disk stays finite.
+  """
+  bad = [jax.tree_util.keystr(path) for path, ok in
+         jax.tree_util.tree_leaves_with_path(step_metrics["finite_grads"]) if not ok]
+  if bad or not np.isfinite(step_metrics["loss"]):
+    raise FloatingPointError(
+        f"step {step}: loss {float(step_metrics['loss'])}, non-finite gradients in "
+        f"{', '.join(bad) or 'none'}; stopping without saving this step (the latest checkpoint is "
+        f"the last finite state)")
