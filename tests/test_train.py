@@ -71,6 +71,17 @@ def test_mesh_fills_the_free_axis_and_rejects_impossible_shapes():
     MeshConfig(data=3, fsdp=2, sequence=1, tensor=2).shape(8)
 
 
+def test_multi_slice_mesh_puts_the_dcn_axis_across_slices():
+  config = MeshConfig(data=1, fsdp=-1, sequence=1, tensor=2, dcn_data=2)
+  assert config.ici_shape(8) == (1, 2, 1, 2) and config.shape(8) == (2, 2, 1, 2)
+  mesh = make_mesh(config)
+  devices = np.vectorize(lambda d: d.id)(mesh.devices)
+  # Simulated slices are consecutive devices: slice 0 = devices 0-3 holds data index 0.
+  assert set(devices[0].ravel()) == {0, 1, 2, 3} and set(devices[1].ravel()) == {4, 5, 6, 7}
+  with pytest.raises(ValueError, match="cannot form 3 equal slices"):
+    MeshConfig(dcn_data=3).shape(8)
+
+
 def test_parameters_and_batches_are_sharded_by_the_logical_rules():
   trainer = trainer_lib.Trainer(model_config=MODEL, optimizer_config=trainer_lib.OptimizerConfig(),
                                 mesh_config=MeshConfig(data=2, fsdp=2, sequence=1, tensor=2),
@@ -133,6 +144,21 @@ def test_gradient_accumulation_over_microbatches_matches_one_batch():
   np.testing.assert_allclose(metrics_4["kind_nll"], metrics_1["kind_nll"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(params_4), jax.tree.leaves(params_1)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_master_weights():
+  def one_step(dtype):
+    trainer = trainer_lib.Trainer(model_config=dataclasses.replace(MODEL, dtype=dtype),
+                                  optimizer_config=trainer_lib.OptimizerConfig(),
+                                  mesh_config=MeshConfig(data=2, fsdp=2, sequence=1, tensor=2),
+                                  batch_size=8, seq_len=32)
+    state, metrics = trainer.step(trainer.init_state(0), _random_batch(8, 32, MODEL.vocab_size))
+    return jax.device_get(state.params), jax.device_get(metrics)
+
+  params_bf16, metrics_bf16 = one_step("bfloat16")
+  _, metrics_f32 = one_step("float32")
+  assert {leaf.dtype for leaf in jax.tree.leaves(params_bf16)} == {np.dtype("float32")}
+  np.testing.assert_allclose(metrics_bf16["loss"], metrics_f32["loss"], rtol=2e-2)
 
 
 def test_non_finite_gradients_stop_the_run_naming_the_tensor():

@@ -1,4 +1,9 @@
-"""The device mesh: axes `data`, `fsdp`, `sequence`, `tensor` (DESIGN.md "Mesh")."""
+"""The device mesh: axes `data`, `fsdp`, `sequence`, `tensor` (DESIGN.md "Mesh").
+
+Each axis has a size within a slice (ICI, the fast interconnect) and a number of slices it spans
+(DCN, the data-center network between slices of a multi-slice job); the mesh axis is their product.
+Put only axes with little traffic (usually `data`, sometimes `fsdp`) across slices.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Size of each mesh axis; one axis may be -1 to take the devices left over.
+  """Size of each mesh axis within a slice (one may be -1: the devices of a slice left over), and how
+  many slices it spans (`dcn_*`, whose product is the number of slices).
 
   `data` replicates parameters, `fsdp` shards them (and the batch), `sequence` shards the length
   (ring attention), `tensor` shards heads and MLP width.
@@ -27,28 +33,57 @@ class MeshConfig:
   fsdp: int = -1
   sequence: int = 1
   tensor: int = 1
+  dcn_data: int = 1
+  dcn_fsdp: int = 1
+  dcn_sequence: int = 1
+  dcn_tensor: int = 1
 
-  def shape(self, num_devices: int) -> tuple[int, ...]:
+  @property
+  def dcn_shape(self) -> tuple[int, ...]:
+    return (self.dcn_data, self.dcn_fsdp, self.dcn_sequence, self.dcn_tensor)
+
+  def ici_shape(self, num_devices: int) -> tuple[int, ...]:
+    """Per-slice axis sizes, with -1 resolved, for `num_devices` devices in all slices."""
+    num_slices = math.prod(self.dcn_shape)
+    if num_devices % num_slices:
+      raise ValueError(f"{num_devices} devices cannot form {num_slices} equal slices "
+                       f"(dcn sizes {dict(zip(MESH_AXES, self.dcn_shape))})")
+    per_slice = num_devices // num_slices
     sizes = [self.data, self.fsdp, self.sequence, self.tensor]
     if sizes.count(-1) > 1:
       raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-      if num_devices % known:
-        raise ValueError(f"{num_devices} devices cannot fill mesh {dict(zip(MESH_AXES, sizes))}")
-      sizes[sizes.index(-1)] = num_devices // known
-    if math.prod(sizes) != num_devices:
-      raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                       f"but {num_devices} are available")
+      if per_slice % known:
+        raise ValueError(f"{per_slice} devices per slice cannot fill mesh {dict(zip(MESH_AXES, sizes))}")
+      sizes[sizes.index(-1)] = per_slice // known
+    if math.prod(sizes) != per_slice:
+      raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices per slice, "
+                       f"but {per_slice} are available")
     return tuple(sizes)
+
+  def shape(self, num_devices: int) -> tuple[int, ...]:
+    """The mesh shape: per axis, the per-slice size times the number of slices it spans."""
+    return tuple(i * d for i, d in zip(self.ici_shape(num_devices), self.dcn_shape))
 
 
 def make_mesh(config: MeshConfig, devices: list[jax.Device] | None = None) -> Mesh:
-  """A Mesh over `devices` (default: all) with MESH_AXES, laid out for the interconnect."""
+  """A Mesh over `devices` (default: all) with MESH_AXES, laid out for the interconnect.
+
+  Devices without a `slice_index` (CPU, a single GPU host) form simulated slices of consecutive
+  devices, so multi-slice configs can be exercised anywhere.
+  """
   devices = list(devices if devices is not None else jax.devices())
-  shape = config.shape(len(devices))
-  try:
-    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
-  except (AssertionError, NotImplementedError, ValueError):
-    device_array = np.asarray(devices).reshape(shape)
+  ici, dcn = config.ici_shape(len(devices)), config.dcn_shape
+  if math.prod(dcn) > 1 and hasattr(devices[0], "slice_index"):
+    device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  elif math.prod(dcn) > 1:
+    blocks = np.asarray(devices).reshape(dcn + ici)  # [dcn axes..., ici axes...]
+    interleaved = blocks.transpose([j for i in range(len(MESH_AXES)) for j in (i, i + len(MESH_AXES))])
+    device_array = interleaved.reshape(config.shape(len(devices)))
+  else:
+    try:
+      device_array = mesh_utils.create_device_mesh(ici, devices=devices)
+    except (AssertionError, NotImplementedError, ValueError):
+      device_array = np.asarray(devices).reshape(ici)
   return Mesh(device_array, MESH_AXES)
