@@ -247,6 +247,22 @@ def _data_inspect(args: argparse.Namespace) -> int:
   return 0
 
 
+# --------------------------------------------------------------------------------------------- weights
+def _weights_import(args: argparse.Namespace) -> int:
+  from xbook.model.hf import import_hf_checkpoint
+  config = import_hf_checkpoint(args.hf, args.out)
+  print(f"imported {args.hf} -> {args.out}: {config.n_layers} layers, d_model {config.d_model}, "
+        f"{config.num_params() / 1e6:.1f}M parameters")
+  return 0
+
+
+def _weights_export(args: argparse.Namespace) -> int:
+  from xbook.model.hf import export_hf_checkpoint
+  export_hf_checkpoint(args.params, args.out, model_type=args.model_type)
+  print(f"exported {args.params} -> {args.out} (config.json, model.safetensors)")
+  return 0
+
+
 # ----------------------------------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
   from xbook.train import distributed
@@ -353,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
                  help="size of the sequence mesh axis (the length must divide by it)")
   p.add_argument("--split", default="train", choices=("train", "validation", "test"))
   p.add_argument("--json", action="store_true")
+
+  weights = _group(commands, "weights", "Pretrained weights: Hugging Face Llama/Mistral checkpoints.",
+                   "xbook weights import --hf ~/models/tiny-llama --out weights/tiny-llama")
+  p = _add(weights, "import", "Convert a Hugging Face safetensors checkpoint to xbook parameters (Orbax).",
+           "xbook weights import --hf ~/models/tiny-llama --out weights/tiny-llama", _weights_import)
+  p.add_argument("--hf", required=True, help="folder with config.json and model.safetensors (or shards)")
+  p.add_argument("--out", required=True, help="new folder for model.json and the Orbax params")
+  p = _add(weights, "export", "Write xbook parameters back as a Hugging Face checkpoint.",
+           "xbook weights export --params weights/tiny-llama --out exported/tiny-llama", _weights_export)
+  p.add_argument("--params", required=True, help="folder written by `xbook weights import`")
+  p.add_argument("--out", required=True, help="folder for config.json and model.safetensors")
+  p.add_argument("--model_type", choices=("llama", "mistral"), default=None,
+                 help="architecture to write (default: the one imported)")
 
   p = _add(commands, "train", "Train (or resume) a decoder on scaffold trajectories, configured by gin.",
            "xbook train --gin_file=configs/runs/demo.gin --run_dir=runs/demo --gin.train.steps=40",

@@ -1,0 +1,183 @@
+"""Hugging Face Llama/Mistral checkpoints: import gives transformers' logits, export round-trips."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file, save_file
+
+from xbook.model import Decoder
+from xbook.model.hf import (config_from_hf, config_to_hf, export_hf_checkpoint, import_hf_checkpoint,
+                            load_params)
+
+# 8 query heads over 2 key/value heads: group (4) != n_kv_heads (2), so a swapped head layout shows.
+TINY = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 8, "num_key_value_heads": 2}
+
+
+def tiny_model(model_type: str, **overrides) -> transformers.PreTrainedModel:
+  """A tiny random model with norm scales away from 1 (so a mis-mapped norm shows)."""
+  torch.manual_seed(0)
+  config = transformers.AutoConfig.for_model(model_type, **{**TINY, **overrides})
+  model = transformers.AutoModelForCausalLM.from_config(config).eval()
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if name.endswith("norm.weight"):
+        param.uniform_(0.5, 1.5)
+  return model
+
+
+def hf_logits(model: transformers.PreTrainedModel, tokens: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(input_ids=torch.from_numpy(tokens)).logits.numpy()
+
+
+def xbook_logits(params_dir, tokens: np.ndarray) -> np.ndarray:
+  config, params, _ = load_params(params_dir)
+  positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
+  segment_ids = np.ones_like(tokens)
+  return np.asarray(Decoder(config).apply({"params": params}, tokens, segment_ids, positions))
+
+
+@pytest.fixture(scope="module")
+def tokens() -> np.ndarray:
+  """[2, 16] random token ids."""
+  return np.random.default_rng(0).integers(0, TINY["vocab_size"], size=(2, 16), dtype=np.int32)
+
+
+@pytest.mark.parametrize("model_type, overrides", [
+    ("llama", {"rope_theta": 5000.0, "rms_norm_eps": 1e-5}),
+    ("mistral", {"sliding_window": None, "tie_word_embeddings": True}),
+])
+def test_import_matches_transformers_and_export_round_trips(tmp_path, tokens, model_type, overrides):
+  model = tiny_model(model_type, **overrides)
+  model.save_pretrained(tmp_path / "hf")
+  expected = hf_logits(model, tokens)
+
+  config = import_hf_checkpoint(tmp_path / "hf", tmp_path / "xbook")
+  assert config.tie_embeddings == bool(overrides.get("tie_word_embeddings"))
+  np.testing.assert_allclose(xbook_logits(tmp_path / "xbook", tokens), expected, atol=1e-4, rtol=0)
+
+  export_hf_checkpoint(tmp_path / "xbook", tmp_path / "export")
+  exported = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "export", torch_dtype=torch.float32).eval()
+  assert exported.config.model_type == model_type
+  np.testing.assert_allclose(hf_logits(exported, tokens), expected, atol=1e-4, rtol=0)
+
+
+def test_sharded_checkpoint_imports(tmp_path, tokens):
+  model = tiny_model("llama")
+  model.save_pretrained(tmp_path / "hf", max_shard_size="40KB")
+  assert (tmp_path / "hf/model.safetensors.index.json").is_file()
+  assert len(list((tmp_path / "hf").glob("*.safetensors"))) > 2
+  import_hf_checkpoint(tmp_path / "hf", tmp_path / "xbook")
+  np.testing.assert_allclose(xbook_logits(tmp_path / "xbook", tokens), hf_logits(model, tokens),
+                             atol=1e-4, rtol=0)
+  with pytest.raises(FileExistsError, match="exists already"):
+    import_hf_checkpoint(tmp_path / "hf", tmp_path / "xbook")
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("hf")
+  tiny_model("llama").save_pretrained(path)
+  return path
+
+
+def edited_copy(hf_dir, tmp_path, edit, **config_changes):
+  """A copy of the checkpoint at hf_dir whose tensors dict went through `edit`, config.json updated."""
+  path = tmp_path / "edited"
+  shutil.rmtree(path, ignore_errors=True)
+  shutil.copytree(hf_dir, path)
+  tensors = load_file(path / "model.safetensors")
+  edit(tensors)
+  save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+  config_json = json.loads((path / "config.json").read_text())
+  (path / "config.json").write_text(json.dumps({**config_json, **config_changes}))
+  return path
+
+
+def test_wrong_shape_names_tensor_and_shapes(hf_dir, tmp_path):
+  name = "model.layers.1.self_attn.k_proj.weight"
+  edited = edited_copy(hf_dir, tmp_path, lambda t: t.update({name: t[name][:8]}))
+  with pytest.raises(ValueError, match=rf"{name}: expected shape \(16, 64\), found \(8, 64\)"):
+    import_hf_checkpoint(edited, tmp_path / "xbook")
+
+
+def test_missing_and_unexpected_tensors_are_named(hf_dir, tmp_path):
+  name = "model.layers.0.mlp.up_proj.weight"
+  edited = edited_copy(hf_dir, tmp_path, lambda t: t.pop(name))
+  with pytest.raises(ValueError, match=f"missing tensors: {name}"):
+    import_hf_checkpoint(edited, tmp_path / "xbook")
+  edited = edited_copy(hf_dir, tmp_path, lambda t: t.update({"model.extra.bias": np.zeros(4, np.float32)}))
+  with pytest.raises(ValueError, match="unexpected tensors: model.extra.bias"):
+    import_hf_checkpoint(edited, tmp_path / "xbook")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_type": "gpt2"}, "model_type='gpt2' is not supported"),
+    ({"model_type": "qwen2"}, "attention has no biases"),
+    ({"attention_bias": True}, "attention_bias=true"),
+    ({"mlp_bias": True}, "mlp_bias=true"),
+    ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
+     "rope_parameters.rope_type='llama3'"),
+    ({"rope_parameters": None, "rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling="),
+    ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window=4096"),
+    ({"num_hidden_layers": None}, "'num_hidden_layers'"),
+])
+def test_unsupported_config_names_the_field(hf_dir, change, message):
+  config_json = json.loads((hf_dir / "config.json").read_text())
+  with pytest.raises(ValueError, match=message):
+    config_from_hf({**config_json, **change})
+
+
+def test_unsupported_model_type_fails_import(hf_dir, tmp_path):
+  edited = edited_copy(hf_dir, tmp_path, lambda t: None, model_type="gpt2")
+  with pytest.raises(ValueError, match="model_type='gpt2'"):
+    import_hf_checkpoint(edited, tmp_path / "xbook")
+
+
+def test_tied_checkpoint_may_store_only_a_copy_of_the_embedding(hf_dir, tmp_path):
+  edited = edited_copy(hf_dir, tmp_path, lambda t: None, tie_word_embeddings=True)
+  with pytest.raises(ValueError, match="lm_head.weight differs from model.embed_tokens.weight"):
+    import_hf_checkpoint(edited, tmp_path / "xbook")
+  def copy_embedding(tensors):
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+
+  edited = edited_copy(hf_dir, tmp_path, copy_embedding, tie_word_embeddings=True)
+  assert import_hf_checkpoint(edited, tmp_path / "xbook").tie_embeddings
+
+
+def test_bfloat16_checkpoint_imports_as_float32(tmp_path, tokens):
+  tiny_model("llama").to(torch.bfloat16).save_pretrained(tmp_path / "hf")
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "hf", torch_dtype=torch.float32).eval()
+  import_hf_checkpoint(tmp_path / "hf", tmp_path / "xbook")
+  _, params, _ = load_params(tmp_path / "xbook")
+  assert params["layers"]["attention"]["query"].dtype == np.float32
+  np.testing.assert_allclose(xbook_logits(tmp_path / "xbook", tokens), hf_logits(reference, tokens),
+                             atol=1e-4, rtol=0)
+
+
+def test_config_round_trips_through_hf_json(hf_dir):
+  config = config_from_hf(json.loads((hf_dir / "config.json").read_text()))
+  for model_type in ("llama", "mistral"):
+    assert config_from_hf(config_to_hf(config, model_type)) == config
+
+
+def test_cli_imports_and_exports(hf_dir, tmp_path, tokens, capsys):
+  from xbook import cli
+  assert cli.main(["weights", "import", "--hf", str(hf_dir), "--out", str(tmp_path / "xb")]) == 0
+  assert cli.main(["weights", "export", "--params", str(tmp_path / "xb"), "--out", str(tmp_path / "back")]) == 0
+  assert "imported" in capsys.readouterr().out
+  reference = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+  exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back",
+                                                              torch_dtype=torch.float32).eval()
+  np.testing.assert_allclose(xbook_logits(tmp_path / "xb", tokens), hf_logits(reference, tokens), atol=1e-4)
+  np.testing.assert_allclose(hf_logits(exported, tokens), hf_logits(reference, tokens), atol=1e-5)

@@ -1,0 +1,65 @@
+"""xbook's side of a conversion: a folder holding a parameter tree and the DecoderConfig it belongs to.
+
+Layout: `<dir>/model.json` ({"model": DecoderConfig fields, "hf_model_type": architecture it came from})
+and `<dir>/params` (an Orbax checkpoint of the parameter tree, layers scanned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from xbook.atomic import atomic_open
+from xbook.model.config import DecoderConfig
+from xbook.model.decoder import Decoder
+
+
+def save_params(out_dir: str | os.PathLike[str], config: DecoderConfig, params: dict[str, Any], *,
+                hf_model_type: str) -> None:
+  """Write `params` (numpy or jax arrays, the tree of Decoder(config)) and model.json to `out_dir`.
+
+  Raises:
+    ValueError: `out_dir/params` exists already (Orbax does not overwrite).
+  """
+  out_dir = Path(out_dir).resolve()
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(out_dir / "params", params)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  info = {"model": dataclasses.asdict(config), "hf_model_type": hf_model_type}
+  with atomic_open(out_dir / "model.json") as f:
+    json.dump(info, f, indent=2)
+
+
+def _abstract_params(config: DecoderConfig, device: jax.Device) -> dict[str, Any]:
+  """The parameter tree of Decoder(config) as jax.ShapeDtypeStruct leaves placed on `device`."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: Decoder(config).init(jax.random.key(0), tokens, tokens + 1, tokens))["params"]
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      nn.unbox(shapes))
+
+
+def load_params(params_dir: str | os.PathLike[str]) -> tuple[DecoderConfig, dict[str, Any], str]:
+  """Read a folder written by `save_params`, parameters on the host.
+
+  Returns:
+    (config, params as numpy arrays, hf_model_type).
+  """
+  params_dir = Path(params_dir).resolve()
+  info = json.loads((params_dir / "model.json").read_text(encoding="utf-8"))
+  config = DecoderConfig(**info["model"])
+  checkpointer = ocp.StandardCheckpointer()
+  params = checkpointer.restore(params_dir / "params", _abstract_params(config, jax.devices("cpu")[0]))
+  checkpointer.close()
+  return config, jax.tree.map(np.asarray, params), info["hf_model_type"]
