@@ -1,7 +1,8 @@
 """Orbax checkpoints of a run: parameters, optimizer state and the run's progress, saved together.
 
-Layout: `<run_dir>/checkpoints/<step>/{params, opt_state, progress}`. `progress` is JSON: the step and
-the input pipeline position (batches consumed), so a restarted run continues where it stopped.
+Layout: `<run_dir>/checkpoints/<step>/{params, opt_state, progress}`. `progress` is JSON: the step, the
+input pipeline position (batches consumed) and the seed, which with the step determines every random
+choice of the run (data order; the model has no dropout), so a restarted run continues where it stopped.
 """
 
 from __future__ import annotations

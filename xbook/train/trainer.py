@@ -283,16 +283,20 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   if restored is None:
     log.info("starting a new run in %s", run_path)
     state = trainer.init_state(seed)
-    start = 0
+    start = consumed = 0
   else:
     start = int(restored["progress"]["step"])
+    consumed = int(restored["progress"].get("batches_consumed", start))
+    if restored["progress"].get("seed", seed) != seed:
+      raise ValueError(f"{run_path} was trained with seed {restored['progress']['seed']}, not {seed}: "
+                       "resuming with another seed would change the data order; use a new run_dir")
     log.info("resuming %s from its checkpoint at step %d", run_path, start)
     state = TrainState(step=jnp.asarray(start, jnp.int32), params=restored["params"],
                        opt_state=restored["opt_state"])
 
   batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
                                seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"],
-                               layout=layout, seed=seed, start_batch=start)
+                               layout=layout, seed=seed, start_batch=consumed)
   writer = MetricsWriter(run_path)
   metrics: dict[str, float] = {}
   progress = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step",
@@ -327,7 +331,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           log.info("step %d/%d: loss %.4f, grad norm %.3f, lr %.2e, %.0f tokens/s", step + 1, steps,
                    metrics["loss"], metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
         if (step + 1) % checkpoint_every == 0 or last or guard.requested:
-          checkpoints.save(step + 1, state.params, state.opt_state, {"step": step + 1})
+          checkpoints.save(step + 1, state.params, state.opt_state,
+                           {"step": step + 1, "batches_consumed": step + 1, "seed": seed})
         if guard.requested:
           log.warning("stopped at step %d after SIGTERM; rerun the same command to resume", step + 1)
           break
