@@ -263,6 +263,12 @@ def _weights_export(args: argparse.Namespace) -> int:
   return 0
 
 
+# ----------------------------------------------------------------------------------------------- bench
+def _bench_attention(args: argparse.Namespace) -> int:
+  from xbook.model import attention_bench
+  return attention_bench.run(args)
+
+
 # ----------------------------------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
   from xbook.train import distributed
@@ -382,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="folder for config.json and model.safetensors")
   p.add_argument("--model_type", choices=("llama", "mistral"), default=None,
                  help="architecture to write (default: the one imported)")
+
+  bench = _group(commands, "bench", "Speed, memory and accuracy figures.",
+                 "xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag")
+  p = _add(bench, "attention", "Attention vs dense: max errors of out and dq/dk/dv, time, memory, balance.",
+           "xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag --json", _bench_attention)
+  from xbook.model.attention_bench import add_arguments as add_attention_bench_arguments
+  add_attention_bench_arguments(p)
 
   p = _add(commands, "train", "Train (or resume) a decoder on scaffold trajectories, configured by gin.",
            "xbook train --gin_file=configs/runs/demo.gin --run_dir=runs/demo --gin.train.steps=40",
