@@ -12,8 +12,9 @@ from xbook.model import Decoder, DecoderConfig, dense_attention
 from xbook.model.layers import apply_rope
 
 
-def reference_attention(q, k, v, segment_ids, positions):
-  """float64 loop over heads: softmax(q k^T / sqrt(d)) v with causal + same-segment masking."""
+def reference_attention(q, k, v, segment_ids, positions, window=None):
+  """float64 loop over heads: softmax(q k^T / sqrt(d)) v with causal + same-segment masking (and at
+  most `window` keys per query)."""
   q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
   batch, length, n_kv, group, dim = q.shape
   out = np.zeros_like(q)
@@ -21,6 +22,8 @@ def reference_attention(q, k, v, segment_ids, positions):
     visible = ((segment_ids[b][:, None] == segment_ids[b][None, :])
                & (segment_ids[b][:, None] > 0)
                & (positions[b][None, :] <= positions[b][:, None]))
+    if window is not None:
+      visible &= positions[b][:, None] - positions[b][None, :] < window
     for h in range(n_kv):
       for g in range(group):
         scores = q[b, :, h, g] @ k[b, :, h].T / np.sqrt(dim)
@@ -33,7 +36,8 @@ def reference_attention(q, k, v, segment_ids, positions):
   return out
 
 
-def test_dense_attention_matches_float64_reference_with_packing_and_gqa():
+@pytest.mark.parametrize("window", [None, 3])
+def test_dense_attention_matches_float64_reference_with_packing_and_gqa(window):
   rng = np.random.default_rng(0)
   batch, length, n_kv, group, dim = 2, 12, 2, 3, 8
   q = rng.normal(size=(batch, length, n_kv, group, dim)).astype(np.float32)
@@ -43,8 +47,8 @@ def test_dense_attention_matches_float64_reference_with_packing_and_gqa():
   segment_ids = np.array([[1] * 5 + [2] * 4 + [0] * 3, [1] * 12], np.int32)
   positions = np.array([list(range(5)) + list(range(4)) + [0] * 3, list(range(12))], np.int32)
   got = dense_attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                        q_positions=positions, kv_positions=positions)
-  want = reference_attention(q, k, v, segment_ids, positions)
+                        q_positions=positions, kv_positions=positions, sliding_window=window)
+  want = reference_attention(q, k, v, segment_ids, positions, window)
   np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
   assert not np.asarray(got)[0, 9:].any(), "padding queries must produce zeros"
 
@@ -126,3 +130,17 @@ def test_config_rejects_inconsistent_shapes():
     _tiny(n_heads=3)
   with pytest.raises(ValueError, match="remat"):
     _tiny(remat="sometimes")
+  with pytest.raises(ValueError, match="sliding_window=64 needs .* attention='dense'"):
+    _tiny(sliding_window=64, attention="ring")
+
+
+def test_attention_biases_are_parameters_counted_and_used():
+  config = _tiny(attention_bias=True)
+  model = Decoder(config)
+  tokens, segment_ids, positions = _inputs()
+  params = nn.unbox(model.init(jax.random.key(0), tokens, segment_ids, positions))["params"]
+  assert sum(x.size for x in jax.tree.leaves(params)) == config.num_params()
+  assert params["layers"]["attention"]["query_bias"].shape == (2, 2, 2, 8)
+  before = model.apply({"params": params}, tokens, segment_ids, positions)
+  params["layers"]["attention"]["value_bias"] = params["layers"]["attention"]["value_bias"] + 1.0
+  assert not np.allclose(before, model.apply({"params": params}, tokens, segment_ids, positions))

@@ -1,4 +1,4 @@
-"""Hugging Face Llama/Mistral checkpoints: import gives transformers' logits, export round-trips."""
+"""Hugging Face Llama/Mistral/Qwen2 checkpoints: import gives transformers' logits, export round-trips."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ TINY = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidd
 
 
 def tiny_model(model_type: str, **overrides) -> transformers.PreTrainedModel:
-  """A tiny random model with norm scales away from 1 (so a mis-mapped norm shows)."""
+  """A tiny random model with norm scales away from 1 and non-zero biases (so a mis-mapping shows)."""
   torch.manual_seed(0)
   config = transformers.AutoConfig.for_model(model_type, **{**TINY, **overrides})
   model = transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -29,6 +29,8 @@ def tiny_model(model_type: str, **overrides) -> transformers.PreTrainedModel:
     for name, param in model.named_parameters():
       if name.endswith("norm.weight"):
         param.uniform_(0.5, 1.5)
+      elif name.endswith("bias"):  # Qwen2's q/k/v biases start at zero; make a mis-mapping show
+        param.uniform_(-0.5, 0.5)
   return model
 
 
@@ -53,6 +55,8 @@ def tokens() -> np.ndarray:
 @pytest.mark.parametrize("model_type, overrides", [
     ("llama", {"rope_theta": 5000.0, "rms_norm_eps": 1e-5}),
     ("mistral", {"sliding_window": None, "tie_word_embeddings": True}),
+    ("mistral", {"sliding_window": 5}),  # 16 tokens: the window matters
+    ("qwen2", {"use_sliding_window": False}),
 ])
 def test_import_matches_transformers_and_export_round_trips(tmp_path, tokens, model_type, overrides):
   model = tiny_model(model_type, **overrides)
@@ -121,14 +125,13 @@ def test_missing_and_unexpected_tensors_are_named(hf_dir, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"model_type": "gpt2"}, "model_type='gpt2' is not supported"),
-    ({"model_type": "qwen2"}, "attention has no biases"),
+    ({"model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window=true"),
     ({"attention_bias": True}, "attention_bias=true"),
     ({"mlp_bias": True}, "mlp_bias=true"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
     ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
      "rope_parameters.rope_type='llama3'"),
     ({"rope_parameters": None, "rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling="),
-    ({"model_type": "mistral", "sliding_window": 4096}, "sliding_window=4096"),
     ({"num_hidden_layers": None}, "'num_hidden_layers'"),
 ])
 def test_unsupported_config_names_the_field(hf_dir, change, message):

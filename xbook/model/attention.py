@@ -28,12 +28,12 @@ AttentionFn = Callable[..., jax.Array]
 
 
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: jax.Array,
-                    kv_segment_ids: jax.Array, q_positions: jax.Array, kv_positions: jax.Array
-                    ) -> jax.Array:
-  """Plain softmax attention over the full [q_len, kv_len] score matrix."""
+                    kv_segment_ids: jax.Array, q_positions: jax.Array, kv_positions: jax.Array,
+                    sliding_window: int | None = None) -> jax.Array:
+  """Plain softmax attention over the full [q_len, kv_len] score matrix (optionally windowed)."""
   scale = q.shape[-1] ** -0.5
   scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32) * scale
-  mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+  mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
   scores = jnp.where(mask[:, None, None, :, :], scores, MASKED)
   probs = jax.nn.softmax(scores, axis=-1)
   # Rows with no visible key (padding queries) get zero output rather than a uniform average.

@@ -10,9 +10,13 @@ MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_positions: jax.Array,
-                   kv_positions: jax.Array) -> jax.Array:
-  """Boolean [batch, q_len, kv_len]: same non-padding segment and key not after query."""
+                   kv_positions: jax.Array, sliding_window: int | None = None) -> jax.Array:
+  """Boolean [batch, q_len, kv_len]: same non-padding segment and key not after query (and, with a
+  sliding window W, fewer than W positions before it, so each query sees at most W keys)."""
   same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
   not_padding = (q_segment_ids[:, :, None] > 0) & (kv_segment_ids[:, None, :] > 0)
-  causal = kv_positions[:, None, :] <= q_positions[:, :, None]
-  return same_segment & not_padding & causal
+  distance = q_positions[:, :, None] - kv_positions[:, None, :]
+  visible = distance >= 0
+  if sliding_window is not None:
+    visible &= distance < sliding_window
+  return same_segment & not_padding & visible

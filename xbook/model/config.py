@@ -27,6 +27,9 @@ class DecoderConfig:
     param_dtype: storage dtype of parameters (master weights).
     attention: attention implementation name (xbook.model.attention.ATTENTION_IMPLS).
     remat: rematerialization policy per layer (REMAT_POLICIES).
+    sliding_window: each query sees at most this many keys (itself included); None: all before it.
+      Supported by the dense attention implementation only, so far.
+    attention_bias: learned biases on the query, key and value projections (Qwen2).
     scan_layers: run the layers under `nn.scan` (one compiled layer body, params stacked on `layers`).
   """
 
@@ -45,6 +48,8 @@ class DecoderConfig:
   attention: str = "dense"
   remat: str = "none"
   scan_layers: bool = True
+  sliding_window: int | None = None
+  attention_bias: bool = False
 
   def __post_init__(self) -> None:
     if self.n_heads % self.n_kv_heads:
@@ -53,6 +58,9 @@ class DecoderConfig:
       raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+    if self.sliding_window is not None and (self.sliding_window < 1 or self.attention != "dense"):
+      raise ValueError(f"sliding_window={self.sliding_window} needs a positive window and "
+                       f"attention='dense' (got {self.attention!r}: its kernels have no window yet)")
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -65,6 +73,8 @@ class DecoderConfig:
   def num_params(self) -> int:
     """Parameter count, embeddings included."""
     attn = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+    if self.attention_bias:
+      attn += self.head_dim * (self.n_heads + 2 * self.n_kv_heads)
     mlp = 3 * self.d_model * self.mlp_dim
     per_layer = attn + mlp + 2 * self.d_model
     head = 0 if self.tie_embeddings else self.vocab_size * self.d_model

@@ -85,6 +85,12 @@ class Attention(nn.Module):
     q = jnp.einsum("ble,ekgd->blkgd", x, wq)
     k = jnp.einsum("ble,ekd->blkd", x, wk)
     v = jnp.einsum("ble,ekd->blkd", x, wv)
+    if cfg.attention_bias:
+      bias = lambda name, shape, names: self.param(  # noqa: E731
+          name, _init(nn.initializers.zeros, names), shape, cfg.weights_dtype).astype(cfg.compute_dtype)
+      q = q + bias("query_bias", (cfg.n_kv_heads, group, cfg.head_dim), ("kv_heads", "heads", "head_dim"))
+      k = k + bias("key_bias", (cfg.n_kv_heads, cfg.head_dim), ("kv_heads", "head_dim"))
+      v = v + bias("value_bias", (cfg.n_kv_heads, cfg.head_dim), ("kv_heads", "head_dim"))
     q = nn.with_logical_constraint(
         apply_rope(q, positions, cfg.rope_theta),
         ("activation_batch", "activation_length", "activation_kv_heads", "activation_heads", None))
@@ -93,9 +99,10 @@ class Attention(nn.Module):
         ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = nn.with_logical_constraint(
         v, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    window = {} if cfg.sliding_window is None else {"sliding_window": cfg.sliding_window}
     out = attention_lib.get_attention(cfg.attention)(
         q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, q_positions=positions,
-        kv_positions=positions)
+        kv_positions=positions, **window)
     out = jnp.einsum("blkgd,kgde->ble", out, wo)
     return nn.with_logical_constraint(out, BATCH_LENGTH_EMBED)
 

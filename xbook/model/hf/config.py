@@ -1,4 +1,9 @@
-"""Hugging Face `config.json` <-> DecoderConfig, for the architectures xbook's Decoder computes exactly."""
+"""Hugging Face `config.json` <-> DecoderConfig, for the architectures xbook's Decoder computes exactly.
+
+Llama and Mistral have bias-free projections; Qwen2 adds biases to the query, key and value projections
+(not to the output projection), which is DecoderConfig.attention_bias. Mistral's sliding window maps to
+DecoderConfig.sliding_window (dense attention).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,10 @@ from typing import Any
 
 from xbook.model.config import DecoderConfig
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                  "qwen2": "Qwen2ForCausalLM"}
 
 
 def _required(config_json: dict[str, Any], field: str) -> Any:
@@ -50,19 +56,20 @@ def config_from_hf(config_json: dict[str, Any]) -> DecoderConfig:
       field: attention_bias, mlp_bias, hidden_act, rope scaling, sliding_window), or a missing field.
   """
   model_type = config_json.get("model_type")
-  if model_type == "qwen2":
-    raise ValueError("model_type='qwen2' is not supported: its q/k/v projections have biases and "
-                     "xbook's attention has no biases yet")
   if model_type not in SUPPORTED_MODEL_TYPES:
     raise ValueError(f"model_type={model_type!r} is not supported; supported: {list(SUPPORTED_MODEL_TYPES)}")
   for field in ("attention_bias", "mlp_bias"):
     if config_json.get(field):
-      raise ValueError(f"{field}=true is not supported: xbook's projections have no biases")
+      raise ValueError(f"{field}=true is not supported: xbook's {model_type} projections have no biases")
   if config_json.get("hidden_act", "silu") != "silu":
     raise ValueError(f"hidden_act={config_json['hidden_act']!r} is not supported: xbook's MLP is SwiGLU (silu)")
-  if config_json.get("sliding_window") is not None:
-    raise ValueError(f"sliding_window={config_json['sliding_window']} is not supported: xbook's attention "
-                     "is full causal attention, it has no sliding window")
+  if model_type == "qwen2":
+    if config_json.get("use_sliding_window"):
+      raise ValueError("use_sliding_window=true is not supported for qwen2 (its window applies to some "
+                       "layers only)")
+    sliding_window = None
+  else:
+    sliding_window = config_json.get("sliding_window")
   n_heads = _required(config_json, "num_attention_heads")
   d_model = _required(config_json, "hidden_size")
   return DecoderConfig(
@@ -76,6 +83,8 @@ def config_from_hf(config_json: dict[str, Any]) -> DecoderConfig:
       rope_theta=_rope_theta(config_json),
       norm_eps=float(config_json.get("rms_norm_eps", 1e-6)),
       tie_embeddings=bool(config_json.get("tie_word_embeddings", False)),
+      sliding_window=sliding_window,
+      attention_bias=model_type == "qwen2",
   )
 
 
@@ -105,8 +114,16 @@ def config_to_hf(config: DecoderConfig, model_type: str = "llama") -> dict[str, 
       "tie_word_embeddings": config.tie_embeddings,
       "torch_dtype": config.param_dtype,
   }
+  if config.attention_bias != (model_type == "qwen2"):
+    raise ValueError(f"attention_bias={config.attention_bias} cannot be written as {model_type}: only "
+                     "qwen2 has query/key/value biases")
+  if config.sliding_window is not None and model_type != "mistral":
+    raise ValueError(f"sliding_window={config.sliding_window} can only be written as mistral")
   if model_type == "llama":
     config_json.update(attention_bias=False, mlp_bias=False)
+  elif model_type == "mistral":
+    config_json["sliding_window"] = config.sliding_window
   else:
-    config_json["sliding_window"] = None
+    config_json.update(use_sliding_window=False, sliding_window=None,
+                       max_window_layers=config.n_layers)
   return config_json

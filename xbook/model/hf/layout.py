@@ -1,4 +1,4 @@
-"""Where each Hugging Face Llama/Mistral tensor lives in xbook's parameter tree, and how it is reshaped.
+"""Where each Hugging Face Llama/Mistral/Qwen2 tensor lives in xbook's parameter tree, and how it is reshaped.
 
 HF stores torch Linear weights as [out_features, in_features]; xbook keeps kernels as [in, out...] with the
 heads split out. Query head h of HF's [n_heads * head_dim] projection is xbook's (kv = h // group,
@@ -91,6 +91,15 @@ def tensor_maps(config: DecoderConfig) -> list[TensorMap]:
                 (c.mlp_dim, c.d_model), transpose=True),
       TensorMap("model.norm.weight", ("final_norm", "scale"), (c.d_model,), (c.d_model,), transpose=False),
   ]
+  if c.attention_bias:
+    maps += [
+        TensorMap(f"{attn}.q_proj.bias", ("layers", "attention", "query_bias"), (q_width,),
+                  (c.n_kv_heads, group, c.head_dim), transpose=False),
+        TensorMap(f"{attn}.k_proj.bias", ("layers", "attention", "key_bias"), (kv_width,),
+                  (c.n_kv_heads, c.head_dim), transpose=False),
+        TensorMap(f"{attn}.v_proj.bias", ("layers", "attention", "value_bias"), (kv_width,),
+                  (c.n_kv_heads, c.head_dim), transpose=False),
+    ]
   if not c.tie_embeddings:
     maps.append(TensorMap("lm_head.weight", ("lm_head", "kernel"), (c.vocab_size, c.d_model),
                           (c.d_model, c.vocab_size), transpose=True))
