@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xbook.model import Decoder, DecoderConfig, dense_attention
-from xbook.model.layers import apply_rope
+from xbook.model.rope import apply_rope
 
 
 def reference_attention(q, k, v, segment_ids, positions, window=None):

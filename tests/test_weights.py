@@ -57,6 +57,13 @@ def tokens() -> np.ndarray:
     ("mistral", {"sliding_window": None, "tie_word_embeddings": True}),
     ("mistral", {"sliding_window": 5}),  # 16 tokens: the window matters
     ("qwen2", {"use_sliding_window": False}),
+    # Scaled RoPE, with an original context of 8 so that 16 tokens reach the scaled frequencies.
+    ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}}),
+    ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 8}}),
+    ("llama", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                   "original_max_position_embeddings": 8}}),
 ])
 def test_import_matches_transformers_and_export_round_trips(tmp_path, tokens, model_type, overrides):
   model = tiny_model(model_type, **overrides)
@@ -129,9 +136,10 @@ def test_missing_and_unexpected_tensors_are_named(hf_dir, tmp_path):
     ({"attention_bias": True}, "attention_bias=true"),
     ({"mlp_bias": True}, "mlp_bias=true"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
-    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}},
-     "rope_parameters.rope_type='llama3'"),
-    ({"rope_parameters": None, "rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling="),
+    ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 5e5, "factor": 8.0}}, "rope_type='dynamic'"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "attention_factor": 2.0}},
+     "attention_factor=2.0"),
+    ({"rope_parameters": None, "rope_scaling": {"type": "linear"}}, "needs a 'factor'"),
     ({"num_hidden_layers": None}, "'num_hidden_layers'"),
 ])
 def test_unsupported_config_names_the_field(hf_dir, change, message):

@@ -6,6 +6,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from xbook.model.rope import RopeScaling
+
 REMAT_POLICIES = ("none", "save_dots", "save_attention_out", "full")
 
 
@@ -21,6 +23,9 @@ class DecoderConfig:
     head_dim: per-head width (`head_dim`).
     mlp_dim: SwiGLU hidden width (`mlp`).
     rope_theta: rotary embedding base.
+    rope_scaling: long-context scaling of RoPE (xbook.model.rope.ROPE_SCALINGS), with its
+      rope_factor, rope_original_max_position (the pretraining context), rope_low_freq_factor and
+      rope_high_freq_factor (llama3), rope_beta_fast and rope_beta_slow (yarn).
     norm_eps: RMSNorm epsilon.
     tie_embeddings: share the input embedding with the output projection.
     dtype: compute dtype of activations and matmuls ("float32" or "bfloat16").
@@ -41,6 +46,13 @@ class DecoderConfig:
   head_dim: int = 64
   mlp_dim: int = 1024
   rope_theta: float = 10_000.0
+  rope_scaling: str = "none"
+  rope_factor: float = 1.0
+  rope_original_max_position: int = 8192
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_beta_fast: float = 32.0
+  rope_beta_slow: float = 1.0
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
   dtype: str = "float32"
@@ -56,11 +68,20 @@ class DecoderConfig:
       raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
     if self.head_dim % 2:
       raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+    _ = self.rope  # building the scaling validates its settings
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
     if self.sliding_window is not None and (self.sliding_window < 1 or self.attention != "dense"):
       raise ValueError(f"sliding_window={self.sliding_window} needs a positive window and "
                        f"attention='dense' (got {self.attention!r}: its kernels have no window yet)")
+
+  @property
+  def rope(self) -> RopeScaling:
+    return RopeScaling(kind=self.rope_scaling, factor=self.rope_factor,
+                       original_max_position=self.rope_original_max_position,
+                       low_freq_factor=self.rope_low_freq_factor,
+                       high_freq_factor=self.rope_high_freq_factor, beta_fast=self.rope_beta_fast,
+                       beta_slow=self.rope_beta_slow)
 
   @property
   def compute_dtype(self) -> jnp.dtype:

@@ -13,6 +13,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from xbook.model import attention as attention_lib
 from xbook.model.config import DecoderConfig
+from xbook.model.rope import apply_rope
 
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
 
@@ -35,24 +36,6 @@ class RMSNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (normed * scale.astype(jnp.float32)).astype(self.dtype)
-
-
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding (rotate-half convention of Llama).
-
-  Args:
-    x: [batch, length, ..., head_dim].
-    positions: [batch, length] int.
-    theta: frequency base.
-  """
-  half = x.shape[-1] // 2
-  inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, length, half]
-  angles = angles.reshape(angles.shape[:2] + (1,) * (x.ndim - 3) + (half,))
-  sin, cos = jnp.sin(angles), jnp.cos(angles)
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return rotated.astype(x.dtype)
 
 
 class Attention(nn.Module):
@@ -92,10 +75,10 @@ class Attention(nn.Module):
       k = k + bias("key_bias", (cfg.n_kv_heads, cfg.head_dim), ("kv_heads", "head_dim"))
       v = v + bias("value_bias", (cfg.n_kv_heads, cfg.head_dim), ("kv_heads", "head_dim"))
     q = nn.with_logical_constraint(
-        apply_rope(q, positions, cfg.rope_theta),
+        apply_rope(q, positions, cfg.rope_theta, cfg.rope),
         ("activation_batch", "activation_length", "activation_kv_heads", "activation_heads", None))
     k = nn.with_logical_constraint(
-        apply_rope(k, positions, cfg.rope_theta),
+        apply_rope(k, positions, cfg.rope_theta, cfg.rope),
         ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = nn.with_logical_constraint(
         v, ("activation_batch", "activation_length", "activation_kv_heads", None))

@@ -23,22 +23,42 @@ def _required(config_json: dict[str, Any], field: str) -> Any:
   return config_json[field]
 
 
-def _rope_theta(config_json: dict[str, Any]) -> float:
-  """The rotary base, refusing any scaled RoPE (xbook computes plain rotate-half RoPE only).
+# HF rope_type -> xbook rope_scaling kind; "dynamic" (runtime NTK) and "longrope" have no xbook equivalent.
+_ROPE_TYPES = {"default": "none", "linear": "linear", "yarn": "yarn", "llama3": "llama3"}
+_ROPE_FIELDS = {"factor": "rope_factor", "original_max_position_embeddings": "rope_original_max_position",
+                "low_freq_factor": "rope_low_freq_factor", "high_freq_factor": "rope_high_freq_factor",
+                "beta_fast": "rope_beta_fast", "beta_slow": "rope_beta_slow"}
+_ROPE_FIELDS_OF = {"none": (), "linear": ("factor",),
+                   "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow"),
+                   "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor",
+                              "high_freq_factor")}
 
-  transformers >= 5 writes `rope_parameters: {rope_type, rope_theta}`; earlier versions write a top-level
-  `rope_theta` and `rope_scaling` (null when unscaled).
+
+def _rope(config_json: dict[str, Any]) -> dict[str, Any]:
+  """The DecoderConfig rope fields of a checkpoint.
+
+  transformers >= 5 writes `rope_parameters: {rope_type, rope_theta, ...}`; earlier versions write a
+  top-level `rope_theta` and `rope_scaling: {type|rope_type, factor, ...}` (null when unscaled).
   """
-  parameters = config_json.get("rope_parameters")
-  if parameters is not None:
-    if parameters.get("rope_type", "default") != "default":
-      raise ValueError(f"rope_parameters.rope_type={parameters['rope_type']!r} is not supported: xbook "
-                       "computes unscaled RoPE only (rope_type 'default')")
-    return float(parameters.get("rope_theta", config_json.get("rope_theta", 10_000.0)))
-  scaling = config_json.get("rope_scaling")
-  if scaling is not None and scaling.get("rope_type", scaling.get("type")) != "default":
-    raise ValueError(f"rope_scaling={scaling!r} is not supported: xbook computes unscaled RoPE only")
-  return float(config_json.get("rope_theta", 10_000.0))
+  parameters = dict(config_json.get("rope_parameters") or config_json.get("rope_scaling") or {})
+  rope_type = parameters.get("rope_type", parameters.get("type", "default"))
+  if rope_type not in _ROPE_TYPES:
+    raise ValueError(f"rope_type={rope_type!r} is not supported; supported: {sorted(_ROPE_TYPES)}")
+  for field in ("attention_factor", "mscale", "mscale_all_dim"):
+    if parameters.get(field) is not None:
+      raise ValueError(f"rope parameter {field}={parameters[field]} is not supported: xbook's YaRN uses "
+                       "the temperature 0.1 ln(factor) + 1")
+  kind = _ROPE_TYPES[rope_type]
+  fields = {"rope_theta": float(parameters.get("rope_theta", config_json.get("rope_theta", 10_000.0))),
+            "rope_scaling": kind}
+  if kind in ("yarn", "llama3") and parameters.get("original_max_position_embeddings") is None:
+    parameters["original_max_position_embeddings"] = _required(config_json, "max_position_embeddings")
+  for name in _ROPE_FIELDS_OF[kind]:
+    if parameters.get(name) is not None:
+      fields[_ROPE_FIELDS[name]] = parameters[name]
+    elif name == "factor":
+      raise ValueError(f"rope_type={rope_type!r} needs a 'factor'")
+  return fields
 
 
 def config_from_hf(config_json: dict[str, Any]) -> DecoderConfig:
@@ -80,12 +100,22 @@ def config_from_hf(config_json: dict[str, Any]) -> DecoderConfig:
       n_kv_heads=config_json.get("num_key_value_heads") or n_heads,
       head_dim=config_json.get("head_dim") or d_model // n_heads,
       mlp_dim=_required(config_json, "intermediate_size"),
-      rope_theta=_rope_theta(config_json),
+      **_rope(config_json),
       norm_eps=float(config_json.get("rms_norm_eps", 1e-6)),
       tie_embeddings=bool(config_json.get("tie_word_embeddings", False)),
       sliding_window=sliding_window,
       attention_bias=model_type == "qwen2",
   )
+
+
+def _rope_parameters(config: DecoderConfig) -> dict[str, Any]:
+  kinds = {kind: rope_type for rope_type, kind in _ROPE_TYPES.items()}
+  if config.rope_scaling not in kinds:
+    raise ValueError(f"rope_scaling={config.rope_scaling!r} has no Hugging Face equivalent")
+  parameters = {"rope_type": kinds[config.rope_scaling], "rope_theta": config.rope_theta}
+  for name in _ROPE_FIELDS_OF[config.rope_scaling]:
+    parameters[name] = getattr(config, _ROPE_FIELDS[name])
+  return parameters
 
 
 def config_to_hf(config: DecoderConfig, model_type: str = "llama") -> dict[str, Any]:
@@ -109,8 +139,7 @@ def config_to_hf(config: DecoderConfig, model_type: str = "llama") -> dict[str, 
       "hidden_act": "silu",
       "rms_norm_eps": config.norm_eps,
       "rope_theta": config.rope_theta,
-      "rope_scaling": None,
-      "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+      "rope_parameters": _rope_parameters(config),
       "tie_word_embeddings": config.tie_embeddings,
       "torch_dtype": config.param_dtype,
   }
