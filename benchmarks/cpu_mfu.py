@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import statistics
 import sys
 import time
 
@@ -23,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xbook.data import trajectory
+from xbook.figures import print_figures, synthetic_batch
 from xbook.model import DecoderConfig
 from xbook.train import flops
 from xbook.train.mesh import MeshConfig
@@ -60,24 +59,9 @@ def main(argv: list[str]) -> int:
                     mesh_config=MeshConfig(data=1, fsdp=1, sequence=1, tensor=1),
                     batch_size=args.batch_size, seq_len=args.seq_len)
   assert trainer.mesh.size == len(device)
-  rng = np.random.default_rng(0)
-  shape = (args.batch_size, args.seq_len)
-  tokens = rng.integers(3, model.vocab_size, shape, dtype=np.int32)
-  batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": np.roll(tokens, -1, axis=1),
-           "decoder_loss_weights": np.ones(shape, np.float32),
-           "decoder_segment_ids": np.ones(shape, np.int32),
-           "decoder_positions": np.broadcast_to(np.arange(args.seq_len, dtype=np.int32), shape).copy(),
-           "decoder_segment_kinds": np.full(shape, trajectory.KIND_ID["text"], np.int32)}
-  state = trainer.init_state(0)
-  state, metrics = trainer.step(state, batch)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(args.steps):
-    began = time.perf_counter()
-    state, metrics = trainer.step(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - began)
-  step_s = statistics.median(times)
+  batch = synthetic_batch(args.batch_size, args.seq_len, model.vocab_size,
+                          kinds=trajectory.KIND_ID["text"])
+  step_s = trainer.median_step_seconds(trainer.init_state(0), batch, args.steps)
   peak = matmul_peak()
   tokens_per_step = args.batch_size * args.seq_len
   model_flops = tokens_per_step * flops.training_flops_per_token(model, args.seq_len, causal=True)
@@ -85,11 +69,7 @@ def main(argv: list[str]) -> int:
   result = {"device": device[0].device_kind, "attention": args.attention, "params": model.num_params(), "tokens_per_step": tokens_per_step,
             "step_s": step_s, "matmul_peak_flops": peak, "model_flops_per_step": model_flops,
             "mfu": model_flops / step_s / peak, "mfu_full_attention": full_flops / step_s / peak}
-  if args.json:
-    print(json.dumps(result))
-  else:
-    for key, value in result.items():
-      print(f"{key:>22}: {value:,.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
+  print_figures(result, args.json)
   return 0
 
 

@@ -12,16 +12,14 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import time
 
 import gin
 import jax
-import numpy as np
 
 from xbook.data import trajectory
+from xbook.figures import print_figures, synthetic_batch
 from xbook.gin_flags import parse_gin, split_gin_bindings
 from xbook.train import partitioning
 from xbook.train import trainer as trainer_lib
@@ -44,27 +42,14 @@ def main(argv: list[str]) -> int:
       model_config=trainer_lib.DecoderConfig(**model_config), optimizer_config=OptimizerConfig(),
       mesh_config=MeshConfig(), batch_size=batch_size, seq_len=seq_len,
       rules=partitioning.logical_axis_rules())
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(3, trainer.model_config.vocab_size, (batch_size, seq_len), dtype=np.int32)
-  batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": np.roll(tokens, -1, axis=1),
-           "decoder_loss_weights": np.ones((batch_size, seq_len), np.float32),
-           "decoder_segment_ids": np.ones((batch_size, seq_len), np.int32),
-           "decoder_positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), tokens.shape).copy(),
-           "decoder_segment_kinds": np.full((batch_size, seq_len), trajectory.KIND_ID["text"], np.int32)}
+  batch = synthetic_batch(batch_size, seq_len, trainer.model_config.vocab_size,
+                          kinds=trajectory.KIND_ID["text"])
   state = trainer.init_state(0)
   began = time.perf_counter()
   compiled = trainer.compile_step(state, batch)
   compile_s = time.perf_counter() - began
   memory = compiled.memory_analysis()
-  state, metrics = trainer.step(state, batch)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(args.steps):
-    began = time.perf_counter()
-    state, metrics = trainer.step(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - began)
-  step_s = statistics.median(times)
+  step_s = trainer.median_step_seconds(state, batch, args.steps)
   result = {
       "devices": jax.device_count(), "mesh": dict(trainer.mesh.shape),
       "params": trainer.model_config.num_params(), "batch_size": batch_size, "seq_len": seq_len,
@@ -73,11 +58,7 @@ def main(argv: list[str]) -> int:
       "temp_bytes_per_device": getattr(memory, "temp_size_in_bytes", None),
       "output_bytes_per_device": getattr(memory, "output_size_in_bytes", None),
   }
-  if args.json:
-    print(json.dumps(result))
-  else:
-    for key, value in result.items():
-      print(f"{key:>28}: {value:,.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+  print_figures(result, args.json)
   return 0
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from xbook.figures import synthetic_batch
 from xbook.infer import generate_passage, load_run, sample_tokens
 from xbook.infer.generate import prompt_prefix
 from xbook.model import DecoderConfig
@@ -118,23 +119,14 @@ def test_training_lowers_the_loss_and_writes_metrics_and_checkpoints(trained_run
   assert list((trained_run / "profile").rglob("*.xplane.pb"))
 
 
-def _random_batch(batch_size, length, vocab_size, seed=0):
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(3, vocab_size, (batch_size, length), dtype=np.int32)
-  kinds = rng.integers(0, 7, (batch_size, length), dtype=np.int32)
-  return {"decoder_input_tokens": tokens, "decoder_target_tokens": np.roll(tokens, -1, axis=1),
-          "decoder_loss_weights": rng.uniform(0, 1, (batch_size, length)).astype(np.float32),
-          "decoder_segment_ids": np.ones((batch_size, length), np.int32),
-          "decoder_positions": np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy(),
-          "decoder_segment_kinds": kinds}
-
-
 def test_gradient_accumulation_over_microbatches_matches_one_batch():
   def one_step(microbatches):
     trainer = trainer_lib.Trainer(model_config=MODEL, optimizer_config=trainer_lib.OptimizerConfig(),
                                   mesh_config=MeshConfig(data=2, fsdp=2, sequence=1, tensor=2),
                                   batch_size=16, seq_len=32, microbatches=microbatches, z_loss=1e-4)
-    state, metrics = trainer.step(trainer.init_state(0), _random_batch(16, 32, MODEL.vocab_size))
+    batch = synthetic_batch(16, 32, MODEL.vocab_size)
+    batch["decoder_loss_weights"] = np.random.default_rng(1).uniform(0, 1, (16, 32)).astype(np.float32)
+    state, metrics = trainer.step(trainer.init_state(0), batch)
     return jax.device_get(state.params), jax.device_get(metrics)
 
   params_1, metrics_1 = one_step(1)
@@ -152,7 +144,7 @@ def test_bfloat16_compute_keeps_float32_master_weights():
                                   optimizer_config=trainer_lib.OptimizerConfig(),
                                   mesh_config=MeshConfig(data=2, fsdp=2, sequence=1, tensor=2),
                                   batch_size=8, seq_len=32)
-    state, metrics = trainer.step(trainer.init_state(0), _random_batch(8, 32, MODEL.vocab_size))
+    state, metrics = trainer.step(trainer.init_state(0), synthetic_batch(8, 32, MODEL.vocab_size))
     return jax.device_get(state.params), jax.device_get(metrics)
 
   params_bf16, metrics_bf16 = one_step("bfloat16")

@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from xbook.data import zigzag
+from xbook.figures import print_figures
 from xbook.model.attention import ATTENTION_IMPLS, dense_attention
 from xbook.model.blockwise_attention import block_size
 from xbook.train.mesh import MeshConfig, make_mesh
@@ -186,10 +187,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{row['impl']:>6} S={row['seq']:>7} devices={row['devices']}: "
               f"{row['temp_bytes_per_device'] / 2**20:,.1f} MiB temp per device")
     return 0
-  result = benchmark(args)
-  if args.json:
-    print(json.dumps(result))
-  else:
-    for key, value in result.items():
-      print(f"{key:>22}: {value:,.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
+  print_figures(benchmark(args), args.json)
   return 0

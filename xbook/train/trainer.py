@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import statistics
 import json
 import logging
 import time
@@ -187,6 +188,18 @@ class Trainer:
       if count > 0:
         metrics[f"eval/loss/{kind}"] = float(total / count)
     return metrics
+
+  def median_step_seconds(self, state: TrainState, batch: Mapping[str, Any], steps: int) -> float:
+    """Median wall time of `steps` train steps on `batch`, after one warm-up step (for benchmarks)."""
+    state, metrics = self.step(state, batch)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+      began = time.perf_counter()
+      state, metrics = self.step(state, batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - began)
+    return statistics.median(times)
 
   def compile_step(self, state: TrainState, batch: Mapping[str, Any]) -> jax.stages.Compiled:
     """The compiled train step for these shapes (for memory_analysis / cost_analysis)."""
