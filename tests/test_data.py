@@ -39,6 +39,20 @@ def test_interleaved_layout_puts_plans_before_the_prose_they_plan(scaffold_recor
   assert segments[-1].text.endswith(trajectory.END_OF_BOOK)
 
 
+def test_plans_first_layout_puts_every_plan_before_any_text(scaffold_records):
+  record = scaffold_records[0]
+  interleaved = trajectory.scaffold_to_segments(record, "interleaved")
+  plans_first = trajectory.scaffold_to_segments(record, "plans_first")
+  kinds = [s.kind for s in plans_first]
+  n_text = kinds.count("text")
+  assert kinds[-n_text:] == ["text"] * n_text and "text" not in kinds[:-n_text]
+  assert sorted(s.text for s in plans_first) == sorted(s.text for s in interleaved)
+  texts = [s.text for s in plans_first if s.kind == "text"]
+  assert texts == [s.text for s in interleaved if s.kind == "text"]  # the prose keeps its order
+  with pytest.raises(ValueError, match="unknown trajectory layout"):
+    trajectory.scaffold_to_segments(record, "shuffled")
+
+
 def test_vocabulary_has_seqio_ids_single_piece_markers_and_round_trips_prose(vocab_path, scaffold_records):
   processor = vocab.load_processor(vocab_path)
   assert (processor.pad_id(), processor.eos_id(), processor.unk_id()) == (0, 1, 2)

@@ -4,9 +4,11 @@ The human prose stays the supervised target; the plans before it make book-scale
 Each segment has a *kind* that sets its loss weight, and starts with a marker token so that the model
 (and a reader of decoded tokens) sees where one level of the plan ends and the next begins.
 
-Layout `interleaved` (DESIGN.md "Trajectory"):
-  prompt, premise, synopsis, outline (all chapter summaries),
-  then for each chapter: its chapter plan, its scene plans, its scene texts.
+Layouts:
+  interleaved (DESIGN.md "Trajectory"): prompt, premise, synopsis, outline (all chapter summaries),
+    then for each chapter: its chapter plan, its scene plans, its scene texts.
+  plans_first: prompt, premise, synopsis, outline, every chapter's plan and scene plans, then the whole
+    text, scene after scene.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "prompt": 0.0, "premise": 1.0, "synopsis": 1.0, "outline": 1.0,
     "chapter_plan": 1.0, "scene_plan": 1.0, "text": 1.0}
 
-LAYOUTS = ("interleaved",)
+LAYOUTS = ("interleaved", "plans_first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +56,7 @@ def scaffold_to_segments(record: Mapping[str, Any], layout: str = "interleaved")
 
   Args:
     record: a validated scaffold record.
-    layout: trajectory layout; only "interleaved" exists so far.
+    layout: one of LAYOUTS.
 
   Returns:
     Segments in reading order; the last `text` segment ends with END_OF_BOOK.
@@ -68,10 +70,17 @@ def scaffold_to_segments(record: Mapping[str, Any], layout: str = "interleaved")
       _segment("synopsis", record["synopsis"]),
       _segment("outline", outline_text(chapters)),
   ]
+  plans, texts = [], []
   for chapter in chapters:
-    segments.append(_segment("chapter_plan", f"{chapter['title']}\n{chapter['summary']}"))
-    segments.extend(_segment("scene_plan", scene["summary"]) for scene in chapter["scenes"])
-    segments.extend(_segment("text", scene["text"]) for scene in chapter["scenes"])
+    chapter_plans = [_segment("chapter_plan", f"{chapter['title']}\n{chapter['summary']}")]
+    chapter_plans += [_segment("scene_plan", scene["summary"]) for scene in chapter["scenes"]]
+    chapter_texts = [_segment("text", scene["text"]) for scene in chapter["scenes"]]
+    if layout == "interleaved":
+      segments += chapter_plans + chapter_texts
+    else:
+      plans += chapter_plans
+      texts += chapter_texts
+  segments += plans + texts
   last = segments[-1]
   segments[-1] = Segment(kind=last.kind, text=last.text + END_OF_BOOK)
   return segments

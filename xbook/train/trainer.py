@@ -243,7 +243,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           log_every: int = 10, eval_every: int = 0, eval_batches: int | None = None,
           layout: str = "contiguous", microbatches: int = 1, z_loss: float = 0.0,
           profile_steps: Sequence[int] | None = None,
-          loss_weights: Mapping[str, float] | None = None,
+          loss_weights: Mapping[str, float] | None = None, trajectory_layout: str = "interleaved",
           task_name: str = "xbook_windows") -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
 
@@ -268,6 +268,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     z_loss: coefficient of the log(Z)^2 penalty on the softmax normaliser.
     profile_steps: (first, last) steps to record a profiler trace of, into <run_dir>/profile.
     loss_weights: {segment kind: weight}; defaults in xbook.data.trajectory.DEFAULT_LOSS_WEIGHTS.
+    trajectory_layout: order of plans and text in a trajectory (xbook.data.trajectory.LAYOUTS).
     task_name: seqio task name to register the scaffold files under.
   """
   run_path = Path(run_dir)
@@ -283,7 +284,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   log.info("training FLOPs per token: %.3g with the causal mask, %.3g counting full attention; MFU %s",
            flops_per_token, flops.training_flops_per_token(model_config, seq_len, causal=False),
            f"against {peak:.3g} FLOP/s per device" if peak else "not reported (unknown device peak)")
-  task = tasks.register_windows_task(task_name, scaffold_files, vocab_path, loss_weights=loss_weights)
+  task = tasks.register_windows_task(task_name, scaffold_files, vocab_path, layout=trajectory_layout,
+                                     loss_weights=loss_weights)
   vocab_size = task.output_features["targets"].vocabulary.vocab_size
   if vocab_size > model_config.vocab_size:
     raise ValueError(f"vocabulary {vocab_path} has {vocab_size} pieces but model_config.vocab_size is "
