@@ -11,13 +11,15 @@ from typing import Any, Mapping
 
 import pytest
 
+import xbook
 from xbook.books import Book, load_book
 from xbook.books.types import text_sha256
 from xbook.scaffold import (ExtractiveSummarizer, ScaffoldError, ScaffoldTargets, SummaryCache,
                             build_scaffold, build_scaffolds, read_scaffolds, validate_scaffold,
                             write_scaffolds)
-from xbook.scaffold import extractive
+from xbook.scaffold import entities, extractive
 from xbook.scaffold.checks import longest_copied_ngram
+from xbook.scaffold.schema import comparable
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +172,73 @@ def test_carol_scaffold_end_to_end(carol, carol_scaffold):
   assert 0.0 < ratios["premise"] <= 80 / len(record["synopsis"].split())
   summaries = [record["synopsis"], record["premise"]] + [c["summary"] for c in record["chapters"]] + [
       s["summary"] for c in record["chapters"] for s in c["scenes"]]
-  assert 10 <= checks["max_copied_ngram"] <= max(len(s.split()) for s in summaries)
+  copied = checks["max_copied_ngram"]
+  assert 10 <= max(copied.values()) <= max(len(s.split()) for s in summaries)
+  # Extractive summaries copy whole sentences; the premise's sentences come from the synopsis.
+  assert copied["premise"] <= copied["synopsis"] and copied["scene"] >= copied["chapter"]
+  assert copied["premise"] == max(len(s.split()) for s in extractive.split_sentences(record["premise"]))
 
 
 def test_building_is_deterministic(carol, carol_scaffold):
-  assert build_scaffold(carol, ExtractiveSummarizer()) == carol_scaffold
+  assert comparable(build_scaffold(carol, ExtractiveSummarizer())) == comparable(carol_scaffold)
+
+
+def test_provenance_dates_the_record_and_names_the_versions(carol, monkeypatch):
+  monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+  record = build_scaffold(carol, ExtractiveSummarizer())
+  assert record["provenance"] == {"date": "2026-01-01T00:00:00Z", "xbook_version": xbook.__version__,
+                                  "entities": entities.ALGORITHM}
+  assert record["summarizer"]["prompt_version"] == ExtractiveSummarizer.prompt_version
+  assert record["summarizer"]["params"]["redundancy"] == ExtractiveSummarizer().redundancy
+
+
+# -------------------------------------------------------------------------------- characters, settings
+def _entity(entities_: list[dict[str, Any]], name: str) -> dict[str, Any]:
+  matches = [e for e in entities_ if e["name"] == name]
+  assert len(matches) == 1, f"{name!r} not among {[e['name'] for e in entities_]}"
+  return matches[0]
+
+
+def test_carol_characters_merge_aliases_and_rank_roles(carol_scaffold):
+  characters = carol_scaffold["characters"]
+  assert 8 <= len(characters) <= entities.MAX_CHARACTERS
+  scrooge = characters[0]
+  assert scrooge["name"] == "Scrooge" and scrooge["role"] == "protagonist"
+  assert {"Mr. Scrooge", "Mr. Ebenezer Scrooge"} <= set(scrooge["aliases"])
+  assert [c["role"] for c in characters[1:4]] == ["major"] * 3
+  assert {c["role"] for c in characters[4:]} == {"minor"}
+  assert "Bob Cratchit" in _entity(characters, "Bob")["aliases"]
+  assert "Jacob Marley" in _entity(characters, "Marley")["aliases"]
+  assert _entity(characters, "Tiny Tim")["aliases"] == ["Tim"]
+  # Same surname, different honorific and pronouns: two people.
+  assert _entity(characters, "Fezziwig")["aliases"] == []
+  assert _entity(characters, "Mrs. Fezziwig")["aliases"] == []
+  mentions = [c["mentions"] for c in characters]
+  assert mentions == sorted(mentions, reverse=True) and mentions[0] > 300
+  for character in characters:
+    low, high = entities.DESCRIPTION_WORDS
+    assert low <= len(character["description"].split()) <= high
+    names = [character["name"]] + character["aliases"]
+    assert any(name in character["description"] for name in names)
+  assert all(len({n for c in characters for n in [c["name"]] + c["aliases"]} & {name}) == 1
+             for name in ("Scrooge", "Bob", "Marley")), "a name belongs to one character"
+
+
+def test_jekyll_characters_and_settings(corpus_dir):
+  characters, settings = entities.extract_entities(load_book(corpus_dir / "pg43.txt"))
+  names = [c["name"] for c in characters]
+  assert names[:3] == ["Mr. Utterson", "Hyde", "Jekyll"]
+  assert {"Dr. Jekyll", "Henry Jekyll"} <= set(_entity(characters, "Jekyll")["aliases"])
+  assert {"Mr. Hyde", "Edward Hyde"} <= set(_entity(characters, "Hyde")["aliases"])
+  assert {"Poole", "Lanyon", "Mr. Enfield"} <= set(names)
+  assert [s["name"] for s in settings][:2] == ["London", "Soho"]
+  assert settings[0]["role"] == "primary" and "London" in settings[0]["description"]
+  assert not {s["name"] for s in settings} & set(names)
+
+
+def test_entity_counts_are_capped(carol):
+  characters, settings = entities.extract_entities(carol, max_characters=3, max_settings=1)
+  assert [c["name"] for c in characters] == ["Scrooge", "Bob", "Marley"] and len(settings) == 1
 
 
 def test_targets_shape_the_record(carol):
@@ -206,7 +270,24 @@ def test_targets_shape_the_record(carol):
     ("summarizer.params", "an object", lambda r: r["summarizer"].update(params=None)),
     ("checks.compression.premise", "finite number",
      lambda r: r["checks"]["compression"].update(premise="x")),
-    ("checks.max_copied_ngram", "integer", lambda r: r["checks"].update(max_copied_ngram=-1)),
+    ("checks.max_copied_ngram.scene", "integer",
+     lambda r: r["checks"]["max_copied_ngram"].update(scene=-1)),
+    ("checks.max_copied_ngram: missing", "['premise']",
+     lambda r: r["checks"]["max_copied_ngram"].pop("premise")),
+    ("record: missing", "['provenance']", lambda r: r.pop("provenance")),
+    ("provenance.date", "ISO 8601 UTC", lambda r: r["provenance"].update(date="29/11/2026")),
+    ("provenance.xbook_version", "non-empty string", lambda r: r["provenance"].update(xbook_version="")),
+    ("provenance: unknown field", "['host']", lambda r: r["provenance"].update(host="x")),
+    ("characters", "a list", lambda r: r.update(characters={"Scrooge": 1})),
+    ("characters[0].role", "one of ('protagonist', 'major', 'minor')",
+     lambda r: r["characters"][0].update(role="hero")),
+    ("characters[1].aliases[0]", "non-empty string",
+     lambda r: r["characters"][1].update(aliases=[""])),
+    ("characters[2]: missing", "['description']", lambda r: r["characters"][2].pop("description")),
+    ("characters[3].mentions", "integer", lambda r: r["characters"][3].update(mentions=2.5)),
+    ("settings[0].role", "one of ('primary', 'secondary')",
+     lambda r: r["settings"][0].update(role="protagonist")),
+    ("settings[0].name", "non-empty string", lambda r: r["settings"][0].update(name=" ")),
 ])
 def test_validation_names_the_book_and_the_field_path(carol_scaffold, path, expected, break_record):
   record = copy.deepcopy(carol_scaffold)
@@ -292,3 +373,14 @@ def test_an_interrupted_build_resumes_with_the_books_it_had_not_finished(tmp_pat
   changed = dict(splits, **{"pg46-0": "test"})
   build_scaffolds(books, again, out, splits=changed, progress=False)
   assert again.calls == _calls_to_build(books[0]), "a record of another split is rebuilt"
+
+
+def test_show_prints_characters_and_settings(tmp_path, carol_scaffold, capsys):
+  from xbook import cli
+  path = write_scaffolds(tmp_path / "scaffolds.jsonl", [carol_scaffold])
+  assert cli.main(["scaffold", "show", str(path)]) == 0
+  out = capsys.readouterr().out
+  characters = out[out.index("\nCHARACTERS\n"):out.index("\nSETTINGS\n")].strip().splitlines()
+  assert characters[1].startswith("  Scrooge (also Mr. Scrooge, ") and ", protagonist: " in characters[1]
+  assert len(characters) == 1 + len(carol_scaffold["characters"])
+  assert "  the Tank, primary: " in out

@@ -62,8 +62,9 @@ def scaffold_checks(book: Book, record: Mapping[str, Any]) -> dict[str, Any]:
     compression: per level, summary words over the words of the level's input: scene summaries over
       scene texts, chapter summaries over scene summaries, synopsis over chapter summaries, premise
       over synopsis.
-    max_copied_ngram: the longest word n-gram that a scene, chapter, synopsis or premise summary copies
-      verbatim from the book text it summarizes (its scene, its chapter, the whole book).
+    max_copied_ngram: per level, the longest word n-gram that a summary of that level copies verbatim
+      from the book text it stands for: a scene summary from its scene, a chapter summary from its
+      chapter, the synopsis and the premise from the whole book.
   """
   chapters = record["chapters"]
   scenes_tile_chapters = len(chapters) == len(book.chapters) and all(
@@ -82,11 +83,14 @@ def scaffold_checks(book: Book, record: Mapping[str, Any]) -> dict[str, Any]:
   }
 
   book_text = "\n\n".join(c.text for c in book.chapters)
-  copied = [longest_copied_ngram(record["synopsis"], book_text),
-            longest_copied_ngram(record["premise"], book_text)]
-  for summary, chapter in zip(chapters, book.chapters):
-    copied.append(longest_copied_ngram(summary["summary"], chapter.text))
-    copied.extend(longest_copied_ngram(s["summary"], scene.text)
-                  for s, scene in zip(summary["scenes"], chapter.scenes))
+  pairs = zip(chapters, book.chapters)
+  copied = {
+      "scene": max(longest_copied_ngram(s["summary"], scene.text) for summary, chapter in pairs
+                   for s, scene in zip(summary["scenes"], chapter.scenes)),
+      "chapter": max(longest_copied_ngram(summary["summary"], chapter.text)
+                     for summary, chapter in zip(chapters, book.chapters)),
+      "synopsis": longest_copied_ngram(record["synopsis"], book_text),
+      "premise": longest_copied_ngram(record["premise"], book_text),
+  }
   return {"scenes_tile_chapters": scenes_tile_chapters, "compression": compression,
-          "max_copied_ngram": max(copied)}
+          "max_copied_ngram": copied}

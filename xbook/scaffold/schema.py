@@ -6,40 +6,67 @@ One record per book (DESIGN.md, "Scaffold"):
    "book": Book.metadata(),
    "split": "train" | "validation" | "test",
    "summarizer": {"backend", "model", "prompt_version", "params"},
+   "provenance": {"date", "xbook_version", "entities"},
    "prompt": str, "premise": str, "synopsis": str,
+   "characters": [{"name", "aliases", "role", "description", "mentions"}],
+   "settings":   [{"name", "aliases", "role", "description", "mentions"}],
    "chapters": [{"index", "title", "summary", "scenes": [{"index", "summary", "text", "n_words"}]}],
    "checks": {"scenes_tile_chapters": bool,
-              "compression": {"scene", "chapter", "synopsis", "premise"},   # words out / words in
-              "max_copied_ngram": int}}
+              "compression": {"scene", "chapter", "synopsis", "premise"},        # words out / words in
+              "max_copied_ngram": {"scene", "chapter", "synopsis", "premise"}}}  # longest verbatim run
 
-Indices are 0-based positions; `n_words` counts whitespace-separated words. `checks` are measurements
-of the record (see `xbook.scaffold.build`), recorded rather than enforced.
+Indices are 0-based positions; `n_words` counts whitespace-separated words.
+
+Provenance is two fields. `summarizer` says what wrote the summaries and is part of a record's identity
+(a resumed build keeps a record only if it matches): the backend, its model, the version of its prompt
+templates (`prompt_version`) and its sampling parameters and length targets (`params`). `provenance`
+says when and by what the record was made: `date` (ISO 8601 UTC, `YYYY-MM-DDTHH:MM:SSZ`, from
+$SOURCE_DATE_EPOCH when set, for reproducible builds), `xbook_version`, and `entities`, the extractor
+(or backend) that listed the characters and settings. Compare records with `comparable`, which drops
+the date.
+
+`characters` and `settings` belong with the synopsis: who and where the book is about, most mentioned
+first; `role` is one of CHARACTER_ROLES or SETTING_ROLES, `aliases` the other names the text uses, and
+`description` one line about the entity (see `xbook.scaffold.entities`). Either list may be empty.
+
+`checks` are measurements of the record (see `xbook.scaffold.checks`), recorded rather than enforced.
+Every record is validated when written and when read; an error names the file or record, the book and
+the field path (`chapters[3].scenes[1].summary`, `characters[0].role`).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from xbook import __version__
 from xbook.atomic import atomic_open
 
 SCHEMA = "xbook.scaffold/1"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-# Levels whose compression (summary words / input words) a record's checks report.
+# Levels whose compression (summary words / input words) and copying a record's checks report.
 COMPRESSION_LEVELS: tuple[str, ...] = ("scene", "chapter", "synopsis", "premise")
 
-RECORD_KEYS = frozenset({"schema", "book", "split", "summarizer", "prompt", "premise", "synopsis",
-                         "chapters", "checks"})
+CHARACTER_ROLES: tuple[str, ...] = ("protagonist", "major", "minor")
+SETTING_ROLES: tuple[str, ...] = ("primary", "secondary")
+
+RECORD_KEYS = frozenset({"schema", "book", "split", "summarizer", "provenance", "prompt", "premise",
+                         "synopsis", "characters", "settings", "chapters", "checks"})
 SUMMARIZER_KEYS = frozenset({"backend", "model", "prompt_version", "params"})
+PROVENANCE_KEYS = frozenset({"date", "xbook_version", "entities"})
+ENTITY_KEYS = frozenset({"name", "aliases", "role", "description", "mentions"})
 CHAPTER_KEYS = frozenset({"index", "title", "summary", "scenes"})
 SCENE_KEYS = frozenset({"index", "summary", "text", "n_words"})
 CHECKS_KEYS = frozenset({"scenes_tile_chapters", "compression", "max_copied_ngram"})
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class ScaffoldError(ValueError):
@@ -86,9 +113,9 @@ class _Validator:
     if equal_to is not None and value != equal_to:
       self.fail(path, f"{equal_to} ({meaning})", value)
 
-  def items(self, value: Any, path: str) -> None:
-    if not isinstance(value, list) or not value:
-      self.fail(path, "a non-empty list", value)
+  def items(self, value: Any, path: str, non_empty: bool = True) -> None:
+    if not isinstance(value, list) or (non_empty and not value):
+      self.fail(path, "a non-empty list" if non_empty else "a list", value)
 
   def validate(self) -> None:
     record = self.record
@@ -98,8 +125,11 @@ class _Validator:
     if record["split"] not in SPLITS:
       self.fail("split", f"one of {SPLITS}", record["split"])
     self.summarizer(record["summarizer"])
+    self.provenance(record["provenance"])
     for field in ("prompt", "premise", "synopsis"):
       self.string(record[field], field, non_empty=True)
+    self.entities(record["characters"], "characters", CHARACTER_ROLES)
+    self.entities(record["settings"], "settings", SETTING_ROLES)
     self.chapters(record["chapters"])
     self.book(record["book"], record["chapters"])
     self.checks(record["checks"])
@@ -111,6 +141,30 @@ class _Validator:
     self.string(summarizer["prompt_version"], "summarizer.prompt_version")
     if not isinstance(summarizer["params"], dict):
       self.fail("summarizer.params", "an object", summarizer["params"])
+
+  def provenance(self, provenance: Any) -> None:
+    self.mapping(provenance, "provenance", PROVENANCE_KEYS)
+    date = provenance["date"]
+    try:
+      datetime.datetime.strptime(date, _ISO_UTC)
+    except (TypeError, ValueError):
+      self.fail("provenance.date", "an ISO 8601 UTC time like '2026-01-31T12:00:00Z'", date)
+    self.string(provenance["xbook_version"], "provenance.xbook_version", non_empty=True)
+    self.string(provenance["entities"], "provenance.entities", non_empty=True)
+
+  def entities(self, entities: Any, path: str, roles: tuple[str, ...]) -> None:
+    self.items(entities, path, non_empty=False)
+    for i, entity in enumerate(entities):
+      where = f"{path}[{i}]"
+      self.mapping(entity, where, ENTITY_KEYS)
+      self.string(entity["name"], f"{where}.name", non_empty=True)
+      self.items(entity["aliases"], f"{where}.aliases", non_empty=False)
+      for j, alias in enumerate(entity["aliases"]):
+        self.string(alias, f"{where}.aliases[{j}]", non_empty=True)
+      if entity["role"] not in roles:
+        self.fail(f"{where}.role", f"one of {roles}", entity["role"])
+      self.string(entity["description"], f"{where}.description")
+      self.integer(entity["mentions"], f"{where}.mentions")
 
   def chapters(self, chapters: Any) -> None:
     self.items(chapters, "chapters")
@@ -158,7 +212,27 @@ class _Validator:
       if (not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not math.isfinite(ratio)
           or ratio < 0):
         self.fail(f"checks.compression.{level}", "a finite number >= 0", ratio)
-    self.integer(checks["max_copied_ngram"], "checks.max_copied_ngram")
+    copied = checks["max_copied_ngram"]
+    self.mapping(copied, "checks.max_copied_ngram", frozenset(COMPRESSION_LEVELS))
+    for level in COMPRESSION_LEVELS:
+      self.integer(copied[level], f"checks.max_copied_ngram.{level}")
+
+
+def record_provenance(entities: str) -> dict[str, str]:
+  """The `provenance` field of a record made now, its characters and settings listed by `entities`.
+
+  The date is $SOURCE_DATE_EPOCH (seconds since 1970, UTC) when that is set, else the current time.
+  """
+  epoch = os.environ.get("SOURCE_DATE_EPOCH")
+  seconds = int(epoch) if epoch else time.time()
+  date = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(_ISO_UTC)
+  return {"date": date, "xbook_version": __version__, "entities": entities}
+
+
+def comparable(record: Mapping[str, Any]) -> dict[str, Any]:
+  """`record` without `provenance.date`: two builds of the same book compare equal this way."""
+  provenance = {k: v for k, v in record["provenance"].items() if k != "date"}
+  return {**record, "provenance": provenance}
 
 
 def validate_scaffold(record: Any, where: str = "scaffold record") -> None:
