@@ -7,6 +7,7 @@ fine for short passages on small models. A KV cache and hierarchical book genera
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
@@ -65,26 +66,34 @@ def prompt_prefix(prompt: str) -> str:
   return f"{trajectory.MARKERS['prompt']}{prompt.strip()}\n{trajectory.MARKERS['premise']}"
 
 
+# The sampling window is padded to a multiple of this many tokens, so that requests of similar length
+# share one compiled forward pass (positions after the one being predicted do not change its logits).
+WINDOW_MULTIPLE = 128
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _next_logits(model: Decoder, params: dict, tokens: jax.Array, length: jax.Array) -> jax.Array:
+  """Logits `[vocab]` of the token at position `length` of `tokens` `[1, window]` (later ones ignored)."""
+  # Input at position i is the token before it; BOS (0) starts the sequence.
+  inputs = jnp.concatenate([jnp.zeros((1, 1), jnp.int32), tokens[:, :-1]], axis=1)
+  positions = jnp.arange(tokens.shape[1])[None]
+  segment_ids = (positions <= length).astype(jnp.int32)
+  logits = model.apply({"params": params}, inputs, segment_ids, positions)
+  return logits[0, length]
+
+
 def sample_tokens(run: LoadedRun, prefix_ids: list[int], *, max_new_tokens: int,
                   temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> list[int]:
   """Continue `prefix_ids` by up to `max_new_tokens` tokens; stops at EOS. temperature 0 is greedy."""
   total = len(prefix_ids) + max_new_tokens
-  buffer = np.zeros((1, total), np.int32)
+  window = -(-total // WINDOW_MULTIPLE) * WINDOW_MULTIPLE
+  buffer = np.zeros((1, window), np.int32)
   buffer[0, :len(prefix_ids)] = prefix_ids
-
-  @jax.jit
-  def next_logits(params, tokens, length):
-    # Input at position i is the token before it; BOS (0) starts the sequence.
-    inputs = jnp.concatenate([jnp.zeros((1, 1), jnp.int32), tokens[:, :-1]], axis=1)
-    positions = jnp.arange(total)[None]
-    segment_ids = (positions <= length).astype(jnp.int32)
-    logits = run.model.apply({"params": params}, inputs, segment_ids, positions)
-    return logits[0, length]
 
   rng = jax.random.key(seed)
   generated: list[int] = []
   for length in range(len(prefix_ids), total):
-    logits = next_logits(run.params, jnp.asarray(buffer), length)
+    logits = _next_logits(run.model, run.params, jnp.asarray(buffer), length)
     if temperature <= 0:
       token = int(jnp.argmax(logits))
     else:

@@ -4,26 +4,35 @@ Scene text -> scene summaries -> chapter summaries -> synopsis -> premise -> pro
 summarized from the level below it, never from the raw book, so every plan the model learns to write
 is grounded in the plans beneath it. With a `SummaryCache` every summarizer call is made once: a
 rebuild, or a run resumed after a crash, pays only for what is new.
+
+Builds run on an asyncio event loop: books concurrently (`concurrent_books`), and within a book the
+scenes of every chapter at once, each chapter as soon as its scenes are done. How many requests are
+in flight is the backend's to bound (`OpenAISummarizer.max_concurrency`). A book that fails is
+reported with its reason (`BookReport`) while the others go on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import gin
 from tqdm import tqdm
 
 from xbook.books.types import Book
-from xbook.scaffold.cache import SummaryCache
+from xbook.scaffold.cache import SummaryCache, cache_key
+from xbook.scaffold import entities
 from xbook.scaffold.checks import n_words, scaffold_checks
-from xbook.scaffold.schema import SCHEMA, SPLITS, read_scaffolds, validate_scaffold, write_scaffolds
-from xbook.scaffold.summarizer import Summarizer, summarizer_metadata
+from xbook.scaffold.schema import (SCHEMA, SPLITS, read_scaffolds, record_provenance, validate_scaffold,
+                                   write_scaffolds)
+from xbook.scaffold.summarizer import Summarizer, SummaryCall, summarizer_metadata, summarizer_session
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +96,196 @@ def _check_buildable(book: Book, split: str) -> None:
                          f"{scene.n_words} words; expected index {j} and some text")
 
 
+@dataclasses.dataclass
+class BookReport:
+  """How building one book went: a row of the build's summary table.
+
+  Attributes:
+    book_id: the book.
+    status: "built", "kept" (its record in the output was already current) or "failed".
+    calls: summarizer calls made for it (cache misses).
+    cache_hits: summaries found in the cache, or shared with an identical call already in flight.
+    prompt_tokens: tokens the backend read for its calls (0 for a backend that is no model).
+    completion_tokens: tokens the backend wrote.
+    seconds: wall time from its first call to its record (or failure).
+    reason: why it failed ("" unless failed).
+  """
+
+  book_id: str
+  status: str = "built"
+  calls: int = 0
+  cache_hits: int = 0
+  prompt_tokens: int = 0
+  completion_tokens: int = 0
+  seconds: float = 0.0
+  reason: str = ""
+
+  @property
+  def tokens(self) -> int:
+    return self.prompt_tokens + self.completion_tokens
+
+
+class ScaffoldBuildError(RuntimeError):
+  """Some books failed; the others were built and written. `reports` has one BookReport per book."""
+
+  def __init__(self, reports: Sequence[BookReport]) -> None:
+    self.reports = list(reports)
+    failed = [r for r in self.reports if r.status == "failed"]
+    super().__init__(f"{len(failed)} of {len(self.reports)} books failed:\n"
+                     + "\n".join(f"  {r.book_id}: {r.reason}" for r in failed))
+
+
+@dataclasses.dataclass
+class ScaffoldBuild:
+  """The outcome of `run_scaffold_build`: the records now in the output file, a report per book, and
+  the wall time of the build in seconds."""
+
+  records: list[dict[str, Any]]
+  reports: list[BookReport]
+  seconds: float
+
+
+def calls_to_build(book: Book) -> int:
+  """Summarizer calls that building `book` takes: its scenes, its chapters, synopsis, premise, prompt."""
+  return sum(len(c.scenes) + 1 for c in book.chapters) + 3
+
+
+class _Progress:
+  """A tqdm bar over the summaries of a build: rate, ETA, books, last level, cache hit rate, tokens."""
+
+  def __init__(self, books: Sequence[Book], enabled: bool) -> None:
+    self.bar = tqdm(total=sum(calls_to_build(b) for b in books), unit="summary", desc="scaffold",
+                    disable=not enabled)
+    self.n_books = len(books)
+    self.books_done = self.failed = self.calls = self.hits = self.tokens = 0
+    self.level = ""
+    self.start = time.monotonic()
+
+  def summary_done(self, level: str, hit: bool, tokens: int) -> None:
+    self.level = level
+    self.hits += hit
+    self.calls += not hit
+    self.tokens += tokens
+    self.bar.update(1)
+    self._show()
+
+  def book_done(self, report: BookReport, summaries_left: int) -> None:
+    self.books_done += 1
+    if report.status == "failed":
+      self.failed += 1
+      self.bar.total -= summaries_left
+      self.bar.refresh()
+      tqdm.write(f"scaffold: {report.book_id} failed: {report.reason}")
+    self._show()
+
+  def _show(self) -> None:
+    seconds = max(time.monotonic() - self.start, 1e-9)
+    lookups = self.calls + self.hits
+    self.bar.set_postfix_str(
+        f"books {self.books_done}/{self.n_books} ({self.failed} failed), {self.level}, "
+        f"cache hits {self.hits / max(lookups, 1):.0%}, {self.calls / seconds:.1f} calls/s, "
+        f"{self.tokens:,} tokens", refresh=False)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+class _CachedCalls:
+  """The summarizer calls of a build, each made once.
+
+  A call is looked up in the cache first and stored there as soon as it is answered (even if the book
+  that asked for it has failed meanwhile, so nothing paid for is lost). Two books asking for the same
+  call at the same time share one request. Counts go to the asking book's BookReport and the progress.
+  """
+
+  def __init__(self, summarizer: Summarizer, call: SummaryCall, cache: SummaryCache | None,
+               progress: _Progress | None = None) -> None:
+    self.summarizer = summarizer
+    self.call = call
+    self.cache = cache
+    self.progress = progress
+    self.in_flight: dict[str, asyncio.Future[str]] = {}
+
+  async def summarize(self, report: BookReport, text: str, level: str, target_words: int) -> str:
+    key = cache_key(self.summarizer, level, target_words, text)
+    shared = self.in_flight.get(key)
+    cached = self.cache.get(key) if shared is None and self.cache is not None else None
+    if shared is not None or cached is not None:
+      summary = cached if cached is not None else await asyncio.shield(shared)
+      report.cache_hits += 1
+      if self.progress:
+        self.progress.summary_done(level, hit=True, tokens=0)
+      return summary
+    task = asyncio.ensure_future(self._call_and_store(report, key, text, level, target_words))
+    self.in_flight[key] = task
+
+    def forget(done: asyncio.Future[str]) -> None:
+      self.in_flight.pop(key, None)
+      if not done.cancelled():
+        done.exception()  # marked as retrieved: the books awaiting it report it, if any are left
+
+    task.add_done_callback(forget)
+    return await asyncio.shield(task)
+
+  async def _call_and_store(self, report: BookReport, key: str, text: str, level: str,
+                            target_words: int) -> str:
+    summary = await self.call(text, level, target_words)
+    if self.cache is not None:
+      self.cache.put(key, level, summary.text)
+    report.calls += 1
+    report.prompt_tokens += summary.prompt_tokens
+    report.completion_tokens += summary.completion_tokens
+    if self.progress:
+      self.progress.summary_done(level, hit=False, tokens=summary.prompt_tokens + summary.completion_tokens)
+    return summary.text
+
+
+async def _all(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
+  """`asyncio.gather`, except that the first failure cancels the rest."""
+  tasks = [asyncio.ensure_future(a) for a in awaitables]
+  try:
+    return await asyncio.gather(*tasks)
+  except BaseException:
+    for task in tasks:
+      task.cancel()
+    raise
+
+
+async def _build_record(book: Book, summarize: Callable[[str, str, int], Awaitable[str]],
+                        identity: Mapping[str, Any], split: str, targets: ScaffoldTargets
+                        ) -> dict[str, Any]:
+  """The record of `book`; the scenes of all chapters are summarized concurrently, then each chapter
+  as soon as its scenes are, then synopsis, premise and prompt."""
+  _check_buildable(book, split)
+
+  async def chapter_record(chapter) -> dict[str, Any]:
+    summaries = await _all(summarize(scene.text, "scene", targets.scene_words(scene.n_words))
+                           for scene in chapter.scenes)
+    scenes = [{"index": scene.index, "summary": summary, "text": scene.text, "n_words": scene.n_words}
+              for scene, summary in zip(chapter.scenes, summaries)]
+    scene_plans = "\n\n".join(summaries)
+    summary = await summarize(scene_plans, "chapter", min(targets.chapter_words, n_words(scene_plans)))
+    return {"index": chapter.index, "title": chapter.title, "summary": summary, "scenes": scenes}
+
+  chapters = await _all(chapter_record(chapter) for chapter in book.chapters)
+  outline = "\n\n".join(c["summary"] for c in chapters)
+  synopsis = await summarize(outline, "synopsis", min(targets.synopsis_words, n_words(outline)))
+  premise = await summarize(synopsis, "premise", min(targets.premise_words, n_words(synopsis)))
+  prompt = await summarize(premise, "prompt", targets.prompt_words)
+
+  characters, settings = entities.extract_entities(book)
+  record = {"schema": SCHEMA, "book": book.metadata(), "split": split, "summarizer": dict(identity),
+            "provenance": record_provenance(entities.ALGORITHM),
+            "prompt": prompt, "premise": premise, "synopsis": synopsis,
+            "characters": characters, "settings": settings, "chapters": chapters}
+  record["checks"] = scaffold_checks(book, record)
+  validate_scaffold(record, where="built scaffold")
+  return record
+
+
 def build_scaffold(book: Book, summarizer: Summarizer, cache: SummaryCache | None = None,
-                   split: str = "train", targets: ScaffoldTargets | None = None, *,
-                   on_scene: Callable[[], None] | None = None) -> dict[str, Any]:
-  """The scaffold record of one book.
+                   split: str = "train", targets: ScaffoldTargets | None = None) -> dict[str, Any]:
+  """The scaffold record of one book (an event loop of its own: not for use inside a running loop).
 
   Args:
     book: a segmented book.
@@ -98,40 +293,23 @@ def build_scaffold(book: Book, summarizer: Summarizer, cache: SummaryCache | Non
     cache: where summarizer calls are looked up first and stored after (None: no caching).
     split: the book's split ("train", "validation" or "test"), decided by the caller.
     targets: target lengths per level (None: `ScaffoldTargets()`, with any gin bindings).
-    on_scene: called after each scene is summarized (progress reporting).
 
   Returns:
     A record that passes `validate_scaffold`.
+
+  Raises:
+    ValueError: for a book that cannot be built (no chapters, an empty scene ...) or a bad split.
+    SummarizerError: for a call that failed for good.
   """
   targets = targets or ScaffoldTargets()
-  _check_buildable(book, split)
-  summarize = (functools.partial(cache.summarize, summarizer) if cache is not None
-               else summarizer.summarize)
 
-  chapters = []
-  for chapter in book.chapters:
-    scenes = []
-    for scene in chapter.scenes:
-      summary = summarize(scene.text, "scene", targets.scene_words(scene.n_words))
-      scenes.append({"index": scene.index, "summary": summary, "text": scene.text,
-                     "n_words": scene.n_words})
-      if on_scene:
-        on_scene()
-    scene_plans = "\n\n".join(s["summary"] for s in scenes)
-    summary = summarize(scene_plans, "chapter", min(targets.chapter_words, n_words(scene_plans)))
-    chapters.append({"index": chapter.index, "title": chapter.title, "summary": summary,
-                     "scenes": scenes})
-  outline = "\n\n".join(c["summary"] for c in chapters)
-  synopsis = summarize(outline, "synopsis", min(targets.synopsis_words, n_words(outline)))
-  premise = summarize(synopsis, "premise", min(targets.premise_words, n_words(synopsis)))
-  prompt = summarize(premise, "prompt", targets.prompt_words)
+  async def build() -> dict[str, Any]:
+    async with summarizer_session(summarizer) as call:
+      calls = _CachedCalls(summarizer, call, cache)
+      return await _build_record(book, functools.partial(calls.summarize, BookReport(book.id)),
+                                 record_summarizer(summarizer, targets), split, targets)
 
-  record = {"schema": SCHEMA, "book": book.metadata(), "split": split,
-            "summarizer": record_summarizer(summarizer, targets),
-            "prompt": prompt, "premise": premise, "synopsis": synopsis, "chapters": chapters}
-  record["checks"] = scaffold_checks(book, record)
-  validate_scaffold(record, where="built scaffold")
-  return record
+  return asyncio.run(build())
 
 
 def _is_current(record: Mapping[str, Any] | None, book: Book, split: str,
@@ -141,15 +319,19 @@ def _is_current(record: Mapping[str, Any] | None, book: Book, split: str,
           and record["summarizer"] == summarizer)
 
 
-def build_scaffolds(books: Sequence[Book], summarizer: Summarizer, out_path: str | os.PathLike[str],
-                    *, cache: SummaryCache | None = None, splits: Mapping[str, str] | None = None,
-                    targets: ScaffoldTargets | None = None, progress: bool = True
-                    ) -> list[dict[str, Any]]:
+def run_scaffold_build(books: Sequence[Book], summarizer: Summarizer, out_path: str | os.PathLike[str],
+                       *, cache: SummaryCache | None = None, splits: Mapping[str, str] | None = None,
+                       targets: ScaffoldTargets | None = None, concurrent_books: int = 1,
+                       progress: bool = True) -> ScaffoldBuild:
   """Build the scaffolds of `books` into the JSONL file `out_path`, resuming what is already there.
 
   A book whose record in `out_path` has the same id, text (sha256), split, summarizer and targets is
-  kept as it is and not rebuilt; any other record already in the file is kept too. After each book the
-  whole file is rewritten atomically, so an interrupted run leaves every finished book on disk.
+  kept as it is and not rebuilt; any other record already in the file is kept too. Up to
+  `concurrent_books` books are built at once (a backend with a `session()` also makes the calls of
+  one book concurrently). A book that fails (it cannot be built, or a call failed for good) is
+  reported with its reason and the others go on. After each book the whole file is rewritten
+  atomically (records already there in their order, then new books in the order of `books`), so an
+  interrupted run leaves every finished book on disk, and the cache keeps every call answered.
 
   Args:
     books: the books, each id once.
@@ -158,12 +340,15 @@ def build_scaffolds(books: Sequence[Book], summarizer: Summarizer, out_path: str
     cache: summarizer call cache (None: no caching).
     splits: split of each book by id (None: every book is "train"); a book missing from it is an error.
     targets: target lengths per level (None: `ScaffoldTargets()`, with any gin bindings).
-    progress: show a progress bar over scenes (rate and time left) on stderr.
+    concurrent_books: books built at the same time.
+    progress: show a progress bar over the summaries on stderr.
 
   Returns:
-    The records now in `out_path`, in file order.
+    The records now in `out_path`, in file order, and one report per book of `books`, in order.
   """
   targets = targets or ScaffoldTargets()
+  if concurrent_books < 1:
+    raise ValueError(f"concurrent_books must be at least 1, got {concurrent_books}")
   ids = [book.id for book in books]
   if len(set(ids)) != len(ids):
     repeated = sorted({i for i in ids if ids.count(i) > 1})
@@ -174,15 +359,66 @@ def build_scaffolds(books: Sequence[Book], summarizer: Summarizer, out_path: str
 
   out_path = Path(out_path)
   records = {r["book"]["id"]: r for r in read_scaffolds(out_path)} if out_path.exists() else {}
+  order = list(records) + [i for i in ids if i not in records]
   identity = record_summarizer(summarizer, targets)
+  reports = {i: BookReport(i) for i in ids}
   todo = [b for b in books if not _is_current(records.get(b.id), b, split_of[b.id], identity)]
+  for kept in set(ids) - {b.id for b in todo}:
+    reports[kept].status = "kept"
   log.info("scaffolds: %d of %d books to build, %d kept from %s",
            len(todo), len(books), len(books) - len(todo), out_path)
-  total_scenes = sum(len(c.scenes) for book in todo for c in book.chapters)
-  with tqdm(total=total_scenes, unit="scene", desc="scaffold", disable=not progress) as bar:
-    for book in todo:
-      bar.set_postfix_str(book.id)
-      records[book.id] = build_scaffold(book, summarizer, cache, split_of[book.id], targets,
-                                        on_scene=lambda: bar.update(1))
-      write_scaffolds(out_path, records.values())
-  return list(records.values())
+
+  async def build_all(bar: _Progress) -> None:
+    book_slots = asyncio.Semaphore(concurrent_books)
+    async with summarizer_session(summarizer) as call:
+      calls = _CachedCalls(summarizer, call, cache, bar)
+
+      async def build_one(book: Book) -> None:
+        report = reports[book.id]
+        async with book_slots:
+          start = time.monotonic()
+          try:
+            records[book.id] = await _build_record(book, functools.partial(calls.summarize, report),
+                                                   identity, split_of[book.id], targets)
+            write_scaffolds(out_path, [records[i] for i in order if i in records])
+          except Exception as error:  # noqa: BLE001 - reported per book; the other books go on
+            report.status, report.reason = "failed", f"{type(error).__name__}: {error}"
+            log.debug("book %s failed", book.id, exc_info=True)
+          report.seconds = time.monotonic() - start
+          bar.book_done(report, calls_to_build(book) - report.calls - report.cache_hits)
+
+      await _all(build_one(book) for book in todo)
+      # Calls still answering for a book that failed meanwhile: keep what they were paid for.
+      await asyncio.gather(*calls.in_flight.values(), return_exceptions=True)
+
+  bar = _Progress(todo, progress)
+  try:
+    asyncio.run(build_all(bar))
+  finally:
+    bar.close()
+  return ScaffoldBuild(records=[records[i] for i in order if i in records],
+                       reports=[reports[i] for i in ids], seconds=time.monotonic() - bar.start)
+
+
+def build_scaffolds(books: Sequence[Book], summarizer: Summarizer, out_path: str | os.PathLike[str],
+                    **kwargs: Any) -> list[dict[str, Any]]:
+  """`run_scaffold_build(...)`'s records; raises ScaffoldBuildError (after building all the others)
+  if any book failed."""
+  build = run_scaffold_build(books, summarizer, out_path, **kwargs)
+  if any(r.status == "failed" for r in build.reports):
+    raise ScaffoldBuildError(build.reports)
+  return build.records
+
+
+def format_reports(reports: Sequence[BookReport], seconds: float | None = None) -> str:
+  """The summary table of a build: a row per book, then the totals (with `seconds`, the build's wall
+  time, in place of the sum of the books' times, which overlap)."""
+  header = f"{'book':<16} {'status':<7} {'calls':>6} {'hits':>6} {'tokens':>10} {'seconds':>8}  reason"
+  rows = [f"{r.book_id:<16} {r.status:<7} {r.calls:>6} {r.cache_hits:>6} {r.tokens:>10,} "
+          f"{r.seconds:>8.1f}  {r.reason}" for r in reports]
+  counts = {status: sum(r.status == status for r in reports) for status in ("built", "kept", "failed")}
+  total = (f"{'total':<16} {len(reports):>7} {sum(r.calls for r in reports):>6} "
+           f"{sum(r.cache_hits for r in reports):>6} {sum(r.tokens for r in reports):>10,} "
+           f"{sum(r.seconds for r in reports) if seconds is None else seconds:>8.1f}  "
+           + ", ".join(f"{n} {status}" for status, n in counts.items()))
+  return "\n".join([header, *rows, total])

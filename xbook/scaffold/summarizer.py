@@ -3,14 +3,19 @@
 A backend turns text into a shorter text at one level of the scaffold. Its `name`, `model`,
 `prompt_version` and `params` identify what it would output: they go into the scaffold record and into
 every cache key, so change one of them whenever the output would change.
+
+A scaffold build calls backends from an asyncio event loop (`summarizer_session`): a backend with a
+`session()` (a network endpoint) makes its calls concurrently there; any other backend's blocking
+`summarize` runs on the loop, one call at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from importlib import resources
-from typing import Any, Mapping, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
 
 from xbook.scaffold import extractive
 
@@ -23,7 +28,7 @@ class Summarizer(Protocol):
 
   @property
   def name(self) -> str:
-    """The backend, e.g. "extractive" or "openai-compatible"."""
+    """The backend, e.g. "extractive" or "openai" (any OpenAI-compatible endpoint)."""
 
   @property
   def model(self) -> str:
@@ -39,6 +44,43 @@ class Summarizer(Protocol):
 
   def summarize(self, text: str, level: str, target_words: int) -> str:
     """A summary of `text` for scaffold `level` (one of LEVELS) of about `target_words` words."""
+
+
+class SummarizerError(RuntimeError):
+  """A call that failed for good: the endpoint stayed down, or its answer is unusable (empty, garbage,
+  longer than its source). It fails the book being built, not the whole build."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """One answer of a backend: the summary and the tokens it cost (0 for a backend that is no model)."""
+
+  text: str
+  prompt_tokens: int = 0
+  completion_tokens: int = 0
+
+
+# `await call(text, level, target_words)`: what a build calls within a session.
+SummaryCall = Callable[[str, str, int], Awaitable[Summary]]
+
+
+@contextlib.asynccontextmanager
+async def summarizer_session(summarizer: Summarizer) -> AsyncIterator[SummaryCall]:
+  """The calls of `summarizer` as a coroutine function, within a running event loop.
+
+  A backend that has `session()` (an async context manager yielding such a function: connections,
+  bounded concurrency, token usage) is used through it; any other backend's `summarize` is called
+  directly on the loop, one call at a time.
+  """
+  if hasattr(summarizer, "session"):
+    async with summarizer.session() as call:
+      yield call
+    return
+
+  async def call(text: str, level: str, target_words: int) -> Summary:
+    return Summary(summarizer.summarize(text, level, target_words))
+
+  yield call
 
 
 def summarizer_metadata(summarizer: Summarizer) -> dict[str, Any]:
