@@ -1,13 +1,18 @@
 """Feature converter from trajectory task features to the decoder example contract (DESIGN.md).
 
-Task features (per example, unbatched; `task_feature_lengths(n)` gives their lengths):
-  targets        int32   [n] token ids of a trajectory window
+Task features (per example, unbatched; `task_feature_lengths(n)` gives their lengths; xbook.data.pieces):
+  targets        int32   [n] token ids of a trajectory window, a whole book or packed stage examples
   loss_weights   float32 [n] weight of each token, set by its segment kind
   segment_kinds  int32   [n] segment kind of each token (xbook.data.trajectory.KIND_ID)
+  segment_ids    int32   [n] 1..k for the k sequences the view packed into the example
+  positions      int32   [n] position of each token inside its own sequence
+
+Views pack their own examples (the `stages` view does), so the converter only pads; padding gets
+segment id 0, which marks it whatever the pad token id (a pretrained tokenizer's id 0 is <unk>).
 
 Model features (each [length] here, [batch, length] once batched):
   decoder_target_tokens  int32    the tokens to predict
-  decoder_input_tokens   int32    targets shifted right (BOS id 0 at the start of every packed sequence)
+  decoder_input_tokens   int32    targets shifted right (id 0 at the start of every packed sequence)
   decoder_loss_weights   float32  0 on padding, else the segment kind's weight
   decoder_segment_ids    int32    1..k for the k sequences packed into the row, 0 on padding
   decoder_positions      int32    position of each token inside its own sequence
@@ -27,17 +32,19 @@ import tensorflow as tf
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 
 
+TASK_FEATURE_NAMES = ("targets", "loss_weights", "segment_kinds", "segment_ids", "positions")
+
+
 def task_feature_lengths(length: int) -> dict[str, int]:
   """The `task_feature_lengths` of a trajectory task at sequence length `length`."""
-  return {"targets": length, "loss_weights": length, "segment_kinds": length}
+  return {name: length for name in TASK_FEATURE_NAMES}
 
 
 class TrajectoryFeatureConverter(seqio.FeatureConverter):
-  """Decoder-only conversion that keeps per-token loss weights and always emits segments/positions.
+  """Decoder-only conversion that keeps per-token loss weights and the views' segments/positions.
 
   Args:
-    pack: pack several short sequences per row (seqio's packing); book windows are already full
-      length and are only padded.
+    pack: must be False: views that pack (stages) do it themselves, with exact segment ids.
     length_multiple: the model length must be divisible by this (the `sequence` mesh axis size).
   """
 
@@ -45,6 +52,8 @@ class TrajectoryFeatureConverter(seqio.FeatureConverter):
       "targets": FeatureSpec(dtype=tf.int32),
       "loss_weights": FeatureSpec(dtype=tf.float32),
       "segment_kinds": FeatureSpec(dtype=tf.int32),
+      "segment_ids": FeatureSpec(dtype=tf.int32),
+      "positions": FeatureSpec(dtype=tf.int32),
   }
   MODEL_FEATURES = {
       "decoder_target_tokens": FeatureSpec(dtype=tf.int32),
@@ -54,40 +63,33 @@ class TrajectoryFeatureConverter(seqio.FeatureConverter):
       "decoder_positions": FeatureSpec(dtype=tf.int32),
       "decoder_segment_kinds": FeatureSpec(dtype=tf.int32),
   }
-  PACKING_FEATURE_DTYPES = {
-      "decoder_segment_ids": tf.int32,
-      "decoder_positions": tf.int32,
-  }
+  PACKING_FEATURE_DTYPES = None  # never packs
 
   def __init__(self, pack: bool = False, length_multiple: int = 1, **kwargs) -> None:
-    super().__init__(pack=pack, **kwargs)
+    if pack:
+      raise ValueError("TrajectoryFeatureConverter does not pack: the stages view packs its examples "
+                       "itself (use pack=False)")
+    super().__init__(pack=False, **kwargs)
     if length_multiple < 1:
       raise ValueError(f"length_multiple must be >= 1, got {length_multiple}")
     self._length_multiple = length_multiple
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    targets = features["targets"]
-    non_padding = tf.cast(targets != 0, tf.int32)
-    if self.pack:
-      segment_ids = features["targets_segment_ids"]
-      positions = features["targets_positions"]
-    else:
-      segment_ids = non_padding
-      positions = tf.range(tf.size(targets), dtype=tf.int32) * non_padding
+    targets, segment_ids = features["targets"], features["segment_ids"]
     return {
         "decoder_target_tokens": targets,
         "decoder_input_tokens": seqio.utils.make_autoregressive_inputs(
-            targets, sequence_id=segment_ids if self.pack else None, bos_id=self.bos_id),
-        "decoder_loss_weights": features["loss_weights"] * tf.cast(non_padding, tf.float32),
+            targets, sequence_id=segment_ids, bos_id=self.bos_id),
+        "decoder_loss_weights": features["loss_weights"] * tf.cast(segment_ids > 0, tf.float32),
         "decoder_segment_ids": segment_ids,
-        "decoder_positions": positions,
+        "decoder_positions": features["positions"],
         "decoder_segment_kinds": features["segment_kinds"],
     }
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                         ) -> tf.data.Dataset:
     self._check_lengths(task_feature_lengths)
-    ds = self._pack_or_pad(ds, task_feature_lengths)
+    ds = seqio.utils.trim_and_pad_dataset(ds, task_feature_lengths)
     return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:

@@ -1,8 +1,20 @@
-"""SeqIO tasks that turn scaffold JSONL files into trajectory windows.
+"""SeqIO tasks for the views of a book, and a Mixture of them.
 
-Pipeline of the `windows` view registered here (per scaffold record, i.e. per book):
-  ScaffoldDataSource over scaffold JSONL (records of the requested split) -> segments of the trajectory (xbook.data.trajectory) -> SentencePiece tokens + per-token loss weights
-  -> consecutive windows of `sequence_length["targets"]` tokens (every token lands in exactly one window).
+Views (each a seqio Task over scaffold JSONL; one scaffold record is one book):
+  full     the whole trajectory as one example, for books that fit the sequence length
+           (xbook.data.pieces.full_examples; longer books are skipped with a logged warning)
+  windows  sequence-length windows headed by the global plan, every scene text in exactly one window
+           (xbook.data.windows)
+  stages   short one-step examples of the plan hierarchy, packed (xbook.data.stages)
+
+Pipeline: ScaffoldDataSource (the records of a split) -> one Python call per book that tokenizes each
+segment once with the SentencePiece processor and builds the view's examples -> examples with the task
+features of xbook.data.pieces (`targets`, `loss_weights`, `segment_kinds`, `segment_ids`, `positions`),
+which xbook.data.feature_converter turns into the decoder example contract.
+
+The vocabulary is either an xbook vocabulary (markers are single-token symbols) or a pretrained
+SentencePiece tokenizer such as Llama's or Mistral's (markers are written as plain-text tags, EOS is the
+model's); xbook.data.vocab.marker_style tells them apart.
 
 Scaffold files are the unit of sharding across hosts (seqio shards file-based sources per host when there
 are at least as many files as hosts).
@@ -12,33 +24,32 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
-from xbook.data import trajectory
-from xbook.data.vocab import EOS_ID
+from xbook.data import pieces, stages, trajectory, vocab, windows
 
 SPLITS = ("train", "validation", "test")
+VIEWS = ("full", "windows", "stages")
+
+_FEATURE_DTYPES = {"targets": tf.int32, "loss_weights": tf.float32, "segment_kinds": tf.int32,
+                   "segment_ids": tf.int32, "positions": tf.int32}
 
 
-def _record_segments(line: tf.Tensor, layout: str) -> tuple[list[str], list[int], str]:
-  record = json.loads(line.numpy().decode("utf-8"))
-  segments = trajectory.scaffold_to_segments(record, layout)
-  return ([s.text for s in segments], [trajectory.KIND_ID[s.kind] for s in segments],
-          record.get("split", "train"))
+def _record_split(line: tf.Tensor) -> str:
+  return json.loads(line.numpy().decode("utf-8")).get("split", "train")
 
 
 class ScaffoldDataSource(seqio.FileDataSource):
-  """Scaffold JSONL files as trajectory segments; a split keeps the records whose `split` matches.
+  """Scaffold JSONL files as {"record": the JSON line}; a split keeps the records whose `split` matches.
 
-  Every split reads the same files (a book's split is a field of its record, assigned by author), so
-  examples are {"segment_text": string[n_segments], "segment_kind": int32[n_segments]}.
+  Every split reads the same files (a book's split is a field of its record, assigned by author).
   """
 
-  def __init__(self, scaffold_files: str | Sequence[str], layout: str = "interleaved") -> None:
-    self._layout = layout
+  def __init__(self, scaffold_files: str | Sequence[str]) -> None:
     files = [scaffold_files] if isinstance(scaffold_files, str) else list(scaffold_files)
     super().__init__(read_file_fn=tf.data.TextLineDataset,
                      split_to_filepattern={split: files for split in SPLITS})
@@ -48,73 +59,146 @@ class ScaffoldDataSource(seqio.FileDataSource):
     lines = super().get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
                                 **kwargs)
 
-    def parse(line: tf.Tensor) -> dict[str, tf.Tensor]:
-      texts, kinds, record_split = tf.py_function(
-          functools.partial(_record_segments, layout=self._layout), [line],
-          Tout=(tf.string, tf.int32, tf.string))
-      texts.set_shape([None])
-      kinds.set_shape([None])
+    def keep(line: tf.Tensor) -> tf.Tensor:
+      record_split = tf.py_function(_record_split, [line], Tout=tf.string)
       record_split.set_shape([])
-      return {"segment_text": texts, "segment_kind": kinds, "split": record_split}
+      return record_split == split
 
-    ds = lines.map(parse).filter(lambda ex: ex["split"] == split)
-    return ds.map(lambda ex: {"segment_text": ex["segment_text"], "segment_kind": ex["segment_kind"]})
-
-
-@seqio.map_over_dataset
-def tokenize_segments(ex: Mapping[str, tf.Tensor], output_features: Mapping[str, seqio.Feature],
-                      weight_table: Sequence[float]) -> dict[str, tf.Tensor]:
-  """Tokenize each segment; every token inherits its segment's kind and loss weight. Appends EOS."""
-  pieces = output_features["targets"].vocabulary.encode_tf(ex["segment_text"])
-  kinds = tf.repeat(ex["segment_kind"], pieces.row_lengths())
-  tokens = tf.concat([tf.cast(pieces.flat_values, tf.int32), [EOS_ID]], axis=0)
-  kinds = tf.concat([kinds, [trajectory.KIND_ID["text"]]], axis=0)
-  weights = tf.gather(tf.constant(weight_table, tf.float32), kinds)
-  return {"targets": tokens, "loss_weights": weights, "segment_kinds": kinds}
+    return lines.filter(keep).map(lambda line: {"record": line})
 
 
-def split_into_windows(ds: tf.data.Dataset, sequence_length: Mapping[str, int]) -> tf.data.Dataset:
-  """Cut each token stream into consecutive windows of the target length; the last one is padded."""
-  length = sequence_length["targets"]
-
-  def windows(ex: Mapping[str, tf.Tensor]) -> tf.data.Dataset:
-    n = tf.shape(ex["targets"])[0]
-    n_windows = (n + length - 1) // length
-    pad = n_windows * length - n
-    return tf.data.Dataset.from_tensor_slices({
-        key: tf.reshape(tf.pad(ex[key], [[0, pad]]), [n_windows, length])
-        for key in ("targets", "loss_weights", "segment_kinds")})
-
-  return ds.flat_map(windows)
+BookExamples = Callable[[Mapping[str, Any]], list[pieces.Example]]
 
 
-def register_windows_task(name: str, scaffold_files: str | Sequence[str], vocab_path: str, *,
-                          layout: str = "interleaved",
-                          loss_weights: Mapping[str, float] | None = None) -> seqio.Task:
-  """Register (or re-register) the `windows` view of scaffold JSONL files as a seqio Task.
+def book_examples(view: str, processor: Any, *, length: int, layout: str = "interleaved",
+                  loss_weights: Mapping[str, float] | None = None,
+                  repeat_weight: float = 0.0) -> BookExamples:
+  """A function from one scaffold record to the examples of `view` (in plain Python).
+
+  Args:
+    view: one of VIEWS.
+    processor: a SentencePiece processor (xbook.data.vocab.load_processor).
+    length: the sequence length.
+    layout: trajectory layout (xbook.data.trajectory.LAYOUTS).
+    loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS.
+    repeat_weight: windows only: factor on the weight of repeated plans (xbook.data.windows).
+  """
+  if view not in VIEWS:
+    raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+  weight_table = trajectory.loss_weight_table(loss_weights)
+  style = vocab.marker_style(processor)
+  eos_id = processor.eos_id()
+
+  def examples(record: Mapping[str, Any]) -> list[pieces.Example]:
+    book = pieces.encode_book(record, processor.encode, eos_id, layout=layout, marker_style=style)
+    if view == "full":
+      return pieces.full_examples(book, length=length, weight_table=weight_table,
+                                  book_id=record["book"]["id"])
+    if view == "windows":
+      return windows.window_examples(record, book, processor.encode, length=length,
+                                     weight_table=weight_table, layout=layout, marker_style=style,
+                                     repeat_weight=repeat_weight)
+    return stages.stage_examples(book, eos_id, length=length, weight_table=weight_table)
+
+  return examples
+
+
+def _stacked(examples: list[pieces.Example]) -> list[np.ndarray]:
+  """Examples as one [n_examples, longest] array per feature (zero-padded) plus their lengths [n]."""
+  lengths = np.array([len(e["targets"]) for e in examples], np.int32)
+  longest = int(lengths.max()) if len(examples) else 0
+  stacked = []
+  for name, dtype in _FEATURE_DTYPES.items():
+    array = np.zeros((len(examples), longest), dtype.as_numpy_dtype)
+    for i, example in enumerate(examples):
+      array[i, :lengths[i]] = example[name]
+    stacked.append(array)
+  return stacked + [lengths]
+
+
+def view_preprocessor(view: str, processor: Any, **view_kwargs) -> Callable[..., tf.data.Dataset]:
+  """A seqio preprocessor turning each {"record"} into the examples of `view` at the task's length."""
+
+  def preprocess(ds: tf.data.Dataset, sequence_length: Mapping[str, int] | None) -> tf.data.Dataset:
+    if not sequence_length or not sequence_length.get("targets"):
+      raise ValueError(f"the {view} view needs a sequence length: pass task_feature_lengths "
+                       "(xbook.data.feature_converter.task_feature_lengths) to seqio.get_dataset")
+    to_examples = book_examples(view, processor, length=sequence_length["targets"], **view_kwargs)
+
+    def run(line: tf.Tensor) -> list[np.ndarray]:
+      return _stacked(to_examples(json.loads(line.numpy().decode("utf-8"))))
+
+    def split_book(ex: Mapping[str, tf.Tensor]) -> tf.data.Dataset:
+      *arrays, lengths = tf.py_function(run, [ex["record"]],
+                                        Tout=list(_FEATURE_DTYPES.values()) + [tf.int32])
+      for array in arrays:
+        array.set_shape([None, None])
+      lengths.set_shape([None])
+      rows = tf.data.Dataset.from_tensor_slices((dict(zip(_FEATURE_DTYPES, arrays)), lengths))
+      return rows.map(lambda row, n: {name: value[:n] for name, value in row.items()})
+
+    return ds.flat_map(split_book)
+
+  return preprocess
+
+
+def register_task(name: str, view: str, scaffold_files: str | Sequence[str], vocab_path: str, *,
+                  layout: str = "interleaved", loss_weights: Mapping[str, float] | None = None,
+                  repeat_weight: float = 0.0) -> seqio.Task:
+  """Register (or re-register) one view of scaffold JSONL files as a seqio Task.
 
   Args:
     name: task name in `seqio.TaskRegistry`.
+    view: one of VIEWS.
     scaffold_files: file pattern(s) of scaffold JSONL; each split of the task keeps the records whose
       `split` field matches.
-    vocab_path: SentencePiece model trained with `xbook vocab train`.
+    vocab_path: SentencePiece model: an xbook vocabulary or a pretrained tokenizer.model.
     layout: trajectory layout (xbook.data.trajectory.LAYOUTS).
     loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS.
+    repeat_weight: windows only: factor on the weight of repeated plans (xbook.data.windows).
 
   Returns:
-    The registered task; its examples have features `targets`, `loss_weights` and `segment_kinds`.
+    The registered task; its examples have the task features of xbook.data.pieces.
   """
-  vocabulary = seqio.SentencePieceVocabulary(vocab_path)
-  preprocessors = [
-      functools.partial(tokenize_segments, weight_table=trajectory.loss_weight_table(loss_weights)),
-      split_into_windows,
-  ]
+  if view not in VIEWS:
+    raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+  if layout not in trajectory.LAYOUTS:
+    raise ValueError(f"unknown trajectory layout {layout!r}; expected one of {trajectory.LAYOUTS}")
+  trajectory.loss_weight_table(loss_weights)  # fail now, not inside tf.data, on an unknown kind
+  processor = vocab.load_processor(vocab_path)
+  passthrough = {name: seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=dtype,
+                                     required=False)
+                 for name, dtype in _FEATURE_DTYPES.items() if name != "targets"}
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
-      name, source=ScaffoldDataSource(scaffold_files, layout), preprocessors=preprocessors,
-      output_features={"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
-                       "loss_weights": seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False,
-                                                     dtype=tf.float32, required=False),
-                       "segment_kinds": seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False,
-                                                      dtype=tf.int32, required=False)})
+      name, source=ScaffoldDataSource(scaffold_files),
+      preprocessors=[view_preprocessor(view, processor, layout=layout, loss_weights=loss_weights,
+                                       repeat_weight=repeat_weight)],
+      output_features={"targets": seqio.Feature(seqio.SentencePieceVocabulary(str(vocab_path)),
+                                                add_eos=False, dtype=tf.int32),
+                       **passthrough})
 
+
+def register_mixture(name: str, scaffold_files: str | Sequence[str], vocab_path: str, *,
+                     rates: Mapping[str, float] | None = None, **task_kwargs) -> seqio.Mixture:
+  """Register the tasks `<name>_<view>` and the seqio Mixture `name` that samples them by `rates`.
+
+  Args:
+    name: mixture name in `seqio.MixtureRegistry`.
+    scaffold_files, vocab_path: as for register_task.
+    rates: {view: sampling rate}; views left out (or at rate 0) are not mixed. Default: windows 1,
+      stages 1, full 1.
+    **task_kwargs: layout, loss_weights, repeat_weight for every task.
+  """
+  rates = dict(rates if rates is not None else {view: 1.0 for view in VIEWS})
+  unknown = sorted(set(rates) - set(VIEWS))
+  if unknown:
+    raise ValueError(f"mixture rates name unknown views {unknown}; views are {VIEWS}")
+  mixed = [(register_task(f"{name}_{view}", view, scaffold_files, vocab_path, **task_kwargs).name,
+            float(rate)) for view, rate in rates.items() if rate > 0]
+  if not mixed:
+    raise ValueError(f"mixture {name}: every rate is 0 in {rates}")
+  seqio.MixtureRegistry.remove(name)
+  # A view with no examples (e.g. `full` when no book fits) must not end the mixture.
+  return seqio.MixtureRegistry.add(name, mixed, sample_fn=functools.partial(
+      tf.data.Dataset.sample_from_datasets, stop_on_empty_dataset=False))

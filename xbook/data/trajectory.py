@@ -9,6 +9,11 @@ Layouts:
     then for each chapter: its chapter plan, its scene plans, its scene texts.
   plans_first: prompt, premise, synopsis, outline, every chapter's plan and scene plans, then the whole
     text, scene after scene.
+
+Marker styles:
+  symbols: `<|premise|>`, ... are user-defined symbols of an xbook vocabulary (one token each).
+  tags: `<premise>`, ... are plain text that a pretrained tokenizer (Llama, Mistral) splits into ordinary
+    pieces; no new embedding rows are needed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,12 @@ MARKERS: dict[str, str] = {kind: f"<|{kind}|>" for kind in SEGMENT_KINDS}
 END_OF_BOOK = "<|end_of_book|>"
 ALL_MARKERS: tuple[str, ...] = tuple(MARKERS.values()) + (END_OF_BOOK,)
 
+# The same markers as plain-text tags, for pretrained tokenizers without xbook's symbols.
+TAGS: dict[str, str] = {kind: f"<{kind}>" for kind in SEGMENT_KINDS}
+END_OF_BOOK_TAG = "<end_of_book>"
+
+MARKER_STYLES = ("symbols", "tags")
+
 # Default loss weight of each kind: the request itself is given, everything the model writes is learned.
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "prompt": 0.0, "premise": 1.0, "synopsis": 1.0, "outline": 1.0,
@@ -36,14 +47,29 @@ LAYOUTS = ("interleaved", "plans_first")
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-  """One typed piece of a trajectory; `text` already starts with its kind's marker."""
+  """One typed piece of a trajectory; `text` already starts with its kind's marker.
+
+  `chapter` is the list position (in the scaffold record) of the chapter that a chapter plan, scene
+  plan or scene text belongs to; None for the global plan.
+  """
 
   kind: str
   text: str
+  chapter: int | None = None
 
 
-def _segment(kind: str, body: str) -> Segment:
-  return Segment(kind=kind, text=f"{MARKERS[kind]}{body.strip()}\n")
+def markers(style: str = "symbols") -> tuple[dict[str, str], str]:
+  """({kind: marker}, end-of-book marker) of a marker style (one of MARKER_STYLES)."""
+  if style == "symbols":
+    return MARKERS, END_OF_BOOK
+  if style == "tags":
+    return TAGS, END_OF_BOOK_TAG
+  raise ValueError(f"unknown marker style {style!r}; expected one of {MARKER_STYLES}")
+
+
+def make_segment(kind: str, body: str, style: str = "symbols", chapter: int | None = None) -> Segment:
+  """A segment of `kind` whose text is the kind's marker, `body` stripped, then a newline."""
+  return Segment(kind=kind, text=f"{markers(style)[0][kind]}{body.strip()}\n", chapter=chapter)
 
 
 def outline_text(chapters: Sequence[Mapping[str, Any]]) -> str:
@@ -51,12 +77,14 @@ def outline_text(chapters: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(f"{c['index'] + 1}. {c['title']}: {c['summary']}".strip() for c in chapters)
 
 
-def scaffold_to_segments(record: Mapping[str, Any], layout: str = "interleaved") -> list[Segment]:
+def scaffold_to_segments(record: Mapping[str, Any], layout: str = "interleaved",
+                         marker_style: str = "symbols") -> list[Segment]:
   """The trajectory of one scaffold record (schema `xbook.scaffold/1`).
 
   Args:
     record: a validated scaffold record.
     layout: one of LAYOUTS.
+    marker_style: one of MARKER_STYLES.
 
   Returns:
     Segments in reading order; the last `text` segment ends with END_OF_BOOK.
@@ -64,25 +92,23 @@ def scaffold_to_segments(record: Mapping[str, Any], layout: str = "interleaved")
   if layout not in LAYOUTS:
     raise ValueError(f"unknown trajectory layout {layout!r}; expected one of {LAYOUTS}")
   chapters = record["chapters"]
-  segments = [
-      _segment("prompt", record["prompt"]),
-      _segment("premise", record["premise"]),
-      _segment("synopsis", record["synopsis"]),
-      _segment("outline", outline_text(chapters)),
-  ]
+  segments = [make_segment(kind, body, marker_style) for kind, body in (
+      ("prompt", record["prompt"]), ("premise", record["premise"]),
+      ("synopsis", record["synopsis"]), ("outline", outline_text(chapters)))]
   plans, texts = [], []
-  for chapter in chapters:
-    chapter_plans = [_segment("chapter_plan", f"{chapter['title']}\n{chapter['summary']}")]
-    chapter_plans += [_segment("scene_plan", scene["summary"]) for scene in chapter["scenes"]]
-    chapter_texts = [_segment("text", scene["text"]) for scene in chapter["scenes"]]
+  for c, chapter in enumerate(chapters):
+    chapter_plans = [make_segment("chapter_plan", f"{chapter['title']}\n{chapter['summary']}",
+                                  marker_style, c)]
+    chapter_plans += [make_segment("scene_plan", scene["summary"], marker_style, c)
+                      for scene in chapter["scenes"]]
+    chapter_texts = [make_segment("text", scene["text"], marker_style, c) for scene in chapter["scenes"]]
     if layout == "interleaved":
       segments += chapter_plans + chapter_texts
     else:
       plans += chapter_plans
       texts += chapter_texts
   segments += plans + texts
-  last = segments[-1]
-  segments[-1] = Segment(kind=last.kind, text=last.text + END_OF_BOOK)
+  segments[-1] = dataclasses.replace(segments[-1], text=segments[-1].text + markers(marker_style)[1])
   return segments
 
 

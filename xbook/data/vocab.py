@@ -3,6 +3,11 @@
 Special ids follow what `seqio.SentencePieceVocabulary` assumes (DESIGN.md, measured facts):
 pad=0, EOS=1, UNK=2, no BOS. Newlines survive tokenization (identity normalization, byte fallback),
 because paragraph breaks are part of the prose the model must learn to write.
+
+A pretrained SentencePiece `tokenizer.model` (Llama, Mistral) works too: it has none of the marker
+symbols, so trajectories write the markers as plain-text tags (xbook.data.trajectory.TAGS) and end with
+the model's own EOS id. seqio pads with id 0, which such models reserve for <unk> (never emitted with
+byte fallback), so padding stays unambiguous; the examples mark padding with segment id 0 anyway.
 """
 
 from __future__ import annotations
@@ -76,16 +81,34 @@ def train_vocab(records: Iterable[Mapping[str, Any]], out_path: str | os.PathLik
   return out_path
 
 
+def marker_style(processor: spm.SentencePieceProcessor) -> str:
+  """The marker style of a vocabulary: "symbols" when it holds every segment marker as a piece (trained
+  by xbook), "tags" when it holds none of them (a pretrained tokenizer)."""
+  known = [m for m in trajectory.ALL_MARKERS if processor.piece_to_id(m) != processor.unk_id()]
+  if len(known) == len(trajectory.ALL_MARKERS):
+    return "symbols"
+  if known:
+    missing = sorted(set(trajectory.ALL_MARKERS) - set(known))
+    raise ValueError(f"vocabulary has some segment markers as pieces ({known}) but not {missing}; "
+                     "retrain it with `xbook vocab train`, or use a tokenizer with none of them")
+  return "tags"
+
+
 def load_processor(path: str | os.PathLike[str]) -> spm.SentencePieceProcessor:
-  """Load a SentencePiece model, checking it has xbook's special ids and markers."""
+  """Load a SentencePiece model: an xbook vocabulary (checked for seqio's special ids) or a pretrained
+  tokenizer without the marker symbols (checked for an EOS id and for id 0 being no ordinary piece)."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"SentencePiece model not found: {path} (train one with `xbook vocab train`)")
   processor = spm.SentencePieceProcessor(model_file=str(path))
-  if (processor.pad_id(), processor.eos_id(), processor.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
-    raise ValueError(f"{path}: expected pad/eos/unk ids {(PAD_ID, EOS_ID, UNK_ID)} as seqio assumes, got "
-                     f"{(processor.pad_id(), processor.eos_id(), processor.unk_id())}")
-  for marker in trajectory.ALL_MARKERS:
-    if processor.piece_to_id(marker) == UNK_ID:
-      raise ValueError(f"{path}: segment marker {marker} is not a piece of this vocabulary")
+  if marker_style(processor) == "symbols":
+    if (processor.pad_id(), processor.eos_id(), processor.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
+      raise ValueError(f"{path}: expected pad/eos/unk ids {(PAD_ID, EOS_ID, UNK_ID)} as seqio assumes, "
+                       f"got {(processor.pad_id(), processor.eos_id(), processor.unk_id())}")
+    return processor
+  if processor.eos_id() < 0:
+    raise ValueError(f"{path}: this tokenizer defines no EOS id; trajectories need one to end a book")
+  if not (processor.is_unknown(PAD_ID) or processor.is_control(PAD_ID)):
+    raise ValueError(f"{path}: id {PAD_ID} is the ordinary piece {processor.id_to_piece(PAD_ID)!r}, but "
+                     "seqio pads with id 0; use a tokenizer whose id 0 is <unk> or <pad>")
   return processor

@@ -1,0 +1,68 @@
+"""Human-readable views of converted examples: segment spans, kinds, loss weights, token counts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from xbook.data import trajectory
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+  """Tokens [start, end) of one segment in an example, all of one kind, sequence and loss weight."""
+
+  start: int
+  end: int
+  kind: str
+  sequence: int
+  loss_weight: float
+
+
+def example_spans(example: Mapping[str, np.ndarray], marker_ids: Sequence[int] = ()) -> list[Span]:
+  """The segments of one converted example (features of length [length]), padding left out.
+
+  A span ends where the packed sequence, the kind or the loss weight changes, and before any token in
+  `marker_ids` (the marker symbols of an xbook vocabulary), so consecutive segments of one kind stay apart.
+  """
+  sequences = example["decoder_segment_ids"]
+  kinds = example["decoder_segment_kinds"]
+  weights = example["decoder_loss_weights"]
+  tokens = example["decoder_target_tokens"]
+  markers = set(marker_ids)
+  spans: list[Span] = []
+  start = None
+  for i in range(len(tokens) + 1):
+    boundary = (i == len(tokens) or start is None or sequences[i] != sequences[start]
+                or kinds[i] != kinds[start] or weights[i] != weights[start] or int(tokens[i]) in markers)
+    if boundary and start is not None and sequences[start] > 0:
+      spans.append(Span(start, i, trajectory.SEGMENT_KINDS[kinds[start]], int(sequences[start]),
+                        float(weights[start])))
+    if boundary:
+      start = i
+  return spans
+
+
+def tokens_per_kind(example: Mapping[str, np.ndarray]) -> dict[str, int]:
+  """Non-padding tokens of each segment kind, for the kinds present."""
+  real = example["decoder_segment_ids"] > 0
+  counts = np.bincount(example["decoder_segment_kinds"][real], minlength=len(trajectory.SEGMENT_KINDS))
+  return {kind: int(n) for kind, n in zip(trajectory.SEGMENT_KINDS, counts) if n}
+
+
+def render_example(example: Mapping[str, np.ndarray], decode: Callable[[list[int]], str], *,
+                   marker_ids: Sequence[int] = (), max_chars: int = 300) -> str:
+  """The example as text: one line per span (token span, sequence, kind, loss weight, decoded text,
+  cut to `max_chars` characters), then the token count per kind."""
+  lines = []
+  for span in example_spans(example, marker_ids):
+    text = decode(example["decoder_target_tokens"][span.start:span.end].tolist())
+    if len(text) > max_chars:
+      text = text[:max_chars] + f" [... {len(text) - max_chars} more characters]"
+    lines.append(f"[{span.start:6d}, {span.end:6d})  seq {span.sequence:<3d} {span.kind:<12s} "
+                 f"weight {span.loss_weight:.2f}  {text!r}")
+  counts = tokens_per_kind(example)
+  lines.append("tokens per kind: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
+  return "\n".join(lines)
