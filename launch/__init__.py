@@ -1,0 +1,1 @@
+"""Launchers: TPU pods (`python -m launch.pod`), sweeps (`python -m launch.sweep`) and their libtpu flags."""
