@@ -16,6 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from xbook.model import loops
 from xbook.model.attention_mask import MASKED, attention_mask
 
 Stats = tuple[jax.Array, jax.Array, jax.Array]
@@ -125,10 +126,10 @@ def accumulate(stats: Stats, q: jax.Array, k: jax.Array, v: jax.Array, q_segment
           lambda c: _update(c, qb, kb, vb, q_seg, kv_seg, q_pos, kv_pos), lambda c: c, carry)
       return carry, None
 
-    block_stats, _ = jax.lax.scan(per_kv_block, tuple(block_stats), kv_blocks)
+    block_stats, _ = loops.scan(per_kv_block, tuple(block_stats), kv_blocks)
     return None, block_stats
 
-  _, stat_blocks = jax.lax.scan(per_q_block, None, (*q_blocks, *stat_blocks))
+  _, stat_blocks = loops.scan(per_q_block, None, (*q_blocks, *stat_blocks))
   return tuple(_unblocks(x) for x in stat_blocks)
 
 
@@ -193,10 +194,10 @@ def accumulate_grads(q: jax.Array, k: jax.Array, v: jax.Array, d_out: jax.Array,
           lambda: zeros)
       return dq + grads[0], grads[1:]
 
-    dq, (dk, dv) = jax.lax.scan(per_kv_block, jnp.zeros(qb.shape, jnp.float32), kv_blocks)
+    dq, (dk, dv) = loops.scan(per_kv_block, jnp.zeros(qb.shape, jnp.float32), kv_blocks)
     return (dkv[0] + dk, dkv[1] + dv), dq
 
-  (dk, dv), dq = jax.lax.scan(per_q_block, (zeros_kv, zeros_kv), q_blocks)
+  (dk, dv), dq = loops.scan(per_q_block, (zeros_kv, zeros_kv), q_blocks)
   return _unblocks(dq), _unblocks(dk), _unblocks(dv)
 
 

@@ -31,6 +31,8 @@ class DecoderConfig:
     dtype: compute dtype of activations and matmuls ("float32" or "bfloat16").
     param_dtype: storage dtype of parameters (master weights).
     attention: attention implementation name (xbook.model.attention.ATTENTION_IMPLS).
+    attention_block: query and key/value block size of the blockwise and ring kernels (each becomes
+      the largest divisor of its per-device chunk not above it); dense attention has no blocks.
     remat: rematerialization policy per layer (REMAT_POLICIES).
     sliding_window: each query sees at most this many keys (itself included); None: all before it.
       Supported by the dense attention implementation only, so far.
@@ -58,6 +60,7 @@ class DecoderConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention: str = "dense"
+  attention_block: int = 512
   remat: str = "none"
   scan_layers: bool = True
   sliding_window: int | None = None

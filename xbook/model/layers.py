@@ -82,10 +82,12 @@ class Attention(nn.Module):
         ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = nn.with_logical_constraint(
         v, ("activation_batch", "activation_length", "activation_kv_heads", None))
-    window = {} if cfg.sliding_window is None else {"sliding_window": cfg.sliding_window}
+    options = {} if cfg.sliding_window is None else {"sliding_window": cfg.sliding_window}
+    if cfg.attention != "dense":
+      options.update(block_q=cfg.attention_block, block_kv=cfg.attention_block)
     out = attention_lib.get_attention(cfg.attention)(
         q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, q_positions=positions,
-        kv_positions=positions, **window)
+        kv_positions=positions, **options)
     out = jnp.einsum("blkgd,kgde->ble", out, wo)
     return nn.with_logical_constraint(out, BATCH_LENGTH_EMBED)
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from xbook.model import blockwise_attention as blockwise
+from xbook.model import loops
 
 SEQUENCE_AXIS = "sequence"
 BATCH_AXES = ("data", "fsdp")
@@ -46,7 +47,7 @@ def _ring_shard_fn(axis_name: str, axis_size: int, block_q: int, block_kv: int):
       return (fold(stats, kv), rotate(kv)), None
 
     kv = (k, v, kv_segment_ids, kv_positions)
-    (stats, kv), _ = jax.lax.scan(step, (blockwise.init_stats(q), kv), length=axis_size - 1)
+    (stats, kv), _ = loops.scan(step, (blockwise.init_stats(q), kv), length=axis_size - 1)
     return blockwise.finalize(fold(stats, kv), q.dtype)
 
   @jax.custom_vjp
@@ -76,7 +77,7 @@ def _ring_shard_fn(axis_name: str, axis_size: int, block_q: int, block_kv: int):
 
     kv = (k, v, kv_segment_ids, kv_positions)
     dkv = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-    (dq, kv, dkv), _ = jax.lax.scan(step, (jnp.zeros(q.shape, jnp.float32), kv, dkv),
+    (dq, kv, dkv), _ = loops.scan(step, (jnp.zeros(q.shape, jnp.float32), kv, dkv),
                                     length=axis_size - 1)
     dq, dkv = grads(dq, kv, dkv)
     # The last hop brings each dk/dv accumulator home to the device that owns its k/v chunk.
