@@ -15,16 +15,12 @@ import argparse
 import sys
 import time
 
-import gin
 import jax
 
 from xbook.data import trajectory
 from xbook.figures import print_figures, synthetic_batch
 from xbook.gin_flags import parse_gin, split_gin_bindings
-from xbook.train import partitioning
 from xbook.train import trainer as trainer_lib
-from xbook.train.mesh import MeshConfig
-from xbook.train.optimizer import OptimizerConfig
 
 
 def main(argv: list[str]) -> int:
@@ -35,13 +31,8 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
   parse_gin(args.gin_file, bindings)
-  batch_size = gin.query_parameter("train.batch_size")
-  seq_len = gin.query_parameter("train.seq_len")
-  model_config = gin.get_bindings("xbook.model.DecoderConfig")
-  trainer = trainer_lib.Trainer(
-      model_config=trainer_lib.DecoderConfig(**model_config), optimizer_config=OptimizerConfig(),
-      mesh_config=MeshConfig(), batch_size=batch_size, seq_len=seq_len,
-      rules=partitioning.logical_axis_rules())
+  trainer = trainer_lib.trainer_from_gin()
+  batch_size, seq_len = trainer.batch_size, trainer.seq_len
   batch = synthetic_batch(batch_size, seq_len, trainer.model_config.vocab_size,
                           kinds=trajectory.KIND_ID["text"])
   state = trainer.init_state(0)

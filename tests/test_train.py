@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seqio
 from jax.sharding import PartitionSpec as P
 
 from xbook.figures import synthetic_batch
@@ -283,3 +284,15 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_from_it(tmp_path, split_
   assert resumed.returncode == 0, resumed.stderr
   assert f"from its checkpoint at step {stopped}" in resumed.stderr
   assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, stopped + 3))
+
+
+def test_training_on_a_mixture_of_views(tmp_path, scaffold_file, vocab_path):
+  """With view_rates the run trains on a seqio Mixture of the windows and the packed stages."""
+  metrics = _train(tmp_path / "mixture", scaffold_file, vocab_path, steps=4,
+                   view_rates={"windows": 1.0, "stages": 1.0}, task_name="xbook_test_mixture")
+  assert np.isfinite(metrics["loss"])
+  mixture = seqio.get_mixture_or_task("xbook_test_mixture")
+  assert sorted(task.name for task in mixture.tasks) == ["xbook_test_mixture_stages",
+                                                         "xbook_test_mixture_windows"]
+  records = read_metrics(tmp_path / "mixture")
+  assert [r["step"] for r in records] == [1, 2, 3, 4]

@@ -6,6 +6,7 @@ Run `xbook --help` for the list and `xbook SUBCOMMAND --help` for each one's exa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -173,16 +174,45 @@ def _books_inspect(args: argparse.Namespace) -> int:
 def _scaffold_build(args: argparse.Namespace) -> int:
   from xbook.books import split_for_author
   from xbook.books.io import read_books
-  from xbook.scaffold import ExtractiveSummarizer, SummaryCache, build_scaffolds
+  from xbook.scaffold import ExtractiveSummarizer, SummaryCache
+  from xbook.scaffold.build import format_reports, run_scaffold_build
   books = list(read_books(args.books))
   splits = {book.id: split_for_author(book.author) for book in books}
   for book in books:
     log.info("%s (%s): %s split", book.id, book.author, splits[book.id])
-  with SummaryCache(args.cache) as cache:
-    build_scaffolds(books, ExtractiveSummarizer(), out_path=args.out, cache=cache, splits=splits)
-    print(f"scaffolds: {args.out} ({len(books)} books); summary cache {args.cache}: "
-          f"{cache.hits} hits, {cache.misses} calls")
-  return 0
+  with contextlib.ExitStack() as stack:
+    if args.backend == "extractive":
+      summarizer = ExtractiveSummarizer()
+    else:
+      summarizer = _openai_summarizer(args, stack)
+    cache = stack.enter_context(SummaryCache(args.cache))
+    build = run_scaffold_build(books, summarizer, out_path=args.out, cache=cache, splits=splits,
+                               concurrent_books=args.concurrent_books)
+    print(format_reports(build.reports, build.seconds))
+    print(f"scaffolds: {args.out} ({len(build.records)} records); summary cache {args.cache}: "
+          f"{cache.hits} hits, {cache.misses} misses")
+  return 1 if any(r.status == "failed" for r in build.reports) else 0
+
+
+def _openai_summarizer(args: argparse.Namespace, stack: contextlib.ExitStack):
+  """The `openai` backend at --base_url, or (`--backend xbook`) at an `xbook serve` child of --run_dir."""
+  import httpx
+  from xbook.scaffold.openai_backend import OpenAISummarizer, RetryPolicy
+  name, base_url, model = args.backend, args.base_url, args.model
+  if args.backend == "xbook":
+    if not args.run_dir:
+      raise SystemExit("error: --backend xbook needs --run_dir (a run directory from `xbook train`)")
+    from xbook.infer.serve import start_server_process
+    server = start_server_process(args.run_dir, args=("--max_tokens", str(args.max_tokens)))
+    _, base_url = stack.enter_context(server)
+    model = httpx.get(f"{base_url}/models", timeout=30).json()["data"][0]["id"]
+  elif not (args.base_url and args.model):
+    raise SystemExit("error: --backend openai needs --base_url (e.g. http://127.0.0.1:8000/v1) and --model")
+  return OpenAISummarizer(
+      base_url=base_url, model=model, name=name, prompt_version=args.prompt_version,
+      temperature=args.temperature, max_tokens=args.max_tokens, tokens_per_word=args.tokens_per_word,
+      seed=args.seed, api_key_env=args.api_key_env, max_concurrency=args.concurrency,
+      timeout_s=args.timeout_s, retry=RetryPolicy(max_retries=args.max_retries))
 
 
 def _scaffold_show(args: argparse.Namespace) -> int:
@@ -197,9 +227,22 @@ def _scaffold_show(args: argparse.Namespace) -> int:
   print(f"{record['book']['id']}: {record['book']['title']} ({record['split']})")
   for level in ("prompt", "premise", "synopsis"):
     print(f"\n{level.upper()}\n" + textwrap.fill(record[level], 100))
+  for field in ("characters", "settings"):
+    print(f"\n{field.upper()}")
+    for entity in record[field]:
+      aliases = f" (also {', '.join(entity['aliases'])})" if entity["aliases"] else ""
+      print(f"  {entity['name']}{aliases}, {entity['role']}: {entity['description']}")
   for chapter in record["chapters"]:
     print(f"\n[{chapter['index'] + 1}] {chapter['title']} ({len(chapter['scenes'])} scenes)\n"
           + textwrap.fill(chapter["summary"], 100, initial_indent="  ", subsequent_indent="  "))
+  return 0
+
+
+def _scaffold_tfds(args: argparse.Namespace) -> int:
+  from xbook.scaffold.tfds_builder import prepare
+  builder = prepare(args.manual_dir, args.data_dir, args.beam_args or ("--runner=DirectRunner",))
+  for name, split in builder.info.splits.items():
+    print(f"{name}: {split.num_examples} books in {builder.data_dir}")
   return 0
 
 
@@ -218,32 +261,45 @@ def _vocab_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ data
 def _data_inspect(args: argparse.Namespace) -> int:
   import numpy as np
-  from xbook.data import tasks, trajectory, vocab
-  from xbook.train.input_pipeline import trajectory_batches
-  tasks.register_windows_task("xbook_inspect", args.scaffolds, args.vocab)
+  import seqio
+  from tqdm import tqdm
+  from xbook.data import inspection, tasks, trajectory, vocab
+  from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
+  mixture = tasks.register_mixture("xbook_inspect", args.scaffolds, args.vocab,
+                                   layout=args.layout, repeat_weight=args.repeat_weight)
+  task_name = mixture.name if args.task == "mixture" else f"xbook_inspect_{args.task}"
   processor = vocab.load_processor(args.vocab)
-  batches = trajectory_batches("xbook_inspect", split=args.split, global_batch_size=1,
-                               seq_len=args.seq_len, sequence_shards=args.sequence_shards, seed=0,
-                               repeat=False, shuffle=False)
-  n_windows, n_tokens, weighted = 0, 0, 0.0
-  first = None
-  for batch in batches:
-    first = first or batch
-    n_windows += 1
-    n_tokens += int(np.sum(batch["decoder_segment_ids"] > 0))
-    weighted += float(np.sum(batch["decoder_loss_weights"]))
-  if first is None:
-    raise SystemExit(f"error: no windows: no scaffold record with split {args.split!r} in {args.scaffolds}")
-  summary = {"windows": n_windows, "tokens": n_tokens, "weighted_tokens": weighted,
-             "features": {k: list(v.shape) + [str(v.dtype)] for k, v in first.items()},
-             "kinds": list(trajectory.SEGMENT_KINDS)}
+  ds = seqio.get_dataset(task_name, task_feature_lengths=task_feature_lengths(args.seq_len),
+                         dataset_split=args.split, shuffle=False, num_epochs=1, use_cached=False,
+                         feature_converter=TrajectoryFeatureConverter(length_multiple=args.sequence_shards))
+  n_examples, n_tokens, weighted, shown = 0, 0, 0.0, None
+  for example in tqdm(ds.as_numpy_iterator(), desc=f"data inspect: {args.task}", unit="example",
+                      disable=args.json):
+    if n_examples == args.index:
+      shown = example
+    n_examples += 1
+    n_tokens += int(np.sum(example["decoder_segment_ids"] > 0))
+    weighted += float(np.sum(example["decoder_loss_weights"]))
+  if shown is None:
+    raise SystemExit(f"error: task {args.task} has {n_examples} examples of split {args.split!r} from "
+                     f"{args.scaffolds} at --seq_len {args.seq_len}; --index {args.index} is out of range")
+  marker_ids = ([processor.piece_to_id(m) for m in trajectory.ALL_MARKERS]
+                if vocab.marker_style(processor) == "symbols" else [])
+  summary = {"task": args.task, "examples": n_examples, "tokens": n_tokens, "weighted_tokens": weighted,
+             "features": {k: list(v.shape) + [str(v.dtype)] for k, v in shown.items()},
+             "kinds": list(trajectory.SEGMENT_KINDS), "index": args.index,
+             "segments": [dataclasses.asdict(span) for span in inspection.example_spans(shown, marker_ids)],
+             "tokens_per_kind": inspection.tokens_per_kind(shown)}
   if args.json:
     print(json.dumps(summary))
   else:
-    print(f"{n_windows} windows of {args.seq_len} tokens, {n_tokens} tokens, {weighted:.0f} weighted")
+    print(f"{args.task}: {n_examples} examples of {args.seq_len} tokens, {n_tokens} tokens, "
+          f"{weighted:.0f} weighted")
     for name, spec in summary["features"].items():
       print(f"  {name}: {spec}")
-    print("first window, decoded:\n" + processor.decode(first["decoder_target_tokens"][0].tolist())[:600])
+    print(f"example {args.index}:")
+    print(inspection.render_example(shown, processor.decode, marker_ids=marker_ids,
+                                    max_chars=args.max_chars))
   return 0
 
 
@@ -281,6 +337,19 @@ def _train(args: argparse.Namespace) -> int:
   return 0
 
 
+# --------------------------------------------------------------------------------------------- compile
+def _compile(args: argparse.Namespace) -> int:
+  from xbook.train import aot
+  report = aot.compile_for_tpu(args.topology, args.num_slices, args.assumed_mfu)
+  print(json.dumps(report.to_json()) if args.json else aot.format_report(report))
+  if not report.fits:
+    print(f"error: the step needs {report.total_bytes_per_chip / 2**30:.2f} GiB per chip but a "
+          f"{report.accelerator} chip has {report.hbm_bytes / 2**30:.0f} GiB of HBM: shard more (fsdp, "
+          f"tensor, sequence), remat more, or use a smaller batch per chip", file=sys.stderr)
+    return 1
+  return 0
+
+
 # -------------------------------------------------------------------------------------------- generate
 def _generate(args: argparse.Namespace) -> int:
   from xbook.infer import generate_passage, load_run
@@ -289,6 +358,13 @@ def _generate(args: argparse.Namespace) -> int:
                           temperature=args.temperature, top_k=args.top_k, seed=args.seed)
   print(json.dumps({"step": run.step, "prompt": args.prompt, "text": text}) if args.json
         else f"[step {run.step}] {args.prompt}\n---\n{text}")
+  return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+  from xbook.infer.serve import serve
+  serve(args.run_dir, host=args.host, port=args.port, step=args.step, name=args.model_name,
+        max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens)
   return 0
 
 
@@ -340,17 +416,47 @@ def build_parser() -> argparse.ArgumentParser:
   scaffold = _group(commands, "scaffold", "Planning scaffolds: multi-resolution summaries of books.",
                     "xbook scaffold build --books out/books.jsonl --out out/scaffolds.jsonl "
                     "--cache out/summaries.sqlite")
-  p = _add(scaffold, "build", "Summarize books bottom-up into xbook.scaffold/1 records (cached, resumable).",
-           "xbook scaffold build --books out/books.jsonl --out out/scaffolds.jsonl --cache out/summaries.sqlite",
+  p = _add(scaffold, "build", "Summarize books bottom-up into xbook.scaffold/1 records (cached, resumable; books "
+           "concurrently; a failed book is reported and the others go on, exit status 1 if any failed).",
+           "xbook scaffold build --books out/books.jsonl --out out/scaffolds.jsonl --cache out/summaries.sqlite\n"
+           "OPENAI_API_KEY=... xbook scaffold build --books out/books.jsonl --out out/scaffolds.jsonl "
+           "--cache out/summaries.sqlite \\\n"
+           "    --backend openai --base_url http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-7B-Instruct\n"
+           "xbook scaffold build --books out/books.jsonl --out out/scaffolds.jsonl --cache out/summaries.sqlite "
+           "--backend xbook --run_dir runs/demo",
            _scaffold_build, gin_modules=("xbook.scaffold",))
   p.add_argument("--books", required=True, help="books JSONL from `xbook books segment`")
   p.add_argument("--out", required=True, help="scaffold JSONL (books already in it are kept)")
   p.add_argument("--cache", required=True, help="SQLite cache of summarizer calls")
+  p.add_argument("--backend", choices=("extractive", "openai", "xbook"), default="extractive",
+                 help="extractive (offline), openai (any OpenAI-compatible endpoint: --base_url, --model) or "
+                      "xbook (starts `xbook serve --run_dir` on a free local port and uses it as an openai endpoint)")
+  p.add_argument("--base_url", default=None, help="openai: API root, e.g. http://127.0.0.1:8000/v1")
+  p.add_argument("--model", default=None, help="openai: the served model's name")
+  p.add_argument("--run_dir", default=None, help="xbook: run directory of the checkpoint to serve")
+  p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+  p.add_argument("--prompt_version", default="plan_v1", help="templates folder xbook/scaffold/templates/NAME/")
+  p.add_argument("--temperature", type=float, default=0.0)
+  p.add_argument("--max_tokens", type=int, default=512, help="the most tokens of one summary")
+  p.add_argument("--tokens_per_word", type=float, default=2.0,
+                 help="a call's max_tokens is also at most this times its target words")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+  p.add_argument("--concurrent_books", type=int, default=4, help="books built at once")
+  p.add_argument("--timeout_s", type=float, default=120.0, help="deadline of one request attempt")
+  p.add_argument("--max_retries", type=int, default=6,
+                 help="retries of a request after a timeout, a connection error, 429 or 5xx")
   p = _add(scaffold, "show", "Print the plans of one scaffold record.",
            "xbook scaffold show out/scaffolds.jsonl --book pg46", _scaffold_show)
   p.add_argument("file")
   p.add_argument("--book", default=None, help="book id (default: the first record)")
   p.add_argument("--json", action="store_true")
+  p = _add(scaffold, "tfds", "Build the xbook_scaffolds TFDS dataset with Apache Beam (Beam options after --).",
+           "xbook scaffold tfds --manual_dir gutenberg/ --data_dir tfds/ -- --runner=DirectRunner "
+           "--direct_num_workers=2", _scaffold_tfds)
+  p.add_argument("--manual_dir", required=True, help="directory of Gutenberg *.txt novels")
+  p.add_argument("--data_dir", required=True, help="TFDS data directory (local or gs://)")
+  p.add_argument("beam_args", nargs="*", help="Beam pipeline options (default: --runner=DirectRunner)")
 
   vocab = _group(commands, "vocab", "SentencePiece vocabulary with the segment markers.",
                  "xbook vocab train --scaffolds out/scaffolds.jsonl --out out/vocab.model")
@@ -365,15 +471,25 @@ def build_parser() -> argparse.ArgumentParser:
 
   data = _group(commands, "data", "Trajectory examples from the seqio tasks.",
                 "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model")
-  p = _add(data, "inspect", "Build trajectory windows with the seqio task and summarize them.",
-           "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model --seq_len 512",
+  p = _add(data, "inspect", "Build the examples of one book view (seqio task) and show one segment by segment.",
+           "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model --seq_len 2048 \\\n"
+           "  --task stages --index 3",
            _data_inspect)
-  p.add_argument("--scaffolds", required=True)
-  p.add_argument("--vocab", required=True)
+  p.add_argument("--scaffolds", required=True, help="scaffold JSONL file(s) (glob pattern)")
+  p.add_argument("--vocab", required=True,
+                 help="xbook vocabulary, or a pretrained SentencePiece tokenizer.model (markers as tags)")
   p.add_argument("--seq_len", type=int, default=512)
   p.add_argument("--sequence_shards", type=int, default=1,
                  help="size of the sequence mesh axis (the length must divide by it)")
   p.add_argument("--split", default="train", choices=("train", "validation", "test"))
+  p.add_argument("--task", default="windows", choices=("windows", "full", "stages", "mixture"),
+                 help="book view to show, or the mixture of all three")
+  p.add_argument("--index", type=int, default=0, help="which example of the task to show")
+  p.add_argument("--layout", default="interleaved", choices=("interleaved", "plans_first"),
+                 help="trajectory layout")
+  p.add_argument("--repeat_weight", type=float, default=0.0,
+                 help="windows: factor on the loss weight of plans repeated from an earlier window")
+  p.add_argument("--max_chars", type=int, default=300, help="characters of decoded text shown per segment")
   p.add_argument("--json", action="store_true")
 
   weights = _group(commands, "weights", "Pretrained weights: Hugging Face Llama/Mistral checkpoints.",
@@ -408,6 +524,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--distributed_auto", action="store_true",
                  help="join a TPU pod job with jax.distributed.initialize() auto-detection")
 
+  p = _add(commands, "compile", "Compile the train step ahead of time for a TPU slice on this host: memory per "
+           "chip against HBM, compiler vs analytic FLOPs, projected speed (exit status 1 if it does not fit).",
+           "xbook compile --gin_file=configs/paper/mistral24b_131k.gin\n"
+           "xbook compile --gin_file=configs/runs/demo.gin --topology v5e-8 --json",
+           _compile, gin_modules=("xbook.train.trainer", "xbook.train.aot"))
+  p.add_argument("--topology", default=None,
+                 help="accelerator type (v5p-256, v6e-8) or topology (v5p:4x4x8) of one slice "
+                      "(default: the config's TpuTarget.accelerator)")
+  p.add_argument("--num_slices", type=int, default=None, help="slices over DCN (default: TpuTarget.num_slices)")
+  p.add_argument("--assumed_mfu", type=float, default=None,
+                 help="MFU for the projected step time (default: TpuTarget.assumed_mfu)")
+  p.add_argument("--json", action="store_true",
+                 help="print fits, hbm_bytes, total_bytes_per_chip, compiler_flops, analytic_flops, ... as JSON")
+
   p = _add(commands, "generate", "Write a passage from a prompt with a trained run.",
            'xbook generate --run_dir=runs/demo --prompt "Write a ghost story set at Christmas."',
            _generate)
@@ -419,6 +549,19 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--top_k", type=int, default=40)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", action="store_true")
+
+  p = _add(commands, "serve", "Serve a trained run over an OpenAI-compatible HTTP API (POST /v1/chat/completions, "
+           "GET /v1/models, GET /health); the chat messages become the trajectory's prompt.",
+           "xbook serve --run_dir runs/demo --port 8000\n"
+           "curl http://127.0.0.1:8000/v1/chat/completions -d '{\"messages\": [{\"role\": \"user\", "
+           "\"content\": \"Write a ghost story.\"}], \"max_tokens\": 64}'", _serve)
+  p.add_argument("--run_dir", required=True)
+  p.add_argument("--host", default="127.0.0.1")
+  p.add_argument("--port", type=int, default=8000, help="0: any free port (printed when ready)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--model_name", default=None, help="served model name (default: RUN_DIR_NAME@STEP)")
+  p.add_argument("--max_prompt_tokens", type=int, default=1024, help="longer prompts keep their first tokens")
+  p.add_argument("--max_tokens", type=int, default=256, help="the most tokens of one answer")
   return parser
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import itertools
 import statistics
 import json
@@ -27,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from tqdm import tqdm
 
-from xbook.atomic import atomic_open
+from xbook.atomic import atomic_open, is_url
 from xbook.data import tasks, trajectory
 from xbook.model import Decoder, DecoderConfig
 from xbook.train import flops, partitioning
@@ -45,6 +47,13 @@ from xbook.train.profiling import StepProfiler
 log = logging.getLogger(__name__)
 
 gin.external_configurable(DecoderConfig, module="xbook.model")
+
+
+# The decoder example contract (DESIGN.md "Examples"): every feature is [batch, length].
+EXAMPLE_FEATURES: dict[str, Any] = {
+    "decoder_input_tokens": jnp.int32, "decoder_target_tokens": jnp.int32,
+    "decoder_loss_weights": jnp.float32, "decoder_segment_ids": jnp.int32,
+    "decoder_positions": jnp.int32, "decoder_segment_kinds": jnp.int32}
 
 
 @flax.struct.dataclass
@@ -66,9 +75,10 @@ class Trainer:
   rules: Sequence[tuple[str, Any]] = partitioning.DEFAULT_RULES
   z_loss: float = 0.0
   microbatches: int = 1
+  devices: Sequence[jax.Device] | None = None  # default: all devices; TPU topology devices to compile AOT
 
   def __post_init__(self) -> None:
-    self.mesh = make_mesh(self.mesh_config)
+    self.mesh = make_mesh(self.mesh_config, self.devices)
     self.model = Decoder(self.model_config)
     self.tx = make_optimizer(self.optimizer_config)
     self.lr_schedule = learning_rate_schedule(self.optimizer_config)
@@ -206,6 +216,48 @@ class Trainer:
     with self.context():
       return self._step.lower(state, partitioning.shard_batch(batch, self.batch_sharding)).compile()
 
+  def lower_abstract_step(self) -> jax.stages.Lowered:
+    """The train step lowered for abstract inputs (no arrays allocated): the state's shapes and
+    shardings, and a batch of the example contract, {feature: [batch_size, seq_len]} on the mesh.
+    Works for devices this process cannot run on (a TPU topology, for ahead-of-time compilation)."""
+    with self.context():
+      return self._step.lower(self.abstract_state, self.abstract_batch())
+
+  def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """{feature: [batch_size, seq_len]} of the example contract, sharded like a real batch."""
+    return {name: jax.ShapeDtypeStruct((self.batch_size, self.seq_len), dtype,
+                                       sharding=self.batch_sharding)
+            for name, dtype in EXAMPLE_FEATURES.items()}
+
+
+def _configured_trainer(model_config: DecoderConfig, **settings: Any) -> Trainer:
+  """A Trainer with the optimizer, mesh and logical rules of the operative gin config."""
+  return Trainer(model_config=model_config, optimizer_config=OptimizerConfig(),
+                 mesh_config=MeshConfig(), rules=partitioning.logical_axis_rules(), **settings)
+
+
+def trainer_from_gin(devices: Sequence[jax.Device] | None = None, **overrides: Any) -> Trainer:
+  """The Trainer that `train()` would build from the operative gin config, over `devices`.
+
+  Reads `train.model_config`, `train.batch_size`, `train.seq_len`, `train.z_loss` and
+  `train.microbatches` (their defaults when unbound); `overrides` replace any of them (e.g.
+  `model_config=dataclasses.replace(config, n_layers=1)`).
+  """
+  defaults = inspect.signature(train).parameters
+  settings = {}
+  for name in ("model_config", "batch_size", "seq_len", "z_loss", "microbatches"):
+    try:
+      value = gin.query_parameter(f"train.{name}")
+    except ValueError:
+      value = defaults[name].default
+    if isinstance(value, gin.config.ConfigurableReference):
+      value = value.scoped_configurable_fn()
+    if value is gin.REQUIRED:
+      raise ValueError(f"the gin config does not bind train.{name}")
+    settings[name] = value
+  settings.update(overrides)
+  return _configured_trainer(settings.pop("model_config"), devices=devices, **settings)
+
 
 def _validate(trainer: Trainer, params: Any, task_name: str, *, step: int, seed: int, layout: str,
               max_batches: int | None) -> dict[str, float]:
@@ -227,9 +279,10 @@ def _pad_batch(batch: Mapping[str, Any], size: int) -> dict[str, Any]:
   return {k: np.pad(v, [(0, size - rows)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
 
 
-def write_run_info(run_dir: Path, model_config: DecoderConfig, vocab_path: str) -> None:
+def write_run_info(run_dir: epath.Path, model_config: DecoderConfig, vocab_path: str) -> None:
   """model.json (what inference needs) and config.gin (the operative gin config), atomically."""
-  info = {"model": dataclasses.asdict(model_config), "vocab_path": str(Path(vocab_path).resolve())}
+  vocab = vocab_path if is_url(vocab_path) else str(Path(vocab_path).resolve())
+  info = {"model": dataclasses.asdict(model_config), "vocab_path": vocab}
   for name, text in (("model.json", json.dumps(info, indent=2)), ("config.gin", gin.operative_config_str())):
     with atomic_open(run_dir / name) as f:
       f.write(text)
@@ -244,6 +297,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           layout: str = "contiguous", microbatches: int = 1, z_loss: float = 0.0,
           profile_steps: Sequence[int] | None = None,
           loss_weights: Mapping[str, float] | None = None, trajectory_layout: str = "interleaved",
+          view_rates: Mapping[str, float] | None = None,
           task_name: str = "xbook_windows") -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
 
@@ -269,13 +323,14 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     profile_steps: (first, last) steps to record a profiler trace of, into <run_dir>/profile.
     loss_weights: {segment kind: weight}; defaults in xbook.data.trajectory.DEFAULT_LOSS_WEIGHTS.
     trajectory_layout: order of plans and text in a trajectory (xbook.data.trajectory.LAYOUTS).
-    task_name: seqio task name to register the scaffold files under.
+    view_rates: None to train on the `windows` view; else {view: rate} of a seqio Mixture of the views
+      (xbook.data.tasks.VIEWS: windows, full, stages), e.g. {'windows': 3, 'stages': 1}.
+    task_name: seqio task (or mixture) name to register the scaffold files under.
   """
-  run_path = Path(run_dir)
+  run_path = epath.Path(run_dir)  # a local folder or gs://bucket/...
   run_path.mkdir(parents=True, exist_ok=True)
-  trainer = Trainer(model_config=model_config, optimizer_config=OptimizerConfig(),
-                    mesh_config=MeshConfig(), batch_size=batch_size, seq_len=seq_len,
-                    rules=partitioning.logical_axis_rules(), z_loss=z_loss, microbatches=microbatches)
+  trainer = _configured_trainer(model_config, batch_size=batch_size, seq_len=seq_len, z_loss=z_loss,
+                                microbatches=microbatches)
   profiler = StepProfiler(run_path / "profile", profile_steps)
   log.info("mesh %s over %d devices; model of %.2fM parameters", dict(trainer.mesh.shape),
            trainer.mesh.size, model_config.num_params() / 1e6)
@@ -284,8 +339,11 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   log.info("training FLOPs per token: %.3g with the causal mask, %.3g counting full attention; MFU %s",
            flops_per_token, flops.training_flops_per_token(model_config, seq_len, causal=False),
            f"against {peak:.3g} FLOP/s per device" if peak else "not reported (unknown device peak)")
-  task = tasks.register_windows_task(task_name, scaffold_files, vocab_path, layout=trajectory_layout,
-                                     loss_weights=loss_weights)
+  view_kwargs = dict(layout=trajectory_layout, loss_weights=loss_weights)
+  if view_rates:
+    task = tasks.register_mixture(task_name, scaffold_files, vocab_path, rates=view_rates, **view_kwargs)
+  else:
+    task = tasks.register_task(task_name, "windows", scaffold_files, vocab_path, **view_kwargs)
   vocab_size = task.output_features["targets"].vocabulary.vocab_size
   if vocab_size > model_config.vocab_size:
     raise ValueError(f"vocabulary {vocab_path} has {vocab_size} pieces but model_config.vocab_size is "

@@ -1,0 +1,126 @@
+"""Ahead-of-time compilation for TPU slices on this CPU host (libtpu from jax[tpu])."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gin
+import pytest
+
+from xbook.gin_flags import parse_gin
+from xbook.train import aot, flops
+from xbook.train import trainer as trainer_lib
+from xbook.train.tpu_topology import GIB, parse_slice, standard_shape, topology_devices
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_CONFIGS = sorted(p for p in (REPO / "configs/paper").glob("*.gin") if p.name != "base.gin")
+
+
+@pytest.fixture
+def gin_config():
+  """Parse gin files and bindings for one test; cleared afterwards."""
+  gin.clear_config()
+  yield lambda files, bindings=(): parse_gin([str(f) for f in files], list(bindings))
+  gin.clear_config()
+
+
+def test_accelerator_types_name_the_standard_slices():
+  v5p = parse_slice("v5p-256")
+  assert (v5p.shape, v5p.chips, v5p.hosts, v5p.topology_name) == ((4, 4, 8), 128, 32, "v5p:4x4x8")
+  assert v5p.generation.hbm_bytes == 95 * GIB
+  assert parse_slice("v5p-8").shape == (2, 2, 1)
+  assert parse_slice("v5p-1024").shape == (8, 8, 8)
+  v6e = parse_slice("v6e-8")
+  assert (v6e.shape, v6e.hosts, v6e.accelerator_type, v6e.chips_per_host_bounds) == ((2, 4), 1, "v6e-8",
+                                                                                     (2, 4, 1))
+  assert parse_slice("v5litepod-256").shape == (16, 16)
+  assert parse_slice("v5p:4x4x4").accelerator_type == "v5p-128"
+  assert standard_shape(32, 3) == (2, 4, 4)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("v5p-6", "power-of-two"), ("v5p-7", "two per"), ("v9-8", "unknown generation"),
+    ("v5p:4x4", "3 dimensions"), ("tpu-big", "cannot read TPU slice")])
+def test_bad_slice_names_are_explained(name, message):
+  with pytest.raises(ValueError, match=message):
+    parse_slice(name)
+
+
+def test_topology_devices_are_one_per_chip_in_every_slice():
+  devices = topology_devices(parse_slice("v5p-64"), num_slices=2)
+  assert len(devices) == 64
+  assert devices[0].platform == "tpu" and devices[0].device_kind.startswith("TPU v5")
+  assert {d.slice_index for d in devices} == {0, 1}
+
+
+def _demo_bindings(*extra: str) -> list[str]:
+  return ["train.seq_len = 512", "train.batch_size = 8", *extra]
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_compiler_flops_match_the_remat_prediction(gin_config, remat):
+  """The unrolled probes count every layer, ring step and block: the ratio to the analytic FLOPs is
+  what recomputation predicts (1.0 without remat, about 4/3 with full remat, plus the flash backward)."""
+  gin_config([REPO / "configs/runs/demo_ring.gin"], _demo_bindings(
+      f"xbook.model.DecoderConfig.remat = '{remat}'", "xbook.model.DecoderConfig.d_model = 256",
+      "xbook.model.DecoderConfig.mlp_dim = 1024", "xbook.model.DecoderConfig.n_layers = 3",
+      "xbook.model.DecoderConfig.attention_block = 64"))
+  devices = topology_devices(parse_slice("v5e-8"))
+  trainer = trainer_lib.trainer_from_gin(devices)
+  assert trainer.model_config.attention == "ring" and trainer.mesh.shape["sequence"] == 2
+  compiler = aot.compiler_flops_per_step(trainer, devices)
+  tokens = trainer.batch_size * trainer.seq_len
+  analytic = tokens * flops.training_flops_per_token(trainer.model_config, trainer.seq_len, causal=False)
+  predicted = aot.predicted_flops_ratio(trainer)
+  assert predicted == pytest.approx({"none": 1.0, "full": 4 / 3}[remat], rel=0.1)
+  assert compiler / analytic == pytest.approx(predicted, rel=aot.RATIO_TOLERANCE)
+
+
+def _xbook(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "xbook.cli", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=600)
+
+
+def test_compile_command_reports_memory_and_flops_as_json():
+  result = _xbook("compile", "--gin_file=configs/runs/demo.gin", "--topology", "v5e-8", "--json")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["fits"] is True and report["hbm_bytes"] == 16 * GIB
+  assert report["chips"] == 8 and report["mesh"] == {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}
+  assert 0 < report["total_bytes_per_chip"] < report["hbm_bytes"]
+  assert report["total_bytes_per_chip"] == (report["argument_bytes"] + report["output_bytes"]
+                                            - report["alias_bytes"] + report["temp_bytes"]
+                                            + report["code_bytes"])
+  assert report["ratio_ok"] is True
+  assert report["analytic_flops"] > report["analytic_flops_causal"] > 0
+  assert report["projected_tokens_per_s"] == pytest.approx(
+      8 * 256 / report["projected_step_s"])
+
+
+def test_a_step_that_does_not_fit_fails_with_the_numbers():
+  # Dense attention over 64k tokens: the score matrix alone is far beyond a v5e chip's 16 GiB.
+  result = _xbook("compile", "--gin_file=configs/runs/demo.gin", "--topology", "v5e-8",
+                  "--gin.train.seq_len=65536", "--gin.train.batch_size=4")
+  assert result.returncode == 1
+  assert "DOES NOT FIT" in result.stdout
+  assert "GiB per chip but a v5e-8 chip has 16 GiB of HBM" in result.stderr
+
+
+@pytest.mark.parametrize("config", PAPER_CONFIGS, ids=lambda p: p.stem)
+def test_paper_configs_fit_their_topology_scaled_down(gin_config, config):
+  """Each paper config compiles for its named slice with its own mesh, attention and remat; scaled down
+  to 1 layer and 1/64 of the length so that CI can afford it (`xbook compile` runs the full ones)."""
+  gin_config([config])
+  seq_len = gin.query_parameter("train.seq_len")
+  gin.clear_config()
+  gin_config([config], ["xbook.model.DecoderConfig.n_layers = 1", f"train.seq_len = {seq_len // 64}"])
+  target = aot.TpuTarget()
+  tpu_slice = parse_slice(target.accelerator)
+  trainer = trainer_lib.trainer_from_gin(topology_devices(tpu_slice, target.num_slices))
+  memory = aot.step_memory(trainer)
+  total = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["code"]
+  assert 0 < total <= tpu_slice.generation.hbm_bytes
+  assert trainer.mesh.size == tpu_slice.chips * target.num_slices

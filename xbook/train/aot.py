@@ -1,0 +1,275 @@
+"""Ahead-of-time compilation of the train step for a TPU slice, on any host (`xbook compile`).
+
+The step is the one `xbook train` would run for the same gin config: same mesh (over the slice's
+abstract devices from libtpu), shardings, attention, remat and microbatches. From the compiled program:
+
+* memory per chip (XLA's memory analysis): arguments + outputs - aliased (donated) + temporaries +
+  generated code, against the chip's HBM;
+* FLOPs per step (XLA's cost analysis) against the analytic count of `xbook.train.flops`. XLA counts
+  the body of a loop once, so the FLOPs come from two probe programs with every loop unrolled (1 and 2
+  layers, one microbatch, at most 4 attention blocks per device chunk, no windowed einsum: the same
+  arithmetic in a smaller program), extrapolated linearly to all layers and microbatches. Unrolled, causally skipped blocks
+  count as computed, so the comparison is with the analytic count of full (non-causal) attention;
+* a projected step time and tokens/s at an assumed MFU (model FLOPs with the causal mask, the
+  convention of `train`'s `mfu` metric).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import time
+from typing import Any
+
+import gin
+import jax
+
+from xbook.model import loops
+from xbook.train import flops
+from xbook.train.tpu_topology import TpuSlice, parse_slice, topology_devices
+from xbook.train.trainer import Trainer, trainer_from_gin
+
+log = logging.getLogger(__name__)
+
+# Compiler options of the FLOP-counting probes. On TPU, XLA may turn a matmul whose operand is
+# all-gathered (FSDP) or whose result is reduce-scattered into a loop over the shards ("windowed
+# einsum", collective matmul), whose body cost analysis would count once; without it the probes do the
+# same arithmetic in straight-line code. The memory report compiles with the defaults.
+COUNTING_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                    "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+
+# The probes cut each device's chunk of the length into at most this many attention blocks (fewer,
+# larger blocks: the same FLOPs in a smaller unrolled program whose score tiles still fit HBM).
+PROBE_BLOCKS_PER_CHUNK = 4
+
+# Tolerance of `ratio_ok`: the measured compiler/analytic FLOPs ratio against the predicted one.
+RATIO_TOLERANCE = 0.10
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TpuTarget:
+  """The TPU a config is meant for: `xbook compile` uses it unless --topology says otherwise.
+
+  Attributes:
+    accelerator: accelerator type ("v5p-256", "v6e-8") or topology ("v5p:4x4x8") of one slice.
+    num_slices: slices joined over DCN (the product of the mesh's dcn_* sizes).
+    assumed_mfu: model FLOPs utilization used to project step time and tokens/s.
+  """
+
+  accelerator: str = "v5p-8"
+  num_slices: int = 1
+  assumed_mfu: float = 0.4
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileReport:
+  """What the compiled step needs per chip and computes per step; bytes are per chip."""
+
+  accelerator: str
+  topology: str
+  num_slices: int
+  chips: int
+  mesh: dict[str, int]
+  batch_size: int
+  seq_len: int
+  params: int
+  remat: str
+  attention: str
+  hbm_bytes: int
+  argument_bytes: int
+  output_bytes: int
+  alias_bytes: int
+  temp_bytes: int
+  code_bytes: int
+  total_bytes_per_chip: int
+  fits: bool
+  compiler_flops: float | None  # None: the step does not fit, so its FLOPs were not counted
+  analytic_flops: float
+  analytic_flops_causal: float
+  flops_ratio: float | None
+  predicted_ratio: float | None
+  ratio_ok: bool | None
+  assumed_mfu: float
+  projected_step_s: float
+  projected_tokens_per_s: float
+  compile_s: float
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def predicted_flops_ratio(trainer: Trainer) -> float | None:
+  """Compiler FLOPs over analytic FLOPs (full attention) expected for this step's remat and attention.
+
+  Analytic: 6 x matmul params per token (forward 1 + backward 2) plus attention counted as 3x its
+  forward. The step does more where it recomputes: full remat runs every layer's forward twice (4/3 on
+  matmuls), and the blockwise and ring kernels' backward recomputes the scores (5 attention matmuls
+  against the convention's 4: 7/6, or 9/6 with full remat; dense attention is differentiated as is).
+  Other remat policies save part of the forward: no single prediction (None).
+  """
+  config = trainer.model_config
+  if config.remat not in ("none", "full"):
+    return None
+  tokens = trainer.batch_size * trainer.seq_len
+  matmuls = 6.0 * flops.matmul_params(config) * tokens
+  attention = tokens * (flops.training_flops_per_token(config, trainer.seq_len, causal=False)
+                        - 6.0 * flops.matmul_params(config))
+  flash = config.attention != "dense"
+  if config.remat == "none":
+    matmul_factor, attention_factor = 1.0, (7 / 6 if flash else 1.0)
+  else:
+    matmul_factor, attention_factor = 4 / 3, (9 / 6 if flash else 4 / 3)
+  return (matmuls * matmul_factor + attention * attention_factor) / (matmuls + attention)
+
+
+def _cost_flops(compiled: jax.stages.Compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0]
+  return float(cost["flops"])
+
+
+def _bytes_per_chip(tree: Any) -> int:
+  """Bytes of one chip's shard of every abstract array in `tree` (the largest shard: uneven splits)."""
+  return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+             for leaf in jax.tree.leaves(tree))
+
+
+def step_memory(trainer: Trainer) -> dict[str, int]:
+  """Per-chip bytes of the compiled step: argument, output, alias, temp, code.
+
+  When the TPU compiler itself refuses the step for lack of HBM (RESOURCE_EXHAUSTED), the
+  temporaries are the amount it names, and arguments and outputs are the train state's shards
+  (donated, so aliased) plus the batch's.
+  """
+  try:
+    analysis = trainer.lower_abstract_step().compile().memory_analysis()
+  except jax.errors.JaxRuntimeError as error:
+    needed = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", str(error))
+    if "RESOURCE_EXHAUSTED" not in str(error) or not needed:
+      raise
+    log.warning("the TPU compiler ran out of HBM: %s", str(error).splitlines()[0])
+    temp = float(needed.group(1)) * 1024 ** "KMGT".index(needed.group(2)) * 1024
+    state = _bytes_per_chip(trainer.abstract_state)
+    batch = _bytes_per_chip(trainer.abstract_batch())
+    return {"argument": state + batch, "output": state, "alias": state, "temp": int(temp), "code": 0}
+  return {"argument": analysis.argument_size_in_bytes, "output": analysis.output_size_in_bytes,
+          "alias": analysis.alias_size_in_bytes, "temp": analysis.temp_size_in_bytes,
+          "code": analysis.generated_code_size_in_bytes}
+
+
+def _is_tpu(devices: list[jax.Device]) -> bool:
+  return devices[0].platform == "tpu"
+
+
+def compiler_flops_per_step(trainer: Trainer, devices: list[jax.Device]) -> float:
+  """XLA's FLOPs of one step on all chips, from unrolled 1- and 2-layer probes (module docstring).
+
+  XLA reports the FLOPs of one SPMD partition, i.e. per chip; the step's total is that times the chips.
+  """
+  chunk = trainer.seq_len // trainer.mesh.shape["sequence"]
+  probe_block = max(trainer.model_config.attention_block, chunk // PROBE_BLOCKS_PER_CHUNK)
+  per_layer_count = []
+  for n_layers in (1, 2):
+    config = dataclasses.replace(trainer.model_config, n_layers=n_layers, scan_layers=False,
+                                 attention_block=probe_block)
+    probe = trainer_from_gin(devices, model_config=config, microbatches=1,
+                             batch_size=trainer.batch_size // trainer.microbatches)
+    with loops.fully_unrolled():
+      lowered = probe.lower_abstract_step()
+    compiled = lowered.compile(compiler_options=COUNTING_OPTIONS if _is_tpu(devices) else None)
+    per_layer_count.append(_cost_flops(compiled) * len(devices))
+  one, two = per_layer_count
+  per_layer = two - one
+  return (one + per_layer * (trainer.model_config.n_layers - 1)) * trainer.microbatches
+
+
+def compile_for_tpu(accelerator: str | None = None, num_slices: int | None = None,
+                    assumed_mfu: float | None = None) -> CompileReport:
+  """Compile the gin-configured train step for a TPU slice on this host and report on it.
+
+  Args:
+    accelerator: accelerator type or topology; default `TpuTarget.accelerator` from gin.
+    num_slices: default `TpuTarget.num_slices`.
+    assumed_mfu: default `TpuTarget.assumed_mfu`.
+  """
+  target = TpuTarget()
+  tpu_slice: TpuSlice = parse_slice(accelerator or target.accelerator)
+  num_slices = num_slices or target.num_slices
+  assumed_mfu = assumed_mfu or target.assumed_mfu
+  devices = topology_devices(tpu_slice, num_slices)
+  trainer = trainer_from_gin(devices)
+  log.info("compiling the train step for %s x %d (%d chips), mesh %s, %.2fB parameters",
+           tpu_slice.accelerator_type, num_slices, len(devices), dict(trainer.mesh.shape),
+           trainer.model_config.num_params() / 1e9)
+  began = time.perf_counter()
+  memory = step_memory(trainer)
+  compile_s = time.perf_counter() - began
+  total = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["code"])
+  fits = total <= tpu_slice.generation.hbm_bytes
+  compiler = None
+  if fits:
+    log.info("counting FLOPs on unrolled 1- and 2-layer probes of the step")
+    compiler = compiler_flops_per_step(trainer, devices)
+  tokens = trainer.batch_size * trainer.seq_len
+  analytic = tokens * flops.training_flops_per_token(trainer.model_config, trainer.seq_len, causal=False)
+  causal = tokens * flops.training_flops_per_token(trainer.model_config, trainer.seq_len, causal=True)
+  predicted = predicted_flops_ratio(trainer)
+  ratio = None if compiler is None else compiler / analytic
+  peak = flops.peak_flops_per_device(devices[0])
+  step_s = causal / (len(devices) * peak * assumed_mfu)
+  return CompileReport(
+      accelerator=tpu_slice.accelerator_type, topology=tpu_slice.topology_name, num_slices=num_slices,
+      chips=len(devices), mesh=dict(trainer.mesh.shape), batch_size=trainer.batch_size,
+      seq_len=trainer.seq_len, params=trainer.model_config.num_params(),
+      remat=trainer.model_config.remat, attention=trainer.model_config.attention,
+      hbm_bytes=tpu_slice.generation.hbm_bytes, argument_bytes=memory["argument"],
+      output_bytes=memory["output"], alias_bytes=memory["alias"], temp_bytes=memory["temp"],
+      code_bytes=memory["code"], total_bytes_per_chip=total,
+      fits=fits, compiler_flops=compiler, analytic_flops=analytic, analytic_flops_causal=causal,
+      flops_ratio=ratio, predicted_ratio=predicted,
+      ratio_ok=None if None in (ratio, predicted) else abs(ratio / predicted - 1) <= RATIO_TOLERANCE,
+      assumed_mfu=assumed_mfu, projected_step_s=step_s, projected_tokens_per_s=tokens / step_s,
+      compile_s=compile_s)
+
+
+def format_report(report: CompileReport) -> str:
+  """The report as lines a researcher reads."""
+  gib = 2**30
+  lines = [
+      f"{report.accelerator} x {report.num_slices} slice(s) ({report.topology}, {report.chips} chips), "
+      f"mesh {report.mesh}",
+      f"model {report.params / 1e9:.2f}B parameters, attention {report.attention}, remat "
+      f"{report.remat}; batch {report.batch_size} x {report.seq_len:,} tokens",
+      "memory per chip:",
+      f"  arguments     {report.argument_bytes / gib:9.2f} GiB",
+      f"  outputs       {report.output_bytes / gib:9.2f} GiB (of which {report.alias_bytes / gib:.2f} "
+      f"GiB reuse donated arguments)",
+      f"  temporaries   {report.temp_bytes / gib:9.2f} GiB",
+      f"  code          {report.code_bytes / gib:9.2f} GiB",
+      f"  total         {report.total_bytes_per_chip / gib:9.2f} GiB of {report.hbm_bytes / gib:.0f} GiB "
+      f"HBM: {'fits' if report.fits else 'DOES NOT FIT'} "
+      f"({100 * report.total_bytes_per_chip / report.hbm_bytes:.0f}%)",
+  ]
+  if report.compiler_flops is None:
+    lines.append(f"FLOPs per step: analytic {report.analytic_flops:.4g} (full attention; "
+                 f"{report.analytic_flops_causal:.4g} with the causal mask); not counted by the "
+                 f"compiler, since the step does not fit")
+  else:
+    lines.append(f"FLOPs per step: compiler {report.compiler_flops:.4g}, analytic "
+                 f"{report.analytic_flops:.4g} (full attention; {report.analytic_flops_causal:.4g} with "
+                 f"the causal mask)")
+  if report.flops_ratio is not None and report.predicted_ratio is None:
+    lines.append(f"  compiler / analytic = {report.flops_ratio:.3f} (no prediction for remat "
+                 f"{report.remat!r})")
+  elif report.flops_ratio is not None:
+    verdict = "as predicted" if report.ratio_ok else "NOT as predicted"
+    lines.append(f"  compiler / analytic = {report.flops_ratio:.3f}, predicted {report.predicted_ratio:.3f} "
+                 f"for remat {report.remat!r} with {report.attention} attention: {verdict} "
+                 f"(within {RATIO_TOLERANCE:.0%})")
+  lines.append(f"projected at {report.assumed_mfu:.0%} MFU: {report.projected_step_s:.2f} s/step, "
+               f"{report.projected_tokens_per_s:,.0f} tokens/s ({report.compile_s:.0f} s to compile)")
+  return "\n".join(lines)
