@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import sentencepiece as spm
+from etils import epath
 
 from xbook.atomic import atomic_open
 from xbook.data import trajectory
@@ -97,10 +98,10 @@ def marker_style(processor: spm.SentencePieceProcessor) -> str:
 def load_processor(path: str | os.PathLike[str]) -> spm.SentencePieceProcessor:
   """Load a SentencePiece model: an xbook vocabulary (checked for seqio's special ids) or a pretrained
   tokenizer without the marker symbols (checked for an EOS id and for id 0 being no ordinary piece)."""
-  path = Path(path)
+  path = epath.Path(path)  # a local file or gs://bucket/...
   if not path.is_file():
     raise FileNotFoundError(f"SentencePiece model not found: {path} (train one with `xbook vocab train`)")
-  processor = spm.SentencePieceProcessor(model_file=str(path))
+  processor = spm.SentencePieceProcessor(model_proto=path.read_bytes())
   if marker_style(processor) == "symbols":
     if (processor.pad_id(), processor.eos_id(), processor.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
       raise ValueError(f"{path}: expected pad/eos/unk ids {(PAD_ID, EOS_ID, UNK_ID)} as seqio assumes, "

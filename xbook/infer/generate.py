@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
 from xbook.data import trajectory
 from xbook.data.vocab import EOS_ID, load_processor
@@ -38,7 +39,7 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
   """Restore the parameters of `run_dir` (its latest checkpoint unless `step` is given)."""
-  run_dir = Path(run_dir)
+  run_dir = epath.Path(run_dir)  # a local folder or gs://bucket/...
   info_path = run_dir / "model.json"
   if not info_path.is_file():
     raise FileNotFoundError(f"{info_path} not found: is {run_dir} a run directory made by `xbook train`?")
