@@ -295,3 +295,38 @@ def test_plans_first_windows_put_their_plans_before_their_text(vocab_path, scaff
   text = np.concatenate([w["targets"][w["segment_kinds"] == TEXT] for w in windows])
   segments = trajectory.scaffold_to_segments(record, "plans_first")
   assert text.tolist() == _encoded(processor, [s for s in segments if s.kind == "text"]) + [vocab.EOS_ID]
+
+
+def test_offline_cache_holds_the_online_examples_in_shards_hosts_split(vocab_path, scaffold_records,
+                                                                       tmp_path):
+  """The Beam-built cache (DirectRunner) holds exactly the windows the task builds online, in TFRecord
+  shards that two hosts read disjointly and that together cover the task."""
+  from xbook.data import cache
+  for i, record in enumerate(scaffold_records):
+    (tmp_path / f"scaffolds-{i}.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+  pattern = str(tmp_path / "scaffolds-*.jsonl")
+  tasks.register_task("test_uncached", "windows", pattern, str(vocab_path))
+  task = tasks.register_task("test_cached", "windows", pattern, str(vocab_path), cached_length=WINDOW_LEN)
+  with pytest.raises(ValueError, match="cached_length"):
+    cache.cache_task(seqio.get_mixture_or_task("test_uncached"), str(tmp_path / "cache"), num_shards=2)
+  out = cache.cache_task(task, str(tmp_path / "cache"), num_shards=2, splits=["train"])
+  assert sorted(p.name for p in (tmp_path / "cache" / "test_cached").iterdir() if "tfrecord" in p.name) == [
+      "train.tfrecord-00000-of-00002", "train.tfrecord-00001-of-00002"]
+  assert (tmp_path / "cache" / "test_cached" / "COMPLETED").is_file()
+  seqio.add_global_cache_dirs([str(tmp_path / "cache")])
+  assert seqio.get_mixture_or_task("test_cached").cache_dir == out
+
+  def cached(shard_info=None):
+    ds = seqio.get_dataset("test_cached", task_feature_lengths=task_feature_lengths(WINDOW_LEN),
+                           dataset_split="train", shuffle=False, num_epochs=1, use_cached=True,
+                           shard_info=shard_info, feature_converter=TrajectoryFeatureConverter())
+    examples = list(ds.as_numpy_iterator())
+    for example in examples:
+      _check_contract(example, WINDOW_LEN)
+    return _token_keys(examples)
+
+  online = _token_keys(_examples("test_uncached", length=WINDOW_LEN))
+  assert sorted(cached()) == sorted(online)
+  hosts = [set(cached(seqio.ShardInfo(i, 2))) for i in range(2)]
+  assert hosts[0] and hosts[1] and not hosts[0] & hosts[1]
+  assert hosts[0] | hosts[1] == set(online)

@@ -296,3 +296,26 @@ def test_training_on_a_mixture_of_views(tmp_path, scaffold_file, vocab_path):
                                                          "xbook_test_mixture_windows"]
   records = read_metrics(tmp_path / "mixture")
   assert [r["step"] for r in records] == [1, 2, 3, 4]
+
+
+def test_training_reads_the_offline_cache_that_xbook_data_cache_built(tmp_path, scaffold_file, vocab_path,
+                                                                      caplog):
+  """`xbook data cache` builds the windows of a gin config with Beam; train.cache_dir trains from them,
+  and names the command to run when the cache is missing."""
+  from xbook import cli
+  config = tmp_path / "cache.gin"
+  config.write_text(f"train.scaffold_files = '{scaffold_file}'\ntrain.vocab_path = '{vocab_path}'\n"
+                    f"train.seq_len = 128\ntrain.task_name = 'xbook_test_cached'\n", encoding="utf-8")
+  with pytest.raises(FileNotFoundError, match="xbook data cache"):
+    _train(tmp_path / "nocache", scaffold_file, vocab_path, steps=1, cache_dir=str(tmp_path / "cache"),
+           task_name="xbook_test_cached")
+  gin.clear_config()
+  assert cli.main(["data", "cache", f"--gin_file={config}", "--out", str(tmp_path / "cache"),
+                   "--num_shards", "2", "--split", "train"]) == 0
+  gin.clear_config()
+  with caplog.at_level(logging.INFO, logger="xbook.train.trainer"):
+    cached = _train(tmp_path / "cached", scaffold_file, vocab_path, steps=3, cache_dir=str(tmp_path / "cache"),
+                    task_name="xbook_test_cached")
+  assert "offline cache" in caplog.text
+  assert np.isfinite(cached["loss"])
+  assert [r["step"] for r in read_metrics(tmp_path / "cached")] == [1, 2, 3]

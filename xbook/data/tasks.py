@@ -116,6 +116,26 @@ def _stacked(examples: list[pieces.Example]) -> list[np.ndarray]:
   return stacked + [lengths]
 
 
+def _view_examples(ds: tf.data.Dataset, view: str, processor: Any, length: int,
+                   view_kwargs: Mapping[str, Any]) -> tf.data.Dataset:
+  """Each {"record"} of `ds` becomes the examples of `view` at `length` tokens."""
+  to_examples = book_examples(view, processor, length=length, **view_kwargs)
+
+  def run(line: tf.Tensor) -> list[np.ndarray]:
+    return _stacked(to_examples(json.loads(line.numpy().decode("utf-8"))))
+
+  def split_book(ex: Mapping[str, tf.Tensor]) -> tf.data.Dataset:
+    *arrays, lengths = tf.py_function(run, [ex["record"]],
+                                      Tout=list(_FEATURE_DTYPES.values()) + [tf.int32])
+    for array in arrays:
+      array.set_shape([None, None])
+    lengths.set_shape([None])
+    rows = tf.data.Dataset.from_tensor_slices((dict(zip(_FEATURE_DTYPES, arrays)), lengths))
+    return rows.map(lambda row, n: {name: value[:n] for name, value in row.items()})
+
+  return ds.flat_map(split_book)
+
+
 def view_preprocessor(view: str, processor: Any, **view_kwargs) -> Callable[..., tf.data.Dataset]:
   """A seqio preprocessor turning each {"record"} into the examples of `view` at the task's length."""
 
@@ -123,28 +143,21 @@ def view_preprocessor(view: str, processor: Any, **view_kwargs) -> Callable[...,
     if not sequence_length or not sequence_length.get("targets"):
       raise ValueError(f"the {view} view needs a sequence length: pass task_feature_lengths "
                        "(xbook.data.feature_converter.task_feature_lengths) to seqio.get_dataset")
-    to_examples = book_examples(view, processor, length=sequence_length["targets"], **view_kwargs)
-
-    def run(line: tf.Tensor) -> list[np.ndarray]:
-      return _stacked(to_examples(json.loads(line.numpy().decode("utf-8"))))
-
-    def split_book(ex: Mapping[str, tf.Tensor]) -> tf.data.Dataset:
-      *arrays, lengths = tf.py_function(run, [ex["record"]],
-                                        Tout=list(_FEATURE_DTYPES.values()) + [tf.int32])
-      for array in arrays:
-        array.set_shape([None, None])
-      lengths.set_shape([None])
-      rows = tf.data.Dataset.from_tensor_slices((dict(zip(_FEATURE_DTYPES, arrays)), lengths))
-      return rows.map(lambda row, n: {name: value[:n] for name, value in row.items()})
-
-    return ds.flat_map(split_book)
+    return _view_examples(ds, view, processor, sequence_length["targets"], view_kwargs)
 
   return preprocess
 
 
+def fixed_length_view_preprocessor(view: str, processor: Any, length: int,
+                                   **view_kwargs) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+  """Like `view_preprocessor` at a length fixed now, so that it may run before seqio's cache
+  placeholder (seqio forbids length-dependent preprocessors there)."""
+  return lambda ds: _view_examples(ds, view, processor, length, view_kwargs)
+
+
 def register_task(name: str, view: str, scaffold_files: str | Sequence[str], vocab_path: str, *,
                   layout: str = "interleaved", loss_weights: Mapping[str, float] | None = None,
-                  repeat_weight: float = 0.0) -> seqio.Task:
+                  repeat_weight: float = 0.0, cached_length: int | None = None) -> seqio.Task:
   """Register (or re-register) one view of scaffold JSONL files as a seqio Task.
 
   Args:
@@ -156,6 +169,9 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str], voc
     layout: trajectory layout (xbook.data.trajectory.LAYOUTS).
     loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS.
     repeat_weight: windows only: factor on the weight of repeated plans (xbook.data.windows).
+    cached_length: build the examples at this length, before a seqio cache placeholder, so that the
+      task can be cached offline (xbook.data.cache) and read with `use_cached=True`; None: at the
+      length the reader asks for, never cached.
 
   Returns:
     The registered task; its examples have the task features of xbook.data.pieces.
@@ -169,11 +185,15 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str], voc
   passthrough = {name: seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=dtype,
                                      required=False)
                  for name, dtype in _FEATURE_DTYPES.items() if name != "targets"}
+  view_kwargs = dict(layout=layout, loss_weights=loss_weights, repeat_weight=repeat_weight)
+  if cached_length is None:
+    preprocessors = [view_preprocessor(view, processor, **view_kwargs)]
+  else:
+    preprocessors = [fixed_length_view_preprocessor(view, processor, cached_length, **view_kwargs),
+                     seqio.CacheDatasetPlaceholder(required=True)]
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
-      name, source=ScaffoldDataSource(scaffold_files),
-      preprocessors=[view_preprocessor(view, processor, layout=layout, loss_weights=loss_weights,
-                                       repeat_weight=repeat_weight)],
+      name, source=ScaffoldDataSource(scaffold_files), preprocessors=preprocessors,
       output_features={"targets": seqio.Feature(seqio.SentencePieceVocabulary(str(vocab_path)),
                                                 add_eos=False, dtype=tf.int32),
                        **passthrough})

@@ -25,7 +25,8 @@ Batch = Mapping[str, np.ndarray]
 
 def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, seq_len: int, seed: int,
                        sequence_shards: int = 1, layout: str = "contiguous", start_batch: int = 0,
-                       repeat: bool = True, shuffle: bool = True) -> Iterator[Batch]:
+                       repeat: bool = True, shuffle: bool = True, use_cached: bool = False
+                       ) -> Iterator[Batch]:
   """Deterministic batches of `task_name`, skipping the `start_batch` batches already consumed.
 
   With `shuffle` the order depends only on `seed`; without it windows come in book order. Either way a
@@ -35,6 +36,7 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
     sequence_shards: size of the `sequence` mesh axis; `seq_len` must be a multiple of it (of twice
       it for the zig-zag layout).
     layout: "contiguous" or "zigzag" (xbook.data.zigzag.LAYOUTS).
+    use_cached: read the task's offline cache (xbook.data.cache) instead of building examples.
   """
   if layout not in zigzag.LAYOUTS:
     raise ValueError(f"unknown layout {layout!r}; expected one of {zigzag.LAYOUTS}")
@@ -46,7 +48,7 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
   ds = seqio.get_dataset(
       task_name, task_feature_lengths=task_feature_lengths(seq_len),
       dataset_split=split, shuffle=shuffle, num_epochs=None if repeat else 1, shard_info=shard_info,
-      seed=seed, use_cached=False,
+      seed=seed, use_cached=use_cached,
       feature_converter=TrajectoryFeatureConverter(pack=False, length_multiple=length_multiple))
   ds = ds.batch(global_batch_size // num_hosts, drop_remainder=repeat)
   if start_batch:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import seqio
 from etils import epath
 from tqdm import tqdm
 
@@ -260,11 +261,12 @@ def trainer_from_gin(devices: Sequence[jax.Device] | None = None, **overrides: A
 
 
 def _validate(trainer: Trainer, params: Any, task_name: str, *, step: int, seed: int, layout: str,
-              max_batches: int | None) -> dict[str, float]:
+              max_batches: int | None, use_cached: bool) -> dict[str, float]:
   """`eval/...` metrics on the validation windows of `task_name` (empty, with a warning, if none)."""
   windows = trajectory_batches(task_name, split="validation", global_batch_size=trainer.batch_size,
                                seq_len=trainer.seq_len, sequence_shards=trainer.mesh.shape["sequence"],
-                               layout=layout, seed=seed, repeat=False, shuffle=False)
+                               layout=layout, seed=seed, repeat=False, shuffle=False,
+                               use_cached=use_cached)
   metrics = trainer.evaluate(params, itertools.islice(windows, max_batches))
   if metrics:
     log.info("step %d: validation loss %.4f", step, metrics["eval/loss"])
@@ -297,7 +299,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           layout: str = "contiguous", microbatches: int = 1, z_loss: float = 0.0,
           profile_steps: Sequence[int] | None = None,
           loss_weights: Mapping[str, float] | None = None, trajectory_layout: str = "interleaved",
-          view_rates: Mapping[str, float] | None = None,
+          view_rates: Mapping[str, float] | None = None, cache_dir: str | None = None,
           task_name: str = "xbook_windows") -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
 
@@ -325,6 +327,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     trajectory_layout: order of plans and text in a trajectory (xbook.data.trajectory.LAYOUTS).
     view_rates: None to train on the `windows` view; else {view: rate} of a seqio Mixture of the views
       (xbook.data.tasks.VIEWS: windows, full, stages), e.g. {'windows': 3, 'stages': 1}.
+    cache_dir: read the windows from the offline cache `xbook data cache` wrote under this folder
+      (built at this seq_len, every split that training and evaluation read), not build them online.
     task_name: seqio task (or mixture) name to register the scaffold files under.
   """
   run_path = epath.Path(run_dir)  # a local folder or gs://bucket/...
@@ -340,10 +344,19 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
            flops_per_token, flops.training_flops_per_token(model_config, seq_len, causal=False),
            f"against {peak:.3g} FLOP/s per device" if peak else "not reported (unknown device peak)")
   view_kwargs = dict(layout=trajectory_layout, loss_weights=loss_weights)
+  if view_rates and cache_dir:
+    raise ValueError("train.cache_dir caches the windows view only; unset train.view_rates")
   if view_rates:
     task = tasks.register_mixture(task_name, scaffold_files, vocab_path, rates=view_rates, **view_kwargs)
   else:
-    task = tasks.register_task(task_name, "windows", scaffold_files, vocab_path, **view_kwargs)
+    task = tasks.register_task(task_name, "windows", scaffold_files, vocab_path,
+                               cached_length=seq_len if cache_dir else None, **view_kwargs)
+  if cache_dir:
+    seqio.add_global_cache_dirs([cache_dir])
+    if task.cache_dir is None:
+      raise FileNotFoundError(f"no completed cache of task {task_name!r} in {cache_dir}: build it with "
+                              f"`xbook data cache --task {task_name} --seq_len {seq_len} --out {cache_dir}`")
+    log.info("reading the examples of %s from its offline cache %s", task_name, task.cache_dir)
   vocab_size = task.output_features["targets"].vocabulary.vocab_size
   if vocab_size > model_config.vocab_size:
     raise ValueError(f"vocabulary {vocab_path} has {vocab_size} pieces but model_config.vocab_size is "
@@ -369,7 +382,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
 
   batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
                                seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"],
-                               layout=layout, seed=seed, start_batch=consumed)
+                               layout=layout, seed=seed, start_batch=consumed,
+                               use_cached=bool(cache_dir))
   writer = MetricsWriter(run_path)
   metrics: dict[str, float] = {}
   progress = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step",
@@ -397,7 +411,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
         last = step + 1 == steps
         if eval_every and ((step + 1) % eval_every == 0 or last):
           metrics.update(_validate(trainer, state.params, task_name, step=step + 1, seed=seed,
-                                   layout=layout, max_batches=eval_batches))
+                                   layout=layout, max_batches=eval_batches,
+                                   use_cached=bool(cache_dir)))
         writer.write(step + 1, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.3f}")
         if (step + 1) % log_every == 0 or last:
