@@ -275,7 +275,7 @@ def _data_cache(args: argparse.Namespace) -> int:
   task_name, seq_len = bound("task_name"), bound("seq_len")
   task = tasks.register_task(task_name, "windows", bound("scaffold_files"), bound("vocab_path"),
                              layout=bound("trajectory_layout"), loss_weights=bound("loss_weights"),
-                             cached_length=seq_len)
+                             repeat_weight=bound("repeat_weight"), cached_length=seq_len)
   out = cache.cache_task(task, args.out, num_shards=args.num_shards, splits=args.split or None,
                          pipeline_args=args.beam_args or ("--runner=DirectRunner",))
   print(json.dumps({"task": task_name, "seq_len": seq_len, "cache": out}) if args.json

@@ -299,7 +299,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           layout: str = "contiguous", microbatches: int = 1, z_loss: float = 0.0,
           profile_steps: Sequence[int] | None = None,
           loss_weights: Mapping[str, float] | None = None, trajectory_layout: str = "interleaved",
-          view_rates: Mapping[str, float] | None = None, cache_dir: str | None = None,
+          repeat_weight: float = 0.0, view_rates: Mapping[str, float] | None = None,
+          cache_dir: str | None = None,
           task_name: str = "xbook_windows") -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
 
@@ -325,6 +326,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     profile_steps: (first, last) steps to record a profiler trace of, into <run_dir>/profile.
     loss_weights: {segment kind: weight}; defaults in xbook.data.trajectory.DEFAULT_LOSS_WEIGHTS.
     trajectory_layout: order of plans and text in a trajectory (xbook.data.trajectory.LAYOUTS).
+    repeat_weight: factor on the loss weight of plans a window repeats from an earlier window
+      (xbook.data.windows; 0: each plan is learned where it first appears).
     view_rates: None to train on the `windows` view; else {view: rate} of a seqio Mixture of the views
       (xbook.data.tasks.VIEWS: windows, full, stages), e.g. {'windows': 3, 'stages': 1}.
     cache_dir: read the windows from the offline cache `xbook data cache` wrote under this folder
@@ -343,7 +346,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   log.info("training FLOPs per token: %.3g with the causal mask, %.3g counting full attention; MFU %s",
            flops_per_token, flops.training_flops_per_token(model_config, seq_len, causal=False),
            f"against {peak:.3g} FLOP/s per device" if peak else "not reported (unknown device peak)")
-  view_kwargs = dict(layout=trajectory_layout, loss_weights=loss_weights)
+  view_kwargs = dict(layout=trajectory_layout, loss_weights=loss_weights, repeat_weight=repeat_weight)
   if view_rates and cache_dir:
     raise ValueError("train.cache_dir caches the windows view only; unset train.view_rates")
   if view_rates:
