@@ -267,6 +267,9 @@ def test_pretrained_tokenizer_writes_markers_as_text_tags(scaffold_records, tmp_
   assert "<premise>" in processor.decode(first.tolist())
   book_ends = [e for e in examples if processor.eos_id() in e["decoder_target_tokens"]]
   assert len(book_ends) == len(scaffold_records)
+  # Generation starts a trajectory the way training laid them out: in text tags for this vocabulary.
+  from xbook.infer.generate import prompt_prefix
+  assert prompt_prefix(" A ghost story. ", processor) == "<prompt>A ghost story.\n<premise>"
 
 
 def test_data_inspect_shows_an_example_segment_by_segment(vocab_path, scaffold_file, capsys):

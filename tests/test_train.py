@@ -235,7 +235,8 @@ def test_a_restarted_run_continues_exactly_like_an_uninterrupted_one(tmp_path, s
 def test_greedy_generation_matches_an_unpadded_forward_pass(trained_run):
   run = load_run(trained_run)
   assert run.step == 12
-  prefix = run.processor.encode(prompt_prefix("Write a novel about a man who meets a ghost."))
+  prefix = run.processor.encode(prompt_prefix("Write a novel about a man who meets a ghost.",
+                                              run.processor))
   greedy = sample_tokens(run, prefix, max_new_tokens=8, temperature=0.0)
   assert 0 < len(greedy) <= 8
   tokens = prefix + greedy

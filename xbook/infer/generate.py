@@ -20,7 +20,7 @@ import sentencepiece as spm
 from etils import epath
 
 from xbook.data import trajectory
-from xbook.data.vocab import EOS_ID, load_processor
+from xbook.data.vocab import load_processor, marker_style
 from xbook.model import Decoder, DecoderConfig
 from xbook.train.checkpoints import RunCheckpoints
 
@@ -62,9 +62,11 @@ def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
   return LoadedRun(model=model, params=params, processor=load_processor(info["vocab_path"]), step=step)
 
 
-def prompt_prefix(prompt: str) -> str:
-  """The start of a trajectory for a user's request: the prompt segment, then the premise marker."""
-  return f"{trajectory.MARKERS['prompt']}{prompt.strip()}\n{trajectory.MARKERS['premise']}"
+def prompt_prefix(prompt: str, processor: spm.SentencePieceProcessor) -> str:
+  """The start of a trajectory for a user's request: the prompt segment, then the premise marker, in
+  the vocabulary's marker style (symbols for an xbook vocabulary, text tags for a pretrained one)."""
+  markers, _ = trajectory.markers(marker_style(processor))
+  return f"{markers['prompt']}{prompt.strip()}\n{markers['premise']}"
 
 
 # The sampling window is padded to a multiple of this many tokens, so that requests of similar length
@@ -101,7 +103,7 @@ def sample_tokens(run: LoadedRun, prefix_ids: list[int], *, max_new_tokens: int,
       rng, sub = jax.random.split(rng)
       top_values, top_ids = jax.lax.top_k(logits / temperature, min(top_k, logits.shape[-1]))
       token = int(top_ids[jax.random.categorical(sub, top_values)])
-    if token == EOS_ID:
+    if token == run.processor.eos_id():
       break
     buffer[0, length] = token
     generated.append(token)
@@ -111,7 +113,7 @@ def sample_tokens(run: LoadedRun, prefix_ids: list[int], *, max_new_tokens: int,
 def generate_passage(run: LoadedRun, prompt: str, *, max_new_tokens: int = 128,
                      temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
   """Text the model writes after a user's prompt (markers included, so the plan levels show)."""
-  prefix = prompt_prefix(prompt)
+  prefix = prompt_prefix(prompt, run.processor)
   ids = sample_tokens(run, run.processor.encode(prefix), max_new_tokens=max_new_tokens,
                       temperature=temperature, top_k=top_k, seed=seed)
   return run.processor.decode(ids)

@@ -67,11 +67,11 @@ class ChatModel:
                               "string content")
     prompt = "\n\n".join(m["content"].strip() for m in messages)
     processor = self.run.processor
-    overhead = len(processor.encode(prompt_prefix("")))
+    overhead = len(processor.encode(prompt_prefix("", processor)))
     prompt_ids = processor.encode(prompt)
     if len(prompt_ids) + overhead > self.max_prompt_tokens:
       prompt = processor.decode(prompt_ids[:max(1, self.max_prompt_tokens - overhead)])
-    return processor.encode(prompt_prefix(prompt))
+    return processor.encode(prompt_prefix(prompt, processor))
 
   def complete(self, request: Any) -> dict[str, Any]:
     """The chat-completions answer to a decoded request body."""
