@@ -40,6 +40,7 @@ from typing import Sequence
 
 from launch import xla_flags
 from xbook.gin_flags import split_gin_bindings
+from xbook.train.tpu_topology import parse_slice
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REMOTE_DIR = "~/xbook"            # the code on every worker
@@ -47,11 +48,8 @@ REMOTE_ARCHIVE = "xbook-code.tar.gz"  # in the worker's home directory
 TRAIN_LOG = "~/xbook-train.log"   # each worker's output of its `xbook train`
 TRAIN_PID = "~/xbook-train.pid"
 
-# Accelerator names: v2/v3/v4/v5p count TensorCores (2 per chip, 4 chips = 8 cores per host, so
-# v5p-256 is 128 chips on 32 hosts); v5litepod (v5e) and v6e count chips, one host up to 8 chips and
-# 4 chips per host beyond (https://cloud.google.com/tpu/docs/v5p, .../v5e, .../v6e, .../v4).
+# gcloud accelerator types; how many chips and hosts each has is xbook.train.tpu_topology's business.
 _ACCELERATOR = re.compile(r"^(v2|v3|v4|v5p|v5litepod|v6e)-(\d+)$")
-_COUNTS_CORES = ("v2", "v3", "v4", "v5p")
 # Default TPU software versions (https://cloud.google.com/tpu/docs/runtimes).
 RUNTIME_VERSIONS = {"v2": "tpu-ubuntu2204-base", "v3": "tpu-ubuntu2204-base", "v4": "tpu-ubuntu2204-base",
                     "v5p": "v2-alpha-tpuv5", "v5litepod": "v2-alpha-tpuv5-lite", "v6e": "v2-alpha-tpuv6e"}
@@ -67,10 +65,8 @@ def _accelerator_parts(accelerator_type: str) -> tuple[str, int]:
 
 def hosts_per_slice(accelerator_type: str) -> int:
   """Number of TPU VM workers (hosts) in one slice of `accelerator_type`, e.g. 32 for v5p-256."""
-  family, size = _accelerator_parts(accelerator_type)
-  if family in _COUNTS_CORES:
-    return max(1, size // 8)
-  return 1 if size <= 8 else size // 4
+  _accelerator_parts(accelerator_type)  # a gcloud accelerator type, not a libtpu topology
+  return parse_slice(accelerator_type).hosts
 
 
 def default_runtime_version(accelerator_type: str) -> str:

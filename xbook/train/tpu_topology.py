@@ -1,9 +1,9 @@
 """TPU slices by accelerator type ("v5p-256", "v6e-8"): chip count, torus shape, HBM, and their devices.
 
 Chip facts are from the Cloud TPU system architecture pages (cloud.google.com/tpu/docs/v4, /v5p,
-/v5e, /v6e): HBM per chip 32 GiB (v4), 95 GiB (v5p), 16 GiB (v5e), 32 GiB (v6e). The number in a v4
-or v5p accelerator type counts TensorCores (two per chip, so v5p-256 has 128 chips); in v5e and v6e
-types it counts chips. Peak FLOP/s per chip are in `xbook.train.flops.PEAK_FLOPS_PER_DEVICE`.
+/v5e, /v6e; /v2, /v3 for the older ones): HBM per chip 16 GiB (v2), 32 GiB (v3, v4), 95 GiB (v5p),
+16 GiB (v5e), 32 GiB (v6e). The number in a v2, v3, v4 or v5p accelerator type counts TensorCores
+(two per chip, so v5p-256 has 128 chips); in v5e (v5litepod) and v6e types it counts chips. Peak FLOP/s per chip are in `xbook.train.flops.PEAK_FLOPS_PER_DEVICE`.
 
 `topology_devices` returns abstract devices of a slice (or several) from libtpu, which `jax[tpu]`
 installs: a program can be compiled for them on any host, but not run.
@@ -33,6 +33,8 @@ class TpuGeneration:
 
 
 GENERATIONS: dict[str, TpuGeneration] = {
+    "v2": TpuGeneration("v2", "v2", 2, 2, 16 * GIB, 4),
+    "v3": TpuGeneration("v3", "v3", 2, 2, 32 * GIB, 4),
     "v4": TpuGeneration("v4", "v4", 3, 2, 32 * GIB, 4),
     "v5p": TpuGeneration("v5p", "v5p", 3, 2, 95 * GIB, 4),
     "v5e": TpuGeneration("v5e", "v5e", 2, 1, 16 * GIB, 4),
