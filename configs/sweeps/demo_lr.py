@@ -1,4 +1,4 @@
-"""Learning rate x weight decay on the demo config: a grid of 2 learning rates, 2 random weight decays each.
+"""Learning rate x warmup on the demo config: a grid of 2 learning rates, 2 random warmup lengths each.
 
   python -m launch.sweep run configs/sweeps/demo_lr.py --out sweeps/demo_lr --parallel 2
 (after `bash launch/demo.sh` has prepared demo_out/scaffolds.jsonl and demo_out/vocab.model; point
@@ -19,5 +19,6 @@ def get_config() -> ml_collections.ConfigDict:
                    "OptimizerConfig.decay_steps": 30},
       "grid": {"OptimizerConfig.learning_rate": [1e-3, 3e-3]},
       "random": {"num_samples": 2, "seed": 0,
-                 "params": {"OptimizerConfig.weight_decay": {"log_uniform": [1e-3, 1e-1]}}},
+                 # Weight decay barely moves the loss of a 30-step run; the warmup length does.
+                 "params": {"OptimizerConfig.warmup_steps": {"choice": [1, 5, 15]}}},
   }, allow_dotted_keys=True)
