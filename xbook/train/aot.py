@@ -210,6 +210,8 @@ def compile_for_tpu(accelerator: str | None = None, num_slices: int | None = Non
   compile_s = time.perf_counter() - began
   total = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["code"])
   fits = total <= tpu_slice.generation.hbm_bytes
+  log.info("the step needs %.2f GiB per chip of %.0f GiB HBM (%s; compiled in %.0f s)", total / 2**30,
+           tpu_slice.generation.hbm_bytes / 2**30, "fits" if fits else "does NOT fit", compile_s)
   compiler = None
   if fits:
     log.info("counting FLOPs on unrolled 1- and 2-layer probes of the step")
