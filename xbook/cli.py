@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
-import inspect
 import json
 import logging
 import os
@@ -261,21 +260,14 @@ def _vocab_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ data
 def _data_cache(args: argparse.Namespace) -> int:
-  import gin
   from xbook.data import cache, tasks
-  from xbook.train.trainer import train
+  from xbook.train.trainer import train_setting
 
-  def bound(name: str):
-    """train.<name> as the gin config binds it (the default of `train` otherwise)."""
-    try:
-      return gin.query_parameter(f"train.{name}")
-    except ValueError:
-      return inspect.signature(train).parameters[name].default
-
-  task_name, seq_len = bound("task_name"), bound("seq_len")
-  task = tasks.register_task(task_name, "windows", bound("scaffold_files"), bound("vocab_path"),
-                             layout=bound("trajectory_layout"), loss_weights=bound("loss_weights"),
-                             repeat_weight=bound("repeat_weight"), cached_length=seq_len)
+  task_name, seq_len = train_setting("task_name"), train_setting("seq_len")
+  task = tasks.register_task(
+      task_name, "windows", train_setting("scaffold_files"), train_setting("vocab_path"),
+      layout=train_setting("trajectory_layout"), loss_weights=train_setting("loss_weights"),
+      repeat_weight=train_setting("repeat_weight"), cached_length=seq_len)
   out = cache.cache_task(task, args.out, num_shards=args.num_shards, splits=args.split or None,
                          pipeline_args=args.beam_args or ("--runner=DirectRunner",))
   print(json.dumps({"task": task_name, "seq_len": seq_len, "cache": out}) if args.json

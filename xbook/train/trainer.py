@@ -237,6 +237,20 @@ def _configured_trainer(model_config: DecoderConfig, **settings: Any) -> Trainer
                  mesh_config=MeshConfig(), rules=partitioning.logical_axis_rules(), **settings)
 
 
+def train_setting(name: str) -> Any:
+  """`train.<name>` as the operative gin config binds it (the default of `train` when unbound), with a
+  configurable reference such as @DecoderConfig() evaluated."""
+  try:
+    value = gin.query_parameter(f"train.{name}")
+  except ValueError:
+    value = inspect.signature(train).parameters[name].default
+  if isinstance(value, gin.config.ConfigurableReference):
+    value = value.scoped_configurable_fn()
+  if value is gin.REQUIRED:
+    raise ValueError(f"the gin config does not bind train.{name}")
+  return value
+
+
 def trainer_from_gin(devices: Sequence[jax.Device] | None = None, **overrides: Any) -> Trainer:
   """The Trainer that `train()` would build from the operative gin config, over `devices`.
 
@@ -244,18 +258,8 @@ def trainer_from_gin(devices: Sequence[jax.Device] | None = None, **overrides: A
   `train.microbatches` (their defaults when unbound); `overrides` replace any of them (e.g.
   `model_config=dataclasses.replace(config, n_layers=1)`).
   """
-  defaults = inspect.signature(train).parameters
-  settings = {}
-  for name in ("model_config", "batch_size", "seq_len", "z_loss", "microbatches"):
-    try:
-      value = gin.query_parameter(f"train.{name}")
-    except ValueError:
-      value = defaults[name].default
-    if isinstance(value, gin.config.ConfigurableReference):
-      value = value.scoped_configurable_fn()
-    if value is gin.REQUIRED:
-      raise ValueError(f"the gin config does not bind train.{name}")
-    settings[name] = value
+  settings = {name: train_setting(name)
+              for name in ("model_config", "batch_size", "seq_len", "z_loss", "microbatches")}
   settings.update(overrides)
   return _configured_trainer(settings.pop("model_config"), devices=devices, **settings)
 
