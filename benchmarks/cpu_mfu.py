@@ -28,8 +28,10 @@ from xbook.train.mesh import MeshConfig
 from xbook.train.optimizer import OptimizerConfig
 from xbook.train.trainer import Trainer
 
+# Layers unrolled (scan_layers=False): inside the layer scan, XLA's CPU backend lays the MLP's
+# backward activations out transposed ([mlp, length]) and the step takes about a third longer.
 MODEL = DecoderConfig(vocab_size=8192, d_model=512, n_layers=4, n_heads=8, n_kv_heads=8, head_dim=64,
-                      mlp_dim=1536)
+                      mlp_dim=1536, scan_layers=False)
 
 
 def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
@@ -51,10 +53,12 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--batch_size", type=int, default=1)
   parser.add_argument("--steps", type=int, default=5, help="timed steps (median) after a warm-up step")
   parser.add_argument("--attention", choices=("dense", "blockwise"), default="blockwise")
+  parser.add_argument("--scan_layers", action="store_true",
+                      help="run the layers under nn.scan (slower on the CPU, see MODEL)")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
   device = jax.devices()[:1]
-  model = dataclasses.replace(MODEL, attention=args.attention)
+  model = dataclasses.replace(MODEL, attention=args.attention, scan_layers=args.scan_layers)
   trainer = Trainer(model_config=model, optimizer_config=OptimizerConfig(),
                     mesh_config=MeshConfig(data=1, fsdp=1, sequence=1, tensor=1),
                     batch_size=args.batch_size, seq_len=args.seq_len)
@@ -66,7 +70,8 @@ def main(argv: list[str]) -> int:
   tokens_per_step = args.batch_size * args.seq_len
   model_flops = tokens_per_step * flops.training_flops_per_token(model, args.seq_len, causal=True)
   full_flops = tokens_per_step * flops.training_flops_per_token(model, args.seq_len, causal=False)
-  result = {"device": device[0].device_kind, "attention": args.attention, "params": model.num_params(), "tokens_per_step": tokens_per_step,
+  result = {"device": device[0].device_kind, "attention": args.attention,
+            "scan_layers": args.scan_layers, "params": model.num_params(), "tokens_per_step": tokens_per_step,
             "step_s": step_s, "matmul_peak_flops": peak, "model_flops_per_step": model_flops,
             "mfu": model_flops / step_s / peak, "mfu_full_attention": full_flops / step_s / peak}
   print_figures(result, args.json)

@@ -17,6 +17,7 @@ from xbook.model import Decoder, DecoderConfig
 from xbook.model.attention import ATTENTION_IMPLS, dense_attention
 from xbook.model.attention_mask import MASKED, attention_mask
 from xbook.model.blockwise_attention import (
+  blocks_fully_visible,
   blocks_interact,
   blockwise_attention_with_lse,
 )
@@ -128,6 +129,19 @@ def test_blocks_interact_skips_by_position_and_padding():
   assert not blocks_interact(ids, ids, early, late)
   assert not blocks_interact(ids, none, late, early)
   assert blocks_interact(ids, ids, np.stack([early[0], late[1]]), late)  # any row of the batch
+
+
+def test_blocks_fully_visible_only_below_the_diagonal_of_one_segment():
+  ids = np.ones((2, 4), np.int32)
+  early, late = np.tile(np.arange(4), (2, 1)), np.tile(np.arange(4, 8), (2, 1))
+  assert blocks_fully_visible(ids, ids, late, early)
+  assert not blocks_fully_visible(ids, ids, late, late)  # the diagonal block needs the causal mask
+  assert not blocks_fully_visible(ids, ids, early, late)
+  two_books = np.array([[1, 1, 2, 2], [1, 1, 1, 1]], np.int32)
+  assert not blocks_fully_visible(two_books, ids, late, early)  # a segment boundary needs a mask
+  assert not blocks_fully_visible(ids, 2 * ids, late, early)  # other segment: nothing visible
+  padded = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.int32)
+  assert not blocks_fully_visible(ids, padded, late, early)
 
 
 def test_blockwise_matches_dense_bfloat16():

@@ -26,7 +26,9 @@ def _ring_shard_fn(axis_name: str, axis_size: int, block_q: int, block_kv: int):
   """Per-device attention (q chunk vs every k/v chunk of the ring) with its custom VJP.
 
   The returned function maps local chunks q [b, q_chunk, h, g, d], k/v [b, kv_chunk, h, d],
-  segment ids and positions [b, chunk] to (out [b, q_chunk, h, g, d], lse [b, q_chunk, h, g]).
+  segment ids and positions [b, chunk] to (out [b, q_chunk, h, g, d], lse [b, q_chunk, h, g]). Inside,
+  the chunks travel and are folded in the blockwise kernel layout (head-major,
+  `blockwise.to_kernel_layout`), transposed once on the way in and once on the way out.
   """
   perm = [(i, (i + 1) % axis_size) for i in range(axis_size)]
 
@@ -85,7 +87,13 @@ def _ring_shard_fn(axis_name: str, axis_size: int, block_q: int, block_kv: int):
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None, None
 
   attend.defvjp(attend_fwd, attend_bwd)
-  return attend
+
+  def attend_length_major(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions):
+    out, lse = attend(*blockwise.to_kernel_layout(q, k, v), q_segment_ids, kv_segment_ids,
+                      q_positions, kv_positions)
+    return blockwise.from_kernel_layout(out, lse)
+
+  return attend_length_major
 
 
 def ring_attention_with_lse(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: jax.Array,
