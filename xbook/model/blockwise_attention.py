@@ -151,6 +151,18 @@ def _update(mask: jax.Array | None, stats: Stats, q, k, v) -> Stats:
   return acc * correction[..., None] + pv, new_max, row_sum
 
 
+def _tied_to(x: jax.Array, *token_features: jax.Array) -> tuple[jax.Array, ...]:
+  """The segment ids and positions, made to depend on the activation `x` (no computation).
+
+  In a scanned layer stack the segment ids and positions are the same for every layer, and when the
+  step is differentiated JAX hoists what depends only on them out of the layer loop: every block
+  pair's mask, branch choice and branch placeholders, stacked over all block pairs. That is
+  quadratic in the length (hundreds of GiB per chip at 131k tokens); the barrier keeps the kernel's
+  per-block work inside the layer, where it is computed one block pair at a time.
+  """
+  return jax.lax.optimization_barrier((x, *token_features))[1:]
+
+
 def accumulate(stats: Stats, q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
                kv_segment_ids: jax.Array, q_positions: jax.Array, kv_positions: jax.Array, *,
                block_q: int, block_kv: int) -> Stats:
@@ -167,6 +179,8 @@ def accumulate(stats: Stats, q: jax.Array, k: jax.Array, v: jax.Array, q_segment
     The updated state. Block pairs masked by causality (`blocks_interact`) are skipped, and pairs
     without any masked score (`blocks_fully_visible`) skip the mask.
   """
+  q_segment_ids, kv_segment_ids, q_positions, kv_positions = _tied_to(
+      q, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
   q_blocks = [_blocks(q, block_q, _Q_AXIS)] + [
       _blocks(x, block_q, _TOKEN_AXIS) for x in (q_segment_ids, q_positions)]
   stat_blocks = [_blocks(x, block_q, axis) for x, axis in zip(stats, (_Q_AXIS, _STAT_AXIS, _STAT_AXIS))]
@@ -239,6 +253,8 @@ def accumulate_grads(q: jax.Array, k: jax.Array, v: jax.Array, d_out: jax.Array,
   Returns:
     float32 (dq [b, h, g, q_len, d], dk [b, h, kv_len, d], dv [b, h, kv_len, d]).
   """
+  q_segment_ids, kv_segment_ids, q_positions, kv_positions = _tied_to(
+      d_out, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
   q_blocks = [_blocks(x, block_q, axis) for x, axis in (
       (q, _Q_AXIS), (d_out, _Q_AXIS), (lse, _STAT_AXIS), (delta, _STAT_AXIS),
       (q_segment_ids, _TOKEN_AXIS), (q_positions, _TOKEN_AXIS))]
