@@ -6,7 +6,7 @@ A sweep file is a Python file whose `get_config()` returns an ml_collections Con
   gin_files  gin files of every run (more may be given with --gin_file)
   bindings   {gin name: value} of every run, e.g. {"train.steps": 30}
   grid       {gin name: [values]}: one run per combination (the product)
-  random     {"num_samples": K, "seed": S, "params": {gin name: DISTRIBUTION}}: K draws per grid point,
+  random     {"num_samples": K, "seed": S, "params": {gin name: DISTRIBUTION}}: K distinct draws per grid point,
              DISTRIBUTION one of {"choice": [values]}, {"uniform": [low, high]}, {"log_uniform": [low, high]};
              the same seed gives the same runs
 See configs/sweeps/demo_lr.py.
@@ -161,6 +161,13 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
   clash = sorted(set(config.get("grid", {})) & set(params))
   if clash:
     raise SweepError(f"{path}: {', '.join(clash)} both in grid and random.params; sweep each name once")
+  kinds = [next(iter(spec)) for spec in params.values()]
+  if params and all(kind == "choice" for kind in kinds):
+    distinct = math.prod(len(next(iter(spec.values()))) for spec in params.values())
+    if num_samples > distinct:
+      raise SweepError(f"{path}: random.num_samples is {num_samples} but the choice lists of "
+                       f"random.params allow only {distinct} distinct draws per grid point; lower "
+                       "num_samples or offer more choices")
 
 
 def _draw(rng: random.Random, spec: dict[str, Any]) -> Any:
@@ -170,6 +177,21 @@ def _draw(rng: random.Random, spec: dict[str, Any]) -> Any:
   if kind == "uniform":
     return float(f"{rng.uniform(*arg):.4g}")
   return float(f"{math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1]))):.4g}")
+
+
+def _distinct_draws(rng: random.Random, params: Mapping[str, dict[str, Any]], samples: int
+                    ) -> list[dict[str, Any]]:
+  """`samples` draws of every random param, no two alike (a repeated draw would train the same run
+  twice): a draw equal to an earlier one is drawn again."""
+  draws: list[dict[str, Any]] = []
+  for _ in range(100 * samples):
+    draw = {name: _draw(rng, spec) for name, spec in params.items()}
+    if draw not in draws:
+      draws.append(draw)
+    if len(draws) == samples:
+      return draws
+  raise SweepError(f"only {len(draws)} distinct draws of random.params in {100 * samples} tries; "
+                   f"lower random.num_samples ({samples}) or widen the distributions")
 
 
 def _value_label(value: Any) -> str:
@@ -191,11 +213,8 @@ def expand(config: Mapping[str, Any], out: str, extra_gin_files: Sequence[str] =
   samples = search.get("num_samples", 0)
   points = []
   for point in grid_points:
-    if samples:
-      points += [{**point, **{name: _draw(rng, spec) for name, spec in search["params"].items()}}
-                 for _ in range(samples)]
-    else:
-      points.append(point)
+    points += [{**point, **draw} for draw in _distinct_draws(rng, search.get("params", {}), samples)] \
+        if samples else [point]
   runs = []
   for index, params in enumerate(points):
     name = run_name(config["name"], index, params)

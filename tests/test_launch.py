@@ -144,6 +144,7 @@ def test_sweep_expands_a_grid_and_a_seeded_random_search(tmp_path):
   decays = [r.params["OptimizerConfig.weight_decay"] for r in first.runs]
   assert all(1e-4 <= d <= 1e-1 for d in decays) and len(set(decays)) == 12
   assert {r.params["OptimizerConfig.warmup_steps"] for r in first.runs} <= {1, 5}
+  assert len({tuple(sorted(r.params.items())) for r in first.runs}) == 12  # no run trained twice
   assert sweep.expand(sweep.load_sweep_config(path), "/out") == first  # the seed fixes every draw
   reseeded = sweep.expand({**config, "random": {**config["random"], "seed": 8}}, "/out")
   assert [r.params for r in reseeded.runs] != [r.params for r in first.runs]
@@ -156,9 +157,20 @@ def test_sweep_expands_a_grid_and_a_seeded_random_search(tmp_path):
       "--gin.train.log_every=1"]
 
 
-def test_the_demo_sweep_file_has_four_runs():
+def test_the_demo_sweep_file_has_four_distinct_runs():
   demo = sweep.expand(sweep.load_sweep_config("configs/sweeps/demo_lr.py"), "sweeps/demo_lr")
   assert len(demo.runs) == 4 and demo.gin_files == ["configs/runs/demo.gin"]
+  assert len({tuple(sorted(run.params.items())) for run in demo.runs}) == 4
+
+
+def test_random_draws_of_a_small_choice_space_are_distinct(tmp_path):
+  path = _write_sweep(tmp_path / "s.py", """
+      def get_config():
+        return {"name": "w", "random": {"num_samples": 3, "seed": 0,
+                                        "params": {"OptimizerConfig.warmup_steps": {"choice": [1, 5, 15]}}}}
+      """)
+  runs = sweep.expand(sweep.load_sweep_config(path), "/out").runs
+  assert sorted(r.params["OptimizerConfig.warmup_steps"] for r in runs) == [1, 5, 15]
 
 
 @pytest.mark.parametrize("body, message", [
@@ -172,6 +184,8 @@ def test_the_demo_sweep_file_has_four_runs():
     ("def get_config():\n  return {'name': 'a', 'random': {'num_samples': 2, 'params': {'x.y': {'log_uniform': [0, 1]}}}}\n",
      "log_uniform needs low > 0"),
     ("def get_config():\n  return {'name': 'a', 'random': {'num_samples': 2}}\n", "random.params is empty"),
+    ("def get_config():\n  return {'name': 'a', 'random': {'num_samples': 3, 'params': {'x.y': {'choice': [1, 2]}}}}\n",
+     "allow only 2 distinct draws"),
     ("def get_config():\n  return {'grid': {}}\n", "name must be a non-empty string"),
 ])
 def test_a_bad_sweep_file_is_refused_naming_the_file_and_field(tmp_path, body, message):
