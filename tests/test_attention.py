@@ -144,6 +144,31 @@ def test_blocks_fully_visible_only_below_the_diagonal_of_one_segment():
   assert not blocks_fully_visible(ids, padded, late, early)
 
 
+def _scanned_layers_grad_temp_bytes(length: int, block: int = 64, n_layers: int = 2) -> int:
+  """Temporary bytes of the compiled gradient of `n_layers` scanned blockwise-attention layers."""
+  ids = jnp.ones((1, length), jnp.int32)
+  positions = jnp.arange(length, dtype=jnp.int32)[None]
+
+  def layer(x, w):  # x [1, length, 16], w [16, 16]
+    q, kv = (x @ w)[:, :, None, None, :], (x @ w)[:, :, None, :]
+    out = blockwise_attention_with_lse(q, kv, kv, q_segment_ids=ids, kv_segment_ids=ids,
+                                       q_positions=positions, kv_positions=positions, block_q=block,
+                                       block_kv=block)[0]
+    return out[:, :, 0, 0, :], None
+
+  loss = lambda ws, x: jnp.sum(jax.lax.scan(layer, x, ws)[0] ** 2)
+  args = (jax.ShapeDtypeStruct((n_layers, 16, 16), jnp.float32),
+          jax.ShapeDtypeStruct((1, length, 16), jnp.float32))
+  return jax.jit(jax.grad(loss)).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_scanned_layers_keep_attention_memory_linear_in_length():
+  """Under a layer scan, differentiating once hoisted every block pair's mask and branch outputs out
+  of the loop (the token features are the same in every layer), stacked: quadratic in the length."""
+  short, long = _scanned_layers_grad_temp_bytes(1024), _scanned_layers_grad_temp_bytes(2048)
+  assert long / short < 2.5, (short, long)
+
+
 def test_blockwise_matches_dense_bfloat16():
   x = make_inputs(4, True, "contiguous", 1, dtype=jnp.bfloat16)
   block = lambda *a, **kw: blockwise_attention_with_lse(*a, **kw, block_q=8, block_kv=16)
