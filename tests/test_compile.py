@@ -124,3 +124,14 @@ def test_paper_configs_fit_their_topology_scaled_down(gin_config, config):
   total = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["code"]
   assert 0 < total <= tpu_slice.generation.hbm_bytes
   assert trainer.mesh.size == tpu_slice.chips * target.num_slices
+
+
+def test_probes_shrink_their_block_count_on_long_rings():
+  """A 1-layer probe unrolls ring steps x blocks^2 block pairs; long rings get fewer, larger blocks."""
+  assert aot.probe_blocks_per_chunk(1) == aot.PROBE_BLOCKS_PER_CHUNK
+  for ring_steps in (8, 32, 64, 512):
+    blocks = aot.probe_blocks_per_chunk(ring_steps)
+    assert blocks >= 1
+    assert blocks == 1 or ring_steps * blocks ** 2 <= aot.PROBE_MAX_BLOCK_PAIRS
+    assert ring_steps * (blocks + 1) ** 2 > aot.PROBE_MAX_BLOCK_PAIRS or blocks == aot.PROBE_BLOCKS_PER_CHUNK
+  assert [aot.probe_blocks_per_chunk(n) for n in (8, 32, 64)] == [4, 2, 1]

@@ -7,7 +7,7 @@ abstract devices from libtpu), shardings, attention, remat and microbatches. Fro
   generated code, against the chip's HBM;
 * FLOPs per step (XLA's cost analysis) against the analytic count of `xbook.train.flops`. XLA counts
   the body of a loop once, so the FLOPs come from two probe programs with every loop unrolled (1 and 2
-  layers, one microbatch, at most 4 attention blocks per device chunk, no windowed einsum: the same
+  layers, one microbatch, few attention blocks per device chunk, no windowed einsum: the same
   arithmetic in a smaller program), extrapolated linearly to all layers and microbatches. Unrolled, causally skipped blocks
   count as computed, so the comparison is with the analytic count of full (non-causal) attention;
 * a projected step time and tokens/s at an assumed MFU (model FLOPs with the causal mask, the
@@ -41,8 +41,20 @@ COUNTING_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
                     "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 
 # The probes cut each device's chunk of the length into at most this many attention blocks (fewer,
-# larger blocks: the same FLOPs in a smaller unrolled program whose score tiles still fit HBM).
+# larger blocks: the same FLOPs in a smaller unrolled program whose score tiles still fit HBM), and
+# into fewer when the ring is long: one unrolled layer holds ring steps x blocks^2 block pairs, and
+# probes of 512 pairs per layer (524k tokens over a ring of 32) ran this 24 GiB host out of memory.
 PROBE_BLOCKS_PER_CHUNK = 4
+PROBE_MAX_BLOCK_PAIRS = 128
+
+
+def probe_blocks_per_chunk(ring_steps: int) -> int:
+  """Attention blocks per device chunk in the FLOP probes: at most PROBE_BLOCKS_PER_CHUNK, and at
+  most PROBE_MAX_BLOCK_PAIRS block pairs per layer over the `ring_steps` of the ring (at least 1)."""
+  blocks = PROBE_BLOCKS_PER_CHUNK
+  while blocks > 1 and ring_steps * blocks ** 2 > PROBE_MAX_BLOCK_PAIRS:
+    blocks -= 1
+  return blocks
 
 # Tolerance of `ratio_ok`: the measured compiler/analytic FLOPs ratio against the predicted one.
 RATIO_TOLERANCE = 0.10
@@ -170,8 +182,9 @@ def compiler_flops_per_step(trainer: Trainer, devices: list[jax.Device]) -> floa
 
   XLA reports the FLOPs of one SPMD partition, i.e. per chip; the step's total is that times the chips.
   """
-  chunk = trainer.seq_len // trainer.mesh.shape["sequence"]
-  probe_block = max(trainer.model_config.attention_block, chunk // PROBE_BLOCKS_PER_CHUNK)
+  ring_steps = trainer.mesh.shape["sequence"]
+  chunk = trainer.seq_len // ring_steps
+  probe_block = max(trainer.model_config.attention_block, chunk // probe_blocks_per_chunk(ring_steps))
   per_layer_count = []
   for n_layers in (1, 2):
     config = dataclasses.replace(trainer.model_config, n_layers=n_layers, scan_layers=False,
