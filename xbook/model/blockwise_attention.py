@@ -136,6 +136,7 @@ def init_stats(q: jax.Array) -> Stats:
 
 
 def _masked(mask: jax.Array | None, x: jax.Array, fill: float) -> jax.Array:
+  """x where the mask allows, `fill` elsewhere; x itself when there is no mask."""
   return x if mask is None else jnp.where(mask, x, fill)
 
 
@@ -151,16 +152,21 @@ def _update(mask: jax.Array | None, stats: Stats, q, k, v) -> Stats:
   return acc * correction[..., None] + pv, new_max, row_sum
 
 
-def _tied_to(x: jax.Array, *token_features: jax.Array) -> tuple[jax.Array, ...]:
-  """The segment ids and positions, made to depend on the activation `x` (no computation).
+def _token_blocks(x: jax.Array, q_segment_ids, kv_segment_ids, q_positions, kv_positions, block_q: int,
+                  block_kv: int) -> tuple[list[jax.Array], list[jax.Array]]:
+  """The segment ids and positions in blocks: ([q ids, q positions], [kv ids, kv positions]), each
+  [n_blocks, batch, block], after tying them to the activation `x` (no computation).
 
   In a scanned layer stack the segment ids and positions are the same for every layer, and when the
   step is differentiated JAX hoists what depends only on them out of the layer loop: every block
   pair's mask, branch choice and branch placeholders, stacked over all block pairs. That is
-  quadratic in the length (hundreds of GiB per chip at 131k tokens); the barrier keeps the kernel's
-  per-block work inside the layer, where it is computed one block pair at a time.
+  quadratic in the length (hundreds of GiB per chip at 131k tokens); the optimization barrier keeps
+  the kernel's per-block work inside the layer, where it is computed one block pair at a time.
   """
-  return jax.lax.optimization_barrier((x, *token_features))[1:]
+  q_segment_ids, kv_segment_ids, q_positions, kv_positions = jax.lax.optimization_barrier(
+      (x, q_segment_ids, kv_segment_ids, q_positions, kv_positions))[1:]
+  return ([_blocks(t, block_q, _TOKEN_AXIS) for t in (q_segment_ids, q_positions)],
+          [_blocks(t, block_kv, _TOKEN_AXIS) for t in (kv_segment_ids, kv_positions)])
 
 
 def accumulate(stats: Stats, q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
@@ -179,13 +185,11 @@ def accumulate(stats: Stats, q: jax.Array, k: jax.Array, v: jax.Array, q_segment
     The updated state. Block pairs masked by causality (`blocks_interact`) are skipped, and pairs
     without any masked score (`blocks_fully_visible`) skip the mask.
   """
-  q_segment_ids, kv_segment_ids, q_positions, kv_positions = _tied_to(
-      q, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
-  q_blocks = [_blocks(q, block_q, _Q_AXIS)] + [
-      _blocks(x, block_q, _TOKEN_AXIS) for x in (q_segment_ids, q_positions)]
+  q_tokens, kv_tokens = _token_blocks(q, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                                      block_q, block_kv)
+  q_blocks = [_blocks(q, block_q, _Q_AXIS), *q_tokens]
   stat_blocks = [_blocks(x, block_q, axis) for x, axis in zip(stats, (_Q_AXIS, _STAT_AXIS, _STAT_AXIS))]
-  kv_blocks = [_blocks(x, block_kv, _KV_AXIS) for x in (k, v)] + [
-      _blocks(x, block_kv, _TOKEN_AXIS) for x in (kv_segment_ids, kv_positions)]
+  kv_blocks = [_blocks(k, block_kv, _KV_AXIS), _blocks(v, block_kv, _KV_AXIS), *kv_tokens]
 
   def per_q_block(_, xs):
     (qb, q_seg, q_pos), block_stats = xs[:3], xs[3:]
@@ -253,14 +257,11 @@ def accumulate_grads(q: jax.Array, k: jax.Array, v: jax.Array, d_out: jax.Array,
   Returns:
     float32 (dq [b, h, g, q_len, d], dk [b, h, kv_len, d], dv [b, h, kv_len, d]).
   """
-  q_segment_ids, kv_segment_ids, q_positions, kv_positions = _tied_to(
-      d_out, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+  q_tokens, kv_tokens = _token_blocks(d_out, q_segment_ids, kv_segment_ids, q_positions, kv_positions,
+                                      block_q, block_kv)
   q_blocks = [_blocks(x, block_q, axis) for x, axis in (
-      (q, _Q_AXIS), (d_out, _Q_AXIS), (lse, _STAT_AXIS), (delta, _STAT_AXIS),
-      (q_segment_ids, _TOKEN_AXIS), (q_positions, _TOKEN_AXIS))]
-  kv_blocks = [_blocks(k, block_kv, _KV_AXIS), _blocks(v, block_kv, _KV_AXIS),
-               _blocks(kv_segment_ids, block_kv, _TOKEN_AXIS),
-               _blocks(kv_positions, block_kv, _TOKEN_AXIS)]
+      (q, _Q_AXIS), (d_out, _Q_AXIS), (lse, _STAT_AXIS), (delta, _STAT_AXIS))] + q_tokens
+  kv_blocks = [_blocks(k, block_kv, _KV_AXIS), _blocks(v, block_kv, _KV_AXIS), *kv_tokens]
   kv_t_shape = lambda x: x.shape[:-2] + x.shape[-1:] + x.shape[-2:-1]  # [.., kv, d] -> [.., d, kv]
   zeros_kv_t = jnp.zeros(kv_t_shape(kv_blocks[0]), jnp.float32)
 
