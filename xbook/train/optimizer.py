@@ -6,13 +6,14 @@ import dataclasses
 
 import gin
 import jax
+import jax.numpy as jnp
 import optax
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """Hyperparameters of the optimizer and its learning-rate schedule."""
+  """Hyperparameters of the optimizer and its learning-rate schedule, and the dtype of its state."""
 
   learning_rate: float = 3e-4
   schedule: str = "cosine"
@@ -24,6 +25,9 @@ class OptimizerConfig:
   eps: float = 1e-8
   weight_decay: float = 0.1
   clip_norm: float = 1.0
+  # Storage dtype of Adam's first moment (None: the parameters' dtype). The second moment keeps the
+  # parameters' dtype (optax.adamw's `mu_dtype`; bf16 squared gradients lose too much range).
+  mu_dtype: str | None = None
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
@@ -53,4 +57,5 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   return optax.chain(
       optax.clip_by_global_norm(config.clip_norm),
       optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
-                  weight_decay=config.weight_decay, mask=decay_mask))
+                  weight_decay=config.weight_decay, mask=decay_mask,
+                  mu_dtype=None if config.mu_dtype is None else jnp.dtype(config.mu_dtype)))

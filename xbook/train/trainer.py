@@ -35,7 +35,7 @@ from tqdm import tqdm
 from xbook.atomic import atomic_open, is_url
 from xbook.data import tasks, trajectory
 from xbook.model import Decoder, DecoderConfig
-from xbook.train import flops, partitioning
+from xbook.train import flops, partitioning, warm_start
 from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.loss import nll_by_kind, weighted_cross_entropy
@@ -100,6 +100,8 @@ class Trainer:
     self.batch_sharding = partitioning.batch_sharding(self.mesh, self.rules)
     self._init = jax.jit(lambda rng: nn.unbox(self._init_boxed(rng)),
                          out_shardings=self.state_shardings)
+    self._fresh_state = jax.jit(self._state_from_params, out_shardings=self.state_shardings,
+                                donate_argnums=(0,))
     self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
                          out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
                          donate_argnums=(0,))
@@ -115,10 +117,14 @@ class Trainer:
     params = self.model.init(rng, *self._dummy_inputs())["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
+  def _state_from_params(self, params: Any) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+
   def _loss_sums(self, params: Any, batch: Mapping[str, jax.Array]
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The batch's objective summed over weighted tokens (its gradient is the sum of token gradients),
-    with the weight sum and the NLL sums and token counts of each segment kind."""
+    with the weight sum, the weighted NLL sum (the objective without the z-loss term), the number of
+    real (non-padding) tokens, and the NLL sums and token counts of each segment kind."""
     logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
                               batch["decoder_segment_ids"], batch["decoder_positions"])
     loss, aux = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
@@ -126,8 +132,10 @@ class Trainer:
     kind_nll, kind_count = nll_by_kind(aux["nll"], batch["decoder_segment_kinds"],
                                        batch["decoder_segment_ids"] > 0, len(trajectory.SEGMENT_KINDS))
     objective_sum = loss * jnp.maximum(aux["weight_sum"], 1e-8)
-    return objective_sum, {"weight_sum": aux["weight_sum"], "kind_nll": kind_nll,
-                           "kind_count": kind_count}
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    return objective_sum, {"weight_sum": aux["weight_sum"], "nll_sum": jnp.sum(aux["nll"] * weights),
+                           "real_tokens": jnp.sum(batch["decoder_segment_ids"] > 0, dtype=jnp.float32),
+                           "kind_nll": kind_nll, "kind_count": kind_count}
 
   def _summed_grads(self, params: Any, batch: Mapping[str, jax.Array]):
     """Gradient of the summed objective over the batch, accumulated over `microbatches` in float32.
@@ -157,18 +165,20 @@ class Trainer:
   def _train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
     (objective_sum, aux), summed_grads = self._summed_grads(state.params, batch)
     denominator = jnp.maximum(aux["weight_sum"], 1e-8)
+    extra = {"objective": objective_sum / denominator} if self.z_loss else {}
     grads = jax.tree.map(lambda g, p: (g / denominator).astype(p.dtype), summed_grads, state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": objective_sum / denominator, "grad_norm": optax.tree.norm(grads),
+    metrics = {"loss": aux["nll_sum"] / denominator, "grad_norm": optax.tree.norm(grads),
                "lr": self.lr_schedule(state.step), "weighted_tokens": aux["weight_sum"],
+               "real_tokens": aux["real_tokens"],
                "kind_nll": aux["kind_nll"], "kind_count": aux["kind_count"],
-               "finite_grads": jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads)}
+               "finite_grads": jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), grads), **extra}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _eval_step(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    objective_sum, aux = self._loss_sums(params, batch)
-    return {"nll_sum": objective_sum, **aux}
+    _, aux = self._loss_sums(params, batch)
+    return aux
 
   @contextlib.contextmanager
   def context(self) -> Iterator[None]:
@@ -179,6 +189,11 @@ class Trainer:
   def init_state(self, seed: int) -> TrainState:
     with self.context():
       return self._init(jax.random.key(seed))
+
+  def state_from_params(self, params: Any) -> TrainState:
+    """Step 0 with these parameters (on the state's shardings; donated) and a fresh optimizer state."""
+    with self.context():
+      return self._fresh_state(params)
 
   def step(self, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, Any]]:
     with self.context():
@@ -285,10 +300,14 @@ def _pad_batch(batch: Mapping[str, Any], size: int) -> dict[str, Any]:
   return {k: np.pad(v, [(0, size - rows)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
 
 
-def write_run_info(run_dir: epath.Path, model_config: DecoderConfig, vocab_path: str) -> None:
-  """model.json (what inference needs) and config.gin (the operative gin config), atomically."""
+def write_run_info(run_dir: epath.Path, model_config: DecoderConfig, vocab_path: str,
+                   started_from: Mapping[str, Any] | None = None) -> None:
+  """model.json (what inference needs, and where the run's parameters started from: None for random
+  init, else xbook.train.warm_start.InitSource.describe()) and config.gin (the operative gin config),
+  atomically."""
   vocab = vocab_path if is_url(vocab_path) else str(Path(vocab_path).resolve())
-  info = {"model": dataclasses.asdict(model_config), "vocab_path": vocab}
+  info = {"model": dataclasses.asdict(model_config), "vocab_path": vocab,
+          "started_from": dict(started_from) if started_from else None}
   for name, text in (("model.json", json.dumps(info, indent=2)), ("config.gin", gin.operative_config_str())):
     with atomic_open(run_dir / name) as f:
       f.write(text)
@@ -304,7 +323,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           profile_steps: Sequence[int] | None = None,
           loss_weights: Mapping[str, float] | None = None, trajectory_layout: str = "interleaved",
           repeat_weight: float = 0.0, view_rates: Mapping[str, float] | None = None,
-          cache_dir: str | None = None,
+          cache_dir: str | None = None, init_from: str | None = None,
+          init_from_step: int | None = None,
           task_name: str = "xbook_windows") -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
 
@@ -336,6 +356,11 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       (xbook.data.tasks.VIEWS: windows, full, stages), e.g. {'windows': 3, 'stages': 1}.
     cache_dir: read the windows from the offline cache `xbook data cache` wrote under this folder
       (built at this seq_len, every split that training and evaluation read), not build them online.
+    init_from: warm start: a new run's parameters come from this folder (written by `xbook weights
+      import`, or another xbook run), restored onto this run's shardings and parameter dtype, with a
+      fresh optimizer at step 0 (xbook.train.warm_start). Ignored once the run has a checkpoint of
+      its own: a resumed run never reads it again.
+    init_from_step: the checkpoint step of an `init_from` run (default: its latest).
     task_name: seqio task (or mixture) name to register the scaffold files under.
   """
   run_path = epath.Path(run_dir)  # a local folder or gs://bucket/...
@@ -368,14 +393,14 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   if vocab_size > model_config.vocab_size:
     raise ValueError(f"vocabulary {vocab_path} has {vocab_size} pieces but model_config.vocab_size is "
                      f"{model_config.vocab_size}; set DecoderConfig.vocab_size >= {vocab_size}")
-  if jax.process_index() == 0:
-    write_run_info(run_path, model_config, vocab_path)
-
   checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints, keep_every=keep_every)
   restored = checkpoints.restore_latest(trainer.abstract_state.params, trainer.abstract_state.opt_state)
-  if restored is None:
-    log.info("starting a new run in %s", run_path)
-    state = trainer.init_state(seed)
+  if restored is None and init_from:
+    state, started_from = _warm_start(trainer, init_from, init_from_step)
+    start = consumed = 0
+  elif restored is None:
+    log.info("starting a new run in %s from random parameters (seed %d)", run_path, seed)
+    state, started_from = trainer.init_state(seed), None
     start = consumed = 0
   else:
     start = int(restored["progress"]["step"])
@@ -383,9 +408,13 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     if restored["progress"].get("seed", seed) != seed:
       raise ValueError(f"{run_path} was trained with seed {restored['progress']['seed']}, not {seed}: "
                        "resuming with another seed would change the data order; use a new run_dir")
-    log.info("resuming %s from its checkpoint at step %d", run_path, start)
+    started_from = restored["progress"].get("started_from")
+    log.info("resuming %s from its checkpoint at step %d%s", run_path, start,
+             f" (train.init_from={init_from!r} is not read again)" if init_from else "")
     state = TrainState(step=jnp.asarray(start, jnp.int32), params=restored["params"],
                        opt_state=restored["opt_state"])
+  if jax.process_index() == 0:
+    write_run_info(run_path, model_config, vocab_path, started_from)
 
   batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
                                seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"],
@@ -412,7 +441,9 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
         check_finite(step + 1, step_metrics)
         metrics = scalar_metrics(step_metrics)
         step_s = time.perf_counter() - began
-        metrics.update(step_s=step_s, tokens_per_s=batch_size * seq_len / step_s)
+        # Real tokens only: padding rows and the padded tail of short windows do no useful work.
+        metrics.update(step_s=step_s, tokens_per_s=metrics["real_tokens"] / step_s,
+                       padding_fraction=1.0 - metrics["real_tokens"] / (batch_size * seq_len))
         if peak:
           metrics["mfu"] = flops.mfu(metrics["tokens_per_s"], flops_per_token, trainer.mesh.size, peak)
         last = step + 1 == steps
@@ -427,7 +458,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
                    metrics["loss"], metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
         if (step + 1) % checkpoint_every == 0 or last or guard.requested:
           checkpoints.save(step + 1, state.params, state.opt_state,
-                           {"step": step + 1, "batches_consumed": step + 1, "seed": seed})
+                           {"step": step + 1, "batches_consumed": step + 1, "seed": seed,
+                            "started_from": started_from})
         if guard.requested:
           log.warning("stopped at step %d after SIGTERM; rerun the same command to resume", step + 1)
           break
@@ -437,6 +469,20 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       checkpoints.close()
       writer.close()
   return metrics
+
+
+def _warm_start(trainer: Trainer, init_from: str, init_from_step: int | None
+                ) -> tuple[TrainState, dict[str, Any]]:
+  """Step 0 of a new run with the parameters of `init_from` and a fresh optimizer state."""
+  source = warm_start.find_source(init_from, init_from_step)
+  allowed = warm_start.check_compatible(source, trainer.model_config)
+  for name, (was, now) in sorted(allowed.items()):
+    log.info("warm start: %s is %r in the source and %r in this run", name, was, now)
+  log.info("starting a new run from the %s parameters of %s%s (optimizer state fresh, step 0)",
+           source.kind, source.path, f" at step {source.step}" if source.step is not None else "")
+  params = warm_start.restore_params(source, trainer.model_config, trainer.mesh, trainer.rules,
+                                     trainer.abstract_state.params)
+  return trainer.state_from_params(params), source.describe()
 
 
 def scalar_metrics(step_metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -1,0 +1,195 @@
+"""Warm start: a new run's parameters from imported Hugging Face weights or from another xbook run.
+
+A run starts from, in this order (DESIGN.md "Checkpoints"): its own latest checkpoint; else the parameters
+named by `train.init_from`; else random init. This module is the middle case. The source is either
+
+  imported  a folder written by `xbook weights import` (model.json + params/, xbook.model.hf.checkpoint)
+  run       a trained xbook run directory (model.json + checkpoints/<step>/params), at its latest
+            checkpoint or at a given step
+
+The parameters are restored straight onto the trainer's sharded abstract parameters: every host reads
+only the shards its devices hold, and Orbax casts to the configured parameter dtype. Only the
+parameters are read; the optimizer state is fresh and the step is 0.
+
+The run's DecoderConfig must describe the same network as the source's: every field that sets a
+parameter's shape or the function the weights compute must be equal, and all are named when they are
+not. The fields in MAY_DIFFER only change how the same function is computed or stored (precision,
+rematerialization, attention kernel, layer scan) or extend its context (RoPE scaling), and are logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from etils import epath
+
+from xbook.model import Decoder, DecoderConfig
+
+log = logging.getLogger(__name__)
+
+# DecoderConfig fields a warm-started run may set differently from its source.
+MAY_DIFFER: tuple[str, ...] = (
+    "dtype", "param_dtype", "remat", "attention", "attention_block", "scan_layers",
+    # Context extension: a longer context than the source's, by scaling its rotary embeddings.
+    "rope_scaling", "rope_factor", "rope_original_max_position", "rope_low_freq_factor",
+    "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSource:
+  """Where a warm start reads its parameters.
+
+  Attributes:
+    path: the folder named by `train.init_from`.
+    kind: "imported" (`xbook weights import`) or "run" (an xbook run directory).
+    step: the checkpoint step of a run; None for imported weights.
+    params_dir: the Orbax checkpoint directory of the parameter tree.
+    config: the DecoderConfig the parameters were saved with.
+  """
+
+  path: str
+  kind: str
+  step: int | None
+  params_dir: str
+  config: DecoderConfig
+
+  def describe(self) -> dict[str, Any]:
+    """What the run records about where it started from (JSON)."""
+    return {"path": self.path, "kind": self.kind, "step": self.step}
+
+
+def find_source(init_from: str, step: int | None = None) -> InitSource:
+  """The parameters that `init_from` names.
+
+  Args:
+    init_from: a folder written by `xbook weights import`, or an xbook run directory (local or gs://).
+    step: for a run, the checkpoint step to start from (default its latest); must be None for
+      imported weights.
+
+  Raises:
+    FileNotFoundError: the folder, its model.json or the asked checkpoint is missing (the message says
+      which and what to run).
+    ValueError: a step is given for imported weights.
+  """
+  root = epath.Path(init_from)
+  info_path = root / "model.json"
+  if not info_path.is_file():
+    raise FileNotFoundError(
+        f"train.init_from={init_from!r}: {info_path} not found; name a folder written by "
+        "`xbook weights import --hf HF_DIR --out DIR` or an xbook run directory")
+  info = json.loads(info_path.read_text(encoding="utf-8"))
+  config = DecoderConfig(**info["model"])
+  if (root / "params").is_dir():
+    if step is not None:
+      raise ValueError(f"train.init_from_step={step}, but {init_from} holds imported weights "
+                       "(one set of parameters, no steps); unset train.init_from_step")
+    return InitSource(str(root), "imported", None, str(root / "params"), config)
+  checkpoints = root / "checkpoints"
+  steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) \
+      if checkpoints.is_dir() else []
+  if not steps:
+    raise FileNotFoundError(f"train.init_from={init_from!r}: neither imported weights ({root / 'params'}) "
+                            f"nor run checkpoints ({checkpoints}) found there")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f"train.init_from_step={step}: {init_from} has checkpoints of steps {steps}")
+  return InitSource(str(root), "run", step, str(checkpoints / str(step) / "params"), config)
+
+
+def config_differences(source: DecoderConfig, target: DecoderConfig) -> dict[str, tuple[Any, Any]]:
+  """{field: (source value, target value)} of every DecoderConfig field that differs."""
+  return {f.name: (getattr(source, f.name), getattr(target, f.name))
+          for f in dataclasses.fields(DecoderConfig)
+          if getattr(source, f.name) != getattr(target, f.name)}
+
+
+def check_compatible(source: InitSource, target: DecoderConfig) -> dict[str, tuple[Any, Any]]:
+  """Refuse a run config that describes another network than the source; return the allowed
+  differences (fields of MAY_DIFFER).
+
+  Raises:
+    ValueError: naming every differing structural field with both values.
+  """
+  differences = config_differences(source.config, target)
+  structural = {name: values for name, values in differences.items() if name not in MAY_DIFFER}
+  if structural:
+    listed = "; ".join(f"{name}: {src!r} in the source, {dst!r} in this run"
+                       for name, (src, dst) in sorted(structural.items()))
+    raise ValueError(
+        f"train.init_from={source.path!r} is a different model than train.model_config: {listed}. "
+        f"Set these DecoderConfig fields to the source's values (its model.json); only "
+        f"{', '.join(MAY_DIFFER)} may differ")
+  return {name: values for name, values in differences.items() if name in MAY_DIFFER}
+
+
+def _abstract_params(config: DecoderConfig, mesh: jax.sharding.Mesh, rules: Any) -> Any:
+  """The parameter tree of Decoder(config) as sharded jax.ShapeDtypeStruct leaves (no allocation)."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(
+        lambda: Decoder(config).init(jax.random.key(0), tokens, tokens + 1, tokens))["params"]
+  specs = nn.get_partition_spec(boxed)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                                  sharding=sharding),
+                      nn.unbox(boxed), shardings)
+
+
+def _relayout(scanned: bool, n_layers: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+  """A function from the parameter tree in the source's layer layout to the other layout: stacked
+  `layers` [n_layers, ...] when `scanned`, else `layers_0` ... `layers_{n-1}`."""
+
+  def unstack(params: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(n_layers):
+      out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+    return out
+
+  def stack(params: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                 *[params[f"layers_{i}"] for i in range(n_layers)])
+    return out
+
+  return unstack if scanned else stack
+
+
+def restore_params(source: InitSource, target: DecoderConfig, mesh: jax.sharding.Mesh, rules: Any,
+                   target_params: Any) -> Any:
+  """The source's parameters on the trainer's shardings and dtypes.
+
+  Args:
+    source: from `find_source`, already checked with `check_compatible`.
+    target: the run's DecoderConfig.
+    mesh, rules: the trainer's mesh and logical axis rules.
+    target_params: the trainer's abstract parameters (sharded jax.ShapeDtypeStruct leaves).
+
+  Returns:
+    The parameter tree, each leaf a jax.Array with the sharding and dtype of `target_params`.
+  """
+  same_layout = source.config.scan_layers == target.scan_layers
+  # Read in the layout the source was saved in, sharded by the run's rules and cast to its dtype.
+  stored = target_params if same_layout else _abstract_params(
+      dataclasses.replace(target, scan_layers=source.config.scan_layers), mesh, rules)
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    params = checkpointer.restore(epath.Path(source.params_dir), stored)
+  finally:
+    checkpointer.close()
+  if same_layout:
+    return params
+  log.info("converting the source's %s layers to this run's %s layers", 
+           "scanned" if source.config.scan_layers else "unrolled",
+           "scanned" if target.scan_layers else "unrolled")
+  shardings = jax.tree.map(lambda leaf: leaf.sharding, target_params)
+  with jax.set_mesh(mesh):
+    return jax.jit(_relayout(source.config.scan_layers, target.n_layers),
+                   out_shardings=shardings)(params)
