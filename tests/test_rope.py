@@ -10,7 +10,7 @@ import transformers
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from xbook.model import DecoderConfig
-from xbook.model.rope import RopeScaling, rope_frequencies
+from xbook.model.rope import RopeScaling, rope_frequencies, yarn_attention_factor
 
 HEAD_DIM = 128
 
@@ -26,6 +26,17 @@ HEAD_DIM = 128
     ("yarn", {"rope_theta": 10000.0, "factor": 16.0, "original_max_position_embeddings": 4096,
               "beta_fast": 16.0, "beta_slow": 2.0},
      RopeScaling("yarn", 16.0, original_max_position=4096, beta_fast=16.0, beta_slow=2.0)),
+    # The attention factor given, or set by mscale / mscale_all_dim (equal for Ministral 3: factor 1).
+    ("yarn", {"rope_theta": 1000000.0, "factor": 16.0, "original_max_position_embeddings": 16384,
+              "mscale": 1.0, "mscale_all_dim": 1.0},
+     RopeScaling("yarn", 16.0, original_max_position=16384, attention_factor=1.0)),
+    ("yarn", {"rope_theta": 10000.0, "factor": 40.0, "original_max_position_embeddings": 4096,
+              "mscale": 0.707, "mscale_all_dim": 1.0},
+     RopeScaling("yarn", 40.0, original_max_position=4096,
+                 attention_factor=yarn_attention_factor(40.0, mscale=0.707, mscale_all_dim=1.0))),
+    ("yarn", {"rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 4096,
+              "attention_factor": 1.5},
+     RopeScaling("yarn", 4.0, original_max_position=4096, attention_factor=1.5)),
 ])
 def test_frequencies_and_attention_factor_match_transformers(rope_type, parameters, scaling):
   config = transformers.LlamaConfig(hidden_size=HEAD_DIM * 4, num_attention_heads=4,
@@ -55,3 +66,5 @@ def test_decoder_config_validates_the_scaling():
     DecoderConfig(vocab_size=8, rope_scaling="rope3")
   with pytest.raises(ValueError, match="factor must be positive"):
     DecoderConfig(vocab_size=8, rope_scaling="linear", rope_factor=0.0)
+  with pytest.raises(ValueError, match="attention_factor=2.0 needs the 'yarn' scaling"):
+    DecoderConfig(vocab_size=8, rope_scaling="linear", rope_factor=2.0, rope_attention_factor=2.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -39,9 +40,12 @@ def hf_logits(model: transformers.PreTrainedModel, tokens: np.ndarray) -> np.nda
     return model(input_ids=torch.from_numpy(tokens)).logits.numpy()
 
 
-def xbook_logits(params_dir, tokens: np.ndarray) -> np.ndarray:
+def xbook_logits(params_dir, tokens: np.ndarray, positions: np.ndarray | None = None, **changes) -> np.ndarray:
+  """Logits of the imported model at `positions` (default 0, 1, ...); `changes` replace config fields."""
   config, params, _ = load_params(params_dir)
-  positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
+  config = dataclasses.replace(config, **changes)
+  if positions is None:
+    positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
   segment_ids = np.ones_like(tokens)
   return np.asarray(Decoder(config).apply({"params": params}, tokens, segment_ids, positions))
 
@@ -137,8 +141,12 @@ def test_missing_and_unexpected_tensors_are_named(hf_dir, tmp_path):
     ({"mlp_bias": True}, "mlp_bias=true"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
     ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 5e5, "factor": 8.0}}, "rope_type='dynamic'"),
-    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "attention_factor": 2.0}},
-     "attention_factor=2.0"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0, "attention_factor": 2.0}},
+     "attention_factor=2.0 is not supported with rope_type='linear'"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0, "truncate": False}},
+     "truncate=false"),
+    ({"quantization_config": {"quant_method": "fp8"}}, "quantization_config \\(quant_method='fp8'\\)"),
+    ({"model_type": "mistral3"}, "has no 'text_config'"),
     ({"rope_parameters": None, "rope_scaling": {"type": "linear"}}, "needs a 'factor'"),
     ({"num_hidden_layers": None}, "'num_hidden_layers'"),
 ])
@@ -192,3 +200,94 @@ def test_cli_imports_and_exports(hf_dir, tmp_path, tokens, capsys):
                                                               torch_dtype=torch.float32).eval()
   np.testing.assert_allclose(xbook_logits(tmp_path / "xb", tokens), hf_logits(reference, tokens), atol=1e-4)
   np.testing.assert_allclose(hf_logits(exported, tokens), hf_logits(reference, tokens), atol=1e-5)
+
+
+# Ministral 3's text model: YaRN with mscale == mscale_all_dim (attention factor 1) and queries scaled by
+# 1 + beta ln(1 + floor(position / original_max_position_embeddings)). An original context of 4 makes 16
+# tokens cross three scaling boundaries.
+MINISTRAL_ROPE = {"rope_type": "yarn", "type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                  "original_max_position_embeddings": 4, "beta_fast": 32.0, "beta_slow": 1.0,
+                  "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}
+# A wider initialization than the default 0.02 makes attention (and so the query scaling) visible in the logits.
+MINISTRAL = {**TINY, "head_dim": 8, "max_position_embeddings": 16, "rope_parameters": MINISTRAL_ROPE,
+             "initializer_range": 0.15}
+
+
+def hf_logits_at(model, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(input_ids=torch.from_numpy(tokens),
+                 position_ids=torch.from_numpy(positions.astype(np.int64))).logits.numpy()
+
+
+def check_ministral_import(model, hf_dir, out_dir, tokens) -> None:
+  """Imported logits equal transformers' from position 0 and from position 21, with query scaling."""
+  config = import_hf_checkpoint(hf_dir, out_dir)
+  assert (config.query_scale_beta, config.query_scale_period) == (0.1, 4)
+  assert config.rope_attention_factor == 1.0  # the default for factor 4 would be 0.1 ln 4 + 1
+  expected = hf_logits(model, tokens)
+  np.testing.assert_allclose(xbook_logits(out_dir, tokens), expected, atol=1e-4, rtol=0)
+  shifted = np.broadcast_to(np.arange(21, 21 + tokens.shape[1], dtype=np.int32), tokens.shape)
+  np.testing.assert_allclose(xbook_logits(out_dir, tokens, shifted), hf_logits_at(model, tokens, shifted),
+                             atol=1e-4, rtol=0)
+  # Blockwise attention takes the same scaled queries; without the scaling the logits move.
+  np.testing.assert_allclose(xbook_logits(out_dir, tokens, attention="blockwise", attention_block=4),
+                             expected, atol=1e-4, rtol=0)
+  assert np.abs(xbook_logits(out_dir, tokens, query_scale_beta=0.0) - expected).max() > 1e-2
+
+
+def test_ministral3_text_model_imports_and_exports(tmp_path, tokens):
+  model = tiny_model("ministral3", **MINISTRAL)
+  assert type(model).__name__ == "Ministral3ForCausalLM"
+  model.save_pretrained(tmp_path / "hf")
+  check_ministral_import(model, tmp_path / "hf", tmp_path / "xbook", tokens)
+
+  export_hf_checkpoint(tmp_path / "xbook", tmp_path / "export")
+  exported = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "export", torch_dtype=torch.float32).eval()
+  assert type(exported).__name__ == "Ministral3ForCausalLM"
+  assert exported.config.rope_parameters["llama_4_scaling_beta"] == 0.1
+  assert exported.config.max_position_embeddings == 16
+  np.testing.assert_allclose(hf_logits(exported, tokens), hf_logits(model, tokens), atol=1e-4, rtol=0)
+
+
+def tiny_mistral3(tie_word_embeddings: bool) -> transformers.PreTrainedModel:
+  """Ministral 3 as published: the multimodal wrapper with a (tiny) Pixtral vision tower."""
+  torch.manual_seed(0)
+  text = transformers.Ministral3Config(**MINISTRAL)
+  vision = transformers.PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, head_dim=16, image_size=56, patch_size=14)
+  config = transformers.Mistral3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                       tie_word_embeddings=tie_word_embeddings)
+  model = transformers.Mistral3ForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if name.endswith("norm.weight"):
+        param.uniform_(0.5, 1.5)
+  return model
+
+
+@pytest.mark.parametrize("tie_word_embeddings", [False, True])
+def test_ministral3_multimodal_checkpoint_imports_its_language_model(tmp_path, tokens, caplog,
+                                                                     tie_word_embeddings):
+  model = tiny_mistral3(tie_word_embeddings)
+  model.save_pretrained(tmp_path / "hf")
+  with caplog.at_level("INFO", logger="xbook"):
+    check_ministral_import(model, tmp_path / "hf", tmp_path / "xbook", tokens)
+  assert "skipping multi_modal_projector" in caplog.text and "vision_tower" in caplog.text
+  config, _, model_type = load_params(tmp_path / "xbook")
+  assert config.tie_embeddings == tie_word_embeddings and model_type == "ministral3"
+
+
+def test_ministral3_in_memory_tensor_names_import(tmp_path, tokens):
+  """transformers saves the wrapper as language_model.model.*; its in-memory names (model.language_model.*,
+  lm_head.*) are read too."""
+  model = tiny_mistral3(tie_word_embeddings=False)
+  model.save_pretrained(tmp_path / "hf")
+  tensors = load_file(tmp_path / "hf/model.safetensors")
+  renamed = {name.replace("language_model.model.", "model.language_model.")
+             .replace("language_model.lm_head.", "lm_head."): value for name, value in tensors.items()}
+  assert "model.language_model.layers.0.self_attn.q_proj.weight" in renamed and "lm_head.weight" in renamed
+  save_file(renamed, tmp_path / "hf/model.safetensors", metadata={"format": "pt"})
+  import_hf_checkpoint(tmp_path / "hf", tmp_path / "xbook")
+  np.testing.assert_allclose(xbook_logits(tmp_path / "xbook", tokens), hf_logits(model, tokens),
+                             atol=1e-4, rtol=0)

@@ -25,7 +25,11 @@ class DecoderConfig:
     rope_theta: rotary embedding base.
     rope_scaling: long-context scaling of RoPE (xbook.model.rope.ROPE_SCALINGS), with its
       rope_factor, rope_original_max_position (the pretraining context), rope_low_freq_factor and
-      rope_high_freq_factor (llama3), rope_beta_fast and rope_beta_slow (yarn).
+      rope_high_freq_factor (llama3), rope_beta_fast, rope_beta_slow and rope_attention_factor (yarn:
+      the factor on the rotated q and k; None: YaRN's 0.1 ln(rope_factor) + 1).
+    query_scale_beta, query_scale_period: position-dependent query scaling (Llama 4, Ministral 3): the
+      queries of the token at position p are multiplied by 1 + beta ln(1 + floor(p / period)); a beta of
+      0 turns it off.
     norm_eps: RMSNorm epsilon.
     tie_embeddings: share the input embedding with the output projection.
     dtype: compute dtype of activations and matmuls ("float32" or "bfloat16").
@@ -55,6 +59,9 @@ class DecoderConfig:
   rope_high_freq_factor: float = 4.0
   rope_beta_fast: float = 32.0
   rope_beta_slow: float = 1.0
+  rope_attention_factor: float | None = None
+  query_scale_beta: float = 0.0
+  query_scale_period: int = 8192
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
   dtype: str = "float32"
@@ -72,6 +79,9 @@ class DecoderConfig:
     if self.head_dim % 2:
       raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
     _ = self.rope  # building the scaling validates its settings
+    if self.query_scale_period < 1:
+      raise ValueError(f"query_scale_period={self.query_scale_period} must be a positive number of "
+                       "positions")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
     if self.sliding_window is not None and (self.sliding_window < 1 or self.attention != "dense"):
@@ -84,7 +94,7 @@ class DecoderConfig:
                        original_max_position=self.rope_original_max_position,
                        low_freq_factor=self.rope_low_freq_factor,
                        high_freq_factor=self.rope_high_freq_factor, beta_fast=self.rope_beta_fast,
-                       beta_slow=self.rope_beta_slow)
+                       beta_slow=self.rope_beta_slow, attention_factor=self.rope_attention_factor)
 
   @property
   def compute_dtype(self) -> jnp.dtype:

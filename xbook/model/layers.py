@@ -38,6 +38,23 @@ class RMSNorm(nn.Module):
     return (normed * scale.astype(jnp.float32)).astype(self.dtype)
 
 
+def query_scale(positions: jax.Array, beta: float, period: int) -> jax.Array:
+  """Llama 4's and Ministral 3's position-dependent query factor, 1 + beta ln(1 + floor(p / period)).
+
+  transformers (models/ministral3/modeling_ministral3.py, `get_llama_4_attn_scale`, 5.x) multiplies the
+  rotated queries by it, with `beta` = rope_parameters["llama_4_scaling_beta"] and `period` =
+  rope_parameters["original_max_position_embeddings"]. Every attention implementation takes the queries
+  as they are, so scaling them here (once, before attention) serves dense, blockwise and ring alike.
+
+  Args:
+    positions: [batch, length] int, each token's position in its own sequence (segment).
+
+  Returns:
+    [batch, length] float32.
+  """
+  return 1.0 + beta * jnp.log1p((positions // period).astype(jnp.float32))
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention. x: [batch, length, embed] -> [batch, length, embed].
 
@@ -74,9 +91,12 @@ class Attention(nn.Module):
       q = q + bias("query_bias", (cfg.n_kv_heads, group, cfg.head_dim), ("kv_heads", "heads", "head_dim"))
       k = k + bias("key_bias", (cfg.n_kv_heads, cfg.head_dim), ("kv_heads", "head_dim"))
       v = v + bias("value_bias", (cfg.n_kv_heads, cfg.head_dim), ("kv_heads", "head_dim"))
+    q = apply_rope(q, positions, cfg.rope_theta, cfg.rope)
+    if cfg.query_scale_beta:
+      scale = query_scale(positions, cfg.query_scale_beta, cfg.query_scale_period)
+      q = q * scale.astype(q.dtype)[:, :, None, None, None]
     q = nn.with_logical_constraint(
-        apply_rope(q, positions, cfg.rope_theta, cfg.rope),
-        ("activation_batch", "activation_length", "activation_kv_heads", "activation_heads", None))
+        q, ("activation_batch", "activation_length", "activation_kv_heads", "activation_heads", None))
     k = nn.with_logical_constraint(
         apply_rope(k, positions, cfg.rope_theta, cfg.rope),
         ("activation_batch", "activation_length", "activation_kv_heads", None))

@@ -8,7 +8,8 @@ Scalings, chosen by `kind`:
            frequencies and keeps high ones (bloc97 2023; used by Code Llama-style long-context runs).
   yarn     YaRN (Peng et al. 2023): per-dimension blend of interpolated and original frequencies by a
            linear ramp between the dimensions that rotate `beta_fast` and `beta_slow` times over the
-           original context, and an attention temperature 0.1 ln(factor) + 1 applied to q and k.
+           original context, and an attention factor applied to q and k: `attention_factor` when
+           given, else the paper's 0.1 ln(factor) + 1 (for factor > 1).
   llama3   Llama 3.1's scaling (Meta 2024): wavelengths longer than original / low_freq_factor are
            divided by `factor`, shorter than original / high_freq_factor kept, smoothly blended between.
 """
@@ -36,12 +37,16 @@ class RopeScaling:
   high_freq_factor: float = 4.0
   beta_fast: float = 32.0
   beta_slow: float = 1.0
+  attention_factor: float | None = None
 
   def __post_init__(self) -> None:
     if self.kind not in ROPE_SCALINGS:
       raise ValueError(f"rope scaling {self.kind!r}; expected one of {ROPE_SCALINGS}")
     if self.kind != "none" and self.factor <= 0:
       raise ValueError(f"rope scaling factor must be positive, got {self.factor}")
+    if self.attention_factor is not None and (self.kind != "yarn" or self.attention_factor <= 0):
+      raise ValueError(f"rope attention_factor={self.attention_factor} needs the 'yarn' scaling (got "
+                       f"{self.kind!r}) and a positive value")
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling = RopeScaling()
@@ -74,8 +79,25 @@ def _yarn(inv_freq: np.ndarray, head_dim: int, theta: float, scaling: RopeScalin
   ramp = np.clip((np.arange(head_dim // 2) - low) / (high - low), 0.0, 1.0)
   # Dimensions below `low` rotate fast: keep them; above `high`: interpolate fully.
   blended = inv_freq / scaling.factor * ramp + inv_freq * (1.0 - ramp)
-  temperature = 0.1 * math.log(scaling.factor) + 1.0 if scaling.factor > 1 else 1.0
-  return blended, temperature
+  return blended, yarn_attention_factor(scaling.factor, scaling.attention_factor)
+
+
+def yarn_attention_factor(factor: float, attention_factor: float | None = None,
+                          mscale: float | None = None, mscale_all_dim: float | None = None) -> float:
+  """YaRN's factor on the rotated q and k, as transformers computes it (`_compute_yarn_parameters`
+  in transformers/modeling_rope_utils.py, 5.x): `attention_factor` if given; else, when both `mscale`
+  and `mscale_all_dim` are non-zero (DeepSeek's and Ministral 3's form), m(factor, mscale) /
+  m(factor, mscale_all_dim); else m(factor, 1); with m(s, k) = 0.1 k ln(s) + 1 for s > 1, else 1.
+  """
+  if attention_factor is not None:
+    return float(attention_factor)
+
+  def m(k: float) -> float:
+    return 0.1 * k * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+  if mscale and mscale_all_dim:
+    return m(mscale) / m(mscale_all_dim)
+  return m(1.0)
 
 
 def _llama3(inv_freq: np.ndarray, scaling: RopeScaling) -> np.ndarray:

@@ -1,8 +1,12 @@
-"""Hugging Face Llama/Mistral checkpoints <-> xbook parameters (import and export)."""
+"""Hugging Face Llama/Mistral/Qwen2/Ministral 3 checkpoints <-> xbook parameters (import and export)."""
 
-from xbook.model.hf.checkpoint import load_params, save_params
-from xbook.model.hf.config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf
+from xbook.model.hf.checkpoint import load_info, load_params, save_params
+from xbook.model.hf.config import (MULTIMODAL_MODEL_TYPES, SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf,
+                                   default_max_position, default_model_type)
 from xbook.model.hf.convert import export_hf_checkpoint, import_hf_checkpoint
+from xbook.model.hf.writer import DTYPES, check_out_dir, parse_size, write_hf_checkpoint
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf", "export_hf_checkpoint",
-           "import_hf_checkpoint", "load_params", "save_params"]
+__all__ = ["DTYPES", "MULTIMODAL_MODEL_TYPES", "SUPPORTED_MODEL_TYPES", "check_out_dir", "config_from_hf",
+           "config_to_hf", "default_max_position", "default_model_type", "export_hf_checkpoint",
+           "import_hf_checkpoint", "load_info", "load_params", "parse_size", "save_params",
+           "write_hf_checkpoint"]

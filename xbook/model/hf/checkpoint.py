@@ -1,7 +1,9 @@
 """xbook's side of a conversion: a folder holding a parameter tree and the DecoderConfig it belongs to.
 
-Layout: `<dir>/model.json` ({"model": DecoderConfig fields, "hf_model_type": architecture it came from})
-and `<dir>/params` (an Orbax checkpoint of the parameter tree, layers scanned).
+Layout: `<dir>/model.json` ({"model": DecoderConfig fields, "hf_model_type": architecture it came from,
+"hf_config": the source's config.json fields that DecoderConfig does not hold but an export writes back:
+max_position_embeddings and the bos/eos/pad token ids}) and `<dir>/params` (an Orbax checkpoint of the
+parameter tree, layers scanned).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from xbook.model.decoder import Decoder
 
 
 def save_params(out_dir: str | os.PathLike[str], config: DecoderConfig, params: dict[str, Any], *,
-                hf_model_type: str) -> None:
+                hf_model_type: str, hf_config: dict[str, Any] | None = None) -> None:
   """Write `params` (numpy or jax arrays, the tree of Decoder(config)) and model.json to `out_dir`.
+
+  `hf_config` (JSON) is kept in model.json for `load_info`.
 
   Raises:
     ValueError: `out_dir/params` exists already (Orbax does not overwrite).
@@ -35,7 +39,7 @@ def save_params(out_dir: str | os.PathLike[str], config: DecoderConfig, params: 
   checkpointer.save(out_dir / "params", params)
   checkpointer.wait_until_finished()
   checkpointer.close()
-  info = {"model": dataclasses.asdict(config), "hf_model_type": hf_model_type}
+  info = {"model": dataclasses.asdict(config), "hf_model_type": hf_model_type, "hf_config": hf_config or {}}
   with atomic_open(out_dir / "model.json") as f:
     json.dump(info, f, indent=2)
 
@@ -50,6 +54,16 @@ def _abstract_params(config: DecoderConfig, device: jax.Device) -> dict[str, Any
                       nn.unbox(shapes))
 
 
+def load_info(params_dir: str | os.PathLike[str]) -> dict[str, Any]:
+  """The model.json of a folder written by `save_params` ("hf_config" is {} in folders written before it)."""
+  path = Path(params_dir) / "model.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: is {params_dir} a folder written by `xbook weights import`?")
+  info = json.loads(path.read_text(encoding="utf-8"))
+  info.setdefault("hf_config", {})
+  return info
+
+
 def load_params(params_dir: str | os.PathLike[str]) -> tuple[DecoderConfig, dict[str, Any], str]:
   """Read a folder written by `save_params`, parameters on the host.
 
@@ -57,7 +71,7 @@ def load_params(params_dir: str | os.PathLike[str]) -> tuple[DecoderConfig, dict
     (config, params as numpy arrays, hf_model_type).
   """
   params_dir = Path(params_dir).resolve()
-  info = json.loads((params_dir / "model.json").read_text(encoding="utf-8"))
+  info = load_info(params_dir)
   config = DecoderConfig(**info["model"])
   checkpointer = ocp.StandardCheckpointer()
   params = checkpointer.restore(params_dir / "params", _abstract_params(config, jax.devices("cpu")[0]))
