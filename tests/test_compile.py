@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -95,6 +96,10 @@ def test_compile_command_reports_memory_and_flops_as_json():
                                             - report["alias_bytes"] + report["temp_bytes"]
                                             + report["code_bytes"])
   assert report["ratio_ok"] is True
+  # float32 parameters and Adam moments: the state is 3x the parameters, all of it an argument.
+  assert report["opt_state_bytes"] == pytest.approx(2 * report["param_bytes"], rel=1e-3)
+  assert 0 < report["param_bytes"] + report["opt_state_bytes"] < report["argument_bytes"]
+  assert (report["param_dtype"], report["mu_dtype"]) == ("float32", "float32")
   assert report["analytic_flops"] > report["analytic_flops_causal"] > 0
   assert report["projected_tokens_per_s"] == pytest.approx(
       8 * 256 / report["projected_step_s"])
@@ -135,3 +140,28 @@ def test_probes_shrink_their_block_count_on_long_rings():
     assert blocks == 1 or ring_steps * blocks ** 2 <= aot.PROBE_MAX_BLOCK_PAIRS
     assert ring_steps * (blocks + 1) ** 2 > aot.PROBE_MAX_BLOCK_PAIRS or blocks == aot.PROBE_BLOCKS_PER_CHUNK
   assert [aot.probe_blocks_per_chunk(n) for n in (8, 32, 64)] == [4, 2, 1]
+
+
+def test_precision_settings_set_the_state_bytes_per_chip():
+  """Parameter and optimizer-state dtypes are gin settings; the compile report counts their bytes."""
+  from xbook.model import DecoderConfig
+  from xbook.train import aot
+  from xbook.train.mesh import MeshConfig
+  from xbook.train.optimizer import OptimizerConfig
+  from xbook.train.trainer import Trainer
+  model = DecoderConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                        mlp_dim=128)
+
+  def state_bytes(param_dtype, mu_dtype):
+    trainer = Trainer(model_config=dataclasses.replace(model, param_dtype=param_dtype),
+                      optimizer_config=OptimizerConfig(mu_dtype=mu_dtype),
+                      mesh_config=MeshConfig(data=1, fsdp=4, sequence=1, tensor=2), batch_size=4,
+                      seq_len=32)
+    return (aot._bytes_per_chip(trainer.abstract_state.params),
+            aot._bytes_per_chip(trainer.abstract_state.opt_state))
+
+  params_f32, opt_f32 = state_bytes("float32", None)
+  params_bf16, opt_bf16 = state_bytes("bfloat16", None)
+  _, opt_mu_bf16 = state_bytes("float32", "bfloat16")
+  assert params_bf16 == params_f32 // 2 and opt_bf16 == pytest.approx(opt_f32 / 2, rel=1e-3)
+  assert opt_mu_bf16 == pytest.approx(0.75 * opt_f32, rel=1e-3)  # mu halves, nu stays float32
