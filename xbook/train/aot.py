@@ -90,6 +90,11 @@ class CompileReport:
   params: int
   remat: str
   attention: str
+  compute_dtype: str
+  param_dtype: str
+  mu_dtype: str
+  param_bytes: int  # this chip's shard of the parameters
+  opt_state_bytes: int  # this chip's shard of the optimizer state (Adam's two moments)
   hbm_bytes: int
   argument_bytes: int
   output_bytes: int
@@ -241,6 +246,10 @@ def compile_for_tpu(accelerator: str | None = None, num_slices: int | None = Non
       chips=len(devices), mesh=dict(trainer.mesh.shape), batch_size=trainer.batch_size,
       seq_len=trainer.seq_len, params=trainer.model_config.num_params(),
       remat=trainer.model_config.remat, attention=trainer.model_config.attention,
+      compute_dtype=trainer.model_config.dtype, param_dtype=trainer.model_config.param_dtype,
+      mu_dtype=trainer.optimizer_config.mu_dtype or trainer.model_config.param_dtype,
+      param_bytes=_bytes_per_chip(trainer.abstract_state.params),
+      opt_state_bytes=_bytes_per_chip(trainer.abstract_state.opt_state),
       hbm_bytes=tpu_slice.generation.hbm_bytes, argument_bytes=memory["argument"],
       output_bytes=memory["output"], alias_bytes=memory["alias"], temp_bytes=memory["temp"],
       code_bytes=memory["code"], total_bytes_per_chip=total,
@@ -259,8 +268,11 @@ def format_report(report: CompileReport) -> str:
       f"mesh {report.mesh}",
       f"model {report.params / 1e9:.2f}B parameters, attention {report.attention}, remat "
       f"{report.remat}; batch {report.batch_size} x {report.seq_len:,} tokens",
+      f"precision: compute {report.compute_dtype}, parameters {report.param_dtype}, Adam first "
+      f"moment {report.mu_dtype}, second moment {report.param_dtype}",
       "memory per chip:",
-      f"  arguments     {report.argument_bytes / gib:9.2f} GiB",
+      f"  arguments     {report.argument_bytes / gib:9.2f} GiB: parameters {report.param_bytes / gib:.2f} "
+      f"GiB, optimizer state {report.opt_state_bytes / gib:.2f} GiB, the batch",
       f"  outputs       {report.output_bytes / gib:9.2f} GiB (of which {report.alias_bytes / gib:.2f} "
       f"GiB reuse donated arguments)",
       f"  temporaries   {report.temp_bytes / gib:9.2f} GiB",
