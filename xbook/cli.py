@@ -252,9 +252,10 @@ def _vocab_train(args: argparse.Namespace) -> int:
   from xbook.scaffold import read_scaffolds
   records = list(read_scaffolds(args.scaffolds))
   path = vocab.train_vocab(records, args.out, vocab_size=args.vocab_size, model_type=args.model_type)
-  processor = vocab.load_processor(path)
-  print(json.dumps({"vocab": str(path), "pieces": processor.get_piece_size()}) if args.json
-        else f"vocabulary: {path} ({processor.get_piece_size()} pieces)")
+  size = vocab.load_vocabulary(path).size
+  n_train = sum(r.get("split", "train") == "train" for r in records)
+  print(json.dumps({"vocab": str(path), "pieces": size, "train_books": n_train}) if args.json
+        else f"vocabulary: {path} ({size} pieces, from the {n_train} books of split train)")
   return 0
 
 
@@ -282,13 +283,14 @@ def _data_inspect(args: argparse.Namespace) -> int:
   from tqdm import tqdm
   from xbook.data import inspection, tasks, trajectory, vocab
   from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
-  mixture = tasks.register_mixture("xbook_inspect", args.scaffolds, args.vocab,
+  vocabulary = vocab.load_vocabulary(args.vocab)
+  mixture = tasks.register_mixture("xbook_inspect", args.scaffolds, vocabulary,
                                    layout=args.layout, repeat_weight=args.repeat_weight)
   task_name = mixture.name if args.task == "mixture" else f"xbook_inspect_{args.task}"
-  processor = vocab.load_processor(args.vocab)
+  converter = TrajectoryFeatureConverter(bos_id=vocabulary.bos_id, length_multiple=args.sequence_shards)
   ds = seqio.get_dataset(task_name, task_feature_lengths=task_feature_lengths(args.seq_len),
                          dataset_split=args.split, shuffle=False, num_epochs=1, use_cached=False,
-                         feature_converter=TrajectoryFeatureConverter(length_multiple=args.sequence_shards))
+                         feature_converter=converter)
   n_examples, n_tokens, weighted, shown = 0, 0, 0.0, None
   for example in tqdm(ds.as_numpy_iterator(), desc=f"data inspect: {args.task}", unit="example",
                       disable=args.json):
@@ -300,9 +302,11 @@ def _data_inspect(args: argparse.Namespace) -> int:
   if shown is None:
     raise SystemExit(f"error: task {args.task} has {n_examples} examples of split {args.split!r} from "
                      f"{args.scaffolds} at --seq_len {args.seq_len}; --index {args.index} is out of range")
-  marker_ids = ([processor.piece_to_id(m) for m in trajectory.ALL_MARKERS]
-                if vocab.marker_style(processor) == "symbols" else [])
-  summary = {"task": args.task, "examples": n_examples, "tokens": n_tokens, "weighted_tokens": weighted,
+  marker_ids = vocabulary.marker_ids()
+  vocab_summary = {"path": vocabulary.path, "size": vocabulary.size, "bos_id": vocabulary.bos_id,
+                   "eos_id": vocabulary.eos_id, "pad_id": vocabulary.pad_id,
+                   "marker_style": vocabulary.marker_style}
+  summary = {"task": args.task, "vocab": vocab_summary, "examples": n_examples, "tokens": n_tokens, "weighted_tokens": weighted,
              "features": {k: list(v.shape) + [str(v.dtype)] for k, v in shown.items()},
              "kinds": list(trajectory.SEGMENT_KINDS), "index": args.index,
              "segments": [dataclasses.asdict(span) for span in inspection.example_spans(shown, marker_ids)],
@@ -310,12 +314,14 @@ def _data_inspect(args: argparse.Namespace) -> int:
   if args.json:
     print(json.dumps(summary))
   else:
+    print(f"vocabulary: {vocabulary.path}: {vocabulary.size} ids, BOS {vocabulary.bos_id}, "
+          f"EOS {vocabulary.eos_id}, pad {vocabulary.pad_id}, markers as {vocabulary.marker_style}")
     print(f"{args.task}: {n_examples} examples of {args.seq_len} tokens, {n_tokens} tokens, "
           f"{weighted:.0f} weighted")
     for name, spec in summary["features"].items():
       print(f"  {name}: {spec}")
     print(f"example {args.index}:")
-    print(inspection.render_example(shown, processor.decode, marker_ids=marker_ids,
+    print(inspection.render_example(shown, vocabulary.decode, marker_ids=marker_ids,
                                     max_chars=args.max_chars))
   return 0
 
@@ -330,9 +336,24 @@ def _weights_import(args: argparse.Namespace) -> int:
 
 
 def _weights_export(args: argparse.Namespace) -> int:
-  from xbook.model.hf import export_hf_checkpoint
-  export_hf_checkpoint(args.params, args.out, model_type=args.model_type)
-  print(f"exported {args.params} -> {args.out} (config.json, model.safetensors)")
+  if (args.params is None) == (args.run_dir is None):
+    raise SystemExit("error: xbook weights export: give exactly one of --params DIR (imported weights) "
+                     "and --run_dir DIR (a trained run)")
+  if args.params is not None:
+    if args.step is not None:
+      raise SystemExit("error: --step applies to --run_dir only (imported weights have no steps)")
+    from xbook.model.hf import export_hf_checkpoint
+    files = export_hf_checkpoint(args.params, args.out, model_type=args.model_type, dtype=args.dtype,
+                                 max_shard_size=args.max_shard_size,
+                                 max_position_embeddings=args.max_position_embeddings, overwrite=args.overwrite)
+    source = args.params
+  else:
+    from xbook.infer.export import export_run
+    result = export_run(args.run_dir, args.out, step=args.step, dtype=args.dtype or "bfloat16",
+                        model_type=args.model_type, max_shard_size=args.max_shard_size,
+                        max_position_embeddings=args.max_position_embeddings, overwrite=args.overwrite)
+    files, source = result.files, f"{args.run_dir} (step {result.step}, {result.model_type}, {result.dtype})"
+  print(f"exported {source} -> {args.out}: {', '.join(files)}")
   return 0
 
 
@@ -357,7 +378,8 @@ def _train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- compile
 def _compile(args: argparse.Namespace) -> int:
   from xbook.train import aot
-  report = aot.compile_for_tpu(args.topology, args.num_slices, args.assumed_mfu)
+  report = aot.compile_for_tpu(args.topology, args.num_slices, args.assumed_mfu,
+                               count_flops=not args.memory_only)
   print(json.dumps(report.to_json()) if args.json else aot.format_report(report))
   if not report.fits:
     print(f"error: the step needs {report.total_bytes_per_chip / 2**30:.2f} GiB per chip but a "
@@ -475,9 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data_dir", required=True, help="TFDS data directory (local or gs://)")
   p.add_argument("beam_args", nargs="*", help="Beam pipeline options (default: --runner=DirectRunner)")
 
-  vocab = _group(commands, "vocab", "SentencePiece vocabulary with the segment markers.",
+  vocab = _group(commands, "vocab", "xbook's SentencePiece vocabulary with the segment markers (pretrained "
+                 "models bring their own: tokenizer.json, tekken.json or tokenizer.model).",
                  "xbook vocab train --scaffolds out/scaffolds.jsonl --out out/vocab.model")
-  p = _add(vocab, "train", "Train a SentencePiece vocabulary (markers as user-defined symbols) on scaffolds.",
+  p = _add(vocab, "train", "Train a SentencePiece vocabulary (markers as user-defined symbols) on the scaffolds "
+           "of split train (validation and test books are left out).",
            "xbook vocab train --scaffolds out/scaffolds.jsonl --out out/vocab.model --vocab_size 8000",
            _vocab_train)
   p.add_argument("--scaffolds", required=True, help="scaffold JSONL file")
@@ -490,11 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model")
   p = _add(data, "inspect", "Build the examples of one book view (seqio task) and show one segment by segment.",
            "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model --seq_len 2048 \\\n"
-           "  --task stages --index 3",
+           "  --task stages --index 3\n"
+           "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab ~/models/Mistral-Small-24B/tekken.json \\\n"
+           "  --seq_len 8192 --json",
            _data_inspect)
   p.add_argument("--scaffolds", required=True, help="scaffold JSONL file(s) (glob pattern)")
   p.add_argument("--vocab", required=True,
-                 help="xbook vocabulary, or a pretrained SentencePiece tokenizer.model (markers as tags)")
+                 help="xbook vocabulary (.model), or a pretrained model's tokenizer: tokenizer.json, "
+                      "tekken.json, tokenizer.model, or its Hugging Face folder (markers as text tags)")
   p.add_argument("--seq_len", type=int, default=512)
   p.add_argument("--sequence_shards", type=int, default=1,
                  help="size of the sequence mesh axis (the length must divide by it)")
@@ -509,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max_chars", type=int, default=300, help="characters of decoded text shown per segment")
   p.add_argument("--json", action="store_true")
   p = _add(data, "cache", "Build the training windows of a gin config offline with Apache Beam into sharded "
-           "TFRecord files (seqio's cache layout), read by the same config with train.cache_dir.",
+           "TFRecord files (seqio's cache layout), read by the same config with train.cache_dir. "
+           "train.vocab_path may be any vocabulary: an xbook .model, a tokenizer.json, tekken.json, "
+           "tokenizer.model or a model folder (local or gs://, readable by every worker).",
            "xbook data cache --gin_file=configs/runs/demo.gin --out demo_out/cache --num_shards 2\n"
            "xbook data cache --gin_file=configs/paper/mistral24b_131k.gin --out gs://BUCKET/xbook/cache \\\n"
            "  --num_shards 64 -- --runner=DataflowRunner --project=P --region=R --temp_location=gs://BUCKET/tmp",
@@ -522,18 +551,40 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true")
   p.add_argument("beam_args", nargs="*", help="Beam pipeline options after -- (default: --runner=DirectRunner)")
 
-  weights = _group(commands, "weights", "Pretrained weights: Hugging Face Llama/Mistral checkpoints.",
-                   "xbook weights import --hf ~/models/tiny-llama --out weights/tiny-llama")
-  p = _add(weights, "import", "Convert a Hugging Face safetensors checkpoint to xbook parameters (Orbax).",
-           "xbook weights import --hf ~/models/tiny-llama --out weights/tiny-llama", _weights_import)
+  from xbook.model.hf.config import MULTIMODAL_MODEL_TYPES, SUPPORTED_MODEL_TYPES
+  from xbook.model.hf.writer import DTYPES
+  architectures = ", ".join(SUPPORTED_MODEL_TYPES)
+  weights = _group(commands, "weights", f"Pretrained weights: Hugging Face checkpoints ({architectures}).",
+                   "xbook weights import --hf ~/models/Ministral-3-14B-Base-2512 --out weights/ministral3-14b")
+  p = _add(weights, "import",
+           f"Convert a Hugging Face safetensors checkpoint to xbook parameters (Orbax). Architectures: "
+           f"{architectures}; multimodal {', '.join(MULTIMODAL_MODEL_TYPES)} checkpoints (Ministral 3, "
+           "Mistral Small 3.x) give their language model, the vision tower is skipped.",
+           "xbook weights import --hf ~/models/Ministral-3-14B-Base-2512 --out weights/ministral3-14b\n"
+           "xbook weights import --hf ~/models/Qwen2.5-7B --out weights/qwen2.5-7b", _weights_import)
   p.add_argument("--hf", required=True, help="folder with config.json and model.safetensors (or shards)")
   p.add_argument("--out", required=True, help="new folder for model.json and the Orbax params")
-  p = _add(weights, "export", "Write xbook parameters back as a Hugging Face checkpoint.",
+  p = _add(weights, "export",
+           "Write a trained run (--run_dir) or imported weights (--params) as a Hugging Face checkpoint: "
+           "sharded safetensors with model.safetensors.index.json, config.json, generation_config.json "
+           "and, for a run, its tokenizer files; loadable by transformers and vLLM as it is.",
+           "xbook weights export --run_dir runs/ministral3-books --out exported/ministral3-books\n"
+           "xbook weights export --run_dir runs/demo --step 200 --dtype float32 --out exported/demo\n"
            "xbook weights export --params weights/tiny-llama --out exported/tiny-llama", _weights_export)
-  p.add_argument("--params", required=True, help="folder written by `xbook weights import`")
-  p.add_argument("--out", required=True, help="folder for config.json and model.safetensors")
-  p.add_argument("--model_type", choices=("llama", "mistral"), default=None,
-                 help="architecture to write (default: the one imported)")
+  p.add_argument("--run_dir", default=None, help="a run directory written by `xbook train` (local or gs://)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step of --run_dir (default: the latest)")
+  p.add_argument("--params", default=None, help="folder written by `xbook weights import`")
+  p.add_argument("--out", required=True, help="new (or empty) local folder for the checkpoint")
+  p.add_argument("--dtype", choices=DTYPES, default=None,
+                 help="tensor dtype (default: bfloat16 for a run, the parameters' own for --params)")
+  p.add_argument("--model_type", choices=SUPPORTED_MODEL_TYPES, default=None,
+                 help="architecture to write (default: the one imported; for a run, qwen2 with q/k/v "
+                      "biases, ministral3 with query scaling, mistral with a sliding window, else llama)")
+  p.add_argument("--max_shard_size", default="5GB", help="most bytes per safetensors file (default 5GB)")
+  p.add_argument("--max_position_embeddings", type=int, default=None,
+                 help="config.json's context length (default: the imported checkpoint's; for a run, the "
+                      "scaled RoPE's, else the run's seq_len)")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
   bench = _group(commands, "bench", "Speed, memory and accuracy figures.",
                  "xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag")
@@ -557,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = _add(commands, "compile", "Compile the train step ahead of time for a TPU slice on this host: memory per "
            "chip against HBM, compiler vs analytic FLOPs, projected speed (exit status 1 if it does not fit).",
            "xbook compile --gin_file=configs/paper/mistral24b_131k.gin\n"
-           "xbook compile --gin_file=configs/runs/demo.gin --topology v5e-8 --json",
+           "xbook compile --gin_file=configs/runs/demo.gin --topology v5e-8 --json\n"
+           "xbook compile --gin_file=configs/paper/ministral14b_262k.gin --memory_only",
            _compile, gin_modules=("xbook.train.trainer", "xbook.train.aot"))
   p.add_argument("--topology", default=None,
                  help="accelerator type (v5p-256, v6e-8) or topology (v5p:4x4x8) of one slice "
@@ -567,8 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="MFU for the projected step time (default: TpuTarget.assumed_mfu)")
   p.add_argument("--json", action="store_true",
                  help="print fits, hbm_bytes, total_bytes_per_chip, compiler_flops, analytic_flops, ... as JSON")
+  p.add_argument("--memory_only", action="store_true",
+                 help="stop after the memory verdict (about a minute at paper scale); skip counting FLOPs")
 
-  p = _add(commands, "generate", "Write a passage from a prompt with a trained run.",
+  p = _add(commands, "generate", "Write a passage from a prompt with a trained run, in the run's vocabulary "
+           "(xbook's, or a pretrained tokenizer.json, tekken.json or tokenizer.model).",
            'xbook generate --run_dir=runs/demo --prompt "Write a ghost story set at Christmas."',
            _generate)
   p.add_argument("--run_dir", required=True)
@@ -581,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true")
 
   p = _add(commands, "serve", "Serve a trained run over an OpenAI-compatible HTTP API (POST /v1/chat/completions, "
-           "GET /v1/models, GET /health); the chat messages become the trajectory's prompt.",
+           "GET /v1/models, GET /health); the chat messages become the trajectory's prompt, encoded in the "
+           "run's vocabulary (xbook's, or a pretrained tokenizer.json, tekken.json or tokenizer.model).",
            "xbook serve --run_dir runs/demo --port 8000\n"
            "curl http://127.0.0.1:8000/v1/chat/completions -d '{\"messages\": [{\"role\": \"user\", "
            "\"content\": \"Write a ghost story.\"}], \"max_tokens\": 64}'", _serve)

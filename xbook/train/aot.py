@@ -206,13 +206,15 @@ def compiler_flops_per_step(trainer: Trainer, devices: list[jax.Device]) -> floa
 
 
 def compile_for_tpu(accelerator: str | None = None, num_slices: int | None = None,
-                    assumed_mfu: float | None = None) -> CompileReport:
+                    assumed_mfu: float | None = None, count_flops: bool = True) -> CompileReport:
   """Compile the gin-configured train step for a TPU slice on this host and report on it.
 
   Args:
     accelerator: accelerator type or topology; default `TpuTarget.accelerator` from gin.
     num_slices: default `TpuTarget.num_slices`.
     assumed_mfu: default `TpuTarget.assumed_mfu`.
+    count_flops: count the compiler's FLOPs on unrolled probes (minutes at paper scale); False stops
+      after the memory verdict (compiler_flops is then None).
   """
   target = TpuTarget()
   tpu_slice: TpuSlice = parse_slice(accelerator or target.accelerator)
@@ -231,7 +233,7 @@ def compile_for_tpu(accelerator: str | None = None, num_slices: int | None = Non
   log.info("the step needs %.2f GiB per chip of %.0f GiB HBM (%s; compiled in %.0f s)", total / 2**30,
            tpu_slice.generation.hbm_bytes / 2**30, "fits" if fits else "does NOT fit", compile_s)
   compiler = None
-  if fits:
+  if fits and count_flops:
     log.info("counting FLOPs on unrolled 1- and 2-layer probes of the step")
     compiler = compiler_flops_per_step(trainer, devices)
   tokens = trainer.batch_size * trainer.seq_len
@@ -284,7 +286,8 @@ def format_report(report: CompileReport) -> str:
   if report.compiler_flops is None:
     lines.append(f"FLOPs per step: analytic {report.analytic_flops:.4g} (full attention; "
                  f"{report.analytic_flops_causal:.4g} with the causal mask); not counted by the "
-                 f"compiler, since the step does not fit")
+                 f"compiler" + (", since the step does not fit" if not report.fits else
+                                " (--memory_only)"))
   else:
     lines.append(f"FLOPs per step: compiler {report.compiler_flops:.4g}, analytic "
                  f"{report.analytic_flops:.4g} (full attention; {report.analytic_flops_causal:.4g} with "

@@ -39,7 +39,7 @@ MAY_DIFFER: tuple[str, ...] = (
     "dtype", "param_dtype", "remat", "attention", "attention_block", "scan_layers",
     # Context extension: a longer context than the source's, by scaling its rotary embeddings.
     "rope_scaling", "rope_factor", "rope_original_max_position", "rope_low_freq_factor",
-    "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow")
+    "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow", "rope_attention_factor")
 
 
 @dataclasses.dataclass(frozen=True)
