@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
+from pathlib import Path
 
+import flax.linen
+import jax
 import numpy as np
 import pytest
 import torch
 import transformers
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from xbook.model import Decoder
+from xbook.model import Decoder, DecoderConfig
 from xbook.model.hf import (config_from_hf, config_to_hf, export_hf_checkpoint, import_hf_checkpoint,
                             load_params)
 
@@ -47,7 +52,7 @@ def xbook_logits(params_dir, tokens: np.ndarray, positions: np.ndarray | None = 
   if positions is None:
     positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
   segment_ids = np.ones_like(tokens)
-  return np.asarray(Decoder(config).apply({"params": params}, tokens, segment_ids, positions))
+  return np.asarray(jax.jit(Decoder(config).apply)({"params": params}, tokens, segment_ids, positions))
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +296,137 @@ def test_ministral3_in_memory_tensor_names_import(tmp_path, tokens):
   import_hf_checkpoint(tmp_path / "hf", tmp_path / "xbook")
   np.testing.assert_allclose(xbook_logits(tmp_path / "xbook", tokens), hf_logits(model, tokens),
                              atol=1e-4, rtol=0)
+
+
+def test_cli_names_every_architecture_and_round_trips_qwen2(tmp_path, tokens, capsys):
+  from xbook import cli
+  with pytest.raises(SystemExit):
+    cli.main(["weights", "import", "--help"])
+  help_text = capsys.readouterr().out
+  assert all(name in help_text for name in ("llama", "mistral", "qwen2", "ministral3"))
+  model = tiny_model("qwen2", use_sliding_window=False)
+  model.save_pretrained(tmp_path / "hf")
+  assert cli.main(["weights", "import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "xb")]) == 0
+  assert cli.main(["weights", "export", "--params", str(tmp_path / "xb"), "--out", str(tmp_path / "back")]) == 0
+  exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back", torch_dtype=torch.float32)
+  assert type(exported).__name__ == "Qwen2ForCausalLM"
+  np.testing.assert_allclose(hf_logits(exported.eval(), tokens), hf_logits(model, tokens), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ trained runs
+RUN_MODEL = DecoderConfig(vocab_size=416, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                          mlp_dim=64)
+SAMPLE_TEXT = "Chapter 1\n\nThe storm came  at 12:40, and Ana — café in hand — said: “No.”\n"
+
+
+@pytest.fixture(scope="module")
+def run_params() -> dict[int, dict]:
+  """Random parameters of RUN_MODEL for steps 1 and 2."""
+  tokens = np.zeros((1, 4), np.int32)
+  init = jax.jit(lambda key: Decoder(RUN_MODEL).init(key, tokens, tokens + 1, tokens)["params"])
+  return {step: flax.linen.unbox(init(jax.random.key(step))) for step in (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, run_params):
+  """A run as `xbook train` leaves it: model.json, config.gin, an xbook vocabulary and checkpoints of
+  steps 1 and 2 (different parameters)."""
+  import sentencepiece as spm
+  from xbook.data import trajectory
+  from xbook.train.checkpoints import RunCheckpoints
+  root = tmp_path_factory.mktemp("run")
+  lines = [line for line in Path(__file__).read_text().splitlines() if line.strip()] + [SAMPLE_TEXT]
+  spm.SentencePieceTrainer.train(  # xbook's settings (xbook.data.vocab.train_vocab), small
+      sentence_iterator=iter(lines), model_prefix=str(root / "vocab"), vocab_size=400,
+      model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      user_defined_symbols=list(trajectory.ALL_MARKERS), byte_fallback=True,
+      normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+      split_digits=True, hard_vocab_limit=False, minloglevel=2)
+  (root / "model.json").write_text(json.dumps(
+      {"model": dataclasses.asdict(RUN_MODEL), "vocab_path": str(root / "vocab.model")}))
+  (root / "config.gin").write_text("train.batch_size = 8\ntrain.seq_len = 64\n")
+  checkpoints = RunCheckpoints(str(root))
+  for step, params in run_params.items():
+    checkpoints.save(step, params, {"count": np.zeros((), np.int32)}, {"step": step})
+  checkpoints.wait()
+  checkpoints.close()
+  return root
+
+
+def run_logits(params: dict, tokens: np.ndarray) -> np.ndarray:
+  positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
+  apply = jax.jit(Decoder(RUN_MODEL).apply)
+  return np.asarray(apply({"params": params}, tokens, np.ones_like(tokens), positions))
+
+
+def check_index(out) -> dict:
+  """The index names exactly the shards present, every tensor once, and their total size."""
+  index = json.loads((out / "model.safetensors.index.json").read_text())
+  shards = sorted(p.name for p in out.glob("*.safetensors"))
+  assert sorted(set(index["weight_map"].values())) == shards
+  assert all(re.fullmatch(rf"model-\d{{5}}-of-{len(shards):05d}\.safetensors", name) for name in shards)
+  total, names = 0, []
+  for shard in shards:
+    with safe_open(str(out / shard), framework="np") as f:
+      for name in f.keys():
+        assert index["weight_map"][name] == shard
+        tensor = f.get_tensor(name)
+        total += tensor.size * tensor.dtype.itemsize
+        names.append(name)
+  assert sorted(names) == sorted(index["weight_map"]) and index["metadata"]["total_size"] == total
+  return index
+
+
+def test_run_exports_as_a_checkpoint_transformers_loads(run_dir, run_params, tmp_path):
+  from xbook.infer.export import export_run
+  out = tmp_path / "export"
+  result = export_run(run_dir, out, step=1, dtype="float32", max_shard_size="20KB")
+  assert (result.step, result.model_type) == (1, "llama")
+  assert len(list(out.glob("*.safetensors"))) > 2
+  check_index(out)
+  config_json = json.loads((out / "config.json").read_text())
+  assert config_json["architectures"] == ["LlamaForCausalLM"] and config_json["torch_dtype"] == "float32"
+  # xbook vocabularies have no BOS: training starts every input with id 0, the pad piece.
+  assert (config_json["bos_token_id"], config_json["eos_token_id"], config_json["pad_token_id"]) == (0, 1, 0)
+  assert config_json["max_position_embeddings"] == 64  # the run's train.seq_len
+  assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 1
+
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  import sentencepiece as spm
+  processor = spm.SentencePieceProcessor(model_file=str(run_dir / "vocab.model"))
+  assert tokenizer.encode(SAMPLE_TEXT) == [0] + processor.encode(SAMPLE_TEXT)
+  assert tokenizer.decode(tokenizer.encode(SAMPLE_TEXT), skip_special_tokens=True) == SAMPLE_TEXT
+
+  model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  tokens = np.asarray([tokenizer.encode(SAMPLE_TEXT)[:24]], np.int32)
+  got, expected = hf_logits(model, tokens), run_logits(run_params[1], tokens)
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+  assert np.abs(run_logits(run_params[2], tokens) - got).max() > 1e-2  # --step chose step 1
+
+
+def test_cli_exports_a_run_in_bfloat16_and_refuses_to_overwrite(run_dir, run_params, tmp_path, capsys):
+  from xbook import cli
+  out = tmp_path / "bf16"
+  out.mkdir()  # an empty folder is fine
+  assert cli.main(["weights", "export", "--run_dir", str(run_dir), "--out", str(out)]) == 0
+  assert "step 2" in capsys.readouterr().out
+  index = check_index(out)
+  assert len(set(index["weight_map"].values())) == 1  # 5GB shards: one
+  with safe_open(str(out / "model-00001-of-00001.safetensors"), framework="np") as f:
+    assert {str(f.get_tensor(name).dtype) for name in f.keys()} == {"bfloat16"}
+  assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+  assert {"tokenizer.model", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+  model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype="auto").eval()
+  assert model.dtype == torch.bfloat16
+  tokens = np.arange(1, 17, dtype=np.int32)[None]
+  with torch.no_grad():
+    got = model(input_ids=torch.from_numpy(tokens)).logits.float().numpy()
+  np.testing.assert_allclose(got, run_logits(run_params[2], tokens), atol=0.1, rtol=0)
+
+  args = ["weights", "export", "--run_dir", str(run_dir), "--out", str(out)]
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    cli.main(args)
+  assert cli.main(args + ["--dtype", "float16", "--overwrite", "--max_shard_size", "30KB"]) == 0
+  assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+  check_index(out)
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left

@@ -185,7 +185,8 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike[str], out_dir: str | os.PathL
 
 def export_hf_checkpoint(params_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                          model_type: str | None = None, *, dtype: str | None = None,
-                         max_shard_size: str | int = "5GB", overwrite: bool = False) -> list[str]:
+                         max_shard_size: str | int = "5GB", max_position_embeddings: int | None = None,
+                         overwrite: bool = False) -> list[str]:
   """Write an xbook parameter folder as a Hugging Face checkpoint (xbook.model.hf.writer's layout).
 
   The host holds the parameters, plus one shard of converted tensors while it is written.
@@ -196,6 +197,7 @@ def export_hf_checkpoint(params_dir: str | os.PathLike[str], out_dir: str | os.P
     model_type: one of SUPPORTED_MODEL_TYPES; by default the text architecture the parameters came from.
     dtype: of the written tensors ("bfloat16", "float16", "float32"); default the parameters' own.
     max_shard_size: the most bytes per safetensors file ("5GB", "500MB", or an int).
+    max_position_embeddings: config.json's context; default the imported checkpoint's.
     overwrite: replace a non-empty `out_dir`.
 
   Returns:
@@ -206,6 +208,6 @@ def export_hf_checkpoint(params_dir: str | os.PathLike[str], out_dir: str | os.P
   hf_config = info["hf_config"]
   return write_hf_checkpoint(
       out_dir, config, params, model_type=model_type or hf_model_type, dtype=dtype or config.param_dtype,
-      max_shard_size=max_shard_size, max_position_embeddings=hf_config.get("max_position_embeddings"),
+      max_shard_size=max_shard_size, max_position_embeddings=max_position_embeddings or hf_config.get("max_position_embeddings"),
       token_ids={k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf_config},
       overwrite=overwrite)
