@@ -129,7 +129,10 @@ def _token_ids(vocab: epath.Path, files: dict[str, bytes]) -> dict[str, int | No
     from xbook.data.vocab import load_vocabulary
   except ImportError:  # before xbook.data.vocab.load_vocabulary: SentencePiece vocabularies only
     load_vocabulary = None
-  if load_vocabulary is not None and not vocab.is_dir():
+  if vocab.is_dir():
+    vocab = next((vocab / name for name in ("tokenizer.json", "tekken.json", "tokenizer.model")
+                  if (vocab / name).is_file()), vocab)
+  if load_vocabulary is not None and vocab.is_file():
     vocabulary = load_vocabulary(os.fspath(vocab))
     return {"bos_token_id": vocabulary.bos_id, "eos_token_id": vocabulary.eos_id,
             "pad_token_id": vocabulary.pad_id}

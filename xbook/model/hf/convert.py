@@ -23,19 +23,20 @@ from xbook.model.config import DecoderConfig
 from xbook.model.hf.checkpoint import load_info, load_params, save_params
 from xbook.model.hf.config import config_from_hf, text_config
 from xbook.model.hf.layout import TensorMap, tensor_maps
-from xbook.model.hf.writer import write_hf_checkpoint
+from xbook.model.hf.writer import TOKEN_ID_FIELDS, write_hf_checkpoint
 
 log = logging.getLogger(__name__)
 
 # Buffers some checkpoints carry that the Decoder recomputes.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
-# Stored name prefix -> the text model's (Llama layout) prefix, in multimodal checkpoints. transformers 5
-# saves Mistral3ForConditionalGeneration in the llava layout ("language_model.model.",
-# "language_model.lm_head."); in memory it names them "model.language_model." and "lm_head." (the
-# "llava" rules of transformers/conversion_mapping.py). Both are read.
+# Stored name prefix -> the text model's (Llama layout) prefix, in multimodal checkpoints, first match
+# wins. transformers 5 saves Mistral3ForConditionalGeneration in the llava layout
+# ("language_model.model.", "language_model.lm_head."); in memory it names them "model.language_model."
+# and "lm_head." (the "llava" rules of transformers/conversion_mapping.py); a bare Mistral3Model has
+# "language_model.layers." etc. All are read.
 _LANGUAGE_MODEL_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
-                            ("model.language_model.", "model."))
+                            ("model.language_model.", "model."), ("language_model.", "model."))
 _SKIPPED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
                      "model.multi_modal_projector.")
 
@@ -208,6 +209,6 @@ def export_hf_checkpoint(params_dir: str | os.PathLike[str], out_dir: str | os.P
   hf_config = info["hf_config"]
   return write_hf_checkpoint(
       out_dir, config, params, model_type=model_type or hf_model_type, dtype=dtype or config.param_dtype,
-      max_shard_size=max_shard_size, max_position_embeddings=max_position_embeddings or hf_config.get("max_position_embeddings"),
-      token_ids={k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf_config},
-      overwrite=overwrite)
+      max_shard_size=max_shard_size,
+      max_position_embeddings=max_position_embeddings or hf_config.get("max_position_embeddings"),
+      token_ids={k: hf_config[k] for k in TOKEN_ID_FIELDS if k in hf_config}, overwrite=overwrite)
