@@ -14,7 +14,7 @@ import sentencepiece as spm
 
 from xbook import cli
 from xbook.data import tasks, trajectory, vocab
-from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
+from xbook.data.feature_converter import TrajectoryFeatureConverter, task_bos_id, task_feature_lengths
 from xbook.model.attention_mask import attention_mask
 
 SEQ_LEN = 256
@@ -27,12 +27,13 @@ def _examples(task_name: str, split: str = "train", length_multiple: int = 1, le
              shard_info: seqio.ShardInfo | None = None):
   ds = seqio.get_dataset(task_name, task_feature_lengths=task_feature_lengths(length),
                          dataset_split=split, shuffle=False, num_epochs=1, shard_info=shard_info,
-                         feature_converter=TrajectoryFeatureConverter(length_multiple=length_multiple))
+                         feature_converter=TrajectoryFeatureConverter(bos_id=task_bos_id(task_name),
+                                                                      length_multiple=length_multiple))
   return list(ds.as_numpy_iterator())
 
 
-def _encoded(processor, segments) -> list[int]:
-  return [i for s in segments for i in processor.encode(s.text)]
+def _encoded(vocabulary, segments) -> list[int]:
+  return [i for s in segments for i in vocabulary.encode(s.text)]
 
 
 def _token_keys(examples) -> list[bytes]:
@@ -40,8 +41,9 @@ def _token_keys(examples) -> list[bytes]:
   return [e["decoder_target_tokens"].tobytes() for e in examples]
 
 
-def _check_contract(example, length: int) -> None:
-  """Targets are inputs shifted by one within each sequence, padding has no weight, positions count."""
+def _check_contract(example, length: int, bos_id: int = vocab.PAD_ID) -> None:
+  """Targets are inputs shifted by one within each sequence (BOS first), padding has no weight, positions
+  count. An xbook vocabulary's BOS is its pad id 0."""
   real = example["decoder_segment_ids"] > 0
   assert example["decoder_target_tokens"].shape == (length,)
   assert np.all(np.diff(real.astype(np.int32)) <= 0)  # tokens first, then only padding
@@ -51,7 +53,7 @@ def _check_contract(example, length: int) -> None:
   starts = np.flatnonzero(real & (positions == 0))
   assert starts[0] == 0 and np.all(ids[starts] == np.arange(1, len(starts) + 1))
   inside = np.flatnonzero(real & (positions > 0))
-  assert np.all(inputs[real & (positions == 0)] == 0)
+  assert np.all(inputs[real & (positions == 0)] == bos_id)
   assert np.all(inputs[inside] == targets[inside - 1]) and np.all(ids[inside] == ids[inside - 1])
   assert np.all(positions[inside] == positions[inside - 1] + 1)
 
@@ -89,13 +91,13 @@ def test_plans_first_layout_puts_every_plan_before_any_text(scaffold_records):
 
 
 def test_vocabulary_has_seqio_ids_single_piece_markers_and_round_trips_prose(vocab_path, scaffold_records):
-  processor = vocab.load_processor(vocab_path)
-  assert (processor.pad_id(), processor.eos_id(), processor.unk_id()) == (0, 1, 2)
+  vocabulary = vocab.load_vocabulary(vocab_path)
+  assert (vocabulary.pad_id, vocabulary.eos_id, vocabulary.unk_id, vocabulary.bos_id) == (0, 1, 2, 0)
   for marker in trajectory.ALL_MARKERS:
-    assert len(processor.encode(marker)) == 1, marker
+    assert len(vocabulary.encode(marker)) == 1, marker
   scene_text = scaffold_records[0]["chapters"][1]["scenes"][0]["text"]
   assert "\n" in scene_text
-  assert processor.decode(processor.encode(scene_text)) == scene_text
+  assert vocabulary.decode(vocabulary.encode(scene_text)) == scene_text
 
 
 def test_records_of_other_splits_stay_out(vocab_path, scaffold_records, tmp_path):
@@ -103,8 +105,8 @@ def test_records_of_other_splits_stay_out(vocab_path, scaffold_records, tmp_path
   path = tmp_path / "scaffolds.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in moved), encoding="utf-8")
   tasks.register_task("test_split", "windows", str(path), str(vocab_path))
-  processor = vocab.load_processor(vocab_path)
-  prompt_ids = processor.encode(trajectory.scaffold_to_segments(moved[0])[0].text)
+  vocabulary = vocab.load_vocabulary(vocab_path)
+  prompt_ids = vocabulary.encode(trajectory.scaffold_to_segments(moved[0])[0].text)
   validation = _examples("test_split", split="validation", length=WINDOW_LEN)
   assert validation[0]["decoder_target_tokens"][:len(prompt_ids)].tolist() == prompt_ids
   train_starts = [w["decoder_target_tokens"][:len(prompt_ids)].tolist() for w in _examples("test_split", length=WINDOW_LEN)]
@@ -123,18 +125,18 @@ def test_windows_cover_every_scene_text_once_behind_the_global_plan(vocab_path, 
   table = np.array(trajectory.loss_weight_table(weights))
   tasks.register_task("test_windows", "windows", str(scaffold_file), str(vocab_path), loss_weights=weights)
   examples = _examples("test_windows", length=WINDOW_LEN)
-  processor = vocab.load_processor(vocab_path)
-  previously = processor.encode(trajectory.MARKERS["outline"] + "Previously:")
+  vocabulary = vocab.load_vocabulary(vocab_path)
+  previously = vocabulary.encode(trajectory.MARKERS["outline"] + "Previously:")
   seen = 0
   for record in scaffold_records:
     segments = trajectory.scaffold_to_segments(record)
-    prefix = _encoded(processor, segments[:4])[:3 * WINDOW_LEN // 8]  # the global plan, cut to 3/8
-    prefix_kinds = [trajectory.KIND_ID[s.kind] for s in segments[:4] for _ in processor.encode(s.text)]
+    prefix = _encoded(vocabulary, segments[:4])[:3 * WINDOW_LEN // 8]  # the global plan, cut to 3/8
+    prefix_kinds = [trajectory.KIND_ID[s.kind] for s in segments[:4] for _ in vocabulary.encode(s.text)]
     book = [e for e in examples if e["decoder_target_tokens"][:len(prefix)].tolist() == prefix]
     assert len(book) > 2
     seen += len(book)
     text = np.concatenate([e["decoder_target_tokens"][e["decoder_segment_kinds"] == TEXT] for e in book])
-    assert text.tolist() == _encoded(processor, [s for s in segments if s.kind == "text"]) + [vocab.EOS_ID]
+    assert text.tolist() == _encoded(vocabulary, [s for s in segments if s.kind == "text"]) + [vocab.EOS_ID]
     n_previously = 0
     for i, example in enumerate(book):
       _check_contract(example, WINDOW_LEN)
@@ -155,11 +157,11 @@ def test_windows_cover_every_scene_text_once_behind_the_global_plan(vocab_path, 
 
 def test_repeated_plans_take_the_repeat_weight_and_a_long_global_plan_is_cut(vocab_path, scaffold_records,
                                                                               caplog):
-  processor = vocab.load_processor(vocab_path)
+  vocabulary = vocab.load_vocabulary(vocab_path)
   table = np.array(trajectory.loss_weight_table())
   record = scaffold_records[1]
   with caplog.at_level(logging.WARNING, logger="xbook.data.windows"):
-    windows = tasks.book_examples("windows", processor, length=WINDOW_LEN, repeat_weight=0.5)(record)
+    windows = tasks.book_examples("windows", vocabulary, length=WINDOW_LEN, repeat_weight=0.5)(record)
   assert "global plan is cut by" in caplog.text
   prefix = 3 * WINDOW_LEN // 8
   for i, window in enumerate(windows):
@@ -172,19 +174,19 @@ def test_full_view_is_the_whole_trajectory_and_skips_books_too_long(vocab_path, 
                                                                      scaffold_records, caplog):
   tasks.register_task("test_full", "full", str(scaffold_file), str(vocab_path))
   examples = _examples("test_full", length=FULL_LEN)
-  processor = vocab.load_processor(vocab_path)
+  vocabulary = vocab.load_vocabulary(vocab_path)
   table = np.array(trajectory.loss_weight_table())
   assert len(examples) == len(scaffold_records)
   for example, record in zip(examples, scaffold_records):
     segments = trajectory.scaffold_to_segments(record)
-    ids = _encoded(processor, segments) + [vocab.EOS_ID]
+    ids = _encoded(vocabulary, segments) + [vocab.EOS_ID]
     real = example["decoder_segment_ids"] > 0
     assert example["decoder_target_tokens"][real].tolist() == ids
     np.testing.assert_array_equal(example["decoder_loss_weights"][real],
                                   table[example["decoder_segment_kinds"][real]])
     _check_contract(example, FULL_LEN)
   with caplog.at_level(logging.WARNING, logger="xbook.data.pieces"):
-    assert tasks.book_examples("full", processor, length=WINDOW_LEN)(scaffold_records[0]) == []
+    assert tasks.book_examples("full", vocabulary, length=WINDOW_LEN)(scaffold_records[0]) == []
   assert "skipped book pg46" in caplog.text
 
 
@@ -192,7 +194,7 @@ def test_stages_are_packed_without_attention_across_sequences(vocab_path, scaffo
   length = 1024
   tasks.register_task("test_stages", "stages", str(scaffold_file), str(vocab_path))
   examples = _examples("test_stages", length=length)
-  processor = vocab.load_processor(vocab_path)
+  vocabulary = vocab.load_vocabulary(vocab_path)
   packed = 0
   for example in examples:
     _check_contract(example, length)
@@ -210,10 +212,11 @@ def test_stages_are_packed_without_attention_across_sequences(vocab_path, scaffo
                                                        & (e["decoder_loss_weights"] > 0)] for e in examples])
   learned = learned[learned != vocab.EOS_ID]
   expected = [i for r in scaffold_records
-              for i in _encoded(processor, [s for s in trajectory.scaffold_to_segments(r) if s.kind == "text"])]
+              for i in _encoded(vocabulary, [s for s in trajectory.scaffold_to_segments(r)
+                                             if s.kind == "text"])]
   assert learned.tolist() == expected
   first = examples[0]
-  prompt = processor.encode(trajectory.scaffold_to_segments(scaffold_records[0])[0].text)
+  prompt = vocabulary.encode(trajectory.scaffold_to_segments(scaffold_records[0])[0].text)
   assert first["decoder_target_tokens"][:len(prompt)].tolist() == prompt
   assert np.all(first["decoder_loss_weights"][:len(prompt)] == 0)
   assert first["decoder_segment_kinds"][len(prompt)] == trajectory.KIND_ID["premise"]
@@ -252,24 +255,24 @@ def test_pretrained_tokenizer_writes_markers_as_text_tags(scaffold_records, tmp_
                                  max_sentence_length=1 << 16, minloglevel=2)
   path = tmp_path / "tokenizer.model"
   path.write_bytes(model.getvalue())
-  processor = vocab.load_processor(path)
-  assert vocab.marker_style(processor) == "tags"
-  assert len(processor.encode(trajectory.TAGS["premise"])) > 1
+  vocabulary = vocab.load_vocabulary(path)
+  assert vocabulary.marker_style == "tags" and vocabulary.bos_id == 1
+  assert len(vocabulary.encode(trajectory.TAGS["premise"])) > 1
   scaffolds = tmp_path / "scaffolds.jsonl"
   scaffolds.write_text("".join(json.dumps(r) + "\n" for r in scaffold_records), encoding="utf-8")
   tasks.register_task("test_pretrained", "windows", str(scaffolds), str(path))
   examples = _examples("test_pretrained", length=WINDOW_LEN)
   for example in examples:
-    _check_contract(example, WINDOW_LEN)
+    _check_contract(example, WINDOW_LEN, bos_id=vocabulary.bos_id)
     assert not np.any(example["decoder_target_tokens"][example["decoder_segment_ids"] > 0] == 0)
   first = examples[0]["decoder_target_tokens"]
-  assert processor.decode(first.tolist()).startswith("<prompt>")
-  assert "<premise>" in processor.decode(first.tolist())
-  book_ends = [e for e in examples if processor.eos_id() in e["decoder_target_tokens"]]
+  assert vocabulary.decode(first.tolist()).startswith("<prompt>")
+  assert "<premise>" in vocabulary.decode(first.tolist())
+  book_ends = [e for e in examples if vocabulary.eos_id in e["decoder_target_tokens"]]
   assert len(book_ends) == len(scaffold_records)
   # Generation starts a trajectory the way training laid them out: in text tags for this vocabulary.
   from xbook.infer.generate import prompt_prefix
-  assert prompt_prefix(" A ghost story. ", processor) == "<prompt>A ghost story.\n<premise>"
+  assert prompt_prefix(" A ghost story. ", vocabulary) == "<prompt>A ghost story.\n<premise>"
 
 
 def test_data_inspect_shows_an_example_segment_by_segment(vocab_path, scaffold_file, capsys):
@@ -288,16 +291,16 @@ def test_data_inspect_shows_an_example_segment_by_segment(vocab_path, scaffold_f
 
 
 def test_plans_first_windows_put_their_plans_before_their_text(vocab_path, scaffold_records):
-  processor = vocab.load_processor(vocab_path)
+  vocabulary = vocab.load_vocabulary(vocab_path)
   record = scaffold_records[0]
-  windows = tasks.book_examples("windows", processor, length=WINDOW_LEN, layout="plans_first")(record)
+  windows = tasks.book_examples("windows", vocabulary, length=WINDOW_LEN, layout="plans_first")(record)
   for window in windows:
     kinds = window["segment_kinds"]
     first_text = np.flatnonzero(kinds == TEXT)[0]
     assert np.all(kinds[first_text:] == TEXT)
   text = np.concatenate([w["targets"][w["segment_kinds"] == TEXT] for w in windows])
   segments = trajectory.scaffold_to_segments(record, "plans_first")
-  assert text.tolist() == _encoded(processor, [s for s in segments if s.kind == "text"]) + [vocab.EOS_ID]
+  assert text.tolist() == _encoded(vocabulary, [s for s in segments if s.kind == "text"]) + [vocab.EOS_ID]
 
 
 def test_offline_cache_holds_the_online_examples_in_shards_hosts_split(vocab_path, scaffold_records,
@@ -322,7 +325,8 @@ def test_offline_cache_holds_the_online_examples_in_shards_hosts_split(vocab_pat
   def cached(shard_info=None):
     ds = seqio.get_dataset("test_cached", task_feature_lengths=task_feature_lengths(WINDOW_LEN),
                            dataset_split="train", shuffle=False, num_epochs=1, use_cached=True,
-                           shard_info=shard_info, feature_converter=TrajectoryFeatureConverter())
+                           shard_info=shard_info,
+                           feature_converter=TrajectoryFeatureConverter(bos_id=task_bos_id("test_cached")))
     examples = list(ds.as_numpy_iterator())
     for example in examples:
       _check_contract(example, WINDOW_LEN)

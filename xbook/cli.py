@@ -306,7 +306,8 @@ def _data_inspect(args: argparse.Namespace) -> int:
   vocab_summary = {"path": vocabulary.path, "size": vocabulary.size, "bos_id": vocabulary.bos_id,
                    "eos_id": vocabulary.eos_id, "pad_id": vocabulary.pad_id,
                    "marker_style": vocabulary.marker_style}
-  summary = {"task": args.task, "vocab": vocab_summary, "examples": n_examples, "tokens": n_tokens, "weighted_tokens": weighted,
+  summary = {"task": args.task, "vocab": vocab_summary, "examples": n_examples, "tokens": n_tokens,
+             "weighted_tokens": weighted,
              "features": {k: list(v.shape) + [str(v.dtype)] for k, v in shown.items()},
              "kinds": list(trajectory.SEGMENT_KINDS), "index": args.index,
              "segments": [dataclasses.asdict(span) for span in inspection.example_spans(shown, marker_ids)],

@@ -1,1 +1,2 @@
-"""Trajectories from scaffolds: segment layout, SentencePiece vocabulary, seqio tasks, feature converter."""
+"""Trajectories from scaffolds: segment layout, vocabularies (xbook SentencePiece, tokenizer.json, Tekken),
+seqio tasks, feature converter."""

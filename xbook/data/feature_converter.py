@@ -8,11 +8,12 @@ Task features (per example, unbatched; `task_feature_lengths(n)` gives their len
   positions      int32   [n] position of each token inside its own sequence
 
 Views pack their own examples (the `stages` view does), so the converter only pads; padding gets
-segment id 0, which marks it whatever the pad token id (a pretrained tokenizer's id 0 is <unk>).
+segment id 0, which marks it whatever the padded id (id 0 is a real token for Llama 3 and Qwen).
 
 Model features (each [length] here, [batch, length] once batched):
   decoder_target_tokens  int32    the tokens to predict
-  decoder_input_tokens   int32    targets shifted right (id 0 at the start of every packed sequence)
+  decoder_input_tokens   int32    targets shifted right, the vocabulary's BOS at the start of every
+                                  packed sequence (`bos_id`: task_bos_id reads it from the task)
   decoder_loss_weights   float32  0 on padding, else the segment kind's weight
   decoder_segment_ids    int32    1..k for the k sequences packed into the row, 0 on padding
   decoder_positions      int32    position of each token inside its own sequence
@@ -24,7 +25,7 @@ Model features (each [length] here, [batch, length] once batched):
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import seqio
 import tensorflow as tf
@@ -40,10 +41,23 @@ def task_feature_lengths(length: int) -> dict[str, int]:
   return {name: length for name in TASK_FEATURE_NAMES}
 
 
+def task_bos_id(task_name: str) -> int:
+  """The first input token of a registered trajectory task or mixture: the BOS of its `targets`
+  vocabulary (xbook.data.vocab.SeqioVocabulary.bos_id)."""
+  vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
+  bos_id = getattr(vocabulary, "bos_id", None)
+  if not isinstance(bos_id, int) or bos_id < 0:
+    raise ValueError(f"task {task_name!r}: its targets vocabulary {vocabulary} has no BOS id; register it "
+                     "with xbook.data.tasks.register_task")
+  return bos_id
+
+
 class TrajectoryFeatureConverter(seqio.FeatureConverter):
   """Decoder-only conversion that keeps per-token loss weights and the views' segments/positions.
 
   Args:
+    bos_id: the first input token of every sequence: the vocabulary's BOS (task_bos_id), never assumed
+      (id 0 is <unk> for Mistral and a real token for Llama 3 and Qwen).
     pack: must be False: views that pack (stages) do it themselves, with exact segment ids.
     length_multiple: the model length must be divisible by this (the `sequence` mesh axis size).
   """
@@ -65,11 +79,11 @@ class TrajectoryFeatureConverter(seqio.FeatureConverter):
   }
   PACKING_FEATURE_DTYPES = None  # never packs
 
-  def __init__(self, pack: bool = False, length_multiple: int = 1, **kwargs) -> None:
+  def __init__(self, *, bos_id: int, pack: bool = False, length_multiple: int = 1, **kwargs: Any) -> None:
     if pack:
       raise ValueError("TrajectoryFeatureConverter does not pack: the stages view packs its examples "
                        "itself (use pack=False)")
-    super().__init__(pack=False, **kwargs)
+    super().__init__(pack=False, bos_id=bos_id, **kwargs)
     if length_multiple < 1:
       raise ValueError(f"length_multiple must be >= 1, got {length_multiple}")
     self._length_multiple = length_multiple

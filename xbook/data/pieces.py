@@ -56,11 +56,29 @@ class EncodedSegment:
     return Piece(self.ids, self.segment.kind, scale)
 
 
+def encode_segment(encode: Encode, segment: trajectory.Segment) -> tuple[int, ...]:
+  """The ids of one segment: its marker and the rest encoded apart, then joined.
+
+  Generation feeds the model a prefix that ends with a marker (xbook.infer.generate.prompt_ids, built
+  with this function), and must see the marker's ids as training did. Encoded together, a marker tag
+  and the text after it need not split there: the pre-tokenizer regex of Llama 3, Qwen and Tekken makes
+  `>The` of `<premise>The` one pre-token. An xbook vocabulary's markers are symbols, which split the text
+  anyway (tests/test_vocab.py checks that its ids are those of the whole text).
+  """
+  marker, rest = trajectory.split_marker(segment)
+  return tuple(encode(marker)) + tuple(encode(rest))
+
+
 def encode_book(record: Mapping[str, Any], encode: Encode, eos_id: int, *, layout: str = "interleaved",
                 marker_style: str = "symbols") -> list[EncodedSegment]:
-  """Tokenize every trajectory segment of one scaffold record once; EOS closes the last one."""
+  """Tokenize every trajectory segment of one scaffold record once (encode_segment); EOS, once, closes
+  the last one (the end of the book).
+
+  Each segment is one call of `encode`; the longest are scene texts, which the books segmenter bounds,
+  so a book costs time linear in its length (xbook.data.hf_vocab, "Speed"; tests/test_vocab.py).
+  """
   segments = trajectory.scaffold_to_segments(record, layout, marker_style)
-  encoded = [EncodedSegment(s, tuple(encode(s.text))) for s in segments]
+  encoded = [EncodedSegment(s, encode_segment(encode, s)) for s in segments]
   encoded[-1] = dataclasses.replace(encoded[-1], ids=encoded[-1].ids + (eos_id,))
   return encoded
 

@@ -8,13 +8,15 @@ Views (each a seqio Task over scaffold JSONL; one scaffold record is one book):
   stages   short one-step examples of the plan hierarchy, packed (xbook.data.stages)
 
 Pipeline: ScaffoldDataSource (the records of a split) -> one Python call per book that tokenizes each
-segment once with the SentencePiece processor and builds the view's examples -> examples with the task
-features of xbook.data.pieces (`targets`, `loss_weights`, `segment_kinds`, `segment_ids`, `positions`),
-which xbook.data.feature_converter turns into the decoder example contract.
+segment once with the vocabulary and builds the view's examples -> examples with the task features of
+xbook.data.pieces (`targets`, `loss_weights`, `segment_kinds`, `segment_ids`, `positions`), which
+xbook.data.feature_converter turns into the decoder example contract.
 
-The vocabulary is either an xbook vocabulary (markers are single-token symbols) or a pretrained
-SentencePiece tokenizer such as Llama's or Mistral's (markers are written as plain-text tags, EOS is the
-model's); xbook.data.vocab.marker_style tells them apart.
+The vocabulary (xbook.data.vocab.load_vocabulary) is an xbook SentencePiece vocabulary (markers are
+single-token symbols) or a pretrained model's tokenizer: a SentencePiece tokenizer.model, a Hugging Face
+tokenizer.json or a Mistral tekken.json (markers are written as plain-text tags, EOS is the model's).
+The `targets` feature declares it as `Vocabulary.seqio_vocabulary()`, whose `bos_id` is the first input
+token of every sequence (xbook.data.feature_converter.task_bos_id reads it from there).
 
 Scaffold files are the unit of sharding across hosts (seqio shards file-based sources per host when there
 are at least as many files as hosts).
@@ -24,13 +26,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from xbook.data import pieces, stages, trajectory, vocab, windows
+from xbook.data import pieces, stages, trajectory, windows
+from xbook.data.vocab import Vocabulary, load_vocabulary
 
 SPLITS = ("train", "validation", "test")
 VIEWS = ("full", "windows", "stages")
@@ -70,14 +74,14 @@ class ScaffoldDataSource(seqio.FileDataSource):
 BookExamples = Callable[[Mapping[str, Any]], list[pieces.Example]]
 
 
-def book_examples(view: str, processor: Any, *, length: int, layout: str = "interleaved",
+def book_examples(view: str, vocabulary: Vocabulary, *, length: int, layout: str = "interleaved",
                   loss_weights: Mapping[str, float] | None = None,
                   repeat_weight: float = 0.0) -> BookExamples:
   """A function from one scaffold record to the examples of `view` (in plain Python).
 
   Args:
     view: one of VIEWS.
-    processor: a SentencePiece processor (xbook.data.vocab.load_processor).
+    vocabulary: the vocabulary (xbook.data.vocab.load_vocabulary).
     length: the sequence length.
     layout: trajectory layout (xbook.data.trajectory.LAYOUTS).
     loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS.
@@ -86,16 +90,15 @@ def book_examples(view: str, processor: Any, *, length: int, layout: str = "inte
   if view not in VIEWS:
     raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
   weight_table = trajectory.loss_weight_table(loss_weights)
-  style = vocab.marker_style(processor)
-  eos_id = processor.eos_id()
+  style, eos_id, encode = vocabulary.marker_style, vocabulary.eos_id, vocabulary.encode
 
   def examples(record: Mapping[str, Any]) -> list[pieces.Example]:
-    book = pieces.encode_book(record, processor.encode, eos_id, layout=layout, marker_style=style)
+    book = pieces.encode_book(record, encode, eos_id, layout=layout, marker_style=style)
     if view == "full":
       return pieces.full_examples(book, length=length, weight_table=weight_table,
                                   book_id=record["book"]["id"])
     if view == "windows":
-      return windows.window_examples(record, book, processor.encode, length=length,
+      return windows.window_examples(record, book, encode, length=length,
                                      weight_table=weight_table, layout=layout, marker_style=style,
                                      repeat_weight=repeat_weight)
     return stages.stage_examples(book, eos_id, length=length, weight_table=weight_table)
@@ -116,10 +119,10 @@ def _stacked(examples: list[pieces.Example]) -> list[np.ndarray]:
   return stacked + [lengths]
 
 
-def _view_examples(ds: tf.data.Dataset, view: str, processor: Any, length: int,
+def _view_examples(ds: tf.data.Dataset, view: str, vocabulary: Vocabulary, length: int,
                    view_kwargs: Mapping[str, Any]) -> tf.data.Dataset:
   """Each {"record"} of `ds` becomes the examples of `view` at `length` tokens."""
-  to_examples = book_examples(view, processor, length=length, **view_kwargs)
+  to_examples = book_examples(view, vocabulary, length=length, **view_kwargs)
 
   def run(line: tf.Tensor) -> list[np.ndarray]:
     return _stacked(to_examples(json.loads(line.numpy().decode("utf-8"))))
@@ -136,26 +139,27 @@ def _view_examples(ds: tf.data.Dataset, view: str, processor: Any, length: int,
   return ds.flat_map(split_book)
 
 
-def view_preprocessor(view: str, processor: Any, **view_kwargs) -> Callable[..., tf.data.Dataset]:
+def view_preprocessor(view: str, vocabulary: Vocabulary, **view_kwargs) -> Callable[..., tf.data.Dataset]:
   """A seqio preprocessor turning each {"record"} into the examples of `view` at the task's length."""
 
   def preprocess(ds: tf.data.Dataset, sequence_length: Mapping[str, int] | None) -> tf.data.Dataset:
     if not sequence_length or not sequence_length.get("targets"):
       raise ValueError(f"the {view} view needs a sequence length: pass task_feature_lengths "
                        "(xbook.data.feature_converter.task_feature_lengths) to seqio.get_dataset")
-    return _view_examples(ds, view, processor, sequence_length["targets"], view_kwargs)
+    return _view_examples(ds, view, vocabulary, sequence_length["targets"], view_kwargs)
 
   return preprocess
 
 
-def fixed_length_view_preprocessor(view: str, processor: Any, length: int,
+def fixed_length_view_preprocessor(view: str, vocabulary: Vocabulary, length: int,
                                    **view_kwargs) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
   """Like `view_preprocessor` at a length fixed now, so that it may run before seqio's cache
   placeholder (seqio forbids length-dependent preprocessors there)."""
-  return lambda ds: _view_examples(ds, view, processor, length, view_kwargs)
+  return lambda ds: _view_examples(ds, view, vocabulary, length, view_kwargs)
 
 
-def register_task(name: str, view: str, scaffold_files: str | Sequence[str], vocab_path: str, *,
+def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
+                  vocabulary: str | os.PathLike[str] | Vocabulary, *,
                   layout: str = "interleaved", loss_weights: Mapping[str, float] | None = None,
                   repeat_weight: float = 0.0, cached_length: int | None = None) -> seqio.Task:
   """Register (or re-register) one view of scaffold JSONL files as a seqio Task.
@@ -165,7 +169,8 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str], voc
     view: one of VIEWS.
     scaffold_files: file pattern(s) of scaffold JSONL; each split of the task keeps the records whose
       `split` field matches.
-    vocab_path: SentencePiece model: an xbook vocabulary or a pretrained tokenizer.model.
+    vocabulary: a Vocabulary, or the path of one for xbook.data.vocab.load_vocabulary (an xbook
+      vocabulary, a tokenizer.model, tokenizer.json, tekken.json or a model folder holding one).
     layout: trajectory layout (xbook.data.trajectory.LAYOUTS).
     loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS.
     repeat_weight: windows only: factor on the weight of repeated plans (xbook.data.windows).
@@ -181,31 +186,33 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str], voc
   if layout not in trajectory.LAYOUTS:
     raise ValueError(f"unknown trajectory layout {layout!r}; expected one of {trajectory.LAYOUTS}")
   trajectory.loss_weight_table(loss_weights)  # fail now, not inside tf.data, on an unknown kind
-  processor = vocab.load_processor(vocab_path)
+  if not isinstance(vocabulary, Vocabulary):
+    vocabulary = load_vocabulary(vocabulary)
   passthrough = {name: seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=dtype,
                                      required=False)
                  for name, dtype in _FEATURE_DTYPES.items() if name != "targets"}
   view_kwargs = dict(layout=layout, loss_weights=loss_weights, repeat_weight=repeat_weight)
   if cached_length is None:
-    preprocessors = [view_preprocessor(view, processor, **view_kwargs)]
+    preprocessors = [view_preprocessor(view, vocabulary, **view_kwargs)]
   else:
-    preprocessors = [fixed_length_view_preprocessor(view, processor, cached_length, **view_kwargs),
+    preprocessors = [fixed_length_view_preprocessor(view, vocabulary, cached_length, **view_kwargs),
                      seqio.CacheDatasetPlaceholder(required=True)]
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
       name, source=ScaffoldDataSource(scaffold_files), preprocessors=preprocessors,
-      output_features={"targets": seqio.Feature(seqio.SentencePieceVocabulary(str(vocab_path)),
-                                                add_eos=False, dtype=tf.int32),
+      output_features={"targets": seqio.Feature(vocabulary.seqio_vocabulary(), add_eos=False,
+                                                dtype=tf.int32),
                        **passthrough})
 
 
-def register_mixture(name: str, scaffold_files: str | Sequence[str], vocab_path: str, *,
+def register_mixture(name: str, scaffold_files: str | Sequence[str],
+                     vocabulary: str | os.PathLike[str] | Vocabulary, *,
                      rates: Mapping[str, float] | None = None, **task_kwargs) -> seqio.Mixture:
   """Register the tasks `<name>_<view>` and the seqio Mixture `name` that samples them by `rates`.
 
   Args:
     name: mixture name in `seqio.MixtureRegistry`.
-    scaffold_files, vocab_path: as for register_task.
+    scaffold_files, vocabulary: as for register_task (a path is loaded once, for every task).
     rates: {view: sampling rate}; views left out (or at rate 0) are not mixed. Default: windows 1,
       stages 1, full 1.
     **task_kwargs: layout, loss_weights, repeat_weight for every task.
@@ -214,7 +221,9 @@ def register_mixture(name: str, scaffold_files: str | Sequence[str], vocab_path:
   unknown = sorted(set(rates) - set(VIEWS))
   if unknown:
     raise ValueError(f"mixture rates name unknown views {unknown}; views are {VIEWS}")
-  mixed = [(register_task(f"{name}_{view}", view, scaffold_files, vocab_path, **task_kwargs).name,
+  if not isinstance(vocabulary, Vocabulary):
+    vocabulary = load_vocabulary(vocabulary)
+  mixed = [(register_task(f"{name}_{view}", view, scaffold_files, vocabulary, **task_kwargs).name,
             float(rate)) for view, rate in rates.items() if rate > 0]
   if not mixed:
     raise ValueError(f"mixture {name}: every rate is 0 in {rates}")

@@ -72,6 +72,15 @@ def make_segment(kind: str, body: str, style: str = "symbols", chapter: int | No
   return Segment(kind=kind, text=f"{markers(style)[0][kind]}{body.strip()}\n", chapter=chapter)
 
 
+def split_marker(segment: Segment) -> tuple[str, str]:
+  """(marker, rest) of a segment's text, whichever the marker style."""
+  for style in MARKER_STYLES:
+    marker = markers(style)[0][segment.kind]
+    if segment.text.startswith(marker):
+      return marker, segment.text[len(marker):]
+  raise ValueError(f"a {segment.kind} segment must start with its marker: {segment.text[:40]!r}")
+
+
 def outline_text(chapters: Sequence[Mapping[str, Any]]) -> str:
   """All chapter summaries, one numbered paragraph each."""
   return "\n".join(f"{c['index'] + 1}. {c['title']}: {c['summary']}".strip() for c in chapters)

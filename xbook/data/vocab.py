@@ -1,32 +1,300 @@
-"""SentencePiece vocabulary for trajectories, with the segment markers as user-defined symbols.
+"""Vocabularies: one interface over xbook's SentencePiece model and the tokenizers of pretrained models.
 
-Special ids follow what `seqio.SentencePieceVocabulary` assumes (DESIGN.md, measured facts):
-pad=0, EOS=1, UNK=2, no BOS. Newlines survive tokenization (identity normalization, byte fallback),
-because paragraph breaks are part of the prose the model must learn to write.
+`load_vocabulary(path)` reads any of
+  - an xbook vocabulary (`xbook vocab train`: a SentencePiece `.model` with the segment markers as
+    user-defined symbols; pad 0, EOS 1, UNK 2, no BOS, as `seqio.SentencePieceVocabulary` assumes
+    (DESIGN.md, measured facts); newlines survive (identity normalization, byte fallback), because
+    paragraph breaks are part of the prose the model must learn to write),
+  - a pretrained SentencePiece `tokenizer.model` (Llama 2, older Mistral),
+  - a Hugging Face `tokenizer.json` (Llama 3, Qwen, Mistral's converted repos) with the special tokens
+    named in the files beside it (xbook.data.hf_vocab),
+  - a Mistral `tekken.json` (xbook.data.tekken),
+  - or a folder holding one of them (a Hugging Face model folder: tokenizer.json, else tekken.json, else
+    tokenizer.model),
+as a local path or gs://... (etils.epath), and returns a `Vocabulary`: the ids it can produce (`size`),
+its BOS, EOS, pad and unk ids, the marker style of trajectories written in it, `encode`/`decode`, the
+`seqio.Vocabulary` that tasks declare, and `save`, which copies its files into a run directory.
 
-A pretrained SentencePiece `tokenizer.model` (Llama, Mistral) works too: it has none of the marker
-symbols, so trajectories write the markers as plain-text tags (xbook.data.trajectory.TAGS) and end with
-the model's own EOS id. seqio pads with id 0, which such models reserve for <unk> (never emitted with
-byte fallback), so padding stays unambiguous; the examples mark padding with segment id 0 anyway.
+Pretrained tokenizers hold none of xbook's marker symbols, so trajectories write the markers as plain-text
+tags (xbook.data.trajectory.TAGS) and end a book with the model's own EOS. Padding is marked by segment
+id 0 in the examples, whatever the pad id: id 0 is a real token for Llama 3 and Qwen.
 """
 
 from __future__ import annotations
 
+import abc
+import hashlib
 import io
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
+import seqio
 import sentencepiece as spm
+import tensorflow as tf
 from etils import epath
 
-from xbook.atomic import atomic_open
+from xbook.atomic import atomic_open, is_url
 from xbook.data import trajectory
 
 log = logging.getLogger(__name__)
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+# Files that a folder may hold, in the order load_vocabulary prefers them.
+FOLDER_FILES = ("tokenizer.json", "tekken.json", "tokenizer.model")
+
+
+def find_marker_style(encode: Callable[[str], Sequence[int]], source: str) -> str:
+  """"symbols" when every segment marker encodes to one token (an xbook vocabulary), "tags" when none
+  does (a pretrained tokenizer); an error for a mix."""
+  single = [m for m in trajectory.ALL_MARKERS if len(encode(m)) == 1]
+  if len(single) == len(trajectory.ALL_MARKERS):
+    return "symbols"
+  if single:
+    missing = sorted(set(trajectory.ALL_MARKERS) - set(single))
+    raise ValueError(f"{source}: the vocabulary has some segment markers as single tokens ({single}) but "
+                     f"not {missing}; retrain it with `xbook vocab train`, or use a tokenizer with none "
+                     "of them")
+  return "tags"
+
+
+class Vocabulary(abc.ABC):
+  """A tokenizer with the special ids a trajectory needs (see the subclasses for where each comes from).
+
+  Attributes:
+    path: the file it was loaded from (a `.model`, `tokenizer.json` or `tekken.json`; local or gs://).
+    size: the number of ids the tokenizer can produce (0..size-1). A model may have more embedding rows
+      (padded to a multiple); those are never sampled.
+    bos_id: the first input token of every sequence.
+    eos_id: the token that ends a book.
+    pad_id: the tokenizer's pad token, or None.
+    unk_id: the tokenizer's unknown token, or None.
+    marker_style: "symbols" (every segment marker is one token: an xbook vocabulary) or "tags" (none is:
+      a pretrained tokenizer; xbook.data.trajectory.MARKER_STYLES).
+  """
+
+  def __init__(self, path: str, files: Mapping[str, bytes], *, size: int, bos_id: int, eos_id: int,
+               pad_id: int | None, unk_id: int | None, marker_style: str) -> None:
+    """Sets the attributes (subclasses load their tokenizer first and find the marker style with it).
+
+    Args:
+      path: the loaded file.
+      files: {file name: content} of every file needed to load it again, the loaded file first.
+      size, bos_id, eos_id, pad_id, unk_id, marker_style: the attributes.
+    """
+    self.path, self._files = path, dict(files)
+    self.size, self.bos_id, self.eos_id, self.pad_id, self.unk_id = size, bos_id, eos_id, pad_id, unk_id
+    self.marker_style = marker_style
+    for name, value in (("bos", bos_id), ("eos", eos_id), ("pad", pad_id), ("unk", unk_id)):
+      if value is not None and not 0 <= value < size:
+        raise ValueError(f"{path}: {name} id {value} is outside the {size} ids of the tokenizer")
+    self.fingerprint = hashlib.sha256(b"".join(
+        hashlib.sha256(name.encode() + b"\0" + data).digest() for name, data in sorted(files.items()))
+    ).hexdigest()
+
+  @abc.abstractmethod
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, with no special token added (no BOS, no EOS)."""
+
+  @abc.abstractmethod
+  def decode(self, ids: Sequence[int]) -> str:
+    """The text of `ids` (decode(encode(text)) == text for the text of books)."""
+
+  def marker_ids(self) -> list[int]:
+    """The ids of the segment markers (xbook.data.trajectory.ALL_MARKERS) when they are symbols, else []."""
+    if self.marker_style != "symbols":
+      return []
+    return [self.encode(m)[0] for m in trajectory.ALL_MARKERS]
+
+  def seqio_vocabulary(self) -> SeqioVocabulary:
+    """This vocabulary as the `seqio.Vocabulary` of a task's `targets` feature."""
+    return SeqioVocabulary(self)
+
+  def save(self, dest_dir: str | os.PathLike[str]) -> str:
+    """Copy the files needed to load this vocabulary into `dest_dir` (local or gs://, created if missing).
+
+    Returns:
+      The path to pass to `load_vocabulary` (the copy of the loaded file).
+    """
+    dest = epath.Path(dest_dir)
+    for name, data in self._files.items():
+      with atomic_open(dest / name, "wb") as f:
+        f.write(data)
+    return os.fspath(dest / next(iter(self._files)))
+
+  def __eq__(self, other: Any) -> bool:
+    # Equal when loaded from the same files (by content: a run directory's copy equals its source).
+    return type(self) is type(other) and self.fingerprint == other.fingerprint
+
+  def __hash__(self) -> int:
+    return hash(self.fingerprint)
+
+  def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+    # Pickled (gin deep-copies, Beam workers) as its path and fingerprint: loaded again, once per process.
+    return _restore, (self.path, self.fingerprint)
+
+  def __repr__(self) -> str:
+    return (f"{type(self).__name__}({self.path!r}, size={self.size}, bos={self.bos_id}, eos={self.eos_id}, "
+            f"pad={self.pad_id}, markers={self.marker_style})")
+
+
+class SentencePieceVocab(Vocabulary):
+  """A SentencePiece model: an xbook vocabulary, or a pretrained tokenizer.model (Llama 2, Mistral v1-v3).
+
+  xbook vocabulary (markers are symbols): pad 0, EOS 1, UNK 2 and no BOS. `bos_id` is 0 (the pad id):
+  every xbook run so far was trained with id 0 as the first input, and keeps working.
+  Pretrained (markers are tags): BOS, EOS, pad and unk ids are the model's own; a model without a BOS id
+  starts sequences with its EOS (the token that separates documents in a stream). It must define an EOS.
+  """
+
+  def __init__(self, path: str, data: bytes) -> None:
+    self._processor = processor = spm.SentencePieceProcessor(model_proto=data)
+    style = find_marker_style(self.encode, path)
+    if style == "symbols":
+      ids = (processor.pad_id(), processor.eos_id(), processor.unk_id())
+      if ids != (PAD_ID, EOS_ID, UNK_ID):
+        raise ValueError(f"{path}: expected pad/eos/unk ids {(PAD_ID, EOS_ID, UNK_ID)} of an xbook "
+                         f"vocabulary, got {ids}; retrain it with `xbook vocab train`")
+      bos_id = PAD_ID
+    elif processor.eos_id() < 0:
+      raise ValueError(f"{path}: this tokenizer defines no EOS id; trajectories need one to end a book")
+    else:
+      bos_id = processor.bos_id() if processor.bos_id() >= 0 else processor.eos_id()
+    super().__init__(path, {Path(path).name: data}, size=processor.get_piece_size(), bos_id=bos_id,
+                     eos_id=processor.eos_id(), pad_id=_id_or_none(processor.pad_id()),
+                     unk_id=_id_or_none(processor.unk_id()), marker_style=style)
+
+  def encode(self, text: str) -> list[int]:
+    return self._processor.encode(text)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._processor.decode([int(i) for i in ids])
+
+
+def _id_or_none(i: int) -> int | None:
+  return i if i >= 0 else None  # SentencePiece says -1 for "none"
+
+
+class SeqioVocabulary(seqio.Vocabulary):
+  """A `Vocabulary` as seqio sees it (DESIGN.md lists what seqio needs).
+
+  `bos_id` is the vocabulary's first input (TrajectoryFeatureConverter reads it from here). seqio uses
+  `pad_id` only to count tokens and to blank what follows EOS in `decode_tf`; it is the tokenizer's pad,
+  else its EOS (examples mark padding with segment id 0, not by id). `decode` leaves out BOS, EOS and pad.
+  Picklable and deep-copyable (the wrapped vocabulary pickles as its path and fingerprint); equal to
+  another when they wrap the same files.
+  """
+
+  def __init__(self, vocabulary: Vocabulary) -> None:
+    super().__init__(extra_ids=0)
+    self.vocabulary = vocabulary
+
+  @property
+  def bos_id(self) -> int:
+    return self.vocabulary.bos_id
+
+  @property
+  def eos_id(self) -> int:
+    return self.vocabulary.eos_id
+
+  @property
+  def pad_id(self) -> int:
+    return self.vocabulary.eos_id if self.vocabulary.pad_id is None else self.vocabulary.pad_id
+
+  @property
+  def unk_id(self) -> int | None:
+    return self.vocabulary.unk_id
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.vocabulary.size
+
+  def _encode(self, s: str) -> list[int]:
+    return self.vocabulary.encode(s)
+
+  def _decode(self, ids: Iterable[int]) -> str:
+    v = self.vocabulary
+    special = {v.bos_id, v.eos_id, v.pad_id} - {None}
+    return v.decode([int(i) for i in ids if int(i) not in special])
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    """A scalar string to int32 ids [n]."""
+    ids = tf.py_function(lambda text: np.asarray(self._encode(text.numpy().decode("utf-8")), np.int32),
+                         [s], Tout=tf.int32)
+    ids.set_shape([None])
+    return ids
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    """Ids [..., n] to strings [...]."""
+
+    def decode(batch: tf.Tensor) -> np.ndarray:
+      array = batch.numpy()
+      rows = array.reshape(-1, array.shape[-1]) if array.ndim else array.reshape(1, 1)
+      texts = [self._decode(row.tolist()).encode("utf-8") for row in rows]
+      return np.array(texts, dtype=object).reshape(array.shape[:-1])
+
+    text = tf.py_function(decode, [ids], Tout=tf.string)
+    text.set_shape(ids.shape[:-1])
+    return text
+
+  def __eq__(self, other: Any) -> bool:
+    return isinstance(other, SeqioVocabulary) and self.vocabulary == other.vocabulary
+
+  def __hash__(self) -> int:
+    return hash(self.vocabulary)
+
+  def __str__(self) -> str:
+    return f"SeqioVocabulary({self.vocabulary!r})"
+
+
+def _resolve(path: str | os.PathLike[str]) -> epath.Path:
+  """The vocabulary file named by `path` (a file, or a folder holding one of FOLDER_FILES)."""
+  if not is_url(path):
+    path = Path(path).resolve()
+  path = epath.Path(path)
+  if path.is_dir():
+    for name in FOLDER_FILES:
+      if (path / name).is_file():
+        return path / name
+    raise FileNotFoundError(f"{path} holds none of {', '.join(FOLDER_FILES)}: pass a vocabulary file, or "
+                            "a Hugging Face model folder with its tokenizer files")
+  if not path.is_file():
+    raise FileNotFoundError(f"vocabulary not found: {path} (train one with `xbook vocab train`, or pass a "
+                            "model's tokenizer.json, tekken.json or tokenizer.model)")
+  return path
+
+
+# Vocabularies loaded in this process, by (path, fingerprint), so that unpickling one loads it only once.
+_LOADED: dict[tuple[str, str], Vocabulary] = {}
+
+
+def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
+  """Load the vocabulary at `path` (module docstring: which files, local or gs://)."""
+  file = _resolve(path)
+  data = file.read_bytes()
+  if file.name.endswith(".model"):
+    vocabulary: Vocabulary = SentencePieceVocab(os.fspath(file), data)
+  elif file.name.endswith(".json"):
+    from xbook.data import hf_vocab  # imports tokenizers, which only pretrained vocabularies need
+    vocabulary = hf_vocab.load_json(file, data)
+  else:
+    raise ValueError(f"{file}: not a vocabulary file; expected a SentencePiece .model, a tokenizer.json "
+                     "or a tekken.json")
+  _LOADED[(vocabulary.path, vocabulary.fingerprint)] = vocabulary
+  return vocabulary
+
+
+def _restore(path: str, fingerprint: str) -> Vocabulary:
+  """The vocabulary at `path` as it was pickled (an error if its files changed since)."""
+  if (path, fingerprint) not in _LOADED:
+    vocabulary = load_vocabulary(path)
+    if vocabulary.fingerprint != fingerprint:
+      raise ValueError(f"the vocabulary files at {path} changed since this vocabulary was pickled; "
+                       "rebuild the task (or restart the job) with the current files")
+  return _LOADED[(path, fingerprint)]
 
 
 def training_sentences(records: Iterable[Mapping[str, Any]], layout: str = "interleaved"
@@ -42,7 +310,10 @@ def training_sentences(records: Iterable[Mapping[str, Any]], layout: str = "inte
 def train_vocab(records: Iterable[Mapping[str, Any]], out_path: str | os.PathLike[str], *,
                 vocab_size: int = 8000, model_type: str = "unigram",
                 max_sentences: int = 2_000_000, seed_sentencepiece_size: int = 200_000) -> Path:
-  """Train a SentencePiece model on scaffold records and write it atomically to `out_path`.
+  """Train a SentencePiece model on the scaffold records of split "train"; write it atomically to `out_path`.
+
+  Records of other splits (validation, test) are left out, so that held-out books do not shape the
+  vocabulary.
 
   Args:
     records: scaffold records (schema `xbook.scaffold/1`); plans and human text are both used.
@@ -57,13 +328,18 @@ def train_vocab(records: Iterable[Mapping[str, Any]], out_path: str | os.PathLik
   """
   if model_type not in ("unigram", "bpe"):
     raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
-  sentences = list(training_sentences(records))
+  records = list(records)
+  train = [r for r in records if r.get("split", "train") == "train"]
+  if len(train) < len(records):
+    log.info("vocabulary: left out %d records of other splits than train", len(records) - len(train))
+  sentences = list(training_sentences(train))
   if not sentences:
-    raise ValueError("no text to train a vocabulary on: the scaffold records are empty")
+    raise ValueError(f"no text to train a vocabulary on: none of the {len(records)} scaffold records is "
+                     "of split train")
   out_path = Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
-  log.info("training a %s SentencePiece vocabulary of %d pieces on %d paragraphs",
-           model_type, vocab_size, len(sentences))
+  log.info("training a %s SentencePiece vocabulary of %d pieces on %d paragraphs of %d books",
+           model_type, vocab_size, len(sentences), len(train))
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(sentences), model_writer=model,
@@ -80,36 +356,3 @@ def train_vocab(records: Iterable[Mapping[str, Any]], out_path: str | os.PathLik
     f.write(model.getvalue())
   log.info("wrote vocabulary %s", out_path)
   return out_path
-
-
-def marker_style(processor: spm.SentencePieceProcessor) -> str:
-  """The marker style of a vocabulary: "symbols" when it holds every segment marker as a piece (trained
-  by xbook), "tags" when it holds none of them (a pretrained tokenizer)."""
-  known = [m for m in trajectory.ALL_MARKERS if processor.piece_to_id(m) != processor.unk_id()]
-  if len(known) == len(trajectory.ALL_MARKERS):
-    return "symbols"
-  if known:
-    missing = sorted(set(trajectory.ALL_MARKERS) - set(known))
-    raise ValueError(f"vocabulary has some segment markers as pieces ({known}) but not {missing}; "
-                     "retrain it with `xbook vocab train`, or use a tokenizer with none of them")
-  return "tags"
-
-
-def load_processor(path: str | os.PathLike[str]) -> spm.SentencePieceProcessor:
-  """Load a SentencePiece model: an xbook vocabulary (checked for seqio's special ids) or a pretrained
-  tokenizer without the marker symbols (checked for an EOS id and for id 0 being no ordinary piece)."""
-  path = epath.Path(path)  # a local file or gs://bucket/...
-  if not path.is_file():
-    raise FileNotFoundError(f"SentencePiece model not found: {path} (train one with `xbook vocab train`)")
-  processor = spm.SentencePieceProcessor(model_proto=path.read_bytes())
-  if marker_style(processor) == "symbols":
-    if (processor.pad_id(), processor.eos_id(), processor.unk_id()) != (PAD_ID, EOS_ID, UNK_ID):
-      raise ValueError(f"{path}: expected pad/eos/unk ids {(PAD_ID, EOS_ID, UNK_ID)} as seqio assumes, "
-                       f"got {(processor.pad_id(), processor.eos_id(), processor.unk_id())}")
-    return processor
-  if processor.eos_id() < 0:
-    raise ValueError(f"{path}: this tokenizer defines no EOS id; trajectories need one to end a book")
-  if not (processor.is_unknown(PAD_ID) or processor.is_control(PAD_ID)):
-    raise ValueError(f"{path}: id {PAD_ID} is the ordinary piece {processor.id_to_piece(PAD_ID)!r}, but "
-                     "seqio pads with id 0; use a tokenizer whose id 0 is <unk> or <pad>")
-  return processor

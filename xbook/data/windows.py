@@ -28,7 +28,7 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from xbook.data import trajectory
-from xbook.data.pieces import Encode, EncodedSegment, Example, Piece, assemble, total_length
+from xbook.data.pieces import Encode, EncodedSegment, Example, Piece, assemble, encode_segment, total_length
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class _WindowPlanner:
       self._previously_cache[chapter] = []
       for first in range(chapter):
         body = "Previously:\n" + trajectory.outline_text(self.record["chapters"][first:chapter])
-        ids = tuple(self.encode(trajectory.make_segment("outline", body, self.marker_style).text))
+        ids = encode_segment(self.encode, trajectory.make_segment("outline", body, self.marker_style))
         if len(ids) <= room:
           self._previously_cache[chapter] = [Piece(ids, "outline", self.repeat_weight)]
           break

@@ -2,6 +2,12 @@
 
 This decoder recomputes the whole (fixed-length, padded) window for every new token: simple and exact,
 fine for short passages on small models. A KV cache and hierarchical book generation build on it.
+
+A run's vocabulary is any that xbook.data.vocab.load_vocabulary reads (an xbook SentencePiece model, a
+pretrained tokenizer.model, tokenizer.json or tekken.json). Generation feeds it as training did: the
+prefix is encoded segment by segment (prompt_ids, with xbook.data.pieces.encode_segment), the first
+input is the vocabulary's BOS, sampling stops at its EOS, and embedding rows beyond the tokenizer's
+`size` (a padded embedding) are never sampled.
 """
 
 from __future__ import annotations
@@ -16,11 +22,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import sentencepiece as spm
 from etils import epath
 
-from xbook.data import trajectory
-from xbook.data.vocab import load_processor, marker_style
+from xbook.atomic import is_url
+from xbook.data import pieces, trajectory
+from xbook.data.vocab import Vocabulary, load_vocabulary
 from xbook.model import Decoder, DecoderConfig
 from xbook.train.checkpoints import RunCheckpoints
 
@@ -33,18 +39,35 @@ class LoadedRun:
 
   model: Decoder
   params: dict
-  processor: spm.SentencePieceProcessor
+  vocabulary: Vocabulary
   step: int
+
+  @property
+  def processor(self) -> Vocabulary:
+    """Deprecated name of `vocabulary` (tests/test_train.py still reads it)."""
+    return self.vocabulary
+
+
+def _vocab_path(run_dir: epath.Path, recorded: str) -> str:
+  """The vocabulary path recorded in model.json; a relative one is inside the run directory."""
+  if is_url(recorded) or Path(recorded).is_absolute():
+    return recorded
+  return str(run_dir / recorded)
 
 
 def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
-  """Restore the parameters of `run_dir` (its latest checkpoint unless `step` is given)."""
+  """Restore the parameters of `run_dir` (its latest checkpoint unless `step` is given) and load the
+  vocabulary its model.json names (`vocab_path`; relative to the run directory unless absolute)."""
   run_dir = epath.Path(run_dir)  # a local folder or gs://bucket/...
   info_path = run_dir / "model.json"
   if not info_path.is_file():
     raise FileNotFoundError(f"{info_path} not found: is {run_dir} a run directory made by `xbook train`?")
   info = json.loads(info_path.read_text(encoding="utf-8"))
   config = DecoderConfig(**info["model"])
+  vocabulary = load_vocabulary(_vocab_path(run_dir, info["vocab_path"]))
+  if vocabulary.size > config.vocab_size:
+    raise ValueError(f"{info_path}: the vocabulary {vocabulary.path} has {vocabulary.size} ids but the "
+                     f"model only {config.vocab_size} embedding rows; is vocab_path the run's vocabulary?")
   model = Decoder(config)
   checkpoints = RunCheckpoints(str(run_dir))
   step = step if step is not None else checkpoints.latest_step()
@@ -59,14 +82,24 @@ def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
   params = checkpoints.restore(step, abstract)["params"]
   checkpoints.close()
   log.info("loaded %s at step %d", run_dir, step)
-  return LoadedRun(model=model, params=params, processor=load_processor(info["vocab_path"]), step=step)
+  return LoadedRun(model=model, params=params, vocabulary=vocabulary, step=step)
 
 
-def prompt_prefix(prompt: str, processor: spm.SentencePieceProcessor) -> str:
-  """The start of a trajectory for a user's request: the prompt segment, then the premise marker, in
-  the vocabulary's marker style (symbols for an xbook vocabulary, text tags for a pretrained one)."""
-  markers, _ = trajectory.markers(marker_style(processor))
-  return f"{markers['prompt']}{prompt.strip()}\n{markers['premise']}"
+def prompt_prefix(prompt: str, vocabulary: Vocabulary) -> str:
+  """The text of the start of a trajectory for a user's request: the prompt segment, then the premise
+  marker, in the vocabulary's marker style (symbols for an xbook vocabulary, text tags for a pretrained
+  one). Its ids are prompt_ids'."""
+  markers, _ = trajectory.markers(vocabulary.marker_style)
+  return f"{trajectory.make_segment('prompt', prompt, vocabulary.marker_style).text}{markers['premise']}"
+
+
+def prompt_ids(prompt: str, vocabulary: Vocabulary) -> list[int]:
+  """The ids of prompt_prefix(prompt), encoded as training encodes a trajectory: the prompt segment
+  (xbook.data.pieces.encode_segment), then the premise marker on its own."""
+  style = vocabulary.marker_style
+  segment = trajectory.make_segment("prompt", prompt, style)
+  return [*pieces.encode_segment(vocabulary.encode, segment),
+          *vocabulary.encode(trajectory.markers(style)[0]["premise"])]
 
 
 # The sampling window is padded to a multiple of this many tokens, so that requests of similar length
@@ -75,35 +108,40 @@ WINDOW_MULTIPLE = 128
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _next_logits(model: Decoder, params: dict, tokens: jax.Array, length: jax.Array) -> jax.Array:
-  """Logits `[vocab]` of the token at position `length` of `tokens` `[1, window]` (later ones ignored)."""
-  # Input at position i is the token before it; BOS (0) starts the sequence.
-  inputs = jnp.concatenate([jnp.zeros((1, 1), jnp.int32), tokens[:, :-1]], axis=1)
+def _next_logits(model: Decoder, params: dict, tokens: jax.Array, length: jax.Array, bos_id: jax.Array,
+                 size: jax.Array) -> jax.Array:
+  """Logits `[vocab]` of the token at position `length` of `tokens` `[1, window]` (later ones ignored),
+  -inf for the ids at or beyond the tokenizer's `size` (embedding rows no token has)."""
+  # Input at position i is the token before it; the vocabulary's BOS starts the sequence.
+  inputs = jnp.concatenate([jnp.full((1, 1), bos_id, jnp.int32), tokens[:, :-1]], axis=1)
   positions = jnp.arange(tokens.shape[1])[None]
   segment_ids = (positions <= length).astype(jnp.int32)
-  logits = model.apply({"params": params}, inputs, segment_ids, positions)
-  return logits[0, length]
+  logits = model.apply({"params": params}, inputs, segment_ids, positions)[0, length]
+  return jnp.where(jnp.arange(logits.shape[-1]) < size, logits, -jnp.inf)
 
 
 def sample_tokens(run: LoadedRun, prefix_ids: list[int], *, max_new_tokens: int,
                   temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> list[int]:
-  """Continue `prefix_ids` by up to `max_new_tokens` tokens; stops at EOS. temperature 0 is greedy."""
+  """Continue `prefix_ids` by up to `max_new_tokens` tokens; stops at the vocabulary's EOS. temperature 0
+  is greedy. Only ids below the vocabulary's `size` are sampled."""
   total = len(prefix_ids) + max_new_tokens
   window = -(-total // WINDOW_MULTIPLE) * WINDOW_MULTIPLE
   buffer = np.zeros((1, window), np.int32)
   buffer[0, :len(prefix_ids)] = prefix_ids
 
   rng = jax.random.key(seed)
+  vocabulary = run.vocabulary
   generated: list[int] = []
   for length in range(len(prefix_ids), total):
-    logits = _next_logits(run.model, run.params, jnp.asarray(buffer), length)
+    logits = _next_logits(run.model, run.params, jnp.asarray(buffer), length, vocabulary.bos_id,
+                          vocabulary.size)
     if temperature <= 0:
       token = int(jnp.argmax(logits))
     else:
       rng, sub = jax.random.split(rng)
       top_values, top_ids = jax.lax.top_k(logits / temperature, min(top_k, logits.shape[-1]))
       token = int(top_ids[jax.random.categorical(sub, top_values)])
-    if token == run.processor.eos_id():
+    if token == vocabulary.eos_id:
       break
     buffer[0, length] = token
     generated.append(token)
@@ -113,7 +151,6 @@ def sample_tokens(run: LoadedRun, prefix_ids: list[int], *, max_new_tokens: int,
 def generate_passage(run: LoadedRun, prompt: str, *, max_new_tokens: int = 128,
                      temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
   """Text the model writes after a user's prompt (markers included, so the plan levels show)."""
-  prefix = prompt_prefix(prompt, run.processor)
-  ids = sample_tokens(run, run.processor.encode(prefix), max_new_tokens=max_new_tokens,
+  ids = sample_tokens(run, prompt_ids(prompt, run.vocabulary), max_new_tokens=max_new_tokens,
                       temperature=temperature, top_k=top_k, seed=seed)
-  return run.processor.decode(ids)
+  return run.vocabulary.decode(ids)

@@ -4,8 +4,11 @@ Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`.
 
 From chat to trajectory: an xbook model is not a chat model; it continues trajectories. The contents of
 a request's messages (any role, in order) are joined by blank lines into the `prompt` segment, and the
-model writes what follows the premise marker (`generate.prompt_prefix`): so its answer is the plan a
-writer would start from. A joined prompt longer than `max_prompt_tokens` tokens keeps its first ones.
+model writes what follows the premise marker (`generate.prompt_ids`, encoded as training encoded
+trajectories): so its answer is the plan a writer would start from. A joined prompt longer than
+`max_prompt_tokens` tokens keeps its first ones. The run's vocabulary may be any that xbook reads (xbook
+SentencePiece, tokenizer.model, tokenizer.json, tekken.json): the first input is its BOS, answers stop at
+its EOS, and ids beyond the tokenizer's size (padded embedding rows) are never sampled.
 
 Sampling: `max_tokens` or `max_completion_tokens` (at most the server's `max_tokens`), `temperature` (0 is greedy; default 1 as
 in the OpenAI API), `seed` (default 0), top-k 40. `usage` counts the tokens of the trajectory prefix and
@@ -32,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from xbook.infer.generate import WINDOW_MULTIPLE, LoadedRun, load_run, prompt_prefix, sample_tokens
+from xbook.infer.generate import WINDOW_MULTIPLE, LoadedRun, load_run, prompt_ids, sample_tokens
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +69,12 @@ class ChatModel:
       raise RequestError(400, "messages: expected a non-empty list of {role, content} objects with "
                               "string content")
     prompt = "\n\n".join(m["content"].strip() for m in messages)
-    processor = self.run.processor
-    overhead = len(processor.encode(prompt_prefix("", processor)))
-    prompt_ids = processor.encode(prompt)
-    if len(prompt_ids) + overhead > self.max_prompt_tokens:
-      prompt = processor.decode(prompt_ids[:max(1, self.max_prompt_tokens - overhead)])
-    return processor.encode(prompt_prefix(prompt, processor))
+    vocabulary = self.run.vocabulary
+    overhead = len(prompt_ids("", vocabulary))
+    body = vocabulary.encode(prompt)
+    if len(body) + overhead > self.max_prompt_tokens:
+      prompt = vocabulary.decode(body[:max(1, self.max_prompt_tokens - overhead)])
+    return prompt_ids(prompt, vocabulary)
 
   def complete(self, request: Any) -> dict[str, Any]:
     """The chat-completions answer to a decoded request body."""
@@ -98,7 +101,7 @@ class ChatModel:
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": self.name,
         "choices": [{"index": 0, "message": {"role": "assistant",
-                                             "content": self.run.processor.decode(generated)},
+                                             "content": self.run.vocabulary.decode(generated)},
                      "finish_reason": "length" if len(generated) == max_tokens else "stop"}],
         "usage": {"prompt_tokens": len(ids), "completion_tokens": len(generated),
                   "total_tokens": len(ids) + len(generated)}}

@@ -16,7 +16,7 @@ import numpy as np
 import seqio
 
 from xbook.data import zigzag
-from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
+from xbook.data.feature_converter import TrajectoryFeatureConverter, task_bos_id, task_feature_lengths
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
   """Deterministic batches of `task_name`, skipping the `start_batch` batches already consumed.
 
   With `shuffle` the order depends only on `seed`; without it windows come in book order. Either way a
-  resumed run sees exactly the batches an uninterrupted run would have seen.
+  resumed run sees exactly the batches an uninterrupted run would have seen. Every sequence's first
+  input token is the BOS of the task's vocabulary.
 
   Args:
     sequence_shards: size of the `sequence` mesh axis; `seq_len` must be a multiple of it (of twice
@@ -49,7 +50,8 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
       task_name, task_feature_lengths=task_feature_lengths(seq_len),
       dataset_split=split, shuffle=shuffle, num_epochs=None if repeat else 1, shard_info=shard_info,
       seed=seed, use_cached=use_cached,
-      feature_converter=TrajectoryFeatureConverter(pack=False, length_multiple=length_multiple))
+      feature_converter=TrajectoryFeatureConverter(bos_id=task_bos_id(task_name), pack=False,
+                                                   length_multiple=length_multiple))
   ds = ds.batch(global_batch_size // num_hosts, drop_remainder=repeat)
   if start_batch:
     log.info("input pipeline: skipping %d batches already consumed", start_batch)
