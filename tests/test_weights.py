@@ -240,6 +240,18 @@ def check_ministral_import(model, hf_dir, out_dir, tokens) -> None:
   assert np.abs(xbook_logits(out_dir, tokens, query_scale_beta=0.0) - expected).max() > 1e-2
 
 
+def test_ministral3_config_round_trips_and_other_architectures_refuse_query_scaling():
+  config = config_from_hf({**MINISTRAL, "model_type": "ministral3"})
+  assert (config.rope_attention_factor, config.query_scale_beta, config.query_scale_period) == (1.0, 0.1, 4)
+  assert config_from_hf(config_to_hf(config, "ministral3")) == config
+  with pytest.raises(ValueError, match="only ministral3 scales queries by position"):
+    config_to_hf(config, "mistral")
+  standard_yarn = dataclasses.replace(config, query_scale_beta=0.0, query_scale_period=8192,
+                                      rope_attention_factor=1.5)
+  assert config_to_hf(standard_yarn, "llama")["rope_parameters"]["attention_factor"] == 1.5
+  assert config_from_hf(config_to_hf(standard_yarn, "llama")) == standard_yarn
+
+
 def test_ministral3_text_model_imports_and_exports(tmp_path, tokens):
   model = tiny_model("ministral3", **MINISTRAL)
   assert type(model).__name__ == "Ministral3ForCausalLM"
@@ -251,6 +263,7 @@ def test_ministral3_text_model_imports_and_exports(tmp_path, tokens):
       tmp_path / "export", torch_dtype=torch.float32).eval()
   assert type(exported).__name__ == "Ministral3ForCausalLM"
   assert exported.config.rope_parameters["llama_4_scaling_beta"] == 0.1
+  assert exported.config.llama_4_scaling == {"beta": 0.1, "original_max_position_embeddings": 4}
   assert exported.config.max_position_embeddings == 16
   np.testing.assert_allclose(hf_logits(exported, tokens), hf_logits(model, tokens), atol=1e-4, rtol=0)
 

@@ -270,4 +270,10 @@ def config_to_hf(config: DecoderConfig, model_type: str = "llama") -> dict[str, 
   else:
     config_json.update(use_sliding_window=False, sliding_window=None,
                        max_window_layers=config.n_layers)
+  if config.query_scale_beta:
+    # transformers reads rope_parameters.llama_4_scaling_beta (above). vLLM's Mistral model is reported
+    # to read this top-level form instead (model_executor/models/mistral.py; vLLM does not install here,
+    # so unverified); transformers keeps it as an inert attribute.
+    config_json["llama_4_scaling"] = {"beta": config.query_scale_beta,
+                                      "original_max_position_embeddings": config.query_scale_period}
   return config_json
