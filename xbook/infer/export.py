@@ -14,7 +14,8 @@ copies the run's tokenizer files beside them:
 
 Token ids (config.json, generation_config.json) are the vocabulary's: `xbook.data.vocab.load_vocabulary`
 when it exists (its `bos_id` is the first input the run was trained with), else those of the
-SentencePiece model. xbook vocabularies have no BOS of their own; training starts every input with id 0
+SentencePiece model. The files are copied here rather than with `Vocabulary.save`, which keeps the names
+xbook loads (`vocab.model`), not the ones transformers looks for (`tokenizer.model`). xbook vocabularies have no BOS of their own; training starts every input with id 0
 (the pad piece), so that is the exported BOS, and the written tokenizer_config.json adds it.
 """
 
