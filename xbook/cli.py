@@ -329,10 +329,20 @@ def _data_inspect(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- weights
 def _weights_import(args: argparse.Namespace) -> int:
+  from xbook.data import vocab
   from xbook.model.hf import import_hf_checkpoint
   config = import_hf_checkpoint(args.hf, args.out)
+  # The model's own tokenizer goes beside its weights, so that `train.vocab_path` and
+  # `train.init_from` can name the same folder.
+  try:
+    vocabulary = vocab.load_vocabulary(args.hf)
+  except FileNotFoundError:
+    tokenizer = "no tokenizer files found (pass train.vocab_path yourself)"
+  else:
+    tokenizer = (f"tokenizer {Path(vocabulary.save(args.out)).name}: {vocabulary.size} ids, "
+                 f"BOS {vocabulary.bos_id}, EOS {vocabulary.eos_id}")
   print(f"imported {args.hf} -> {args.out}: {config.n_layers} layers, d_model {config.d_model}, "
-        f"{config.num_params() / 1e6:.1f}M parameters")
+        f"{config.num_params() / 1e6:.1f}M parameters; {tokenizer}")
   return 0
 
 

@@ -2,7 +2,8 @@
 
 `train()` is the gin entry point (`xbook train --gin_file=...`). A run directory holds
   config.gin        the operative gin config
-  model.json        the DecoderConfig and vocabulary path (what `xbook generate` needs)
+  model.json        the DecoderConfig, the vocabulary (relative path) and where the parameters started
+  vocab/            a copy of the vocabulary's files, so that the run directory is self-contained
   metrics.jsonl     one record per step
   tensorboard/      TensorBoard events
   checkpoints/      Orbax checkpoints; a rerun with the same run_dir resumes from the latest
@@ -18,7 +19,6 @@ import statistics
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
@@ -32,8 +32,8 @@ import seqio
 from etils import epath
 from tqdm import tqdm
 
-from xbook.atomic import atomic_open, is_url
-from xbook.data import tasks, trajectory
+from xbook.atomic import atomic_open
+from xbook.data import tasks, trajectory, vocab
 from xbook.model import Decoder, DecoderConfig
 from xbook.train import flops, partitioning, warm_start
 from xbook.train.checkpoints import RunCheckpoints
@@ -300,14 +300,15 @@ def _pad_batch(batch: Mapping[str, Any], size: int) -> dict[str, Any]:
   return {k: np.pad(v, [(0, size - rows)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
 
 
-def write_run_info(run_dir: epath.Path, model_config: DecoderConfig, vocab_path: str,
+def write_run_info(run_dir: epath.Path, model_config: DecoderConfig, vocabulary: vocab.Vocabulary,
                    started_from: Mapping[str, Any] | None = None) -> None:
-  """model.json (what inference needs, and where the run's parameters started from: None for random
-  init, else xbook.train.warm_start.InitSource.describe()) and config.gin (the operative gin config),
-  atomically."""
-  vocab = vocab_path if is_url(vocab_path) else str(Path(vocab_path).resolve())
-  info = {"model": dataclasses.asdict(model_config), "vocab_path": vocab,
-          "started_from": dict(started_from) if started_from else None}
+  """The run's vocabulary files (copied into `vocab/`), model.json (what inference needs: the model,
+  the vocabulary's path relative to the run directory and the path it was copied from, and where the
+  parameters started: None for random init, else xbook.train.warm_start.InitSource.describe()) and
+  config.gin (the operative gin config), each written atomically."""
+  copy = epath.Path(vocabulary.save(run_dir / "vocab"))
+  info = {"model": dataclasses.asdict(model_config), "vocab_path": f"vocab/{copy.name}",
+          "vocab_source": vocabulary.path, "started_from": dict(started_from) if started_from else None}
   for name, text in (("model.json", json.dumps(info, indent=2)), ("config.gin", gin.operative_config_str())):
     with atomic_open(run_dir / name) as f:
       f.write(text)
@@ -331,7 +332,9 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   Args:
     run_dir: run directory (created if missing; resumed from its latest checkpoint if any).
     scaffold_files: scaffold JSONL file(s) or glob pattern(s); records of split "train" are used.
-    vocab_path: SentencePiece model from `xbook vocab train`.
+    vocab_path: the vocabulary (xbook.data.vocab.load_vocabulary): an xbook SentencePiece model from
+      `xbook vocab train`, or a pretrained model's tokenizer.json, tekken.json or tokenizer.model, or a
+      folder holding one (e.g. the folder `xbook weights import` wrote). Copied into the run directory.
     model_config: the decoder's shape (its vocab_size must cover the vocabulary).
     steps: total optimizer steps of the run (not steps of this invocation).
     batch_size: global batch, in windows of `seq_len` tokens.
@@ -378,10 +381,14 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   view_kwargs = dict(layout=trajectory_layout, loss_weights=loss_weights, repeat_weight=repeat_weight)
   if view_rates and cache_dir:
     raise ValueError("train.cache_dir caches the windows view only; unset train.view_rates")
+  vocabulary = vocab.load_vocabulary(vocab_path)
+  if vocabulary.size > model_config.vocab_size:
+    raise ValueError(f"vocabulary {vocabulary.path} has {vocabulary.size} ids but model_config.vocab_size "
+                     f"is {model_config.vocab_size}; set DecoderConfig.vocab_size >= {vocabulary.size}")
   if view_rates:
-    task = tasks.register_mixture(task_name, scaffold_files, vocab_path, rates=view_rates, **view_kwargs)
+    task = tasks.register_mixture(task_name, scaffold_files, vocabulary, rates=view_rates, **view_kwargs)
   else:
-    task = tasks.register_task(task_name, "windows", scaffold_files, vocab_path,
+    task = tasks.register_task(task_name, "windows", scaffold_files, vocabulary,
                                cached_length=seq_len if cache_dir else None, **view_kwargs)
   if cache_dir:
     seqio.add_global_cache_dirs([cache_dir])
@@ -389,10 +396,6 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       raise FileNotFoundError(f"no completed cache of task {task_name!r} in {cache_dir}: build it with "
                               f"`xbook data cache --task {task_name} --seq_len {seq_len} --out {cache_dir}`")
     log.info("reading the examples of %s from its offline cache %s", task_name, task.cache_dir)
-  vocab_size = task.output_features["targets"].vocabulary.vocab_size
-  if vocab_size > model_config.vocab_size:
-    raise ValueError(f"vocabulary {vocab_path} has {vocab_size} pieces but model_config.vocab_size is "
-                     f"{model_config.vocab_size}; set DecoderConfig.vocab_size >= {vocab_size}")
   checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints, keep_every=keep_every)
   restored = checkpoints.restore_latest(trainer.abstract_state.params, trainer.abstract_state.opt_state)
   if restored is None and init_from:
@@ -414,7 +417,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     state = TrainState(step=jnp.asarray(start, jnp.int32), params=restored["params"],
                        opt_state=restored["opt_state"])
   if jax.process_index() == 0:
-    write_run_info(run_path, model_config, vocab_path, started_from)
+    write_run_info(run_path, model_config, vocabulary, started_from)
 
   batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
                                seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"],
