@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from xbook.figures import synthetic_batch
 from xbook.infer import generate_passage, load_run, sample_tokens
-from xbook.infer.generate import prompt_prefix
+from xbook.infer.generate import prompt_ids
 from xbook.model import DecoderConfig
 from xbook.scaffold import write_scaffolds
 from xbook.train import trainer as trainer_lib
@@ -235,14 +235,14 @@ def test_a_restarted_run_continues_exactly_like_an_uninterrupted_one(tmp_path, s
 def test_greedy_generation_matches_an_unpadded_forward_pass(trained_run):
   run = load_run(trained_run)
   assert run.step == 12
-  prefix = run.processor.encode(prompt_prefix("Write a novel about a man who meets a ghost.",
-                                              run.processor))
+  prefix = prompt_ids("Write a novel about a man who meets a ghost.", run.vocabulary)
   greedy = sample_tokens(run, prefix, max_new_tokens=8, temperature=0.0)
   assert 0 < len(greedy) <= 8
   tokens = prefix + greedy
   for k in range(len(greedy)):  # token k is the argmax after prefix + greedy[:k], computed without padding
     seen = jnp.asarray([tokens[:len(prefix) + k]])
-    inputs = jnp.concatenate([jnp.zeros((1, 1), jnp.int32), seen], axis=1)  # BOS, then what was seen
+    bos = jnp.full((1, 1), run.vocabulary.bos_id, jnp.int32)
+    inputs = jnp.concatenate([bos, seen], axis=1)  # BOS, then what was seen
     positions = jnp.arange(inputs.shape[1])[None]
     logits = run.model.apply({"params": run.params}, inputs, jnp.ones_like(inputs), positions)
     assert int(jnp.argmax(logits[0, -1])) == greedy[k]

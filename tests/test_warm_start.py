@@ -72,7 +72,7 @@ def test_a_warm_started_run_begins_with_the_source_parameters(source_run, tmp_pa
   assert first["loss"] == pytest.approx(expected, rel=1e-5)
   assert first["loss"] < source_losses[0] - 0.5 and first["loss"] < math.log(MODEL.vocab_size) - 0.5
   info = json.loads((tmp_path / "model.json").read_text())
-  assert info["started_from"] == {"path": str(source_run), "kind": "run", "step": 8}
+  assert info["started_from"] == {"path": str(source_run), "kind": "run", "step": 8, "hf_model_type": None}
   assert info["model"]["scan_layers"] is False
 
 

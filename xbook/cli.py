@@ -411,6 +411,19 @@ def _generate(args: argparse.Namespace) -> int:
   return 0
 
 
+def _write(args: argparse.Namespace) -> int:
+  from xbook.infer.writer import write_book
+  book = write_book(args.run_dir, args.prompt, args.out, seed=args.seed, step=args.step)
+  words = sum(len(t.split()) for c in book["chapters"] for t in c["texts"])
+  summary = {"markdown": book["markdown"], "json": book["json"], "chapters": len(book["chapters"]),
+             "scenes": sum(len(c["texts"]) for c in book["chapters"]), "words": words,
+             "tokens": sum(s["tokens"] for s in book["stages"])}
+  print(json.dumps(summary) if args.json else
+        f"wrote {summary['chapters']} chapters, {summary['scenes']} scenes, {words:,} words "
+        f"({summary['tokens']:,} tokens): {book['markdown']} and {book['json']}")
+  return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
   from xbook.infer.serve import serve
   serve(args.run_dir, host=args.host, port=args.port, step=args.step, name=args.model_name,
@@ -645,6 +658,21 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--top_k", type=int, default=40)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", action="store_true")
+
+  p = _add(commands, "write", "Write a whole book from a prompt with a trained run, stage by stage (premise, "
+           "synopsis, outline, then per chapter its scene plans and scene texts), each stage's context built "
+           "as training built its windows, so a book may be longer than the context. Writes book.md, "
+           "book.json (every stage, its sampling, tokens and timings) and a journal: rerun the same command "
+           "after a kill to continue the same book. Sampling and budgets: WriteConfig in gin.",
+           'xbook write --run_dir runs/demo --prompt "Write a ghost story set at Christmas." --out book/ --seed 7\n'
+           'xbook write --run_dir runs/demo --prompt "..." --out book/ --gin.WriteConfig.text_temperature=0.6',
+           _write, gin_modules=("xbook.infer.writer",))
+  p.add_argument("--run_dir", required=True)
+  p.add_argument("--prompt", required=True, help="what book to write (the trajectory's prompt)")
+  p.add_argument("--out", required=True, help="output folder (book.md, book.json, journal.jsonl)")
+  p.add_argument("--seed", type=int, default=0, help="the book's seed (each stage derives its own)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
   p = _add(commands, "serve", "Serve a trained run over an OpenAI-compatible HTTP API (POST /v1/chat/completions, "
            "GET /v1/models, GET /health); the chat messages become the trajectory's prompt, encoded in the "

@@ -25,8 +25,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -34,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from xbook.atomic import is_url
+from xbook.infer.generate import run_seq_len, run_vocab_path
 from xbook.model import Decoder, DecoderConfig
 from xbook.model.hf import (DTYPES, check_out_dir, default_max_position, default_model_type,
                             write_hf_checkpoint)
@@ -62,13 +60,6 @@ def _read_run_info(run_dir: epath.Path) -> dict[str, Any]:
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory made by `xbook train`?")
   return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _vocab_path(run_dir: epath.Path, recorded: str) -> epath.Path:
-  """model.json's vocab_path; a relative one is inside the run directory."""
-  if is_url(recorded) or Path(recorded).is_absolute():
-    return epath.Path(recorded)
-  return run_dir / recorded
 
 
 def _restore_params(run_dir: epath.Path, config: DecoderConfig, step: int | None, dtype: str
@@ -154,15 +145,6 @@ def _sentencepiece_tokenizer_config(data: bytes) -> bytes:
   return (json.dumps(config, indent=2) + "\n").encode()
 
 
-def _trained_length(run_dir: epath.Path) -> int | None:
-  """`train.seq_len` of the run's operative gin config (config.gin), if it names one."""
-  path = run_dir / "config.gin"
-  if not path.is_file():
-    return None
-  match = re.search(r"^train\.seq_len\s*=\s*(\d+)\s*$", path.read_text(encoding="utf-8"), re.MULTILINE)
-  return int(match.group(1)) if match else None
-
-
 def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, step: int | None = None,
                dtype: str = "bfloat16", model_type: str | None = None, max_shard_size: str | int = "5GB",
                max_position_embeddings: int | None = None, overwrite: bool = False) -> RunExport:
@@ -173,8 +155,9 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     out_dir: the new local folder (absent or empty, unless `overwrite`).
     step: the checkpoint to export; default the latest.
     dtype: of the written tensors: "bfloat16" (default), "float16" or "float32".
-    model_type: the architecture written (xbook.model.hf.SUPPORTED_MODEL_TYPES); default
-      `default_model_type` of the run's DecoderConfig.
+    model_type: the architecture written (xbook.model.hf.SUPPORTED_MODEL_TYPES); default the one the
+      run's weights were imported from (model.json's `started_from`), else `default_model_type` of
+      the run's DecoderConfig.
     max_shard_size: the most bytes per safetensors file ("5GB", "500MB", ...).
     max_position_embeddings: config.json's context; default the scaled RoPE's context (yarn, llama3),
       else the run's training length (`train.seq_len` in its config.gin).
@@ -191,13 +174,15 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
   run = epath.Path(run_dir)
   info = _read_run_info(run)
   config = DecoderConfig(**info["model"])
-  model_type = model_type or default_model_type(config)
-  vocab = _vocab_path(run, info["vocab_path"])
+  # The architecture the run's weights were imported from, when it was warm-started from imported weights.
+  model_type = (model_type or (info.get("started_from") or {}).get("hf_model_type")
+                or default_model_type(config))
+  vocab = run_vocab_path(run, info["vocab_path"])
   files = _tokenizer_files(vocab)
   if "tokenizer.model" in files and not {"tokenizer.json", "tokenizer_config.json"} & files.keys():
     files["tokenizer_config.json"] = _sentencepiece_tokenizer_config(files["tokenizer.model"])
   token_ids = _token_ids(vocab, files)
-  length = max_position_embeddings or default_max_position(config) or _trained_length(run)
+  length = max_position_embeddings or default_max_position(config) or run_seq_len(run, info)
   params, step = _restore_params(run, config, step, dtype)
   log.info("exporting %s step %d as %s (%s)", run, step, model_type, dtype)
   written = write_hf_checkpoint(out_dir, config, params, model_type=model_type, dtype=dtype,

@@ -16,7 +16,9 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 from pathlib import Path
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -42,17 +44,27 @@ class LoadedRun:
   vocabulary: Vocabulary
   step: int
 
-  @property
-  def processor(self) -> Vocabulary:
-    """Deprecated name of `vocabulary` (tests/test_train.py still reads it)."""
-    return self.vocabulary
 
-
-def _vocab_path(run_dir: epath.Path, recorded: str) -> str:
-  """The vocabulary path recorded in model.json; a relative one is inside the run directory."""
+def run_vocab_path(run_dir: epath.Path, recorded: str) -> epath.Path:
+  """The vocabulary path recorded in a run's model.json; a relative one is inside the run directory."""
   if is_url(recorded) or Path(recorded).is_absolute():
-    return recorded
-  return str(run_dir / recorded)
+    return epath.Path(recorded)
+  return epath.Path(run_dir) / recorded
+
+
+def run_seq_len(run_dir: str | Path, info: Mapping[str, Any] | None = None) -> int | None:
+  """The sequence length a run trained at: model.json's `seq_len`, else (runs written before it was
+  recorded) `train.seq_len` in its config.gin; None if neither says."""
+  run_dir = epath.Path(run_dir)
+  if info is None:
+    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+  if info.get("seq_len"):
+    return int(info["seq_len"])
+  path = run_dir / "config.gin"
+  if not path.is_file():
+    return None
+  match = re.search(r"^train\.seq_len\s*=\s*(\d+)\s*$", path.read_text(encoding="utf-8"), re.MULTILINE)
+  return int(match.group(1)) if match else None
 
 
 def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
@@ -64,7 +76,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
     raise FileNotFoundError(f"{info_path} not found: is {run_dir} a run directory made by `xbook train`?")
   info = json.loads(info_path.read_text(encoding="utf-8"))
   config = DecoderConfig(**info["model"])
-  vocabulary = load_vocabulary(_vocab_path(run_dir, info["vocab_path"]))
+  vocabulary = load_vocabulary(run_vocab_path(run_dir, info["vocab_path"]))
   if vocabulary.size > config.vocab_size:
     raise ValueError(f"{info_path}: the vocabulary {vocabulary.path} has {vocabulary.size} ids but the "
                      f"model only {config.vocab_size} embedding rows; is vocab_path the run's vocabulary?")

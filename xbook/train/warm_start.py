@@ -52,6 +52,8 @@ class InitSource:
     step: the checkpoint step of a run; None for imported weights.
     params_dir: the Orbax checkpoint directory of the parameter tree.
     config: the DecoderConfig the parameters were saved with.
+    hf_model_type: the Hugging Face architecture the weights were imported from (for a run, the one
+      its own warm start recorded), so that an export writes the same one; None if unknown.
   """
 
   path: str
@@ -59,10 +61,11 @@ class InitSource:
   step: int | None
   params_dir: str
   config: DecoderConfig
+  hf_model_type: str | None = None
 
   def describe(self) -> dict[str, Any]:
     """What the run records about where it started from (JSON)."""
-    return {"path": self.path, "kind": self.kind, "step": self.step}
+    return {"path": self.path, "kind": self.kind, "step": self.step, "hf_model_type": self.hf_model_type}
 
 
 def find_source(init_from: str, step: int | None = None) -> InitSource:
@@ -90,7 +93,7 @@ def find_source(init_from: str, step: int | None = None) -> InitSource:
     if step is not None:
       raise ValueError(f"train.init_from_step={step}, but {init_from} holds imported weights "
                        "(one set of parameters, no steps); unset train.init_from_step")
-    return InitSource(str(root), "imported", None, str(root / "params"), config)
+    return InitSource(str(root), "imported", None, str(root / "params"), config, info.get("hf_model_type"))
   checkpoints = root / "checkpoints"
   steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) \
       if checkpoints.is_dir() else []
@@ -101,7 +104,8 @@ def find_source(init_from: str, step: int | None = None) -> InitSource:
     step = steps[-1]
   elif step not in steps:
     raise FileNotFoundError(f"train.init_from_step={step}: {init_from} has checkpoints of steps {steps}")
-  return InitSource(str(root), "run", step, str(checkpoints / str(step) / "params"), config)
+  return InitSource(str(root), "run", step, str(checkpoints / str(step) / "params"), config,
+                    (info.get("started_from") or {}).get("hf_model_type"))
 
 
 def config_differences(source: DecoderConfig, target: DecoderConfig) -> dict[str, tuple[Any, Any]]:
