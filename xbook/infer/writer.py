@@ -229,9 +229,9 @@ class BookWriter:
   def _segment(self, kind: str, body: str) -> list[int]:
     key = (kind, body)
     if key not in self._encoded:
-      self._encoded[key] = list(encode_segment(self.vocabulary.encode,
-                                               trajectory.make_segment(kind, body, self.style)))
-    return self._encoded[key]
+      self._encoded[key] = tuple(encode_segment(self.vocabulary.encode,
+                                                trajectory.make_segment(kind, body, self.style)))
+    return list(self._encoded[key])
 
   def _open(self, kind: str) -> list[int]:
     """The ids of `kind`'s marker alone: the context ends with it, and the model writes the body."""
@@ -266,7 +266,7 @@ class BookWriter:
       return (head + self._open(kind))[-budget:]
     head += self._previously(book, chapter, self.context_len // 2 - len(head))
     entry = book["chapters"][chapter]
-    plans = self._segment("chapter_plan", f"{entry['title']}\n{entry['summary']}")
+    plans = list(self._segment("chapter_plan", f"{entry['title']}\n{entry['summary']}"))
     for plan in entry.get("scene_plans", []):
       plans += self._segment("scene_plan", plan)
     texts = [self._segment("text", t) for t in entry.get("texts", [])[:scene]]
@@ -290,7 +290,7 @@ class BookWriter:
       entry = {"stage": name, "kind": kind, "text": result.text.strip(), "attempts": attempt + 1,
                "context_tokens": len(ids), "tokens": len(result.token_ids),
                "finish_reason": result.finish_reason, "seconds": round(result.seconds, 3),
-               "sampling": dataclasses.asdict(sampling), "problems": []}
+               "sampling": {**dataclasses.asdict(sampling), "stop": list(sampling.stop)}, "problems": []}
       if not found:
         journal.append(entry)
         return entry

@@ -1,0 +1,175 @@
+"""`xbook write`: a whole book from a prompt, stage by stage, resumable to the same book after a kill.
+
+The run is a tiny model trained for a few steps on real scaffolds: it writes nonsense, but the book is
+complete (every chapter of its outline, every scene of its scene plans) and its stages are recorded.
+The context rules and the re-asking of malformed plans are checked with a scripted completer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gin
+import pytest
+
+from xbook.data import trajectory, vocab
+from xbook.infer import writer as writer_lib
+from xbook.model import DecoderConfig
+from xbook.train import trainer as trainer_lib
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                      mlp_dim=128)
+SEQ_LEN = 256
+# Small budgets and at most 2 chapters of 2 scenes: a complete book in a few seconds on the CPU.
+SMALL = ["WriteConfig.premise_tokens = 12", "WriteConfig.synopsis_tokens = 16",
+         "WriteConfig.outline_tokens = 24", "WriteConfig.scene_plans_tokens = 16",
+         "WriteConfig.text_tokens = 24", "WriteConfig.max_chapters = 2", "WriteConfig.max_scenes = 2",
+         "WriteConfig.retries = 1"]
+PROMPT = "Write a novel about a miser who is visited by three ghosts on Christmas Eve."
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, scaffold_file, vocab_path):
+  run = tmp_path_factory.mktemp("run")
+  gin.clear_config()
+  gin.parse_config(["MeshConfig.data = 2", "MeshConfig.fsdp = 2", "MeshConfig.sequence = 1",
+                    "MeshConfig.tensor = 2", "OptimizerConfig.learning_rate = 3e-3",
+                    "OptimizerConfig.warmup_steps = 1"])
+  try:
+    trainer_lib.train(str(run), scaffold_files=str(scaffold_file), vocab_path=str(vocab_path),
+                      model_config=MODEL, steps=4, batch_size=8, seq_len=SEQ_LEN, checkpoint_every=4)
+  finally:
+    gin.clear_config()
+  return run
+
+
+def _config(**changes) -> writer_lib.WriteConfig:
+  gin.clear_config()
+  gin.parse_config(SMALL)
+  try:
+    return writer_lib.WriteConfig(**changes)
+  finally:
+    gin.clear_config()
+
+
+def test_a_run_writes_a_complete_book(run_dir, tmp_path):
+  book = writer_lib.write_book(str(run_dir), PROMPT, tmp_path / "book", seed=7, config=_config())
+  assert 1 <= len(book["chapters"]) <= 2
+  for chapter in book["chapters"]:
+    assert 1 <= len(chapter["scene_plans"]) <= 2 and len(chapter["texts"]) == len(chapter["scene_plans"])
+  names = [s["stage"] for s in book["stages"]]
+  assert names[:3] == ["premise", "synopsis", "outline"]
+  assert len(names) == 3 + sum(1 + len(c["texts"]) for c in book["chapters"])
+  for stage in book["stages"]:
+    assert stage["tokens"] <= stage["sampling"]["max_tokens"]
+    assert stage["context_tokens"] + stage["sampling"]["max_tokens"] <= SEQ_LEN  # the trained length
+    assert stage["finish_reason"] in ("stop", "length") and stage["seconds"] >= 0
+  saved = json.loads((tmp_path / "book" / "book.json").read_text())
+  assert saved["stages"] == book["stages"] and saved["seed"] == 7
+  markdown = (tmp_path / "book" / "book.md").read_text()
+  assert markdown.startswith(f"# {PROMPT}") and markdown.count("\n## Chapter ") == len(book["chapters"])
+
+
+def _xbook_write(run_dir, out, *extra) -> subprocess.Popen:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  args = [sys.executable, "-m", "xbook.cli", "write", "--run_dir", str(run_dir), "--prompt", PROMPT,
+          "--out", str(out), "--seed", "3", *[f"--gin.{b.replace(' ', '')}" for b in SMALL], *extra]
+  return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def test_a_killed_write_continues_to_the_same_book(run_dir, tmp_path):
+  straight = _xbook_write(run_dir, tmp_path / "straight")
+  _, err = straight.communicate(timeout=600)
+  assert straight.returncode == 0, err[-3000:]
+  killed = _xbook_write(run_dir, tmp_path / "killed")
+  journal = tmp_path / "killed" / writer_lib.JOURNAL
+  deadline = time.monotonic() + 600
+  while killed.poll() is None and time.monotonic() < deadline:  # kill after the outline, mid-book
+    if journal.is_file() and len(journal.read_text().splitlines()) >= 5:
+      killed.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.05)
+  killed.wait(timeout=60)
+  assert killed.returncode == -signal.SIGKILL, "the write ended before it could be killed"
+  assert not (tmp_path / "killed" / "book.json").exists()
+  resumed = _xbook_write(run_dir, tmp_path / "killed", "--json")
+  out, err = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, err[-3000:]
+  summary = json.loads(out.strip().splitlines()[-1])
+  assert summary["chapters"] >= 1
+  want = json.loads((tmp_path / "straight" / "book.json").read_text())
+  got = json.loads((tmp_path / "killed" / "book.json").read_text())
+  assert [(s["stage"], s["text"]) for s in got["stages"]] == [(s["stage"], s["text"]) for s in want["stages"]]
+  assert got["chapters"] == want["chapters"]
+  # Another book in the same folder is refused, naming what differs.
+  other = _xbook_write(run_dir, tmp_path / "killed", "--gin.WriteConfig.text_temperature=0.1")
+  _, err = other.communicate(timeout=600)
+  assert other.returncode != 0 and "belongs to another write (config differ)" in err
+
+
+class Scripted:
+  """A completer that answers each stage from a script by the kind whose marker ends its context,
+  recording every call."""
+
+  def __init__(self, vocabulary, answers):
+    self.markers = {tuple(vocabulary.encode(trajectory.MARKERS[k])): k for k in trajectory.SEGMENT_KINDS}
+    self.answers = answers
+    self.calls = []
+
+  def __call__(self, ids, sampling, stop_ids, stop_strings):
+    kind = next(k for tail, k in self.markers.items() if tuple(ids[-len(tail):]) == tail)
+    self.calls.append((kind, ids, sampling))
+    text = self.answers[kind].pop(0) if isinstance(self.answers[kind], list) else self.answers[kind]
+    return writer_lib.StageResult(text=text, token_ids=list(range(min(len(text), sampling.max_tokens))),
+                                  finish_reason="stop", seconds=0.0)
+
+
+def _scripted_writer(vocab_path, tmp_path, answers, context_len=512, **config):
+  vocabulary = vocab.load_vocabulary(vocab_path)
+  completer = Scripted(vocabulary, answers)
+  return writer_lib.BookWriter(vocabulary, completer, _config(**config), context_len, tmp_path), completer
+
+
+def test_malformed_plans_are_sampled_again_then_reported(vocab_path, tmp_path):
+  outline_bad, outline_good = "no numbered chapters here", "1. Fog: a town.\n2. Bells: a night."
+  writer, completer = _scripted_writer(vocab_path, tmp_path, {
+      "premise": "A miser.", "synopsis": "He changes.", "outline": [outline_bad, outline_good],
+      "scene_plan": "At home.<|scene_plan|>In the street.<|scene_plan|>At the grave.",
+      "text": "It was cold."})
+  book = writer.write(PROMPT, seed=1, header={})
+  outline = next(s for s in book["stages"] if s["stage"] == "outline")
+  assert outline["attempts"] == 2 and outline["problems"] == []
+  seeds = [s.seed for k, _, s in completer.calls if k == "outline"]
+  assert len(seeds) == 2 and seeds[0] != seeds[1]
+  # Three scene plans, more than max_scenes=2 twice over: kept, reported, cut to two.
+  plans = next(s for s in book["stages"] if s["stage"] == "chapter/1/scene_plans")
+  assert plans["attempts"] == 2 and "more than WriteConfig.max_scenes=2" in plans["problems"][0]
+  assert book["chapters"][0]["scene_plans"] == ["At home.", "In the street."]
+  assert [c["title"] for c in book["chapters"]] == ["Fog", "Bells"]
+
+
+def test_stage_contexts_are_built_like_training_windows(vocab_path, tmp_path):
+  long_text = "The fog came down. " * 60
+  writer, completer = _scripted_writer(vocab_path, tmp_path, {
+      "premise": "A miser.", "synopsis": "He changes.", "outline": "1. Fog: a town.\n2. Bells: a night.",
+      "scene_plan": "One.<|scene_plan|>Two.", "text": long_text}, context_len=384)
+  writer.write(PROMPT, seed=1, header={})
+  vocabulary = writer.vocabulary
+  for kind, ids, sampling in completer.calls:
+    assert ids[0] == vocabulary.bos_id and len(ids) + sampling.max_tokens <= 384
+    assert ids[-1] == vocabulary.encode(trajectory.MARKERS[kind])[0]
+  texts = [(ids, s) for k, ids, s in completer.calls if k == "text"]
+  decoded = [vocabulary.decode(ids) for ids, _ in texts]
+  assert "Previously:" not in decoded[0] and "Previously:\n1. Fog: a town." in decoded[2]
+  # Scene 2 sees the chapter's plans, and scene 1's text whole or (when it does not fit) not at all.
+  assert decoded[1].count("Two.") == 1 and decoded[1].endswith("<|text|>")
+  assert decoded[1].count("The fog came down.") in (0, 60)
+  assert decoded[0].count("The fog came down.") == 0
