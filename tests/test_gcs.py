@@ -298,7 +298,9 @@ def test_a_gs_run_writes_its_run_directory_and_resumes_like_a_local_run(gcs, com
   assert any(n.startswith("runs/tiny/checkpoints/4/params/") for n in objects), sorted(objects)
 
   info = json.loads(epath.Path(run, "model.json").read_text())
-  assert info["model"]["d_model"] == MODEL.d_model and info["vocab_path"] == str(Path(vocab_path).resolve())
+  assert info["model"]["d_model"] == MODEL.d_model and info["vocab_path"] == "vocab/vocab.model"
+  assert info["vocab_source"] == str(Path(vocab_path).resolve())
+  assert objects.get("runs/tiny/vocab/vocab.model", 0) == Path(vocab_path).stat().st_size  # self-contained
   assert "MeshConfig.tensor = 2" in epath.Path(run, "config.gin").read_text()
   assert _tensorboard_steps(f"{run}/tensorboard", "loss") == [1, 2, 3, 4]
   # Both sessions' records survive the whole-object rewrites, and the resumed session's losses are
