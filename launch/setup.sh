@@ -15,7 +15,21 @@ runtime_hash="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum 
 test_hash="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-test.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 up_to_date() { [[ -f "$VENV/.xbook-setup-$1" && "$(cat "$VENV/.xbook-setup-$1")" == "$2" ]]; }
 
+# The report screenshot test (tests/test_eval.py) drives the system Chromium; install it with apt when
+# it is missing and apt is there (as root, or with passwordless sudo). Without it that test is skipped.
+install_chromium() {
+  command -v chromedriver >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || return 0
+  [[ -f "$VENV/.xbook-chromium-tried" ]] && return 0  # tried once already (see its log); not every run
+  local sudo=""; [[ "$(id -u)" == 0 ]] || { sudo -n true 2>/dev/null && sudo="sudo -n" || return 0; }
+  echo "[setup] installing chromium and chromium-driver with apt-get (for the report screenshot test)"
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver; } \
+    >/tmp/xbook-setup-apt.log 2>&1 || echo "[setup] warning: apt-get install chromium failed (see /tmp/xbook-setup-apt.log)" >&2
+  mkdir -p "$VENV" && touch "$VENV/.xbook-chromium-tried"
+}
+
 if [[ "${1:-}" == "--test" ]]; then
+  install_chromium
   requirements="$ROOT/requirements-test.txt"
   up_to_date test "$test_hash" && { echo "[setup] $VENV is up to date (nothing to do)"; exit 0; }
 else
