@@ -25,6 +25,7 @@ from xbook.books import (Book, BookError, FetchError, Fetcher, clean_gutenberg, 
                          split_for_author)
 from xbook.books.chapters import segment_chapters
 from xbook.books.io import read_books
+from xbook.books.prose import ProseOptions, clean_prose, unwrap_paragraph, wrap_width
 from xbook.books.scenes import paragraphs_and_breaks, split_scenes
 from xbook.books.splits import normalise_author
 from xbook.books.types import text_sha256
@@ -295,9 +296,10 @@ def test_load_book_fallback_flag(corpus_dir, tmp_path):
 def test_scenes_tile_chapters_within_bounds(books, cleaned):
   for name, book in books.items():
     units = segment_chapters(cleaned[name][0]).units
+    width = wrap_width(cleaned[name][0])
     assert len(units) == len(book.chapters), name
     for chapter, unit in zip(book.chapters, units):
-      paragraphs = paragraphs_and_breaks(unit.text)[0]
+      paragraphs = paragraphs_and_breaks(clean_prose(unit.text, width))[0]
       assert chapter.text.split("\n\n") == paragraphs, (name, chapter.title)
       assert [s.index for s in chapter.scenes] == list(range(len(chapter.scenes)))
       if chapter.n_words < SCENE_MIN:

@@ -22,6 +22,8 @@ How it works:
    stand alone (a lost first heading); a run lying inside one unit of a longer run of another shape
    is a set of sub-parts and stays body text.
 5. Parent headings count only where units follow them, numbered from the first.
+   Prose before the first heading that is not under a front-matter heading (an unheaded prologue,
+   a frame narrative) is a unit of kind prologue; the rest of the front is dropped and counted.
 6. Without numbered units, short upper-case lines after a wide gap ("STORY OF THE DOOR") are tried
    as title-only headings; without any, the text is cut by length at paragraph boundaries.
 """
@@ -85,6 +87,14 @@ _MIN_TITLED_WORDS = 200
 _MAX_TITLED_WORDS_IN_HEADING = 12
 _MIN_TITLED_BLANK_LINES = 2
 _QUOTES = "\"'“‘"
+# An unheaded prologue needs this many words; a front-matter line at most this many.
+_MIN_PROLOGUE_WORDS = 150
+_MAX_FRONT_LINE_WORDS = 12
+_FRONT_HEADING = re.compile(
+    r"^\W*(?:PREFACE|Preface|INTRODUCTION|Introduction|FOREWORD|Foreword|DEDICATION|Dedication|"
+    r"CONTENTS|Contents|ILLUSTRATIONS|Illustrations|LIST OF|List of|ADVERTISEMENT|Advertisement|"
+    r"PREFATORY|Prefatory|(?:THE )?(?:AUTHOR|EDITOR|TRANSLATOR|TRANSCRIBER)|"
+    r"(?:The )?(?:Author|Editor|Translator|Transcriber)|NOTE|Note)\b")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,10 +116,18 @@ class Unit:
 
 @dataclasses.dataclass(frozen=True)
 class Segmentation:
-  """The units of a book, and whether they were cut by length for want of headings."""
+  """The units of a book, and whether they were cut by length for want of headings.
+
+  Attributes:
+    units: the units in reading order.
+    by_length: no usable headings were found; the units were cut by length.
+    front_matter_words: words before the first unit (or its parent heading) left out as front
+      matter (title page, contents, preface, dedication); an unheaded prologue is a unit instead.
+  """
 
   units: tuple[Unit, ...]
   by_length: bool
+  front_matter_words: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,8 +208,42 @@ def segment_chapters(text: str, length_target_words: int = 4000,
                         by_length=True)
   extras = _extra_units([h for h in candidates if h.role == "extra"], units, candidates, paragraphs)
   headed = sorted(units + extras, key=lambda h: h.paragraph)
-  return Segmentation(_assemble(lines, paragraphs, headed, _valid_parents(parents, headed, paragraphs)),
-                      by_length=False)
+  valid_parents = _valid_parents(parents, headed, paragraphs)
+  assembled = _assemble(lines, paragraphs, headed, valid_parents)
+  first = min(h.paragraph for h in headed + valid_parents)
+  prologue = _unheaded_prologue(lines, paragraphs[:first])
+  front_words = sum(p.n_words for p in paragraphs[:first])
+  if prologue is not None:
+    front_words -= len(prologue.text.split())
+    assembled = (prologue,) + assembled
+  return Segmentation(assembled, by_length=False, front_matter_words=front_words)
+
+
+def _unheaded_prologue(lines: list[str], front: list[_Paragraph]) -> Unit | None:
+  """Story text before the first heading, as a unit of kind prologue, or None.
+
+  The front of a book is read backwards from the first heading: the run of paragraphs after its last
+  short one-line paragraph (a title, "CONTENTS", "PREFACE", a dedication's heading) is a prologue
+  when it holds at least `_MIN_PROLOGUE_WORDS` words, most of them in paragraphs of several lines
+  (prose, not a title page or a list), and the line above it is not a front-matter heading.
+  """
+  start = len(front)
+  while start > 0 and not _is_front_line(front[start - 1]):
+    start -= 1
+  run = front[start:]
+  words = sum(p.n_words for p in run)
+  prose_words = sum(p.n_words for p in run if len(p.lines) > 1)
+  if words < _MIN_PROLOGUE_WORDS or 2 * prose_words < words:
+    return None
+  if start > 0 and _FRONT_HEADING.match(front[start - 1].text):
+    return None
+  body = "\n".join(lines[run[0].first_line:run[-1].end_line])
+  return Unit(title="", path=(), kind="prologue", text=body)
+
+
+def _is_front_line(paragraph: _Paragraph) -> bool:
+  """A short one-line paragraph: a title-page line or a heading of the front matter."""
+  return len(paragraph.lines) == 1 and paragraph.n_words <= _MAX_FRONT_LINE_WORDS
 
 
 # ------------------------------------------------------------------------------------ recognition

@@ -60,12 +60,20 @@ class CleaningReport:
     footer_found: an END marker (or the licence) was found and everything from it removed.
     fraction_removed: share of the (newline-normalised) characters that did not survive.
     leftover_gutenberg_mentions: occurrences of "Gutenberg" still in the cleaned text.
+    body_words: words between the START and END markers (the whole file without them).
+    front_matter_words: words of credits and transcriber's notes removed near the start.
+    notes_words: words of bracketed transcriber's notes removed anywhere.
+    back_matter_words: words of the tail removed (credits, notes, errata, after "THE END").
   """
 
   header_found: bool
   footer_found: bool
   fraction_removed: float
   leftover_gutenberg_mentions: int
+  body_words: int = 0
+  front_matter_words: int = 0
+  notes_words: int = 0
+  back_matter_words: int = 0
 
 
 def normalise_text(raw: str) -> str:
@@ -91,16 +99,23 @@ def clean_gutenberg(raw: str) -> tuple[str, CleaningReport]:
   lines = [line.rstrip() for line in text.split("\n")]
   body_start, body_end = _body_bounds(lines)
   body = lines[body_start or 0:body_end if body_end is not None else len(lines)]
-  body = _drop_front_matter(body)
-  body = _drop_bracketed_notes(body)
-  body = _drop_back_matter(body)
+  counts = [_words(body)]
+  for step in (_drop_front_matter, _drop_bracketed_notes, _drop_back_matter):
+    body = step(body)
+    counts.append(_words(body))
   cleaned = "\n".join(body).strip("\n")
   report = CleaningReport(
       header_found=body_start is not None,
       footer_found=body_end is not None,
       fraction_removed=1.0 - len(cleaned) / len(text) if text else 0.0,
-      leftover_gutenberg_mentions=len(_GUTENBERG_MENTION.findall(cleaned)))
+      leftover_gutenberg_mentions=len(_GUTENBERG_MENTION.findall(cleaned)),
+      body_words=counts[0], front_matter_words=counts[0] - counts[1],
+      notes_words=counts[1] - counts[2], back_matter_words=counts[2] - counts[3])
   return cleaned, report
+
+
+def _words(lines: list[str]) -> int:
+  return sum(len(line.split()) for line in lines)
 
 
 def parse_header(raw: str) -> dict[str, str | int | None]:

@@ -16,12 +16,15 @@ from pathlib import Path
 from xbook.books.chapters import segment_chapters
 from xbook.books.errors import BookError
 from xbook.books.gutenberg import CleaningReport, clean_gutenberg, parse_header
+from xbook.books.prose import ProseOptions, ProseReport, clean_prose, wrap_width
 from xbook.books.scenes import split_scenes
 from xbook.books.types import Book, Chapter, Scene, text_sha256
 
 _log = logging.getLogger(__name__)
 
 _UNKNOWN = "unknown"
+# A book dropping more than this share of its body as front and back matter is flagged (and logged).
+MAX_DROPPED_SHARE = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +35,33 @@ class LoadReport:
     encoding: "utf-8", or the fallback the file was decoded with ("cp1252", "latin-1").
     cleaning: what `clean_gutenberg` found and removed; `cleaning.header_found` is False for a
       file read as plain text.
+    prose: what unwrapping and markup handling changed in the chapters (`xbook.books.prose`).
   """
 
   encoding: str
   cleaning: CleaningReport
+  prose: ProseReport = dataclasses.field(default_factory=ProseReport)
+
+  @property
+  def front_matter_words(self) -> int:
+    """Words dropped before the story: credits, notes, title page, contents, preface."""
+    return self.cleaning.front_matter_words + self.prose.front_matter_words
+
+  @property
+  def back_matter_words(self) -> int:
+    """Words dropped after the story (credits, errata, after "THE END") and as transcriber's notes."""
+    return self.cleaning.back_matter_words + self.cleaning.notes_words
+
+  @property
+  def dropped_share(self) -> float:
+    """Front and back matter words as a share of the words between the Gutenberg markers."""
+    body = self.cleaning.body_words
+    return (self.front_matter_words + self.back_matter_words) / body if body else 0.0
+
+  @property
+  def drops_too_much(self) -> bool:
+    """True when more than `MAX_DROPPED_SHARE` of the body was dropped as front and back matter."""
+    return self.dropped_share > MAX_DROPPED_SHARE
 
 
 def _decode(data: bytes, name: str) -> tuple[str, str]:
@@ -81,17 +107,28 @@ def read_book_text(path: str | os.PathLike[str]) -> tuple[str, str]:
 
 
 def segment_text(text: str, scene_target_words: int = 1200, scene_min_words: int = 500,
-                 scene_max_words: int = 2500) -> tuple[tuple[Chapter, ...], bool]:
+                 scene_max_words: int = 2500, options: ProseOptions | None = None,
+                 report: ProseReport | None = None) -> tuple[tuple[Chapter, ...], bool]:
   """The chapters of a cleaned book, each cut into scenes, and whether they were cut by length.
+
+  Chapters are found on the text as wrapped; each chapter's text is then unwrapped into one line
+  per paragraph and its markup handled (`xbook.books.prose.clean_prose`) before it is cut into scenes.
 
   Args:
     text: the book's text with the Gutenberg header and footer removed (`clean_gutenberg`).
     scene_target_words, scene_min_words, scene_max_words: scene sizes (see `split_scenes`).
+    options: markup conventions (`ProseOptions`; the defaults keep italics and dashes as printed).
+    report: where given, the prose counts are added to it (its `wrap_width` is set).
   """
   segmentation = segment_chapters(text)
+  width = wrap_width(text)
+  if report is not None:
+    report.wrap_width = width
+    report.front_matter_words += segmentation.front_matter_words
   chapters = []
   for unit in segmentation.units:
-    scene_texts = split_scenes(unit.text, target_words=scene_target_words,
+    body = clean_prose(unit.text, width, options, report)
+    scene_texts = split_scenes(body, target_words=scene_target_words,
                                min_words=scene_min_words, max_words=scene_max_words)
     if scene_texts:
       chapters.append(Chapter(index=len(chapters), title=unit.title, path=unit.path, kind=unit.kind,
@@ -101,7 +138,8 @@ def segment_text(text: str, scene_target_words: int = 1200, scene_min_words: int
 
 def load_book_with_report(path: str | os.PathLike[str], book_id: str | None = None,
                           scene_target_words: int = 1200, scene_min_words: int = 500,
-                          scene_max_words: int = 2500) -> tuple[Book, LoadReport]:
+                          scene_max_words: int = 2500,
+                          options: ProseOptions | None = None) -> tuple[Book, LoadReport]:
   """Read a Gutenberg plain-text file and segment it into chapters and scenes; say how it went.
 
   Args:
@@ -109,9 +147,10 @@ def load_book_with_report(path: str | os.PathLike[str], book_id: str | None = No
       fine). A file without Gutenberg markers is read whole, as plain text.
     book_id: the book's id; defaults to "pg<ebook number>" from the header, else the file stem.
     scene_target_words, scene_min_words, scene_max_words: scene sizes (see `split_scenes`).
+    options: markup conventions (`ProseOptions`).
 
   Returns:
-    The `Book` and a `LoadReport`. The book's sha256 is that of the cleaned text (header, footer and
+    The `Book` and a `LoadReport`. Chapter texts have one line per paragraph (see `segment_text`). The book's sha256 is that of the cleaned text (header, footer and
     licence removed). Title, author and language come from the header ("unknown" where it has none;
     the title then falls back to the file stem).
 
@@ -129,18 +168,27 @@ def load_book_with_report(path: str | os.PathLike[str], book_id: str | None = No
   if not cleaning.header_found:
     _log.warning("%s: no Project Gutenberg header (START marker); read as plain text", path)
   header = parse_header(raw)
-  chapters, by_length = segment_text(text, scene_target_words, scene_min_words, scene_max_words)
+  prose = ProseReport()
+  chapters, by_length = segment_text(text, scene_target_words, scene_min_words, scene_max_words,
+                                     options, prose)
   number = header["ebook_number"]
   book = Book(id=book_id or (f"pg{number}" if number is not None else path.stem),
               title=header["title"] or path.stem, author=header["author"] or _UNKNOWN,
               language=header["language"] or _UNKNOWN, source=str(path), sha256=text_sha256(text),
               chapters=chapters, chapters_by_length=by_length)
-  return book, LoadReport(encoding=encoding, cleaning=cleaning)
+  report = LoadReport(encoding=encoding, cleaning=cleaning, prose=prose)
+  if report.drops_too_much:
+    _log.warning("%s: %.1f%% of the body dropped as front and back matter (%d + %d words, more than "
+                 "%.0f%%); check that no story text was taken for front or back matter", path,
+                 100 * report.dropped_share, report.front_matter_words, report.back_matter_words,
+                 100 * MAX_DROPPED_SHARE)
+  return book, report
 
 
 def load_book(path: str | os.PathLike[str], book_id: str | None = None, scene_target_words: int = 1200,
-              scene_min_words: int = 500, scene_max_words: int = 2500) -> Book:
+              scene_min_words: int = 500, scene_max_words: int = 2500,
+              options: ProseOptions | None = None) -> Book:
   """The `Book` of `load_book_with_report`, without the report (same arguments and errors)."""
   book, _ = load_book_with_report(path, book_id, scene_target_words, scene_min_words,
-                                  scene_max_words)
+                                  scene_max_words, options)
   return book
