@@ -25,7 +25,7 @@ from xbook.books import (Book, BookError, FetchError, Fetcher, clean_gutenberg, 
                          split_for_author)
 from xbook.books.chapters import segment_chapters
 from xbook.books.io import read_books
-from xbook.books.prose import ProseOptions, clean_prose, unwrap_paragraph, wrap_width
+from xbook.books.prose import ProseOptions, ProseReport, clean_prose, unwrap_paragraph, wrap_width
 from xbook.books.scenes import paragraphs_and_breaks, split_scenes
 from xbook.books.splits import normalise_author
 from xbook.books.types import text_sha256
@@ -795,3 +795,98 @@ def test_cli_inspect_bad_file_is_an_error_not_a_traceback(tmp_path):
   with pytest.raises(SystemExit) as exit_info:
     cli.main(["books", "inspect", str(tmp_path / "missing.txt")])
   assert str(exit_info.value.code).startswith("error: book file not found")
+
+
+# ------------------------------------------------------------------------------ prose and markup
+_FOOTNOTE = re.compile(r"\[Footnote[^\]]*\]")
+
+
+def test_unwrapping_keeps_every_word_in_order(books, cleaned):
+  for name, book in books.items():
+    units = segment_chapters(cleaned[name][0]).units
+    printed = [p for u in units for p in paragraphs_and_breaks(u.text)[0]]  # scene-break rows left out
+    before = _FOOTNOTE.sub("", " ".join(" ".join(p.split()) for p in printed)).split()
+    assert " ".join(c.text for c in book.chapters).split() == before, name
+
+
+def test_one_line_per_paragraph_and_counts(books, cleaned):
+  for name, book in books.items():
+    units = segment_chapters(cleaned[name][0]).units
+    paragraphs = [p for c in book.chapters for p in c.text.split("\n\n")]
+    printed = sum(len(paragraphs_and_breaks(u.text)[0]) for u in units)
+    assert len(paragraphs) == printed, name
+    lined = [p for p in paragraphs if "\n" in p]
+    assert len(lined) <= 0.04 * len(paragraphs), (name, len(lined))
+    assert max(len(p) for p in paragraphs) > 400, name  # joined paragraphs are long lines
+  pride = books["pg1342.txt"].chapters[0].text.split("\n\n")
+  assert pride[0] == ("It is a truth universally acknowledged, that a single man in possession of a "
+                      "good fortune, must be in want of a wife.")
+
+
+@pytest.mark.parametrize("name, lines", [
+    ("pg11.txt", ["‘How doth the little crocodile", " Improve his shining tail,",
+                  "And pour the waters of the Nile", " On every golden scale!"]),
+    ("pg84.txt", ["Like one who, on a lonely road,", "Doth walk in fear and dread,"]),
+    ("pg84.txt", ["Your affectionate brother,", "  Robert Walton"]),
+    ("pg120.txt", ["P.P.S.--Hawkins may stay one night with his", "mother.", "J. T."]),
+    ("pg16.txt", ["“Avast belay, yo ho, heave to,", "A-pirating we go,"]),
+])
+def test_verse_and_letter_blocks_keep_their_lines(books, name, lines):
+  assert "\n".join(lines) in "\n\n".join(c.text for c in books[name].chapters), (name, lines[0])
+
+
+def test_unwrap_paragraph_by_shape():
+  prose = ["It was the best of times, it was the worst of times, it was the age of",
+           "wisdom, it was the age of foolishness, it was the epoch of belief, it",
+           "was the epoch of incredulity."]
+  assert unwrap_paragraph(prose, 72) == (" ".join(prose), 2)
+  table = ["Name          Age     Town", "Jim Hawkins   12      Bristol", "John Silver   50      Bristol"]
+  assert unwrap_paragraph(table, 72)[0] == "\n".join(table)
+  centred = ["                 THE END OF", "                THE FIRST BOOK"]
+  assert unwrap_paragraph(centred, 72)[0] == " THE END OF\nTHE FIRST BOOK"
+  assert wrap_width("\n".join(prose)) == len(prose[0])
+
+
+def test_markup_conventions(books):
+  machine = "\n\n".join(c.text for c in books["pg35.txt"].chapters)
+  assert "[Footnote" not in machine and "—ED." not in machine
+  assert "noticed that the floor of the gallery sloped at all. The end I had come in at" in machine
+  pride = "\n\n".join(c.text for c in books["pg1342.txt"].chapters)
+  assert "How near it may be to _mine_, I cannot pretend to say. _You_ think" in pride
+  assert "wild to be at home--to hear" in pride  # dashes as printed
+  text = ("She saw[1] the _ship_--\nfar off.\n\n[Illustration: The ship\nat sea]\n\n"
+          "[Footnote 1: A brig.]\n\nThen night came[*].")
+  kept = clean_prose(text, 20)
+  assert kept == "She saw the _ship_-- far off.\n\nThen night came."
+  report = ProseReport()
+  changed = clean_prose(text, 20, ProseOptions(italics="drop", dashes="em"), report)
+  assert changed == "She saw the ship— far off.\n\nThen night came."
+  assert (report.italic_spans, report.illustrations_removed, report.footnote_bodies_removed,
+          report.footnote_anchors_removed, report.dashes_normalised, report.paragraphs) == (1, 1, 1, 2, 1, 2)
+  with pytest.raises(ValueError, match="italics"):
+    ProseOptions(italics="bold")
+
+
+def test_front_and_back_matter_are_a_small_share(corpus_dir):
+  for path in sorted(corpus_dir.glob("pg*.txt")):
+    book, report = load_book_with_report(path)
+    assert report.dropped_share < 0.02 and not report.drops_too_much, (path.name, report.dropped_share)
+    assert book.n_words >= 0.97 * report.cleaning.body_words, path.name
+
+
+def test_unheaded_prologue_is_kept_and_front_matter_dropped(tmp_path):
+  prose = lambda tag, n: "\n".join(" ".join([tag] * 12) for _ in range(n))
+  text = "\n\n".join(["THE BOOK", "by Someone", "PREFACE", prose("preface", 20), "THE BOOK",
+                      prose("frame", 10), prose("frame", 10), "CHAPTER I", prose("one", 30),
+                      "CHAPTER II", prose("two", 30)])
+  path = tmp_path / "prologue.txt"
+  path.write_text(text, encoding="utf-8")
+  book, report = load_book_with_report(path)
+  assert [(c.kind, c.title) for c in book.chapters] == [
+      ("prologue", ""), ("chapter", "CHAPTER I"), ("chapter", "CHAPTER II")]
+  assert book.chapters[0].n_words == 240 and report.front_matter_words == 2 + 2 + 1 + 240 + 2
+  assert report.drops_too_much  # a toy book: its preface is a fifth of it
+  no_frame = "\n\n".join(["THE BOOK", "PREFACE", prose("preface", 20), "CHAPTER I", prose("one", 30),
+                          "CHAPTER II", prose("two", 30)])
+  path.write_text(no_frame, encoding="utf-8")
+  assert [c.kind for c in load_book(path).chapters] == ["chapter", "chapter"]
