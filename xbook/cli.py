@@ -424,6 +424,11 @@ def _write(args: argparse.Namespace) -> int:
   return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+  from xbook.evals.command import run
+  return run(args)
+
+
 def _serve(args: argparse.Namespace) -> int:
   from xbook.infer.serve import serve
   serve(args.run_dir, host=args.host, port=args.port, step=args.step, name=args.model_name,
@@ -672,6 +677,43 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output folder (book.md, book.json, journal.jsonl)")
   p.add_argument("--seed", type=int, default=0, help="the book's seed (each stage derives its own)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+  p = _add(commands, "eval", "Evaluate books and runs into --out (eval.json with every figure, and a "
+           "self-contained report.html): text metrics of --books (repetition, lexical diversity, "
+           "over-represented phrases, sentence and paragraph shape, dialogue, readability, structure, plan "
+           "adherence) placed in the distribution of held-out human novels (--baseline); held-out perplexity "
+           "of --run_dir per segment kind, per token, word and byte; pairwise LLM judges (--judge NAME=PATH "
+           "with an OpenAI-compatible --judge_url) ranked by Bradley-Terry with bootstrap intervals.",
+           "xbook eval --books book/ --out eval/\n"
+           "xbook eval --run_dir runs/demo --scaffolds out/scaffolds.jsonl --heldout ../shared/corpus/gutenberg/pg43.txt --out eval/\n"
+           "OPENAI_API_KEY=... xbook eval --judge runA=runs/a/book --judge runB=runs/b/book \\\n"
+           "    --judge_url https://api.openai.com/v1 --judge_model gpt-4.1-mini --out eval/", _eval)
+  p.add_argument("--out", required=True, help="output folder (eval.json, report.html, judge_cache.sqlite)")
+  p.add_argument("--books", default=None, help="book.json/book.md of `xbook write`, a .txt novel, books "
+                 "JSONL of `xbook books segment`, or a folder of them")
+  p.add_argument("--baseline", default=None, help="folder of human Gutenberg novels (default: "
+                 "../shared/corpus/gutenberg); the evaluated books themselves are left out")
+  p.add_argument("--baseline_split", default=None, choices=("train", "validation", "test"),
+                 help="only the baseline novels whose author falls in this split (default: all)")
+  p.add_argument("--baseline_limit", type=int, default=None, help="at most this many baseline novels")
+  p.add_argument("--run_dir", default=None, help="a run to score (held-out perplexity)")
+  p.add_argument("--scaffolds", action="append", default=[], help="scaffold JSONL whose --split records "
+                 "are scored per segment kind (repeatable)")
+  p.add_argument("--heldout", action="append", default=[], help="plain held-out novels (.txt) scored as "
+                 "prose only (repeatable)")
+  p.add_argument("--split", default="test", help="scaffold split to score (default: test)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--batch_size", type=int, default=8, help="windows per perplexity batch")
+  p.add_argument("--judge", action="append", default=[], metavar="NAME=PATH",
+                 help="a system's books for the pairwise judges (repeatable; at least two)")
+  p.add_argument("--judge_url", default=None, help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
+  p.add_argument("--judge_model", action="append", default=[], help="judge model (repeatable: several judges)")
+  p.add_argument("--judge_api_key_env", default="OPENAI_API_KEY", help="env variable holding the API key")
+  p.add_argument("--judge_samples", type=int, default=1, help="samples per ordered pair and judge")
+  p.add_argument("--judge_concurrency", type=int, default=8, help="judge requests in flight at once")
+  p.add_argument("--judge_max_pairs", type=int, default=None, help="at most this many chapter pairs per system pair")
+  p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
   p = _add(commands, "serve", "Serve a trained run over an OpenAI-compatible HTTP API (POST /v1/chat/completions, "
