@@ -890,3 +890,23 @@ def test_unheaded_prologue_is_kept_and_front_matter_dropped(tmp_path):
                           "CHAPTER II", prose("two", 30)])
   path.write_text(no_frame, encoding="utf-8")
   assert [c.kind for c in load_book(path).chapters] == ["chapter", "chapter"]
+
+
+def test_epistolary_book_segments_into_its_letters(tmp_path):
+  prose = lambda tag, n: "\n".join(" ".join([tag] * 12) for _ in range(n))
+  parts = []
+  for volume, name in enumerate(["VOLUME I.", "VOLUME II."]):
+    parts.append(name)
+    for k in range(3):
+      parts += [f"                              London, March {k + 1 + 3 * volume}, 1790.",
+                "My dear Sister,", prose(f"v{volume}l{k}", 20), "Your loving brother,\n    R. W."]
+  parts += ["                              Bath, 12th April.", prose("diary", 20)]
+  path = tmp_path / "letters.txt"
+  path.write_text("\n\n".join(parts), encoding="utf-8")
+  book = load_book(path)
+  assert not book.chapters_by_length
+  assert [c.kind for c in book.chapters] == ["letter"] * 6 + ["diary"]
+  assert [c.path[0] for c in book.chapters] == ["VOLUME I."] * 3 + ["VOLUME II."] * 4
+  assert book.chapters[3].title == "London, March 4, 1790."
+  assert book.chapters[0].text.startswith("My dear Sister,\n\nv0l0 v0l0")
+  assert book.chapters[0].text.endswith("Your loving brother,\n    R. W.")

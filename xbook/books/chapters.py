@@ -25,7 +25,11 @@ How it works:
    Prose before the first heading that is not under a front-matter heading (an unheaded prologue,
    a frame narrative) is a unit of kind prologue; the rest of the front is dropped and counted.
 6. Without numbered units, short upper-case lines after a wide gap ("STORY OF THE DOOR") are tried
-   as title-only headings; without any, the text is cut by length at paragraph boundaries.
+   as title-only headings.
+7. Else letters and diary entries (at least three, the first within the book's first tenth) headed by a date ("3 May. Bistritz.",
+   "London, March 3rd, 1790") or a salutation ("My dear Sister,") are units ("letter" where a
+   salutation opens them, else "diary"), under their parent divisions.
+   Without any of these, the text is cut by length at paragraph boundaries.
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ _MIN_TITLED_WORDS = 200
 _MAX_TITLED_WORDS_IN_HEADING = 12
 _MIN_TITLED_BLANK_LINES = 2
 _QUOTES = "\"'“‘"
+# Dated entries make the book's units only where they start within this share of its words.
+_MAX_DATED_LEAD = 0.1
+_MONTHS = (r"(?:January|February|March|April|May|June|July|August|September|October|November|"
+           r"December|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)\.?")
+_DATE = re.compile(rf"(?:\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTHS}|\b{_MONTHS}\s+\d{{1,2}}"
+                   rf"(?:st|nd|rd|th)?\b)")
+_SALUTATION = re.compile(r"^\W*(?:(?:My\s+)?(?:dear|dearest|Dear|Dearest)\s+\S.*|Sir|Madam|Dear Sir|"
+                         r"Gentlemen)[,:—–-]+\s*$")
 # An unheaded prologue needs this many words; a front-matter line at most this many.
 _MIN_PROLOGUE_WORDS = 150
 _MAX_FRONT_LINE_WORDS = 12
@@ -104,7 +116,7 @@ class Unit:
   Attributes:
     title: the heading as printed, whitespace-normalised ("" for units cut by length).
     path: parent headings then the unit's heading.
-    kind: "chapter", "letter", "prologue", "epilogue" or "extracts".
+    kind: "chapter", "letter", "diary", "prologue", "epilogue" or "extracts".
     text: the unit's body: its lines as in the cleaned text, heading excluded.
   """
 
@@ -172,6 +184,8 @@ class _Heading:
 
   @property
   def kind(self) -> str:
+    if self.role == "dated":
+      return self.label
     if self.role == "extra":
       return _EXTRA_KINDS[self.label]
     return _UNIT_LABELS.get(self.label, "chapter")
@@ -203,6 +217,12 @@ def segment_chapters(text: str, length_target_words: int = 4000,
   if len(units) < 2:
     titled = [h for i, p in enumerate(paragraphs) if (h := _recognise_titled(p, i)) is not None]
     units = [h for h in titled if _words_after(h, titled, paragraphs) >= _MIN_TITLED_WORDS]
+  if len(units) < 2:
+    dated = [h for i, p in enumerate(paragraphs) if (h := _recognise_dated(p, i, paragraphs)) is not None]
+    dated = [h for h in dated if _words_after(h, dated + parents, paragraphs) >= _MIN_EXTRA_WORDS]
+    lead = sum(p.n_words for p in paragraphs[:dated[0].paragraph]) if dated else 0
+    if len(dated) >= _MIN_UNANCHORED_RUN and lead <= _MAX_DATED_LEAD * sum(p.n_words for p in paragraphs):
+      units = dated
   if len(units) < 2:
     return Segmentation(_units_by_length(lines, paragraphs, length_target_words, length_max_words),
                         by_length=True)
@@ -316,6 +336,30 @@ def _recognise(paragraph: _Paragraph, index: int) -> _Heading | None:
   return None
 
 
+def _recognise_dated(paragraph: _Paragraph, index: int,
+                     paragraphs: list[_Paragraph]) -> _Heading | None:
+  """A letter's or diary entry's heading: a short line holding a date ("3 May", "March 3rd, 1790"),
+  or a salutation ("My dear Sister,") right after a paragraph that is not one.
+
+  Used only when a book has no numbered headings, so dated lines inside chapters stay body text.
+  The unit is a "letter" when a salutation opens it (in the heading or the paragraph after), else a
+  "diary" entry.
+  """
+  text = paragraph.text
+  if (len(paragraph.lines) > 2 or len(text.split()) > _MAX_TITLED_WORDS_IN_HEADING
+      or text[0] in _QUOTES):
+    return None  # dialogue quoting a letter is body text
+  following = paragraphs[index + 1].text if index + 1 < len(paragraphs) else ""
+  if _DATE.search(text):
+    kind = "letter" if _SALUTATION.match(following) else "diary"
+  elif _SALUTATION.match(text) and not (index and _DATE.search(paragraphs[index - 1].text)
+                                        and len(paragraphs[index - 1].lines) <= 2):
+    kind = "letter"
+  else:
+    return None
+  return _Heading(index, "dated", kind, None, "", True, text, index)
+
+
 def _recognise_titled(paragraph: _Paragraph, index: int) -> _Heading | None:
   """A title-only heading: one upper-case line of a few words after a wide gap."""
   text = paragraph.text
@@ -363,8 +407,9 @@ def _title_paragraph(heading: _Heading, paragraphs: list[_Paragraph], taken: set
   if (len(paragraph.lines) > _MAX_HEADING_LINES or len(paragraph.text) > _MAX_HEADING_CHARS
       or scenes.is_break_marker("\n".join(paragraph.lines))):
     return None
-  if strict and paragraph.text[0] in _QUOTES:
-    return None
+  if strict and (paragraph.text[0] in _QUOTES or _DATE.search(paragraph.text)
+                 or _SALUTATION.match(paragraph.text)):
+    return None  # an epigraph, or the heading of the first letter or diary entry
   return paragraph
 
 

@@ -33,7 +33,7 @@ class Chapter:
     title: the heading as printed, whitespace-normalised ("" when the unit has no heading).
     scenes: the chapter's text, tiled exactly by its scenes.
     path: parent divisions then the heading, e.g. ["BOOK THE SECOND", "CHAPTER IV"].
-    kind: "chapter", "letter", "prologue", "epilogue" or "extracts".
+    kind: "chapter", "letter", "diary", "prologue", "epilogue" or "extracts".
   """
 
   index: int
