@@ -755,6 +755,8 @@ def test_cli_inspect_json(books, cleaned, corpus_dir, capsys):
       "n_words": tale.n_words}
   assert record["structure_source"] == "headings" and record["encoding"] == "utf-8"
   assert record["cleaning"] == dataclasses.asdict(cleaned["pg98.txt"][1])
+  assert record["prose"]["paragraphs"] == sum(len(c.text.split("\n\n")) for c in tale.chapters)
+  assert record["dropped"]["share"] < 0.02 and not record["dropped"]["too_much"]
   assert [(c["path"], c["title"], c["n_words"], c["n_scenes"]) for c in record["chapters"]] == [
       (list(c.path), c.title, c.n_words, len(c.scenes)) for c in tale.chapters]
 
@@ -764,6 +766,8 @@ def test_cli_inspect_text(books, corpus_dir, capsys):
   out = capsys.readouterr().out
   assert out.startswith("pg98: A Tale of Two Cities\n  author     Charles Dickens\n")
   assert "  structure  headings\n" in out and "  cleaning   header found, footer found, " in out
+  assert "  paragraphs " in out and " unwrapped at width 72," in out and "  markup     90 _italic_" in out
+  assert "  dropped    244 words front matter, 0 back matter (0.18% of the body)\n" in out
   tale = books["pg98.txt"]
   chapter_lines = out.splitlines()[-len(tale.chapters):]
   for line, chapter in zip(chapter_lines, tale.chapters):

@@ -150,10 +150,15 @@ def _books_inspect(args: argparse.Namespace) -> int:
                "n_scenes": len(c.scenes)} for c in book.chapters]
   if args.json:
     print(json.dumps({**book.metadata(), "encoding": report.encoding, "structure_source": structure,
-                      "cleaning": dataclasses.asdict(report.cleaning), "chapters": chapters},
+                      "cleaning": dataclasses.asdict(report.cleaning), "prose": dataclasses.asdict(report.prose),
+                      "dropped": {"front_matter_words": report.front_matter_words,
+                                  "back_matter_words": report.back_matter_words,
+                                  "share": round(report.dropped_share, 4),
+                                  "too_much": report.drops_too_much},
+                      "chapters": chapters},
                      ensure_ascii=False))
     return 0
-  cleaning = report.cleaning
+  cleaning, prose = report.cleaning, report.prose
   print(f"{book.id}: {book.title}\n"
         f"  author     {book.author}\n"
         f"  language   {book.language}\n"
@@ -163,6 +168,15 @@ def _books_inspect(args: argparse.Namespace) -> int:
         f"  cleaning   {'header found' if cleaning.header_found else 'no Gutenberg header (plain text)'}, "
         f"{'footer found' if cleaning.footer_found else 'no footer'}, {cleaning.fraction_removed:.1%} removed, "
         f"{cleaning.leftover_gutenberg_mentions} leftover Gutenberg mentions\n"
+        f"  dropped    {report.front_matter_words:,} words front matter, {report.back_matter_words:,} "
+        f"back matter ({report.dropped_share:.2%} of the body"
+        f"{'; TOO MUCH: check for story text taken as front/back matter' if report.drops_too_much else ''})\n"
+        f"  paragraphs {prose.paragraphs:,} ({prose.prose_paragraphs:,} unwrapped at width {prose.wrap_width}, "
+        f"{prose.lines_joined:,} line breaks joined; {prose.kept_line_paragraphs:,} keep their lines)\n"
+        f"  markup     {prose.italic_spans:,} _italic_ spans, {prose.illustrations_removed} illustrations "
+        f"removed, {prose.footnote_bodies_removed} footnotes and {prose.footnote_anchors_removed} anchors "
+        f"removed ({prose.footnote_words + prose.illustration_words} words), "
+        f"{prose.dashes_normalised} dashes normalised\n"
         f"  chapters   (index, words, scenes, kind, path: parent headings / title)")
   for c in chapters:
     print(f"  {c['index']:>4} {c['n_words']:>8,} words {c['n_scenes']:>3} scenes  {c['kind']:<9} "

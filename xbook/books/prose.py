@@ -37,6 +37,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from xbook.books.scenes import is_break_marker
+
 _GAP = re.compile(r"(\n(?:[ \t]*\n)+)")
 _TABLE_GAP = re.compile(r"\S {3,}\S")
 _ILLUSTRATION = re.compile(r"\[Illustration(?:[.:][^\]]*)?\]", re.IGNORECASE)
@@ -83,7 +85,7 @@ class ProseReport:
 
   Attributes:
     wrap_width: the book's wrap width `W` in characters.
-    paragraphs: paragraphs in the cleaned units.
+    paragraphs: paragraphs in the cleaned units (scene-break rows such as `* * *` not counted).
     prose_paragraphs: paragraphs joined into one line.
     kept_line_paragraphs: paragraphs of two or more lines that kept their lines on purpose.
     lines_joined: line breaks turned into spaces.
@@ -236,7 +238,7 @@ def clean_prose(text: str, width: int, options: ProseOptions | None = None,
     paragraph = _markup(paragraph, options, report)
     if not paragraph.strip():
       continue
-    report.paragraphs += 1
+    report.paragraphs += not is_break_marker(paragraph)
     report.lines_joined += joined
     if "\n" in paragraph:
       report.kept_line_paragraphs += 1
