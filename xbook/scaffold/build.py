@@ -9,6 +9,11 @@ Builds run on an asyncio event loop: books concurrently (`concurrent_books`), an
 scenes of every chapter at once, each chapter as soon as its scenes are done. How many requests are
 in flight is the backend's to bound (`OpenAISummarizer.max_concurrency`). A book that fails is
 reported with its reason (`BookReport`) while the others go on.
+
+Plan formats (`plan_format`): "xbook" writes xbook's levels; "paper" also writes the record's `paper`
+field, the plans in the format of the paper's released models (xbook.scaffold.paper): measured fields
+from the text, the rest from the backend (a chat backend's answers checked and asked again when
+malformed, the extractive backend's approximation otherwise).
 """
 
 from __future__ import annotations
@@ -29,12 +34,15 @@ from tqdm import tqdm
 from xbook.books.types import Book
 from xbook.scaffold.cache import SummaryCache, cache_key
 from xbook.scaffold import entities
+from xbook.scaffold import paper as paper_lib
 from xbook.scaffold.checks import n_words, scaffold_checks
 from xbook.scaffold.schema import (SCHEMA, SPLITS, read_scaffolds, record_provenance, validate_scaffold,
                                    write_scaffolds)
 from xbook.scaffold.summarizer import Summarizer, SummaryCall, summarizer_metadata, summarizer_session
 
 log = logging.getLogger(__name__)
+
+PLAN_FORMATS = ("xbook", "paper")
 
 
 @gin.configurable
@@ -145,17 +153,20 @@ class ScaffoldBuild:
   seconds: float
 
 
-def calls_to_build(book: Book) -> int:
-  """Summarizer calls that building `book` takes: its scenes, its chapters, synopsis, premise, prompt."""
-  return sum(len(c.scenes) + 1 for c in book.chapters) + 3
+def calls_to_build(book: Book, paper_calls: bool = False) -> int:
+  """Summarizer calls that building `book` takes: its scenes, its chapters, synopsis, premise, prompt;
+  with `paper_calls` (the paper format from a chat backend) also a plan and a scene breakdown per
+  chapter, the preview, the book plan and the characters list (re-asks not counted)."""
+  paper = 2 * len(book.chapters) + 3 if paper_calls else 0
+  return sum(len(c.scenes) + 1 for c in book.chapters) + 3 + paper
 
 
 class _Progress:
   """A tqdm bar over the summaries of a build: rate, ETA, books, last level, cache hit rate, tokens."""
 
-  def __init__(self, books: Sequence[Book], enabled: bool) -> None:
-    self.bar = tqdm(total=sum(calls_to_build(b) for b in books), unit="summary", desc="scaffold",
-                    disable=not enabled)
+  def __init__(self, books: Sequence[Book], enabled: bool, paper_calls: bool = False) -> None:
+    self.bar = tqdm(total=sum(calls_to_build(b, paper_calls) for b in books), unit="summary",
+                    desc="scaffold", disable=not enabled)
     self.n_books = len(books)
     self.books_done = self.failed = self.calls = self.hits = self.tokens = 0
     self.level = ""
@@ -251,11 +262,42 @@ async def _all(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
     raise
 
 
+PaperBuilder = Callable[[Book, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def _paper_builder(summarizer: Summarizer, call: Any, cache: SummaryCache | None, report: BookReport,
+                   progress: _Progress | None) -> PaperBuilder:
+  """How the `paper` field of a book is written with this backend (xbook.scaffold.paper)."""
+  ask_raw = getattr(call, "ask", None)
+  if ask_raw is None:
+    if summarizer.name != "extractive":
+      raise ValueError(f"backend {summarizer.name!r} cannot write the paper format: it has no chat session "
+                       "(use the extractive, openai or xbook backend)")
+
+    async def extractive(book: Book, record: Mapping[str, Any]) -> dict[str, Any]:
+      return paper_lib.extractive_paper(book, record)
+
+    return extractive
+
+  def counted(stage: str, hit: bool, summary: Any) -> None:
+    report.cache_hits += hit
+    report.calls += not hit
+    tokens = 0 if summary is None else summary.prompt_tokens + summary.completion_tokens
+    if summary is not None:
+      report.prompt_tokens += summary.prompt_tokens
+      report.completion_tokens += summary.completion_tokens
+    if progress:
+      progress.summary_done(f"paper/{stage}", hit=hit, tokens=tokens)
+
+  checked = paper_lib.CheckedAsk(summarizer, ask_raw, cache, on_call=counted)
+  return lambda book, record: paper_lib.model_paper(book, record, checked, summarizer.model)
+
+
 async def _build_record(book: Book, summarize: Callable[[str, str, int], Awaitable[str]],
-                        identity: Mapping[str, Any], split: str, targets: ScaffoldTargets
-                        ) -> dict[str, Any]:
+                        identity: Mapping[str, Any], split: str, targets: ScaffoldTargets,
+                        paper: PaperBuilder | None = None) -> dict[str, Any]:
   """The record of `book`; the scenes of all chapters are summarized concurrently, then each chapter
-  as soon as its scenes are, then synopsis, premise and prompt."""
+  as soon as its scenes are, then synopsis, premise and prompt; then, with `paper`, its paper field."""
   _check_buildable(book, split)
 
   async def chapter_record(chapter) -> dict[str, Any]:
@@ -279,12 +321,15 @@ async def _build_record(book: Book, summarize: Callable[[str, str, int], Awaitab
             "prompt": prompt, "premise": premise, "synopsis": synopsis,
             "characters": characters, "settings": settings, "chapters": chapters}
   record["checks"] = scaffold_checks(book, record)
+  if paper is not None:
+    record = paper_lib.finish(record, await paper(book, record))
   validate_scaffold(record, where="built scaffold")
   return record
 
 
 def build_scaffold(book: Book, summarizer: Summarizer, cache: SummaryCache | None = None,
-                   split: str = "train", targets: ScaffoldTargets | None = None) -> dict[str, Any]:
+                   split: str = "train", targets: ScaffoldTargets | None = None,
+                   plan_format: str = "xbook") -> dict[str, Any]:
   """The scaffold record of one book (an event loop of its own: not for use inside a running loop).
 
   Args:
@@ -293,6 +338,7 @@ def build_scaffold(book: Book, summarizer: Summarizer, cache: SummaryCache | Non
     cache: where summarizer calls are looked up first and stored after (None: no caching).
     split: the book's split ("train", "validation" or "test"), decided by the caller.
     targets: target lengths per level (None: `ScaffoldTargets()`, with any gin bindings).
+    plan_format: "xbook", or "paper" to add the `paper` field (module docstring).
 
   Returns:
     A record that passes `validate_scaffold`.
@@ -302,19 +348,33 @@ def build_scaffold(book: Book, summarizer: Summarizer, cache: SummaryCache | Non
     SummarizerError: for a call that failed for good.
   """
   targets = targets or ScaffoldTargets()
+  _check_format(plan_format)
 
   async def build() -> dict[str, Any]:
     async with summarizer_session(summarizer) as call:
       calls = _CachedCalls(summarizer, call, cache)
-      return await _build_record(book, functools.partial(calls.summarize, BookReport(book.id)),
-                                 record_summarizer(summarizer, targets), split, targets)
+      report = BookReport(book.id)
+      paper = _paper_builder(summarizer, call, cache, report, None) if plan_format == "paper" else None
+      return await _build_record(book, functools.partial(calls.summarize, report),
+                                 record_summarizer(summarizer, targets), split, targets, paper)
 
   return asyncio.run(build())
 
 
+def _check_format(plan_format: str) -> None:
+  if plan_format not in PLAN_FORMATS:
+    raise ValueError(f"unknown plan format {plan_format!r}; expected one of {PLAN_FORMATS}")
+
+
 def _is_current(record: Mapping[str, Any] | None, book: Book, split: str,
-                summarizer: Mapping[str, Any]) -> bool:
-  """Whether an existing record is what building `book` now would produce."""
+                summarizer: Mapping[str, Any], plan_format: str = "xbook") -> bool:
+  """Whether an existing record is what building `book` now would produce (in `plan_format`)."""
+  if plan_format == "paper":
+    paper = record.get("paper") if record is not None else None
+    if paper is None or paper["builder"]["version"] != paper_lib.VERSION:
+      return False
+  elif record is not None and "paper" in record:
+    return False
   return (record is not None and record["book"]["sha256"] == book.sha256 and record["split"] == split
           and record["summarizer"] == summarizer)
 
@@ -322,7 +382,7 @@ def _is_current(record: Mapping[str, Any] | None, book: Book, split: str,
 def run_scaffold_build(books: Sequence[Book], summarizer: Summarizer, out_path: str | os.PathLike[str],
                        *, cache: SummaryCache | None = None, splits: Mapping[str, str] | None = None,
                        targets: ScaffoldTargets | None = None, concurrent_books: int = 1,
-                       progress: bool = True) -> ScaffoldBuild:
+                       progress: bool = True, plan_format: str = "xbook") -> ScaffoldBuild:
   """Build the scaffolds of `books` into the JSONL file `out_path`, resuming what is already there.
 
   A book whose record in `out_path` has the same id, text (sha256), split, summarizer and targets is
@@ -342,11 +402,14 @@ def run_scaffold_build(books: Sequence[Book], summarizer: Summarizer, out_path: 
     targets: target lengths per level (None: `ScaffoldTargets()`, with any gin bindings).
     concurrent_books: books built at the same time.
     progress: show a progress bar over the summaries on stderr.
+    plan_format: "xbook", or "paper" to add each record's `paper` field (module docstring); a record
+      kept from `out_path` must be of the same format (and paper builder version).
 
   Returns:
     The records now in `out_path`, in file order, and one report per book of `books`, in order.
   """
   targets = targets or ScaffoldTargets()
+  _check_format(plan_format)
   if concurrent_books < 1:
     raise ValueError(f"concurrent_books must be at least 1, got {concurrent_books}")
   ids = [book.id for book in books]
@@ -362,7 +425,7 @@ def run_scaffold_build(books: Sequence[Book], summarizer: Summarizer, out_path: 
   order = list(records) + [i for i in ids if i not in records]
   identity = record_summarizer(summarizer, targets)
   reports = {i: BookReport(i) for i in ids}
-  todo = [b for b in books if not _is_current(records.get(b.id), b, split_of[b.id], identity)]
+  todo = [b for b in books if not _is_current(records.get(b.id), b, split_of[b.id], identity, plan_format)]
   for kept in set(ids) - {b.id for b in todo}:
     reports[kept].status = "kept"
   log.info("scaffolds: %d of %d books to build, %d kept from %s",
@@ -378,20 +441,23 @@ def run_scaffold_build(books: Sequence[Book], summarizer: Summarizer, out_path: 
         async with book_slots:
           start = time.monotonic()
           try:
+            paper = (_paper_builder(summarizer, call, cache, report, bar) if plan_format == "paper"
+                     else None)
             records[book.id] = await _build_record(book, functools.partial(calls.summarize, report),
-                                                   identity, split_of[book.id], targets)
+                                                   identity, split_of[book.id], targets, paper)
             write_scaffolds(out_path, [records[i] for i in order if i in records])
           except Exception as error:  # noqa: BLE001 - reported per book; the other books go on
             report.status, report.reason = "failed", f"{type(error).__name__}: {error}"
             log.debug("book %s failed", book.id, exc_info=True)
           report.seconds = time.monotonic() - start
-          bar.book_done(report, calls_to_build(book) - report.calls - report.cache_hits)
+          bar.book_done(report, calls_to_build(book, paper_calls) - report.calls - report.cache_hits)
 
       await _all(build_one(book) for book in todo)
       # Calls still answering for a book that failed meanwhile: keep what they were paid for.
       await asyncio.gather(*calls.in_flight.values(), return_exceptions=True)
 
-  bar = _Progress(todo, progress)
+  paper_calls = plan_format == "paper" and hasattr(summarizer, "session")
+  bar = _Progress(todo, progress, paper_calls)
   try:
     asyncio.run(build_all(bar))
   finally:

@@ -60,8 +60,10 @@ class SummaryCache:
     return row[0]
 
   def put(self, key: str, level: str, summary: str) -> None:
-    """Store `summary` (of scaffold `level`) under `key` and commit."""
-    check_level(level)
+    """Store `summary` (of scaffold `level`, or `paper/<artifact>` for the paper format) under `key`
+    and commit."""
+    if not level.startswith("paper/"):
+      check_level(level)
     self._db.execute("INSERT OR REPLACE INTO summaries (key, level, summary) VALUES (?, ?, ?)",
                      (key, level, summary))
     self._db.commit()

@@ -16,6 +16,10 @@ endpoint would answer the same.
 
 The API key is read from the environment variable named by `api_key_env` when a session opens; it is
 sent as a bearer token and never stored, logged or put in a message.
+
+A session also answers free-form requests (`await call.ask(prompt, max_tokens)`), with the same
+concurrency bound, retries and token counts: the paper format's artifacts (xbook.scaffold.paper), whose
+answers are checked for their format by the caller rather than against a source length.
 """
 
 from __future__ import annotations
@@ -191,28 +195,25 @@ class OpenAISummarizer:
       body["seed"] = self.seed
     return body
 
+  def ask_body(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """The chat-completions request of a free-form `prompt` (one user message)."""
+    body: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                            "temperature": self.temperature, "max_tokens": max(1, max_tokens)}
+    if self.seed is not None:
+      body["seed"] = self.seed
+    return body
+
   @contextlib.asynccontextmanager
-  async def session(self) -> AsyncIterator[SummaryCall]:
-    """A connection pool and concurrency bound; yields `await call(text, level, target_words)`."""
+  async def session(self) -> AsyncIterator["OpenAISession"]:
+    """A connection pool and concurrency bound; yields a session: `await call(text, level,
+    target_words)` for a summary, `await call.ask(prompt, max_tokens)` for a free-form answer."""
     headers = {"Content-Type": "application/json"}
     if api_key := os.environ.get(self.api_key_env):
       headers["Authorization"] = f"Bearer {api_key}"
     limits = httpx.Limits(max_connections=self.max_concurrency,
                           max_keepalive_connections=self.max_concurrency)
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=self.timeout_s) as client:
-      slots = asyncio.Semaphore(self.max_concurrency)
-
-      async def call(text: str, level: str, target_words: int) -> Summary:
-        answer = await self._post(client, slots, self.request_body(text, level, target_words))
-        where = f"{self.endpoint} ({level})"
-        summary = answer_text(answer, where)
-        if level != "prompt" and n_words(summary) > n_words(text):
-          raise SummarizerError(f"{where}: the {level} summary has {n_words(summary)} words, more than "
-                                f"its {n_words(text)}-word source: {_shown(summary)}")
-        usage = answer.get("usage")
-        return Summary(summary, _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens"))
-
-      yield call
+      yield OpenAISession(self, client, asyncio.Semaphore(self.max_concurrency))
 
   async def _post(self, client: httpx.AsyncClient, slots: asyncio.Semaphore,
                   body: Mapping[str, Any]) -> Any:
@@ -255,3 +256,30 @@ class OpenAISummarizer:
         return (await call(text, level, target_words)).text
 
     return asyncio.run(one())
+
+
+class OpenAISession:
+  """The calls of one `OpenAISummarizer.session()`: summaries (`__call__`) and free-form answers
+  (`ask`), sharing its connections and concurrency bound."""
+
+  def __init__(self, backend: OpenAISummarizer, client: httpx.AsyncClient, slots: asyncio.Semaphore) -> None:
+    self.backend, self.client, self.slots = backend, client, slots
+
+  async def __call__(self, text: str, level: str, target_words: int) -> Summary:
+    backend = self.backend
+    answer = await backend._post(self.client, self.slots, backend.request_body(text, level, target_words))
+    where = f"{backend.endpoint} ({level})"
+    summary = answer_text(answer, where)
+    if level != "prompt" and n_words(summary) > n_words(text):
+      raise SummarizerError(f"{where}: the {level} summary has {n_words(summary)} words, more than "
+                            f"its {n_words(text)}-word source: {_shown(summary)}")
+    usage = answer.get("usage")
+    return Summary(summary, _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens"))
+
+  async def ask(self, prompt: str, max_tokens: int) -> Summary:
+    """The answer to a free-form request (its format is the caller's to check)."""
+    backend = self.backend
+    answer = await backend._post(self.client, self.slots, backend.ask_body(prompt, max_tokens))
+    text = answer_text(answer, f"{backend.endpoint} (free-form request)")
+    usage = answer.get("usage")
+    return Summary(text, _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens"))

@@ -13,7 +13,8 @@ One record per book (DESIGN.md, "Scaffold"):
    "chapters": [{"index", "title", "summary", "scenes": [{"index", "summary", "text", "n_words"}]}],
    "checks": {"scenes_tile_chapters": bool,
               "compression": {"scene", "chapter", "synopsis", "premise"},        # words out / words in
-              "max_copied_ngram": {"scene", "chapter", "synopsis", "premise"}}}  # longest verbatim run
+              "max_copied_ngram": {"scene", "chapter", "synopsis", "premise"}},  # longest verbatim run
+   "paper": {...}}   # optional: the paper's plan format (below)
 
 Indices are 0-based positions; `n_words` counts whitespace-separated words.
 
@@ -32,6 +33,37 @@ first; `role` is one of CHARACTER_ROLES or SETTING_ROLES, `aliases` the other na
 `checks` are measurements of the record (see `xbook.scaffold.checks`), recorded rather than enforced.
 Every record is validated when written and when read; an error names the file or record, the book and
 the field path (`chapters[3].scenes[1].summary`, `characters[0].role`).
+
+The optional `paper` field (`xbook scaffold build --format paper`, `xbook scaffold import`) holds the
+plans in the format of the paper's released models (xbook.data.stage_protocol renders them as their
+stage stream), schema `xbook.paper/1`:
+
+  {"schema": "xbook.paper/1",
+   "builder": {"method": "extractive" | "model" | "import", "version": str, "model": str},
+   "sources": {field group: "measured" | "model" | "approximation" | "imported"},   # PAPER_SOURCE_FIELDS
+   "preview": {"highlight": str, "title": str, "tags": [7 str], "archetype": str},
+   "world_rules": [str], "writing_style": [str],
+   "arcs": [{"name", "short": [str], "medium": [str], "long": [str], "chapters": int}],
+   "character_archetypes": [{"name", "bullets": [str]}],
+   "characters": {"main": [{"name", "bullets"}], "side": [{"name", "bullets"}]},
+   "chapters": [{"name", "n_words", "quoted_share", "embedding": {axis: 0-99}, "focuses": [str],
+                 "summary": [str],
+                 "scenes": [{"title", "n_words", "quoted_share", "embedding", "focus": [str],
+                             "perspective", "summary": [str], "xbook_scenes": [start, end] | null}]}],
+   "checks": {"scene_words_within_binning": bool, "max_dialog_gap": int | null,
+              "format_problems": [str]}}
+
+`paper.chapters[i]` is `chapters[i]`: its name is the book's heading ("Chapter N" for a chapter cut by
+length), `n_words` the sum of its scenes' words. Its scenes are xbook's scenes merged to at most 12 at
+scene boundaries: `xbook_scenes` is the range of `chapters[i].scenes` a scene covers, null for an
+imported breakdown that has no such boundaries. `quoted_share` is the measured share of words inside
+quotation marks (null where no text was measured); `embedding.dialog` is checked against it
+(`checks.max_dialog_gap`). Arcs tile the chapters in order: their `chapters` counts sum to the number of
+chapters. `sources` says, per field group, whether a value was measured from the text, written by a
+model, approximated by the offline extractive backend, or imported (LongPage). `checks.format_problems`
+lists what `xbook.data.stage_protocol.check_stage` found in the record's rendered stages (empty for a
+well-formed record). The limits checked here are the format's (one-line names and bullets, 7 tags,
+1-12 arcs and scenes, ...); word ranges of the preview are the stage checks'.
 """
 
 from __future__ import annotations
@@ -47,6 +79,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from xbook import __version__
 from xbook.atomic import atomic_open
+from xbook.data import stage_protocol
 
 SCHEMA = "xbook.scaffold/1"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -58,6 +91,26 @@ SETTING_ROLES: tuple[str, ...] = ("primary", "secondary")
 
 RECORD_KEYS = frozenset({"schema", "book", "split", "summarizer", "provenance", "prompt", "premise",
                          "synopsis", "characters", "settings", "chapters", "checks"})
+OPTIONAL_RECORD_KEYS = frozenset({"paper"})
+
+PAPER_SCHEMA = "xbook.paper/1"
+PAPER_KEYS = frozenset({"schema", "builder", "sources", "preview", "world_rules", "writing_style", "arcs",
+                        "character_archetypes", "characters", "chapters", "checks"})
+PAPER_METHODS = ("extractive", "model", "import")
+PAPER_SOURCES = ("measured", "model", "approximation", "imported")
+# Field groups whose origin a paper record states (`paper.sources`).
+PAPER_SOURCE_FIELDS = (
+    "preview.highlight", "preview.title", "preview.tags", "preview.archetype", "world_rules",
+    "arcs.partition", "arcs.bullets", "character_archetypes", "writing_style", "characters",
+    "chapters.name", "chapters.n_words", "chapters.embedding.dialog", "chapters.embedding",
+    "chapters.focuses", "chapters.summary", "scenes.boundaries", "scenes.n_words", "scenes.title",
+    "scenes.embedding.dialog", "scenes.embedding", "scenes.focus", "scenes.perspective",
+    "scenes.summary")
+PAPER_CHAPTER_KEYS = frozenset({"name", "n_words", "quoted_share", "embedding", "focuses", "summary",
+                                "scenes"})
+PAPER_SCENE_KEYS = frozenset({"title", "n_words", "quoted_share", "embedding", "focus", "perspective",
+                              "summary", "xbook_scenes"})
+PAPER_CHECKS_KEYS = frozenset({"scene_words_within_binning", "max_dialog_gap", "format_problems"})
 SUMMARIZER_KEYS = frozenset({"backend", "model", "prompt_version", "params"})
 PROVENANCE_KEYS = frozenset({"date", "xbook_version", "entities"})
 ENTITY_KEYS = frozenset({"name", "aliases", "role", "description", "mentions"})
@@ -119,7 +172,11 @@ class _Validator:
 
   def validate(self) -> None:
     record = self.record
-    self.mapping(record, "record", RECORD_KEYS)
+    self.mapping(record, "record", RECORD_KEYS, exact=False)
+    unknown = sorted(record.keys() - RECORD_KEYS - OPTIONAL_RECORD_KEYS)
+    if unknown:
+      raise ScaffoldError(f"{self.name}: record: unknown field(s) {unknown}; expected exactly "
+                          f"{sorted(RECORD_KEYS)} and optionally {sorted(OPTIONAL_RECORD_KEYS)}")
     if record["schema"] != SCHEMA:
       self.fail("schema", repr(SCHEMA), record["schema"])
     if record["split"] not in SPLITS:
@@ -133,6 +190,8 @@ class _Validator:
     self.chapters(record["chapters"])
     self.book(record["book"], record["chapters"])
     self.checks(record["checks"])
+    if "paper" in record:
+      _PaperValidator(self).validate(record["paper"], record["chapters"])
 
   def summarizer(self, summarizer: Any) -> None:
     self.mapping(summarizer, "summarizer", SUMMARIZER_KEYS)
@@ -216,6 +275,171 @@ class _Validator:
     self.mapping(copied, "checks.max_copied_ngram", frozenset(COMPRESSION_LEVELS))
     for level in COMPRESSION_LEVELS:
       self.integer(copied[level], f"checks.max_copied_ngram.{level}")
+
+
+class _PaperValidator:
+  """Checks the `paper` field of a record against schema `xbook.paper/1` and the format's limits."""
+
+  def __init__(self, validator: _Validator) -> None:
+    self.v = validator
+
+  def line(self, value: Any, path: str, max_chars: int | None = None) -> None:
+    """A non-empty one-line string without framing tokens, of at most `max_chars` characters."""
+    self.v.string(value, path, non_empty=True)
+    if "\n" in value or value != value.strip():
+      self.v.fail(path, "one line without surrounding spaces", value)
+    if any(token in value for token in stage_protocol.FRAMING_TOKENS):
+      self.v.fail(path, f"text without the framing tokens {stage_protocol.FRAMING_TOKENS}", value)
+    if max_chars is not None and len(value) > max_chars:
+      self.v.fail(path, f"at most {max_chars} characters ({len(value)})", value)
+
+  def lines(self, value: Any, path: str, limits: tuple[int, int],
+            max_chars: int = stage_protocol.MAX_BULLET_CHARS) -> None:
+    self.v.items(value, path, non_empty=False)
+    if not limits[0] <= len(value) <= limits[1]:
+      self.v.fail(path, f"{limits[0]}-{limits[1]} items", value)
+    for i, item in enumerate(value):
+      self.line(item, f"{path}[{i}]", max_chars)
+
+  def named(self, value: Any, path: str, count: tuple[int, int], bullets: tuple[int, int]) -> None:
+    self.v.items(value, path, non_empty=False)
+    if not count[0] <= len(value) <= count[1]:
+      self.v.fail(path, f"{count[0]}-{count[1]} entries", value)
+    for i, entry in enumerate(value):
+      self.v.mapping(entry, f"{path}[{i}]", frozenset({"name", "bullets"}))
+      self.line(entry["name"], f"{path}[{i}].name", stage_protocol.MAX_NAME_CHARS)
+      self.lines(entry["bullets"], f"{path}[{i}].bullets", bullets)
+
+  def embedding(self, value: Any, path: str) -> None:
+    self.v.mapping(value, path, frozenset(stage_protocol.EMBEDDING_AXES))
+    for axis in stage_protocol.EMBEDDING_AXES:
+      score = value[axis]
+      if not isinstance(score, int) or isinstance(score, bool) or not 0 <= score <= 99:
+        self.v.fail(f"{path}.{axis}", "an integer 0-99", score)
+
+  def share(self, value: Any, path: str) -> None:
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                              or not 0 <= value <= 1):
+      self.v.fail(path, "null or a number 0-1 (the share of quoted words)", value)
+
+  def focus(self, value: Any, path: str) -> None:
+    self.lines(value, path, (1, stage_protocol.MAX_FOCUSES), stage_protocol.MAX_FOCUS_CHARS)
+    for i, item in enumerate(value):
+      if ";" in item:
+        self.v.fail(f"{path}[{i}]", "an item without ';' (it separates the items)", item)
+
+  def validate(self, paper: Any, chapters: list[dict[str, Any]]) -> None:
+    v = self.v
+    v.mapping(paper, "paper", PAPER_KEYS)
+    if paper["schema"] != PAPER_SCHEMA:
+      v.fail("paper.schema", repr(PAPER_SCHEMA), paper["schema"])
+    v.mapping(paper["builder"], "paper.builder", frozenset({"method", "version", "model"}))
+    if paper["builder"]["method"] not in PAPER_METHODS:
+      v.fail("paper.builder.method", f"one of {PAPER_METHODS}", paper["builder"]["method"])
+    for field in ("version", "model"):
+      v.string(paper["builder"][field], f"paper.builder.{field}")
+    v.mapping(paper["sources"], "paper.sources", frozenset(PAPER_SOURCE_FIELDS))
+    for field, source in paper["sources"].items():
+      if source not in PAPER_SOURCES:
+        v.fail(f"paper.sources.{field}", f"one of {PAPER_SOURCES}", source)
+    self.preview(paper["preview"])
+    self.lines(paper["world_rules"], "paper.world_rules", stage_protocol.BULLETS["world_rules"])
+    self.lines(paper["writing_style"], "paper.writing_style", stage_protocol.BULLETS["writing_style"])
+    self.named(paper["character_archetypes"], "paper.character_archetypes",
+               (1, stage_protocol.MAX_ARCHETYPES), stage_protocol.BULLETS["archetype"])
+    v.mapping(paper["characters"], "paper.characters", frozenset({"main", "side"}))
+    for side in ("main", "side"):
+      self.named(paper["characters"][side], f"paper.characters.{side}", (1, stage_protocol.MAX_CHARACTERS),
+                 stage_protocol.BULLETS["character"])
+    self.arcs(paper["arcs"], len(chapters))
+    v.items(paper["chapters"], "paper.chapters")
+    if len(paper["chapters"]) != len(chapters):
+      v.fail("paper.chapters", f"{len(chapters)} chapters (one per record chapter)", paper["chapters"])
+    for i, (chapter, source) in enumerate(zip(paper["chapters"], chapters)):
+      self.chapter(chapter, f"paper.chapters[{i}]", source)
+    self.checks(paper["checks"])
+
+  def preview(self, preview: Any) -> None:
+    self.v.mapping(preview, "paper.preview", frozenset({"highlight", "title", "tags", "archetype"}))
+    for field in ("highlight", "title", "archetype"):
+      self.line(preview[field], f"paper.preview.{field}")
+    self.lines(preview["tags"], "paper.preview.tags", (stage_protocol.N_TAGS, stage_protocol.N_TAGS))
+
+  def arcs(self, arcs: Any, n_chapters: int) -> None:
+    self.v.items(arcs, "paper.arcs")
+    if len(arcs) > stage_protocol.MAX_ARCS:
+      self.v.fail("paper.arcs", f"1-{stage_protocol.MAX_ARCS} arcs", arcs)
+    for i, arc in enumerate(arcs):
+      path = f"paper.arcs[{i}]"
+      self.v.mapping(arc, path, frozenset({"name", "short", "medium", "long", "chapters"}))
+      self.line(arc["name"], f"{path}.name", stage_protocol.MAX_NAME_CHARS)
+      for field in ("short", "medium", "long"):
+        self.lines(arc[field], f"{path}.{field}", stage_protocol.BULLETS[field])
+      count = arc["chapters"]
+      if (not isinstance(count, int) or isinstance(count, bool)
+          or not 1 <= count <= stage_protocol.MAX_CHAPTERS_PER_ARC):
+        self.v.fail(f"{path}.chapters", f"an integer 1-{stage_protocol.MAX_CHAPTERS_PER_ARC}", count)
+    total = sum(a["chapters"] for a in arcs)
+    if total != n_chapters:
+      raise ScaffoldError(f"{self.v.name}: paper.arcs: their chapter counts sum to {total}; the record has "
+                          f"{n_chapters} chapters (arcs tile the chapters in order)")
+
+  def chapter(self, chapter: Any, path: str, source: dict[str, Any]) -> None:
+    v = self.v
+    v.mapping(chapter, path, PAPER_CHAPTER_KEYS)
+    self.line(chapter["name"], f"{path}.name", stage_protocol.MAX_NAME_CHARS)
+    v.integer(chapter["n_words"], f"{path}.n_words", equal_to=sum(s["n_words"] for s in source["scenes"]),
+              meaning="the words of its record chapter")
+    self.share(chapter["quoted_share"], f"{path}.quoted_share")
+    self.embedding(chapter["embedding"], f"{path}.embedding")
+    self.focus(chapter["focuses"], f"{path}.focuses")
+    self.lines(chapter["summary"], f"{path}.summary", (1, stage_protocol.PROFILES["14b_full_book"].chapter_summary_bullets))
+    scenes = chapter["scenes"]
+    v.items(scenes, f"{path}.scenes")
+    if len(scenes) > stage_protocol.MAX_SCENES:
+      v.fail(f"{path}.scenes", f"1-{stage_protocol.MAX_SCENES} scenes (merge xbook's scenes)", scenes)
+    for j, scene in enumerate(scenes):
+      self.scene(scene, f"{path}.scenes[{j}]")
+    self.tiling(scenes, path, source)
+
+  def scene(self, scene: Any, path: str) -> None:
+    self.v.mapping(scene, path, PAPER_SCENE_KEYS)
+    self.line(scene["title"], f"{path}.title", stage_protocol.MAX_NAME_CHARS)
+    self.v.integer(scene["n_words"], f"{path}.n_words")
+    self.share(scene["quoted_share"], f"{path}.quoted_share")
+    self.embedding(scene["embedding"], f"{path}.embedding")
+    self.focus(scene["focus"], f"{path}.focus")
+    self.line(scene["perspective"], f"{path}.perspective", stage_protocol.MAX_PERSPECTIVE_CHARS)
+    self.lines(scene["summary"], f"{path}.summary", stage_protocol.BULLETS["scene_summary"])
+
+  def tiling(self, scenes: list[dict[str, Any]], path: str, source: dict[str, Any]) -> None:
+    """Scenes with `xbook_scenes` must tile the record chapter's scenes, words matching."""
+    ranges = [s["xbook_scenes"] for s in scenes]
+    if all(r is None for r in ranges):
+      return
+    start = 0
+    for j, (scene, span) in enumerate(zip(scenes, ranges)):
+      where = f"{path}.scenes[{j}].xbook_scenes"
+      if (not isinstance(span, list) or len(span) != 2 or span[0] != start or not span[0] < span[1]
+          or span[1] > len(source["scenes"])):
+        self.v.fail(where, f"[{start}, end) with end <= {len(source['scenes'])} (scenes tile the chapter's "
+                    "xbook scenes in order; all or none null)", span)
+      self.v.integer(scene["n_words"], f"{path}.scenes[{j}].n_words",
+                     equal_to=sum(s["n_words"] for s in source["scenes"][span[0]:span[1]]),
+                     meaning="the words of the xbook scenes it covers")
+      start = span[1]
+    if start != len(source["scenes"]):
+      self.v.fail(f"{path}.scenes", f"scenes covering all {len(source['scenes'])} xbook scenes", ranges)
+
+  def checks(self, checks: Any) -> None:
+    self.v.mapping(checks, "paper.checks", PAPER_CHECKS_KEYS)
+    if not isinstance(checks["scene_words_within_binning"], bool):
+      self.v.fail("paper.checks.scene_words_within_binning", "a boolean", checks["scene_words_within_binning"])
+    if checks["max_dialog_gap"] is not None:
+      self.v.integer(checks["max_dialog_gap"], "paper.checks.max_dialog_gap")
+    self.v.items(checks["format_problems"], "paper.checks.format_problems", non_empty=False)
+    for i, problem in enumerate(checks["format_problems"]):
+      self.v.string(problem, f"paper.checks.format_problems[{i}]", non_empty=True)
 
 
 def record_provenance(entities: str) -> dict[str, str]:
