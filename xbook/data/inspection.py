@@ -66,3 +66,41 @@ def render_example(example: Mapping[str, np.ndarray], decode: Callable[[list[int
   counts = tokens_per_kind(example)
   lines.append("tokens per kind: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
   return "\n".join(lines)
+
+
+def paper_stage_spans(example) -> list[dict]:
+  """The stages of a `paper_stages` example (xbook.data.paper_stages.PaperExample) in order: role,
+  chapter (1-based, None for the book's plans), kind, token span in the example, loss weight, and
+  which tokens of the stage it holds (`stage_tokens`: [start, end); a stage cut by the length does not
+  start at 0)."""
+  spans, offset = [], 0
+  for part in example.parts:
+    n = len(part.ids)
+    spans.append({"role": part.role, "chapter": None if part.chapter is None else part.chapter + 1,
+                  "kind": part.kind, "start": offset, "end": offset + n, "loss_weight": part.weight,
+                  "stage_tokens": [part.start, part.end]})
+    offset += n
+  return spans
+
+
+def render_paper_example(example, decode: Callable[[list[int]], str], *, max_chars: int = 300) -> str:
+  """A `paper_stages` example stage by stage: one line per stage (token span, role, chapter, kind, loss
+  weight, decoded text cut to `max_chars`), then what its context left out and the tokens per kind."""
+  lines = []
+  for span, part in zip(paper_stage_spans(example), example.parts):
+    text = decode(list(part.ids))
+    if len(text) > max_chars:
+      text = text[:max_chars] + f" [... {len(text) - max_chars} more characters]"
+    chapter = f"ch {span['chapter']:<4d}" if span["chapter"] is not None else "       "
+    cut = "" if span["stage_tokens"][0] == 0 else f" (from token {span['stage_tokens'][0]} of the stage)"
+    lines.append(f"[{span['start']:6d}, {span['end']:6d})  {span['role']:<30s} {chapter} {span['kind']:<12s} "
+                 f"weight {span['loss_weight']:.2f}{cut}  {text!r}")
+  if example.dropped_tokens:
+    chapters = ", ".join(str(c + 1) for c in example.dropped_chapters)
+    lines.append(f"left out of the context: {example.dropped_tokens} tokens of the stream before this example"
+                 + (f" (the text of chapters {chapters})" if chapters else ""))
+  counts: dict[str, int] = {}
+  for part in example.parts:
+    counts[part.kind] = counts.get(part.kind, 0) + len(part.ids)
+  lines.append("tokens per kind: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
+  return "\n".join(lines)

@@ -7,6 +7,13 @@ Views (each a seqio Task over scaffold JSONL; one scaffold record is one book):
            (xbook.data.windows)
   stages   short one-step examples of the plan hierarchy, packed (xbook.data.stages)
 
+Layouts: xbook's own (`interleaved`, `plans_first`; xbook.data.trajectory), or `paper_stages`, the
+stage stream of the paper's released models in a profile of xbook.data.stage_protocol (records with a
+`paper` field; xbook.data.paper_stages): its `windows` view is the profile's examples (24b: one per book
+up to the end of the first chapter; 14b: the whole book, or a head and one per later chapter), its
+`full` view the whole stream when it fits; it has no `stages` view (that name is xbook's short one-step
+examples). The profile is `register_task(profile=...)`, else gin's `paper_stages.profile`.
+
 Pipeline: ScaffoldDataSource (the records of a split) -> one Python call per book that tokenizes each
 segment once with the vocabulary and builds the view's examples -> examples with the task features of
 xbook.data.pieces (`targets`, `loss_weights`, `segment_kinds`, `segment_ids`, `positions`), which
@@ -33,7 +40,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from xbook.data import pieces, stages, trajectory, windows
+from xbook.data import paper_stages, pieces, stages, trajectory, windows
 from xbook.data.vocab import Vocabulary, load_vocabulary
 
 SPLITS = ("train", "validation", "test")
@@ -76,7 +83,7 @@ BookExamples = Callable[[Mapping[str, Any]], list[pieces.Example]]
 
 def book_examples(view: str, vocabulary: Vocabulary, *, length: int, layout: str = "interleaved",
                   loss_weights: Mapping[str, float] | None = None,
-                  repeat_weight: float = 0.0) -> BookExamples:
+                  repeat_weight: float = 0.0, profile: str | None = None) -> BookExamples:
   """A function from one scaffold record to the examples of `view` (in plain Python).
 
   Args:
@@ -86,9 +93,14 @@ def book_examples(view: str, vocabulary: Vocabulary, *, length: int, layout: str
     layout: trajectory layout (xbook.data.trajectory.LAYOUTS).
     loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS.
     repeat_weight: windows only: factor on the weight of repeated plans (xbook.data.windows).
+    profile: paper_stages only: the stage-protocol profile (None: gin's `paper_stages.profile`).
   """
   if view not in VIEWS:
     raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+  if layout == trajectory.PAPER_LAYOUT:
+    return paper_stages.examples_fn(vocabulary, view=view, length=length,
+                                    profile=profile or paper_stages.configured_profile(),
+                                    loss_weights=loss_weights)
   weight_table = trajectory.loss_weight_table(loss_weights)
   style, eos_id, encode = vocabulary.marker_style, vocabulary.eos_id, vocabulary.encode
 
@@ -161,7 +173,8 @@ def fixed_length_view_preprocessor(view: str, vocabulary: Vocabulary, length: in
 def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
                   vocabulary: str | os.PathLike[str] | Vocabulary, *,
                   layout: str = "interleaved", loss_weights: Mapping[str, float] | None = None,
-                  repeat_weight: float = 0.0, cached_length: int | None = None) -> seqio.Task:
+                  repeat_weight: float = 0.0, cached_length: int | None = None,
+                  profile: str | None = None) -> seqio.Task:
   """Register (or re-register) one view of scaffold JSONL files as a seqio Task.
 
   Args:
@@ -171,9 +184,12 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
       `split` field matches.
     vocabulary: a Vocabulary, or the path of one for xbook.data.vocab.load_vocabulary (an xbook
       vocabulary, a tokenizer.model, tokenizer.json, tekken.json or a model folder holding one).
-    layout: trajectory layout (xbook.data.trajectory.LAYOUTS).
-    loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS.
+    layout: trajectory layout (xbook.data.trajectory.ALL_LAYOUTS: interleaved, plans_first, paper_stages).
+    loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS (paper_stages: keys
+      may also be stage roles, xbook.data.paper_stages.role_weights).
     repeat_weight: windows only: factor on the weight of repeated plans (xbook.data.windows).
+    profile: paper_stages only: "24b_first_chapter" or "14b_full_book" (None: gin's
+      `paper_stages.profile`, default 14b_full_book), resolved now.
     cached_length: build the examples at this length, before a seqio cache placeholder, so that the
       task can be cached offline (xbook.data.cache) and read with `use_cached=True`; None: at the
       length the reader asks for, never cached.
@@ -183,15 +199,21 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
   """
   if view not in VIEWS:
     raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
-  if layout not in trajectory.LAYOUTS:
-    raise ValueError(f"unknown trajectory layout {layout!r}; expected one of {trajectory.LAYOUTS}")
-  trajectory.loss_weight_table(loss_weights)  # fail now, not inside tf.data, on an unknown kind
+  if layout not in trajectory.ALL_LAYOUTS:
+    raise ValueError(f"unknown trajectory layout {layout!r}; expected one of {trajectory.ALL_LAYOUTS}")
+  if layout == trajectory.PAPER_LAYOUT:
+    profile = profile or paper_stages.configured_profile()
+    paper_stages.role_weights(loss_weights)  # fail now, not inside tf.data
+    if view not in paper_stages.VIEWS:
+      raise ValueError(f"layout {layout!r} has the views {paper_stages.VIEWS}, not {view!r}")
+  else:
+    trajectory.loss_weight_table(loss_weights)  # fail now, not inside tf.data, on an unknown kind
   if not isinstance(vocabulary, Vocabulary):
     vocabulary = load_vocabulary(vocabulary)
   passthrough = {name: seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=dtype,
                                      required=False)
                  for name, dtype in _FEATURE_DTYPES.items() if name != "targets"}
-  view_kwargs = dict(layout=layout, loss_weights=loss_weights, repeat_weight=repeat_weight)
+  view_kwargs = dict(layout=layout, loss_weights=loss_weights, repeat_weight=repeat_weight, profile=profile)
   if cached_length is None:
     preprocessors = [view_preprocessor(view, vocabulary, **view_kwargs)]
   else:
@@ -214,10 +236,11 @@ def register_mixture(name: str, scaffold_files: str | Sequence[str],
     name: mixture name in `seqio.MixtureRegistry`.
     scaffold_files, vocabulary: as for register_task (a path is loaded once, for every task).
     rates: {view: sampling rate}; views left out (or at rate 0) are not mixed. Default: windows 1,
-      stages 1, full 1.
-    **task_kwargs: layout, loss_weights, repeat_weight for every task.
+      stages 1, full 1 (paper_stages: windows 1, full 1).
+    **task_kwargs: layout, loss_weights, repeat_weight, profile for every task.
   """
-  rates = dict(rates if rates is not None else {view: 1.0 for view in VIEWS})
+  views = paper_stages.VIEWS if task_kwargs.get("layout") == trajectory.PAPER_LAYOUT else VIEWS
+  rates = dict(rates if rates is not None else {view: 1.0 for view in views})
   unknown = sorted(set(rates) - set(VIEWS))
   if unknown:
     raise ValueError(f"mixture rates name unknown views {unknown}; views are {VIEWS}")

@@ -10,6 +10,10 @@ Layouts:
   plans_first: prompt, premise, synopsis, outline, every chapter's plan and scene plans, then the whole
     text, scene after scene.
 
+  paper_stages (PAPER_LAYOUT): the paper's stage protocol (xbook.data.stage_protocol), for records with a
+    `paper` field; its examples are built by xbook.data.paper_stages, not from segments. (Not to be
+    confused with the `stages` *view* of xbook.data.tasks: short one-step examples of xbook's layouts.)
+
 Marker styles:
   symbols: `<|premise|>`, ... are user-defined symbols of an xbook vocabulary (one token each).
   tags: `<premise>`, ... are plain text that a pretrained tokenizer (Llama, Mistral) splits into ordinary
@@ -21,18 +25,25 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-# Segment kinds, in the order they first appear in a trajectory. Their integer ids are positions here.
-SEGMENT_KINDS: tuple[str, ...] = (
+# Segment kinds of xbook's own layouts, in the order they first appear in a trajectory.
+XBOOK_KINDS: tuple[str, ...] = (
     "prompt", "premise", "synopsis", "outline", "chapter_plan", "scene_plan", "text")
+# Kinds only the paper's stage protocol has (xbook.data.stage_protocol maps each stage role to a kind:
+# its book preview, book plan and characters list; its chapter plans, scene breakdowns and texts are
+# chapter_plan, scene_plan and text). Appended, so that the ids of existing kinds never change.
+PAPER_KINDS: tuple[str, ...] = ("book_preview", "book_plan", "characters")
+# Every segment kind; their integer ids (in examples, and the trainer's `loss/<kind>`) are positions here.
+SEGMENT_KINDS: tuple[str, ...] = XBOOK_KINDS + PAPER_KINDS
 KIND_ID: dict[str, int] = {kind: i for i, kind in enumerate(SEGMENT_KINDS)}
 
-# One marker per kind (SentencePiece user-defined symbols), plus one that closes the book.
-MARKERS: dict[str, str] = {kind: f"<|{kind}|>" for kind in SEGMENT_KINDS}
+# One marker per kind of xbook's layouts (SentencePiece user-defined symbols), plus one that closes the
+# book. The paper's kinds have none: its stages are framed by role headers instead.
+MARKERS: dict[str, str] = {kind: f"<|{kind}|>" for kind in XBOOK_KINDS}
 END_OF_BOOK = "<|end_of_book|>"
 ALL_MARKERS: tuple[str, ...] = tuple(MARKERS.values()) + (END_OF_BOOK,)
 
 # The same markers as plain-text tags, for pretrained tokenizers without xbook's symbols.
-TAGS: dict[str, str] = {kind: f"<{kind}>" for kind in SEGMENT_KINDS}
+TAGS: dict[str, str] = {kind: f"<{kind}>" for kind in XBOOK_KINDS}
 END_OF_BOOK_TAG = "<end_of_book>"
 
 MARKER_STYLES = ("symbols", "tags")
@@ -40,9 +51,13 @@ MARKER_STYLES = ("symbols", "tags")
 # Default loss weight of each kind: the request itself is given, everything the model writes is learned.
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "prompt": 0.0, "premise": 1.0, "synopsis": 1.0, "outline": 1.0,
-    "chapter_plan": 1.0, "scene_plan": 1.0, "text": 1.0}
+    "chapter_plan": 1.0, "scene_plan": 1.0, "text": 1.0,
+    "book_preview": 1.0, "book_plan": 1.0, "characters": 1.0}
 
+# xbook's own layouts (built from segments here), and the paper's stage stream.
 LAYOUTS = ("interleaved", "plans_first")
+PAPER_LAYOUT = "paper_stages"
+ALL_LAYOUTS = LAYOUTS + (PAPER_LAYOUT,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +113,8 @@ def scaffold_to_segments(record: Mapping[str, Any], layout: str = "interleaved",
   Returns:
     Segments in reading order; the last `text` segment ends with END_OF_BOOK.
   """
+  if layout == PAPER_LAYOUT:
+    raise ValueError(f"layout {PAPER_LAYOUT!r} is not made of segments: use xbook.data.paper_stages")
   if layout not in LAYOUTS:
     raise ValueError(f"unknown trajectory layout {layout!r}; expected one of {LAYOUTS}")
   chapters = record["chapters"]
