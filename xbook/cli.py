@@ -201,7 +201,7 @@ def _scaffold_build(args: argparse.Namespace) -> int:
       summarizer = _openai_summarizer(args, stack)
     cache = stack.enter_context(SummaryCache(args.cache))
     build = run_scaffold_build(books, summarizer, out_path=args.out, cache=cache, splits=splits,
-                               concurrent_books=args.concurrent_books)
+                               concurrent_books=args.concurrent_books, plan_format=args.format)
     print(format_reports(build.reports, build.seconds))
     print(f"scaffolds: {args.out} ({len(build.records)} records); summary cache {args.cache}: "
           f"{cache.hits} hits, {cache.misses} misses")
@@ -235,6 +235,13 @@ def _scaffold_show(args: argparse.Namespace) -> int:
   if not records:
     raise SystemExit(f"error: no scaffold for book {args.book!r} in {args.file}")
   record = records[0]
+  if args.profile:
+    from xbook.data import stage_protocol
+    try:
+      sys.stdout.write(stage_protocol.render(record, args.profile))
+    except ValueError as error:
+      raise SystemExit(f"error: {error}")
+    return 0
   if args.json:
     print(json.dumps(record, ensure_ascii=False))
     return 0
@@ -249,7 +256,35 @@ def _scaffold_show(args: argparse.Namespace) -> int:
   for chapter in record["chapters"]:
     print(f"\n[{chapter['index'] + 1}] {chapter['title']} ({len(chapter['scenes'])} scenes)\n"
           + textwrap.fill(chapter["summary"], 100, initial_indent="  ", subsequent_indent="  "))
+  if "paper" in record:
+    paper = record["paper"]
+    problems = paper["checks"]["format_problems"]
+    print(f"\nPAPER FORMAT ({paper['builder']['method']}, {paper['builder']['version']}): "
+          f"{len(paper['arcs'])} arcs, {sum(len(c['scenes']) for c in paper['chapters'])} scenes, "
+          f"{len(problems)} format problems; print its stream with --profile 14b_full_book")
+    for problem in problems[:10]:
+      print(f"  {problem}")
   return 0
+
+
+def _scaffold_import(args: argparse.Namespace) -> int:
+  from xbook.scaffold import write_scaffolds
+  from xbook.scaffold.longpage import import_longpage
+  try:
+    records, report = import_longpage(args.longpage, limit=args.limit)
+  except (OSError, ValueError) as error:
+    raise SystemExit(f"error: {args.longpage}: {error}")
+  if records:
+    write_scaffolds(args.out, records)
+  if args.json:
+    print(json.dumps({"rows": report.rows, "records": report.records, "out": args.out if records else None,
+                      "failed": [{"row": row, "reason": reason} for row, reason in report.failed],
+                      "unmapped": dict(report.unmapped), "derived": dict(report.derived)}))
+  else:
+    print(report.format())
+    print(f"scaffolds: {args.out} ({len(records)} records)" if records else
+          f"error: no row of {args.longpage} made a record; {args.out} not written")
+  return 0 if records and not report.failed else 1
 
 
 def _scaffold_tfds(args: argparse.Namespace) -> int:
@@ -298,8 +333,13 @@ def _data_inspect(args: argparse.Namespace) -> int:
   from xbook.data import inspection, tasks, trajectory, vocab
   from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
   vocabulary = vocab.load_vocabulary(args.vocab)
+  paper = args.layout == trajectory.PAPER_LAYOUT
+  if paper and args.task == "stages":
+    raise SystemExit(f"error: --layout {args.layout} has the tasks windows and full (and their mixture); the "
+                     "stages task is xbook's short one-step examples of its own layouts")
   mixture = tasks.register_mixture("xbook_inspect", args.scaffolds, vocabulary,
-                                   layout=args.layout, repeat_weight=args.repeat_weight)
+                                   layout=args.layout, repeat_weight=args.repeat_weight,
+                                   **({"profile": args.profile} if paper else {}))
   task_name = mixture.name if args.task == "mixture" else f"xbook_inspect_{args.task}"
   converter = TrajectoryFeatureConverter(bos_id=vocabulary.bos_id, length_multiple=args.sequence_shards)
   ds = seqio.get_dataset(task_name, task_feature_lengths=task_feature_lengths(args.seq_len),
@@ -316,6 +356,11 @@ def _data_inspect(args: argparse.Namespace) -> int:
   if shown is None:
     raise SystemExit(f"error: task {args.task} has {n_examples} examples of split {args.split!r} from "
                      f"{args.scaffolds} at --seq_len {args.seq_len}; --index {args.index} is out of range")
+  if args.raw:
+    real = shown["decoder_segment_ids"] > 0
+    sys.stdout.write(vocabulary.decode(shown["decoder_target_tokens"][real].tolist()))
+    return 0
+  paper_example = _paper_example(args, vocabulary) if paper and args.task != "mixture" else None
   marker_ids = vocabulary.marker_ids()
   vocab_summary = {"path": vocabulary.path, "size": vocabulary.size, "bos_id": vocabulary.bos_id,
                    "eos_id": vocabulary.eos_id, "pad_id": vocabulary.pad_id,
@@ -326,6 +371,10 @@ def _data_inspect(args: argparse.Namespace) -> int:
              "kinds": list(trajectory.SEGMENT_KINDS), "index": args.index,
              "segments": [dataclasses.asdict(span) for span in inspection.example_spans(shown, marker_ids)],
              "tokens_per_kind": inspection.tokens_per_kind(shown)}
+  if paper_example is not None:
+    summary.update(layout=args.layout, profile=args.profile, stages=inspection.paper_stage_spans(paper_example),
+                   dropped_tokens=paper_example.dropped_tokens,
+                   dropped_chapters=[c + 1 for c in paper_example.dropped_chapters])
   if args.json:
     print(json.dumps(summary))
   else:
@@ -335,10 +384,32 @@ def _data_inspect(args: argparse.Namespace) -> int:
           f"{weighted:.0f} weighted")
     for name, spec in summary["features"].items():
       print(f"  {name}: {spec}")
-    print(f"example {args.index}:")
-    print(inspection.render_example(shown, vocabulary.decode, marker_ids=marker_ids,
-                                    max_chars=args.max_chars))
+    print(f"example {args.index}" + (f" ({args.profile}, stage by stage):" if paper_example else ":"))
+    if paper_example is not None:
+      print(inspection.render_paper_example(paper_example, vocabulary.decode, max_chars=args.max_chars))
+    else:
+      print(inspection.render_example(shown, vocabulary.decode, marker_ids=marker_ids,
+                                      max_chars=args.max_chars))
   return 0
+
+
+def _paper_example(args: argparse.Namespace, vocabulary):
+  """Example `--index` of the paper_stages task, rebuilt in Python with its stages (the seqio task
+  yields the records of a split in file order and each book's examples in order)."""
+  import glob
+  from xbook.data import paper_stages
+  from xbook.scaffold import read_scaffolds
+  seen = 0
+  for path in sorted(glob.glob(args.scaffolds)) or [args.scaffolds]:
+    for record in read_scaffolds(path):
+      if record["split"] != args.split:
+        continue
+      examples = paper_stages.book_examples(record, vocabulary.encode, profile=args.profile, length=args.seq_len,
+                                            view=args.task)
+      if seen + len(examples) > args.index:
+        return examples[args.index - seen]
+      seen += len(examples)
+  return None
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -528,11 +599,30 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--timeout_s", type=float, default=120.0, help="deadline of one request attempt")
   p.add_argument("--max_retries", type=int, default=6,
                  help="retries of a request after a timeout, a connection error, 429 or 5xx")
-  p = _add(scaffold, "show", "Print the plans of one scaffold record.",
-           "xbook scaffold show out/scaffolds.jsonl --book pg46", _scaffold_show)
+  p.add_argument("--format", choices=("xbook", "paper"), default="xbook",
+                 help="xbook: xbook's levels; paper: also the plans of the paper's released models (book "
+                      "preview and plan, chapter plans, scene breakdowns, characters; the record's `paper` "
+                      "field): measured where the text allows, written by the backend otherwise (extractive: "
+                      "its approximation, marked as such)")
+  p = _add(scaffold, "show", "Print the plans of one scaffold record, or (--profile) its stage stream in the "
+           "paper's format exactly as rendered.",
+           "xbook scaffold show out/scaffolds.jsonl --book pg46\n"
+           "xbook scaffold show out/paper.jsonl --book pg46 --profile 24b_first_chapter > pg46.stream.txt",
+           _scaffold_show)
   p.add_argument("file")
   p.add_argument("--book", default=None, help="book id (default: the first record)")
   p.add_argument("--json", action="store_true")
+  p.add_argument("--profile", choices=("24b_first_chapter", "14b_full_book"), default=None,
+                 help="print the record's stage stream in this profile of the paper's protocol (needs a "
+                      "record with a paper field), byte for byte")
+  p = _add(scaffold, "import", "Import rows of the LongPage dataset (parquet) as scaffold records with the paper "
+           "format's plans; fields that do not map are reported (exit status 1 if any row failed).",
+           "xbook scaffold import --longpage LongPage/train-00000.parquet --out out/longpage.jsonl --limit 100",
+           _scaffold_import)
+  p.add_argument("--longpage", required=True, help="a LongPage parquet file")
+  p.add_argument("--out", required=True, help="scaffold JSONL to write")
+  p.add_argument("--limit", type=int, default=None, help="read at most this many rows")
+  p.add_argument("--json", action="store_true", help="print the report as JSON")
   p = _add(scaffold, "tfds", "Build the xbook_scaffolds TFDS dataset with Apache Beam (Beam options after --).",
            "xbook scaffold tfds --manual_dir gutenberg/ --data_dir tfds/ -- --runner=DirectRunner "
            "--direct_num_workers=2", _scaffold_tfds)
@@ -555,9 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
 
   data = _group(commands, "data", "Trajectory examples from the seqio tasks.",
                 "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model")
-  p = _add(data, "inspect", "Build the examples of one book view (seqio task) and show one segment by segment.",
+  p = _add(data, "inspect", "Build the examples of one book view (seqio task) and show one segment by segment "
+           "(stage by stage for the paper_stages layout), or (--raw) print its text exactly.",
            "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model --seq_len 2048 \\\n"
            "  --task stages --index 3\n"
+           "xbook data inspect --scaffolds out/paper.jsonl --vocab out/vocab.model --seq_len 32768 \\\n"
+           "  --layout paper_stages --profile 24b_first_chapter --raw > example0.txt\n"
            "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab ~/models/Mistral-Small-24B/tekken.json \\\n"
            "  --seq_len 8192 --json",
            _data_inspect)
@@ -570,10 +663,16 @@ def build_parser() -> argparse.ArgumentParser:
                  help="size of the sequence mesh axis (the length must divide by it)")
   p.add_argument("--split", default="train", choices=("train", "validation", "test"))
   p.add_argument("--task", default="windows", choices=("windows", "full", "stages", "mixture"),
-                 help="book view to show, or the mixture of all three")
+                 help="book view to show, or the mixture of all three (paper_stages: windows, full, mixture)")
   p.add_argument("--index", type=int, default=0, help="which example of the task to show")
-  p.add_argument("--layout", default="interleaved", choices=("interleaved", "plans_first"),
-                 help="trajectory layout")
+  p.add_argument("--layout", default="interleaved", choices=("interleaved", "plans_first", "paper_stages"),
+                 help="trajectory layout; paper_stages: the stage stream of the paper's released models "
+                      "(records with a paper field, `xbook scaffold build --format paper`)")
+  p.add_argument("--profile", default="14b_full_book", choices=("24b_first_chapter", "14b_full_book"),
+                 help="paper_stages: the released model's profile (24b: one example per book to the end of "
+                      "the first chapter; 14b: the whole book, or one example per later chapter)")
+  p.add_argument("--raw", action="store_true",
+                 help="print only the example's text, decoded exactly as rendered (framing, markers)")
   p.add_argument("--repeat_weight", type=float, default=0.0,
                  help="windows: factor on the loss weight of plans repeated from an earlier window")
   p.add_argument("--max_chars", type=int, default=300, help="characters of decoded text shown per segment")
