@@ -27,14 +27,24 @@ def _books_part(args: argparse.Namespace) -> dict[str, Any]:
   return evaluate_books(books, baseline, str(baseline_dir))
 
 
+def _not_built(part: str) -> None:
+  raise SystemExit(f"xbook eval: {part} is not implemented yet (see issue 16); use --books for text metrics")
+
+
 def _perplexity_part(args: argparse.Namespace) -> dict[str, Any]:
-  from xbook.evals.perplexity import run_perplexity
+  try:
+    from xbook.evals.perplexity import run_perplexity
+  except ImportError:
+    _not_built("--run_dir (held-out perplexity)")
   return run_perplexity(args.run_dir, scaffold_files=args.scaffolds, novels=args.heldout,
                         split=args.split, step=args.step, batch_size=args.batch_size)
 
 
 def _judges_part(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-  from xbook.evals.judges import JudgeConfig, judge_systems
+  try:
+    from xbook.evals.judges import JudgeConfig, judge_systems
+  except ImportError:
+    _not_built("--judge (pairwise judges)")
   systems = dict(_system(s) for s in args.judge)
   config = JudgeConfig(base_url=args.judge_url, models=tuple(args.judge_model),
                        api_key_env=args.judge_api_key_env, samples=args.judge_samples,
