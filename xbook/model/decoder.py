@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from xbook.model.config import DecoderConfig
-from xbook.model.layers import BATCH_LENGTH_EMBED, DecoderLayer, RMSNorm
+from xbook.model.layers import BATCH_LENGTH_EMBED, DecoderLayer, LayerCache, RMSNorm
 
 
 def _remat_policy(name: str):
@@ -26,12 +26,24 @@ class Decoder(nn.Module):
       decoder_input_tokens / decoder_segment_ids / decoder_positions).
     returns logits [batch, length, vocab] in float32, sharded (activation_batch, activation_length,
       activation_vocab).
+
+  __call__(tokens, segment_ids, positions, cache, logits_index), for decoding (xbook.infer.decode):
+    cache: a LayerCache (xbook.model.layers) whose keys and values are sequences of n_layers per-layer
+      arrays, its segment ids and positions already holding the new tokens' and its slots saying where
+      their keys and values go; each layer stores them, then attends to the whole cache with dense
+      attention, whatever `config.attention` is; remat is not applied. Scanned layers stack the cache
+      on every call (a copy); xbook.infer.decode runs the layers unrolled, each on its own arrays.
+    logits_index: None, or [batch] int: compute the logits of only that token of each row.
+    returns (logits [batch, length or 1, vocab] float32, (keys, values)): the layers' updated keys and
+      values, tuples of n_layers arrays.
+  Both compute with the same parameters and the same layer code.
   """
 
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+  def __call__(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+               cache: LayerCache | None = None, logits_index: jax.Array | None = None):
     cfg = self.config
     embed = nn.Embed(
         cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
@@ -40,18 +52,24 @@ class Decoder(nn.Module):
         name="embed")
     x = nn.with_logical_constraint(embed(tokens), BATCH_LENGTH_EMBED)
 
-    layer = DecoderLayer
-    if cfg.remat != "none":
-      layer = nn.remat(layer, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
-      stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(cfg, name="layers")(x, segment_ids, positions)
+    new_kv = None
+    if cache is not None:
+      x, new_kv = self._cached_layers(x, segment_ids, positions, cache)
     else:
-      for i in range(cfg.n_layers):
-        x, _ = layer(cfg, name=f"layers_{i}")(x, segment_ids, positions)
+      layer = DecoderLayer
+      if cfg.remat != "none":
+        layer = nn.remat(layer, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+      if cfg.scan_layers:
+        stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = stack(cfg, name="layers")(x, segment_ids, positions)
+      else:
+        for i in range(cfg.n_layers):
+          x, _ = layer(cfg, name=f"layers_{i}")(x, segment_ids, positions)
 
+    if logits_index is not None:
+      x = x[jnp.arange(x.shape[0]), logits_index][:, None]
     x = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name="final_norm")(x)
     if cfg.tie_embeddings:
       logits = embed.attend(x)
@@ -62,5 +80,29 @@ class Decoder(nn.Module):
               nn.initializers.normal(stddev=cfg.d_model ** -0.5), ("embed", "vocab")),
           name="lm_head")(x)
     logits = logits.astype(jnp.float32)
-    return nn.with_logical_constraint(
+    logits = nn.with_logical_constraint(
         logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return logits if cache is None else (logits, new_kv)
+
+  def _cached_layers(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array, cache: LayerCache):
+    """The layer stack against `cache` (per-layer key and value sequences): (x, (keys, values)), the
+    layers' updated keys and values as tuples."""
+    cfg = self.config
+    if len(cache.keys) != cfg.n_layers or len(cache.values) != cfg.n_layers:
+      raise ValueError(f"the cache holds {len(cache.keys)} layers of keys and {len(cache.values)} of values; "
+                       f"the model has n_layers={cfg.n_layers}")
+    if cfg.scan_layers:  # one compiled layer, but the cache is stacked (copied) on every call
+      stack = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast,
+                               LayerCache(0, 0, nn.broadcast, nn.broadcast, nn.broadcast)),
+                      length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      stacked = cache._replace(keys=jnp.stack(cache.keys), values=jnp.stack(cache.values))
+      x, (keys, values) = stack(cfg, name="layers")(x, segment_ids, positions, stacked)
+      return x, (tuple(keys), tuple(values))
+    keys, values = [], []
+    for i in range(cfg.n_layers):
+      layer_cache = cache._replace(keys=cache.keys[i], values=cache.values[i])
+      x, (k, v) = DecoderLayer(cfg, name=f"layers_{i}")(x, segment_ids, positions, layer_cache)
+      keys.append(k)
+      values.append(v)
+    return x, (tuple(keys), tuple(values))

@@ -2,9 +2,15 @@
 
 Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`);
 activations are constrained to `activation_*` names. Rules in xbook.train.partitioning map both to mesh axes.
+
+Decoding (xbook.infer.decode) runs the same modules with a `LayerCache`: the keys and values of the tokens
+seen before, which the new tokens' queries attend to beside their own. Without one (training, evaluation)
+every module computes exactly what it did before caches existed.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -12,10 +18,77 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from xbook.model import attention as attention_lib
+from xbook.model.attention_mask import MASKED, attention_mask
 from xbook.model.config import DecoderConfig
 from xbook.model.rope import apply_rope
 
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
+
+
+class LayerCache(NamedTuple):
+  """The keys and values of the tokens decoded so far, and where the new tokens' go (one layer's view;
+  the Decoder takes `keys` and `values` as sequences of the layers' arrays).
+
+  Keys are stored transposed, so that a decode step's scores (queries [.., head_dim] against keys
+  [head_dim, cache_len]) and output (probabilities [.., cache_len] against values [cache_len,
+  head_dim]) both run along contiguous cache_len.
+
+  Attributes:
+    keys: [batch, n_kv_heads, head_dim, cache_len], rotated (and YaRN-scaled) as attention sees them.
+    values: [batch, n_kv_heads, cache_len, head_dim].
+    segment_ids: [batch, cache_len] int, already holding the new tokens' (0 marks an empty slot).
+    positions: [batch, cache_len] int, already holding the new tokens'.
+    slots: [batch, length] int, the slot of each new token (cache_len or more: not stored, e.g. padding).
+  """
+
+  keys: jax.Array
+  values: jax.Array
+  segment_ids: jax.Array
+  positions: jax.Array
+  slots: jax.Array
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                     cache: LayerCache, sliding_window: int | None) -> tuple[jax.Array, LayerCache]:
+  """Store the new tokens' keys and values in the cache, then attend from their queries to the cache.
+
+  Dense attention: the full score matrix, small because the queries are few (one per row in a decode
+  step, a prefill chunk otherwise). What a query sees comes from the shared mask
+  (xbook.model.attention_mask) over the cache's positions and segment ids, as in training; softmax
+  statistics in float32, as dense_attention. Writing first and reading after lets XLA update the cache
+  in place inside a decode loop; a single query (a decode step) is a multiply-and-sum, which XLA:CPU
+  fuses with the reads, where a matrix product made it copy the whole cache at every step.
+
+  Args:
+    q: [batch, length, n_kv_heads, group, head_dim]; k, v: [batch, length, n_kv_heads, head_dim].
+    segment_ids, positions: [batch, length] of the new tokens.
+    cache: the layer's cache; `cache.slots` say where k and v go.
+
+  Returns:
+    (out [batch, length, n_kv_heads, group, head_dim] in q's dtype, the cache with k and v stored).
+  """
+  batch, length, n_kv, group, head_dim = q.shape
+  rows = jnp.arange(batch)[:, None]
+  # Indexed by (rows, slots) [batch, length] around sliced axes, the updates are [batch, length, kv, d].
+  keys = cache.keys.at[rows, :, :, cache.slots].set(k.astype(cache.keys.dtype), mode="drop")
+  values = cache.values.at[rows, :, cache.slots].set(v.astype(cache.values.dtype), mode="drop")
+  queries = q.transpose(0, 2, 3, 1, 4).reshape(batch, n_kv, group * length, head_dim) * head_dim ** -0.5
+  if length == 1:
+    scores = jnp.sum(queries[..., None].astype(jnp.float32) * keys[:, :, None].astype(jnp.float32), axis=3)
+  else:
+    scores = jnp.einsum("bhqd,bhdk->bhqk", queries, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+  mask = attention_mask(segment_ids, cache.segment_ids.astype(segment_ids.dtype), positions,
+                        cache.positions.astype(positions.dtype), sliding_window)  # [batch, length, cache_len]
+  scores = jnp.where(mask[:, None, None], scores.reshape(batch, n_kv, group, length, -1), MASKED)
+  # Queries with no visible key (padding) get zero output rather than a uniform average.
+  probs = jax.nn.softmax(scores, axis=-1) * jnp.any(mask, axis=-1)[:, None, None, :, None]
+  probs = probs.reshape(batch, n_kv, group * length, -1)
+  if length == 1:
+    out = jnp.sum(probs[..., None] * values[:, :, None].astype(jnp.float32), axis=3)
+  else:
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), values.astype(v.dtype))
+  out = out.reshape(batch, n_kv, group, length, head_dim).transpose(0, 3, 1, 2, 4).astype(q.dtype)
+  return out, cache._replace(keys=keys, values=values)
 
 
 def _init(init_fn, names: tuple[str, ...]):
@@ -60,12 +133,16 @@ class Attention(nn.Module):
 
   Query heads are laid out [kv_heads, heads] where `heads` counts the query heads sharing one key/value
   head (n_heads // n_kv_heads), so head h = kv * group + g, the grouping of Llama-family checkpoints.
+
+  With a `cache` (LayerCache) the new tokens' keys and values are stored in it and the queries attend to
+  it (`cached_attention`: dense, whatever `config.attention` says); the call returns (out, the cache).
   """
 
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+               cache: LayerCache | None = None):
     cfg = self.config
     group = cfg.n_heads // cfg.n_kv_heads
 
@@ -102,6 +179,10 @@ class Attention(nn.Module):
         ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = nn.with_logical_constraint(
         v, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    if cache is not None:
+      out, cache = cached_attention(q, k, v, segment_ids, positions, cache, cfg.sliding_window)
+      out = jnp.einsum("blkgd,kgde->ble", out, wo)
+      return nn.with_logical_constraint(out, BATCH_LENGTH_EMBED), cache
     options = {} if cfg.sliding_window is None else {"sliding_window": cfg.sliding_window}
     if cfg.attention != "dense":
       options.update(block_q=cfg.attention_block, block_kv=cfg.attention_block)
@@ -132,17 +213,27 @@ class SwiGLU(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x)). Carries x: [batch, length, embed]."""
+  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x)). Carries x: [batch, length, embed].
+
+  Returns (x, None), or with a `cache` (LayerCache) (x, (keys, values)): the layer's cached keys and
+  values with the new tokens' stored (under nn.scan, stacked on `layers`).
+  """
 
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array):
+  def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+               cache: LayerCache | None = None):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name=name)  # noqa: E731
-    attn_out = Attention(cfg, name="attention")(norm("attention_norm")(x), segment_ids, positions)
+    attention = Attention(cfg, name="attention")
+    if cache is None:
+      attn_out, new_kv = attention(norm("attention_norm")(x), segment_ids, positions), None
+    else:
+      attn_out, cache = attention(norm("attention_norm")(x), segment_ids, positions, cache)
+      new_kv = (cache.keys, cache.values)
     attn_out = checkpoint_name(attn_out, "attention_out")
     x = x + attn_out
     x = x + SwiGLU(cfg, name="mlp")(norm("mlp_norm")(x))
     x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
-    return x, None
+    return x, new_kv
