@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import signal
@@ -210,6 +211,10 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(trained_run,
     _train(run_dir, split_scaffold_file, vocab_path, steps=12)
   assert "checkpoint of step 12" in caplog.text and "restored step 9" in caplog.text
   assert [r["step"] for r in read_metrics(run_dir)][-3:] == [10, 11, 12]
+  # The replayed steps 10-12 appear once, in metrics.jsonl and in TensorBoard.
+  lines = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  assert lines == list(range(1, 13))
+  assert _tensorboard_steps(run_dir / "tensorboard", "loss") == list(range(1, 13))
 
 
 def test_ring_attention_on_a_zigzag_sequence_axis_trains_like_dense(tmp_path, scaffold_file, vocab_path):
@@ -320,3 +325,11 @@ def test_training_reads_the_offline_cache_that_xbook_data_cache_built(tmp_path, 
   assert "offline cache" in caplog.text
   assert np.isfinite(cached["loss"])
   assert [r["step"] for r in read_metrics(tmp_path / "cached")] == [1, 2, 3]
+
+
+def _tensorboard_steps(logdir, tag: str) -> list[int]:
+  """The steps of the `tag` summaries in the event files of `logdir`, in file order."""
+  import tensorflow as tf
+  return [event.step for path in sorted(tf.io.gfile.glob(f"{logdir}/events.out.tfevents.*"))
+          for event in tf.compat.v1.train.summary_iterator(path)
+          if any(value.tag == tag for value in event.summary.value)]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import shutil
 
 import gin
 import jax
@@ -124,3 +126,35 @@ def test_a_different_network_is_refused_naming_every_field(source_run, tmp_path,
     warm_start.find_source(str(source_run), step=5)
   with pytest.raises(FileNotFoundError, match="xbook weights import"):
     warm_start.find_source(str(tmp_path / "nowhere"))
+
+
+def _files(folder):
+  return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_rerun_with_another_shape_leaves_the_run_as_it_was(source_run, tmp_path, scaffold_file, vocab_path):
+  run_dir = tmp_path / "run"
+  shutil.copytree(source_run, run_dir)
+  before = _files(run_dir)
+  other = dataclasses.replace(MODEL, d_model=32, scan_layers=False)
+  with pytest.raises(ValueError) as error:
+    _train(run_dir, scaffold_file, vocab_path, steps=10, model=other)
+  assert "d_model: 64 in the run, 32 now" in str(error.value) and "scan_layers" in str(error.value)
+  assert _files(run_dir) == before and not (tmp_path / "run" / "checkpoints_unreadable").exists()
+  # Compute-only fields may change when a run resumes.
+  _train(run_dir, scaffold_file, vocab_path, steps=9, model=dataclasses.replace(MODEL, remat="full"))
+  assert [r["step"] for r in read_metrics(run_dir)][-1] == 9
+
+
+def test_rerunning_a_finished_run_reports_where_it_is(source_run, tmp_path, scaffold_file, vocab_path, caplog):
+  run_dir = tmp_path / "run"
+  shutil.copytree(source_run, run_dir)
+  last = read_metrics(run_dir)[-1]
+  with caplog.at_level(logging.INFO, logger="xbook.train.trainer"):
+    metrics = _train(run_dir, scaffold_file, vocab_path, steps=8)
+  assert metrics["step"] == 8 and metrics["loss"] == last["loss"]
+  assert "already at step 8" in caplog.text
+  with caplog.at_level(logging.WARNING, logger="xbook.train.trainer"):
+    metrics = _train(run_dir, scaffold_file, vocab_path, steps=5)
+  assert metrics["step"] == 8 and "past train.steps=5" in caplog.text
+  assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 9))

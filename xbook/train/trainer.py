@@ -40,7 +40,7 @@ from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.loss import nll_by_kind, weighted_cross_entropy
 from xbook.train.mesh import MeshConfig, make_mesh
-from xbook.train.metrics import MetricsWriter
+from xbook.train.metrics import MetricsWriter, read_metrics
 from xbook.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from xbook.train.preemption import PreemptionGuard
 from xbook.train.profiling import StepProfiler
@@ -398,6 +398,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
                               f"`xbook data cache --task {task_name} --seq_len {seq_len} --out {cache_dir}`")
     log.info("reading the examples of %s from its offline cache %s", task_name, task.cache_dir)
   checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints, keep_every=keep_every)
+  warm_start.check_resume(str(run_path), model_config, has_checkpoints=bool(checkpoints.all_steps()))
   restored = checkpoints.restore_latest(trainer.abstract_state.params, trainer.abstract_state.opt_state)
   if restored is None and init_from:
     state, started_from = _warm_start(trainer, init_from, init_from_step)
@@ -419,12 +420,15 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
                        opt_state=restored["opt_state"])
   if jax.process_index() == 0:
     write_run_info(run_path, model_config, vocabulary, seq_len, started_from)
+  if start >= steps:
+    checkpoints.close()
+    return _finished(run_path, start, steps)
 
   batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
                                seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"],
                                layout=layout, seed=seed, start_batch=consumed,
                                use_cached=bool(cache_dir))
-  writer = MetricsWriter(run_path)
+  writer = MetricsWriter(run_path, resume_step=start)
   metrics: dict[str, float] = {}
   progress = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step",
                   disable=jax.process_index() != 0)
@@ -456,6 +460,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
                                    layout=layout, max_batches=eval_batches,
                                    use_cached=bool(cache_dir)))
         writer.write(step + 1, metrics)
+        metrics["step"] = step + 1
         progress.set_postfix(loss=f"{metrics['loss']:.3f}")
         if (step + 1) % log_every == 0 or last:
           log.info("step %d/%d: loss %.4f, grad norm %.3f, lr %.2e, %.0f tokens/s", step + 1, steps,
@@ -487,6 +492,20 @@ def _warm_start(trainer: Trainer, init_from: str, init_from_step: int | None
   params = warm_start.restore_params(source, trainer.model_config, trainer.mesh, trainer.rules,
                                      trainer.abstract_state.params)
   return trainer.state_from_params(params), source.describe()
+
+
+def _finished(run_path: epath.Path, start: int, steps: int) -> dict[str, float]:
+  """The last metrics of a run that is already at (or past) `steps`: nothing to train."""
+  records = [r for r in read_metrics(run_path) if r["step"] <= start] \
+      if (run_path / "metrics.jsonl").exists() else []
+  last = dict(records[-1]) if records else {"step": start}
+  if start > steps:
+    log.warning("%s is at step %d, past train.steps=%d: nothing to train (a run never goes back; use "
+                "train.init_from_step to start a new run from one of its checkpoints)", run_path, start, steps)
+  else:
+    log.info("%s is already at step %d = train.steps: nothing to train (raise train.steps to go on)",
+             run_path, start)
+  return last
 
 
 def scalar_metrics(step_metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -34,6 +34,10 @@ from xbook.model import Decoder, DecoderConfig
 
 log = logging.getLogger(__name__)
 
+# DecoderConfig fields a resumed run may set differently from its own checkpoints: they change how the
+# same parameters are computed with or stored (Orbax casts on restore), not the parameter tree.
+RESUME_MAY_DIFFER: tuple[str, ...] = ("dtype", "param_dtype", "remat", "attention", "attention_block")
+
 # DecoderConfig fields a warm-started run may set differently from its source.
 MAY_DIFFER: tuple[str, ...] = (
     "dtype", "param_dtype", "remat", "attention", "attention_block", "scan_layers",
@@ -132,6 +136,32 @@ def check_compatible(source: InitSource, target: DecoderConfig) -> dict[str, tup
         f"Set these DecoderConfig fields to the source's values (its model.json); only "
         f"{', '.join(MAY_DIFFER)} may differ")
   return {name: values for name, values in differences.items() if name in MAY_DIFFER}
+
+
+def check_resume(run_dir: str, target: DecoderConfig, has_checkpoints: bool) -> None:
+  """Refuse to resume a run directory whose checkpoints belong to another model, before any checkpoint
+  is read, moved or overwritten.
+
+  Compares `target` with the DecoderConfig the run recorded (its model.json); only RESUME_MAY_DIFFER
+  fields may change between sessions. A run directory without checkpoints may change anything.
+
+  Raises:
+    ValueError: naming every differing field with the recorded and the new value.
+  """
+  info_path = epath.Path(run_dir) / "model.json"
+  if not has_checkpoints or not info_path.is_file():
+    return
+  recorded = DecoderConfig(**json.loads(info_path.read_text(encoding="utf-8"))["model"])
+  differences = config_differences(recorded, target)
+  blocking = {name: values for name, values in differences.items() if name not in RESUME_MAY_DIFFER}
+  if blocking:
+    listed = "; ".join(f"{name}: {was!r} in the run, {now!r} now" for name, (was, now) in sorted(blocking.items()))
+    raise ValueError(
+        f"{run_dir} holds checkpoints of another model ({listed}); nothing was changed there. Train this "
+        f"model in a new run_dir, or set these DecoderConfig fields back to the run's values (its "
+        f"model.json); only {', '.join(RESUME_MAY_DIFFER)} may change when a run resumes")
+  for name, (was, now) in sorted(differences.items()):
+    log.info("resuming with %s=%r (the run had %r)", name, now, was)
 
 
 def _abstract_params(config: DecoderConfig, mesh: jax.sharding.Mesh, rules: Any) -> Any:
