@@ -466,8 +466,9 @@ def _train(args: argparse.Namespace) -> int:
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          auto=args.distributed_auto)
   metrics = train(args.run_dir)
+  loss = f"loss {metrics['loss']:.4f}" if "loss" in metrics else "no metrics recorded"
   print(json.dumps({"run_dir": args.run_dir, **metrics}) if args.json
-        else f"run {args.run_dir}: last loss {metrics.get('loss', float('nan')):.4f}")
+        else f"run {args.run_dir}: step {int(metrics.get('step', 0))}, {loss}")
   return 0
 
 
