@@ -160,6 +160,8 @@ def test_repeated_plans_take_the_repeat_weight_and_a_long_global_plan_is_cut(voc
   vocabulary = vocab.load_vocabulary(vocab_path)
   table = np.array(trajectory.loss_weight_table())
   record = scaffold_records[1]
+  from xbook.data import windows as windows_view
+  windows_view._WARNED.clear()  # warned once per process: an earlier test may have built this book
   with caplog.at_level(logging.WARNING, logger="xbook.data.windows"):
     windows = tasks.book_examples("windows", vocabulary, length=WINDOW_LEN, repeat_weight=0.5)(record)
   assert "global plan is cut by" in caplog.text
@@ -337,3 +339,24 @@ def test_offline_cache_holds_the_online_examples_in_shards_hosts_split(vocab_pat
   hosts = [set(cached(seqio.ShardInfo(i, 2))) for i in range(2)]
   assert hosts[0] and hosts[1] and not hosts[0] & hosts[1]
   assert hosts[0] | hosts[1] == set(online)
+
+
+def test_windows_repeat_no_plan_when_the_whole_outline_fits(vocab_path, scaffold_file, caplog):
+  """With the whole outline in the global plan, no window adds a "Previously" segment (it would repeat
+  summaries the window holds); the share of repeated plan tokens inside a window is then 0. Warnings
+  about cut plans are logged once per book, not at every pass over the data."""
+  from xbook.data import windows
+  long_len = 16384  # 3/8 of it holds both books' global plans whole
+  tasks.register_task("test_no_previously", "windows", str(scaffold_file), str(vocab_path))
+  vocabulary = vocab.load_vocabulary(vocab_path)
+  previously = vocabulary.encode("Previously:")
+  for example in _examples("test_no_previously", length=long_len):
+    tokens = example["decoder_target_tokens"].tolist()
+    assert not any(tokens[i:i + len(previously)] == previously for i in range(len(tokens)))
+  windows._WARNED.clear()
+  tasks.register_task("test_warn_once", "windows", str(scaffold_file), str(vocab_path))
+  with caplog.at_level(logging.WARNING, logger="xbook.data.windows"):
+    for _ in range(2):  # two passes over the data
+      _examples("test_warn_once", length=WINDOW_LEN)
+  cut = [r for r in caplog.records if "global plan is cut" in r.getMessage()]
+  assert len(cut) == 2  # one per book

@@ -120,7 +120,7 @@ class Scripted:
   recording every call."""
 
   def __init__(self, vocabulary, answers):
-    self.markers = {tuple(vocabulary.encode(trajectory.MARKERS[k])): k for k in trajectory.SEGMENT_KINDS}
+    self.markers = {tuple(vocabulary.encode(marker)): k for k, marker in trajectory.MARKERS.items()}
     self.answers = answers
     self.calls = []
 
@@ -156,19 +156,23 @@ def test_malformed_plans_are_sampled_again_then_reported(vocab_path, tmp_path):
   assert [c["title"] for c in book["chapters"]] == ["Fog", "Bells"]
 
 
-def test_stage_contexts_are_built_like_training_windows(vocab_path, tmp_path):
+@pytest.mark.parametrize("synopsis", ["He changes.", "He changes his ways. " * 30])
+def test_stage_contexts_are_built_like_training_windows(vocab_path, tmp_path, synopsis):
+  """A stage sees the global plan (cut to 3/8 of the context), "Previously" only when that cut the
+  outline, then its chapter's plans and the texts that fit, oldest dropped whole first."""
   long_text = "The fog came down. " * 60
   writer, completer = _scripted_writer(vocab_path, tmp_path, {
-      "premise": "A miser.", "synopsis": "He changes.", "outline": "1. Fog: a town.\n2. Bells: a night.",
+      "premise": "A miser.", "synopsis": synopsis, "outline": "1. Fog: a town.\n2. Bells: a night.",
       "scene_plan": "One.<|scene_plan|>Two.", "text": long_text}, context_len=384)
   writer.write(PROMPT, seed=1, header={})
   vocabulary = writer.vocabulary
   for kind, ids, sampling in completer.calls:
     assert ids[0] == vocabulary.bos_id and len(ids) + sampling.max_tokens <= 384
     assert ids[-1] == vocabulary.encode(trajectory.MARKERS[kind])[0]
-  texts = [(ids, s) for k, ids, s in completer.calls if k == "text"]
-  decoded = [vocabulary.decode(ids) for ids, _ in texts]
-  assert "Previously:" not in decoded[0] and "Previously:\n1. Fog: a town." in decoded[2]
+  decoded = [vocabulary.decode(ids) for kind, ids, _ in completer.calls if kind == "text"]
+  outline_cut = len(synopsis) > 100
+  assert "Previously:" not in decoded[0]  # chapter 1 has no earlier chapters
+  assert ("Previously:\n1. Fog: a town." in decoded[2]) == outline_cut  # chapter 2
   # Scene 2 sees the chapter's plans, and scene 1's text whole or (when it does not fit) not at all.
   assert decoded[1].count("Two.") == 1 and decoded[1].endswith("<|text|>")
   assert decoded[1].count("The fog came down.") in (0, 60)

@@ -3,9 +3,11 @@
 Every window reads
   global plan   prompt, premise, synopsis, outline (the first 3/8 of the length of them; a longer
                 global plan is cut at the end, i.e. in the outline, with a logged warning)
-  previously    a segment of kind `outline` (its marker, "Previously:", then the numbered summaries of
-                the chapters before the window, the most recent ones that fit in half the length with
-                the global plan); absent in a window that starts at chapter 1
+  previously    only when the global plan had to cut the outline: a segment of kind `outline` (its
+                marker, "Previously:", then the numbered summaries of the chapters before the window,
+                the most recent ones that fit in half the length with the global plan); absent in a
+                window that starts at chapter 1, and when the whole outline is in the global plan
+                (it would only repeat summaries the window already holds)
   body          a span of chapters: their chapter plans, scene plans and scene texts, in the trajectory
                 layout (`plans_first` holds within each window)
 
@@ -33,6 +35,17 @@ from xbook.data.pieces import Encode, EncodedSegment, Example, Piece, assemble, 
 log = logging.getLogger(__name__)
 
 GLOBAL_KINDS = ("prompt", "premise", "synopsis", "outline")
+
+# (book, what, length) already warned about in this process: the windows of a book are built again at
+# every pass over the data, and the warning would repeat with them.
+_WARNED: set[tuple[str, str, int]] = set()
+
+
+def _warn_once(book_id: str, what: str, length: int, message: str, *args: Any) -> None:
+  """Log a warning about one book's windows once per process (not at every pass over the data)."""
+  if (book_id, what, length) not in _WARNED:
+    _WARNED.add((book_id, what, length))
+    log.warning(message, *args)
 
 
 class _Chapter:
@@ -64,6 +77,7 @@ class _WindowPlanner:
     self.layout, self.marker_style, self.repeat_weight = layout, marker_style, repeat_weight
     self.prefix_budget = length // 2
     self.global_budget = 3 * length // 8
+    self.outline_cut = False
     self.global_plan = self._global_plan([s for s in book if s.segment.kind in GLOBAL_KINDS])
     self.chapters: list[_Chapter] = []
     for s in book:
@@ -85,13 +99,18 @@ class _WindowPlanner:
       room -= len(pieces[-1])
     dropped = sum(len(s.ids) for s in segments) - total_length(pieces)
     if dropped:
-      log.warning("windows view: book %s: the global plan is cut by %d tokens to fit 3/8 of the "
-                  "sequence length %d; raise the sequence length to keep the whole outline",
-                  self.record["book"]["id"], dropped, self.length)
+      self.outline_cut = True
+      _warn_once(self.record["book"]["id"], "global plan cut", self.length,
+                 "windows view: book %s: the global plan is cut by %d tokens to fit 3/8 of the sequence "
+                 "length %d; raise the sequence length to keep the whole outline",
+                 self.record["book"]["id"], dropped, self.length)
     return [p for p in pieces if len(p)]
 
   def _previously(self, chapter: int) -> list[Piece]:
-    """The "previously" segment before `chapter`: the latest earlier summaries that fit."""
+    """The "previously" segment before `chapter`: the latest earlier summaries that fit; none when the
+    global plan holds the whole outline."""
+    if not self.outline_cut:
+      return []
     if chapter not in self._previously_cache:
       room = self.prefix_budget - total_length(self.global_plan)
       self._previously_cache[chapter] = []
@@ -165,9 +184,10 @@ class _WindowPlanner:
           self._open_window(c)
         self._add_split_chapter(c, chapter)
     if self.plan_tokens_cut:
-      log.warning("windows view: book %s: %d tokens of long chapter and scene plans were cut to split "
-                  "their chapters into windows of %d tokens", self.record["book"]["id"],
-                  self.plan_tokens_cut, self.length)
+      _warn_once(self.record["book"]["id"], "plans cut", self.length,
+                 "windows view: book %s: %d tokens of long chapter and scene plans were cut to split "
+                 "their chapters into windows of %d tokens", self.record["book"]["id"],
+                 self.plan_tokens_cut, self.length)
     return [self._render(prefix, blocks) for prefix, blocks in self.windows if blocks]
 
   def _render(self, prefix: list[Piece], blocks: list[_Block]) -> list[Piece]:

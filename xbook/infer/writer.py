@@ -7,8 +7,9 @@ order training showed it:
   per chapter: its scene plans (one stage: the plans up to the first text marker), then each scene's text
 
 Each stage's context is built the way the `windows` view builds a training window (xbook.data.windows):
-the global plan (prompt, premise, synopsis, outline; at most 3/8 of the context), a "Previously" segment
-of the summaries of the chapters before this one (up to half of the context with the global plan), then
+the global plan (prompt, premise, synopsis, outline; at most 3/8 of the context), when that cut the
+outline a "Previously" segment of the summaries of the chapters before this one (up to half of the
+context with the global plan), then
 the current chapter: its plan (the outline's entry, exactly as training data renders it), its scene
 plans and the scene texts written so far, the oldest texts dropped first when the chapter outgrows the
 context. So a book can be much longer than the context the model was trained at.
@@ -237,12 +238,13 @@ class BookWriter:
     """The ids of `kind`'s marker alone: the context ends with it, and the model writes the body."""
     return list(self.vocabulary.encode(trajectory.markers(self.style)[0][kind]))
 
-  def _global(self, book: Mapping[str, Any], budget: int) -> list[int]:
+  def _global(self, book: Mapping[str, Any], budget: int) -> tuple[list[int], bool]:
+    """The global plan's ids, cut to `budget`, and whether it was cut."""
     ids: list[int] = []
     for kind in ("prompt", "premise", "synopsis", "outline"):
       if kind in book:
         ids += self._segment(kind, book[kind])
-    return ids[:budget]
+    return ids[:budget], len(ids) > budget
 
   def _previously(self, book: Mapping[str, Any], chapter: int, room: int) -> list[int]:
     for first in range(chapter):
@@ -261,10 +263,12 @@ class BookWriter:
               scene: int | None = None) -> list[int]:
     """The ids a stage of `kind` continues from (module docstring), BOS first, the kind's marker last."""
     budget = self.context_len - self.sampling(kind, 0).max_tokens
-    head = [self.vocabulary.bos_id] + self._global(book, 3 * self.context_len // 8)
+    global_plan, cut = self._global(book, 3 * self.context_len // 8)
+    head = [self.vocabulary.bos_id] + global_plan
     if chapter is None:
       return (head + self._open(kind))[-budget:]
-    head += self._previously(book, chapter, self.context_len // 2 - len(head))
+    if cut:  # as the windows view: "Previously" only brings back summaries the cut outline lost
+      head += self._previously(book, chapter, self.context_len // 2 - len(head))
     entry = book["chapters"][chapter]
     plans = list(self._segment("chapter_plan", f"{entry['title']}\n{entry['summary']}"))
     for plan in entry.get("scene_plans", []):
