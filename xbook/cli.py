@@ -459,6 +459,11 @@ def _bench_attention(args: argparse.Namespace) -> int:
   return attention_bench.run(args)
 
 
+def _bench_decode(args: argparse.Namespace) -> int:
+  from xbook.infer import decode_bench
+  return decode_bench.run(args)
+
+
 # ----------------------------------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
   from xbook.train import distributed
@@ -499,7 +504,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _write(args: argparse.Namespace) -> int:
   from xbook.infer.writer import write_book
-  book = write_book(args.run_dir, args.prompt, args.out, seed=args.seed, step=args.step)
+  book = write_book(args.run_dir, args.prompt, args.out, seed=args.seed, step=args.step, profile=args.profile)
   words = sum(len(t.split()) for c in book["chapters"] for t in c["texts"])
   summary = {"markdown": book["markdown"], "json": book["json"], "chapters": len(book["chapters"]),
              "scenes": sum(len(c["texts"]) for c in book["chapters"]), "words": words,
@@ -735,6 +740,13 @@ def build_parser() -> argparse.ArgumentParser:
            "xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag --json", _bench_attention)
   from xbook.model.attention_bench import add_arguments as add_attention_bench_arguments
   add_attention_bench_arguments(p)
+  p = _add(bench, "decode", "KV-cache decoding speed of a trained run: prefill tokens/s, decode tokens/s at batch 1 "
+           "and 8, ms per token at contexts of 256, 1k and 4k, compiles; beside transformers' generate on the same "
+           "weights exported to Hugging Face format (when transformers and torch are installed).",
+           "xbook bench decode --run_dir runs/demo\nxbook bench decode --run_dir runs/demo --no_transformers --json",
+           _bench_decode)
+  from xbook.infer.decode_bench import add_arguments as add_decode_bench_arguments
+  add_decode_bench_arguments(p)
 
   p = _add(commands, "train", "Train (or resume) a decoder on scaffold trajectories, configured by gin.",
            "xbook train --gin_file=configs/runs/demo.gin --run_dir=runs/demo --gin.train.steps=40",
@@ -791,6 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output folder (book.md, book.json, journal.jsonl)")
   p.add_argument("--seed", type=int, default=0, help="the book's seed (each stage derives its own)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--profile", default=None, choices=("24b_first_chapter", "14b_full_book"),
+                 help="write in this profile of the paper's stage protocol (default: the format and "
+                      "profile the run trained on, from its config.gin)")
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
   p = _add(commands, "eval", "Evaluate books and runs into --out (eval.json with every figure, and a "

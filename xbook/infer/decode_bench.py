@@ -1,0 +1,168 @@
+"""Decoding speed of a trained run with the KV cache (xbook.infer.decode), and of transformers on its weights.
+
+For the run's parameters (dtype as configured, one device) on random prompts, greedy, the median of
+--repeats timed calls after a warm-up call of each shape (compiles are not timed; they are counted):
+  prefill_tokens_per_s      one --prefill-token prompt, batch 1
+  decode_tokens_per_s_bN    --tokens new tokens after a prompt of 256 - --tokens, batch N (1 and 8):
+                            the tokens of all rows per second of the decode loop
+  ms_per_token_at_C         batch 1, --tokens new tokens after a prompt of C - --tokens, so that the
+                            context runs up to C (256, 1024 and 4096): decode seconds per token
+  compiles_*                compiles of each jitted decode function in the whole benchmark
+Then, in the same process, the same figures for transformers' `generate` (greedy, its own KV cache, torch
+on the CPU, float32) on the weights exported to Hugging Face format with xbook.model.hf, and
+`greedy_match`: the fraction of the batch-1 greedy tokens the two agree on before they first differ.
+transformers and torch are test-only dependencies (requirements-test.txt): without them, or with
+--no_transformers, only xbook's figures are printed.
+
+Example:
+  xbook bench decode --run_dir runs/demo --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from xbook.figures import print_figures
+
+CONTEXTS = (256, 1024, 4096)
+BATCHES = (1, 8)
+DECODE_CONTEXT = 256
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """The benchmark's flags (shared by `xbook bench decode` and benchmarks/decode.py)."""
+  parser.add_argument("--run_dir", required=True, help="run directory of `xbook train`")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  parser.add_argument("--tokens", type=int, default=64, help="new tokens per decode measurement")
+  parser.add_argument("--prefill", type=int, default=1024, help="prompt tokens of the prefill measurement")
+  parser.add_argument("--contexts", default=",".join(map(str, CONTEXTS)),
+                      help="comma-separated contexts of the per-token latencies")
+  parser.add_argument("--repeats", type=int, default=3, help="timed calls per figure (the median is shown)")
+  parser.add_argument("--no_transformers", action="store_true", help="skip the transformers comparison")
+  parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPU count)")
+  parser.add_argument("--json", action="store_true")
+
+
+def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+  rng = np.random.default_rng(seed)
+  return rng.integers(3, vocab, (batch, length)).tolist()
+
+
+def _xbook_figures(params: Any, config: Any, args: argparse.Namespace, contexts: list[int]
+                   ) -> tuple[dict[str, Any], list[int]]:
+  """xbook's figures, and its greedy tokens after the batch-1 decode prompt."""
+  from xbook.infer import decode
+  params = decode.place_params(params, config)
+
+  def timed(prompts: list[list[int]], max_tokens: int) -> tuple[float, float, list[int]]:
+    """Median prefill and decode seconds, and the first row's tokens."""
+    decode.generate(params, config, prompts, max_tokens=max_tokens)  # warm-up: compiles this shape
+    runs = [decode.generate(params, config, prompts, max_tokens=max_tokens)[0] for _ in range(args.repeats)]
+    return (statistics.median(c.prefill_s for c in runs), statistics.median(c.decode_s for c in runs),
+            runs[0].token_ids)
+
+  figures: dict[str, Any] = {}
+  prefill_s, _, _ = timed(_prompts(1, args.prefill, config.vocab_size, 0), 1)
+  figures["prefill_tokens_per_s"] = args.prefill / prefill_s
+  greedy: list[int] = []
+  for batch in BATCHES:
+    _, decode_s, tokens = timed(_prompts(batch, DECODE_CONTEXT - args.tokens, config.vocab_size, 1), args.tokens)
+    figures[f"decode_tokens_per_s_b{batch}"] = batch * args.tokens / decode_s
+    greedy = greedy or tokens
+  for context in contexts:
+    _, decode_s, _ = timed(_prompts(1, context - args.tokens, config.vocab_size, 2), args.tokens)
+    figures[f"ms_per_token_at_{context}"] = 1e3 * decode_s / args.tokens
+  figures.update({f"compiles_{name}": count for name, count in decode.compile_counts().items()})
+  return figures, greedy
+
+
+def _scanned(params: dict[str, Any], config: Any) -> tuple[dict[str, Any], Any]:
+  """Host copies of the parameters with layers stacked, as xbook.model.hf writes them."""
+  import dataclasses
+
+  import jax
+  params = jax.tree.map(np.asarray, params)
+  if config.scan_layers:
+    return params, config
+  layers = [params[f"layers_{i}"] for i in range(config.n_layers)]
+  rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
+  return {**rest, "layers": jax.tree.map(lambda *xs: np.stack(xs), *layers)}, dataclasses.replace(
+      config, scan_layers=True)
+
+
+def _transformers_figures(params: Any, config: Any, args: argparse.Namespace, contexts: list[int],
+                          xbook_greedy: list[int]) -> dict[str, Any]:
+  """The same figures for transformers' generate on the exported weights ({} with a note if missing)."""
+  try:
+    import torch
+    import transformers
+  except ImportError as error:
+    return {"hf_skipped": f"transformers/torch not installed ({error}); pip install -r requirements-test.txt"}
+  from xbook.model.hf import default_model_type, write_hf_checkpoint
+  torch.set_num_threads(args.threads or os.cpu_count() or 1)
+  params, config = _scanned(params, config)
+  longest = max([*contexts, args.prefill + 1, DECODE_CONTEXT])
+  with tempfile.TemporaryDirectory() as folder:
+    write_hf_checkpoint(folder, config, params, model_type=default_model_type(config), dtype="float32",
+                        max_position_embeddings=max(longest, 8192))
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+  def generate_s(prompts: list[list[int]], new: int) -> tuple[float, list[int]]:
+    """Median seconds of generate, and the first row's new tokens."""
+    ids = torch.tensor(prompts)
+    options = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0,
+                   attention_mask=torch.ones_like(ids))
+    seconds = []
+    with torch.no_grad():
+      out = model.generate(ids, **options)  # warm-up
+      for _ in range(args.repeats):
+        started = time.perf_counter()
+        model.generate(ids, **options)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds), out[0, len(prompts[0]):].tolist()
+
+  def decode_s(prompts: list[list[int]]) -> tuple[float, list[int]]:
+    """Seconds of the --tokens - 1 decode steps after the first token (generate's total minus a
+    one-token generate), and the greedy tokens."""
+    total, tokens = generate_s(prompts, args.tokens)
+    return total - generate_s(prompts, 1)[0], tokens
+
+  figures: dict[str, Any] = {}
+  seconds, _ = generate_s(_prompts(1, args.prefill, config.vocab_size, 0), 1)
+  figures["hf_prefill_tokens_per_s"] = args.prefill / seconds
+  for batch in BATCHES:
+    seconds, tokens = decode_s(_prompts(batch, DECODE_CONTEXT - args.tokens, config.vocab_size, 1))
+    figures[f"hf_decode_tokens_per_s_b{batch}"] = batch * (args.tokens - 1) / seconds
+    if batch == 1:
+      agree = next((i for i, (a, b) in enumerate(zip(tokens, xbook_greedy)) if a != b), len(tokens))
+      figures["greedy_match"] = agree / max(len(tokens), 1)
+  for context in contexts:
+    seconds, _ = decode_s(_prompts(1, context - args.tokens, config.vocab_size, 2))
+    figures[f"hf_ms_per_token_at_{context}"] = 1e3 * seconds / (args.tokens - 1)
+  figures["hf_torch_threads"] = torch.get_num_threads()
+  return figures
+
+
+def run(args: argparse.Namespace) -> int:
+  """Run the benchmark the parsed flags describe and print its figures."""
+  from xbook.infer.generate import load_run
+  contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
+  if args.tokens < 2 or any(c <= args.tokens for c in contexts):
+    raise SystemExit(f"error: --tokens {args.tokens} must be at least 2 and below every context ({contexts})")
+  run_ = load_run(args.run_dir, step=args.step)
+  config = run_.model.config
+  figures: dict[str, Any] = {"step": run_.step, "params": config.num_params(), "dtype": config.dtype,
+                             "param_dtype": config.param_dtype, "tokens": args.tokens}
+  xbook, greedy = _xbook_figures(run_.params, config, args, contexts)
+  figures.update(xbook)
+  if not args.no_transformers:
+    figures.update(_transformers_figures(run_.params, config, args, contexts, greedy))
+  print_figures(figures, args.json)
+  return 0
