@@ -177,3 +177,47 @@ def test_stage_contexts_are_built_like_training_windows(vocab_path, tmp_path, sy
   assert decoded[1].count("Two.") == 1 and decoded[1].endswith("<|text|>")
   assert decoded[1].count("The fog came down.") in (0, 60)
   assert decoded[0].count("The fog came down.") == 0
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory, corpus_dir, vocab_path):
+  """A tiny run trained 2 steps on the paper's 14b stage stream of two novels."""
+  from xbook.books import load_book
+  from xbook.scaffold import ExtractiveSummarizer, build_scaffold, write_scaffolds
+  records = [build_scaffold(load_book(corpus_dir / name), ExtractiveSummarizer(), plan_format="paper",
+                            split="train") for name in ("pg46.txt", "pg43.txt")]
+  scaffolds = tmp_path_factory.mktemp("paper") / "paper.jsonl"
+  write_scaffolds(scaffolds, records)
+  run = tmp_path_factory.mktemp("paper_run")
+  gin.clear_config()
+  gin.parse_config(["MeshConfig.data = 2", "MeshConfig.fsdp = 2", "MeshConfig.sequence = 1",
+                    "MeshConfig.tensor = 2", "paper_stages.profile = '14b_full_book'",
+                    "OptimizerConfig.warmup_steps = 1"])
+  try:
+    trainer_lib.train(str(run), scaffold_files=str(scaffolds), vocab_path=str(vocab_path), model_config=MODEL,
+                      steps=2, batch_size=8, seq_len=SEQ_LEN, checkpoint_every=2,
+                      trajectory_layout="paper_stages", task_name="paper_write")
+  finally:
+    gin.clear_config()
+  return run
+
+
+def test_a_paper_run_writes_the_profile_stages_and_resumes_to_the_same_book(paper_run, tmp_path):
+  from xbook.data import stage_protocol as sp
+  config = _config(paper_max_tokens=12, retries=0, max_chapters=3)
+  book = writer_lib.write_book(str(paper_run), PROMPT, tmp_path / "book", seed=5, config=config)
+  assert book["format"] == "paper" and book["profile"] == "14b_full_book"
+  roles = [s["role"] for s in book["stages"]]
+  once = [r for r in sp.PROFILES["14b_full_book"].roles[1:] if r not in ("scene_breakdown", "chapter_text")]
+  assert roles[:len(once)] == once and len(roles) <= len(once) + 2 * 2
+  assert [role for role, _ in sp.parse(book["stream"], "14b_full_book")] == ["prompt"] + roles
+  for stage in book["stages"]:
+    assert stage["context_tokens"] + stage["sampling"]["max_tokens"] <= SEQ_LEN
+    assert stage["sampling"]["max_tokens"] == 12 and isinstance(stage["problems"], list)
+  assert (tmp_path / "book" / "book.md").read_text().startswith(f"# {PROMPT}")
+  # A write stopped after three stages continues to the same book.
+  journal = (tmp_path / "book" / writer_lib.JOURNAL).read_text().splitlines()
+  (tmp_path / "again").mkdir()
+  (tmp_path / "again" / writer_lib.JOURNAL).write_text("\n".join(journal[:4]) + "\n")
+  again = writer_lib.write_book(str(paper_run), PROMPT, tmp_path / "again", seed=5, config=config)
+  assert again["stream"] == book["stream"]

@@ -504,7 +504,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _write(args: argparse.Namespace) -> int:
   from xbook.infer.writer import write_book
-  book = write_book(args.run_dir, args.prompt, args.out, seed=args.seed, step=args.step)
+  book = write_book(args.run_dir, args.prompt, args.out, seed=args.seed, step=args.step, profile=args.profile)
   words = sum(len(t.split()) for c in book["chapters"] for t in c["texts"])
   summary = {"markdown": book["markdown"], "json": book["json"], "chapters": len(book["chapters"]),
              "scenes": sum(len(c["texts"]) for c in book["chapters"]), "words": words,
@@ -803,6 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output folder (book.md, book.json, journal.jsonl)")
   p.add_argument("--seed", type=int, default=0, help="the book's seed (each stage derives its own)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--profile", default=None, choices=("24b_first_chapter", "14b_full_book"),
+                 help="write in this profile of the paper's stage protocol (default: the format and "
+                      "profile the run trained on, recorded in its model.json)")
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
   p = _add(commands, "eval", "Evaluate books and runs into --out (eval.json with every figure, and a "

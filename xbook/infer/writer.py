@@ -72,6 +72,9 @@ class WriteConfig:
     max_chapters: an outline with more chapters is malformed.
     max_scenes: a chapter's scene plans beyond this many are malformed.
     retries: how many times a malformed plan is generated again (with the next seed).
+    paper_temperature_scale: the paper's stage protocol (xbook.infer.paper_writer): a factor on each
+      stage's temperature from the profile (1: the released models' settings).
+    paper_max_tokens: the paper's protocol: a cap on every stage's token budget (0: the profile's).
   """
 
   context_len: int = 0
@@ -88,6 +91,8 @@ class WriteConfig:
   max_chapters: int = 60
   max_scenes: int = 12
   retries: int = 3
+  paper_temperature_scale: float = 1.0
+  paper_max_tokens: int = 0
 
   def sampling(self, kind: str, seed: int) -> SamplingParams:
     """The SamplingParams of a stage of `kind` (a segment kind) with its seed and budget."""
@@ -365,8 +370,10 @@ class BookWriter:
 
 def render_markdown(book: Mapping[str, Any]) -> str:
   """The book as Markdown: its plans in a front section, then the chapters' texts."""
-  lines = [f"# {book['prompt']}", "", "## Premise", "", book.get("premise", ""), "",
-           "## Synopsis", "", book.get("synopsis", ""), ""]
+  lines = [f"# {book['prompt']}", ""]
+  for section in ("premise", "synopsis"):
+    if book.get(section):
+      lines += [f"## {section.capitalize()}", "", book[section], ""]
   for chapter in book.get("chapters", []):
     lines += [f"## Chapter {chapter['index'] + 1}: {chapter['title']}", ""]
     lines += ["\n\n".join(chapter.get("texts", [])), ""]
@@ -400,10 +407,28 @@ def decoder_completer(params: Any, config: Any, vocabulary: Vocabulary) -> Compl
   return complete
 
 
+def run_trajectory_format(run_dir: str) -> tuple[str, str | None]:
+  """("xbook", None) or ("paper", profile): the trajectory format a run trained on (model.json's
+  `trajectory`; for runs written before it was recorded, their config.gin)."""
+  info = json.loads((Path(run_dir) / "model.json").read_text(encoding="utf-8"))
+  recorded = info.get("trajectory") or {}
+  if recorded.get("layout"):
+    return ("paper", recorded.get("profile")) if recorded["layout"] == "paper_stages" else ("xbook", None)
+  path = Path(run_dir) / "config.gin"
+  text = path.read_text(encoding="utf-8") if path.is_file() else ""
+  if not re.search(r"^train\.trajectory_layout\s*=\s*['\"]paper_stages['\"]", text, re.MULTILINE):
+    return "xbook", None
+  from xbook.data import stage_protocol  # noqa: PLC0415
+  match = re.search(r"^paper_stages\.profile\s*=\s*['\"]([\w]+)['\"]", text, re.MULTILINE)
+  return "paper", match.group(1) if match else stage_protocol.DEFAULT_PROFILE
+
+
 def write_book(run_dir: str, prompt: str, out_dir: str | os.PathLike[str], *, seed: int = 0,
-               step: int | None = None, config: WriteConfig | None = None) -> dict[str, Any]:
+               step: int | None = None, config: WriteConfig | None = None,
+               profile: str | None = None) -> dict[str, Any]:
   """Write a whole book from `prompt` with the run at `run_dir` into `out_dir` (book.md, book.json,
-  journal.jsonl); continues a killed write of the same book in the same folder.
+  journal.jsonl); continues a killed write of the same book in the same folder. The format is the
+  one the run trained on (xbook's, or the paper's stage protocol in the run's profile, or `profile`).
 
   Returns:
     The book (what book.json holds), with "markdown" and "json" naming the files written.
@@ -419,11 +444,17 @@ def write_book(run_dir: str, prompt: str, out_dir: str | os.PathLike[str], *, se
                      "WriteConfig.context_len (e.g. --gin.WriteConfig.context_len=4096)")
   log.info("writing a book with %s (step %d) at a context of %d tokens, seed %d", run_dir, run.step,
            context_len, seed)
-  writer = BookWriter(run.vocabulary, decoder_completer(run.params, run.model.config, run.vocabulary),
-                      config, context_len, Path(out_dir))
-  header = {"run_dir": str(run_dir), "step": run.step, "format": "xbook",
+  complete = decoder_completer(run.params, run.model.config, run.vocabulary)
+  book_format, run_profile = run_trajectory_format(run_dir)
+  if profile or book_format == "paper":
+    from xbook.infer.paper_writer import PaperBookWriter  # noqa: PLC0415
+    book_format, profile = "paper", profile or run_profile
+    writer: Any = PaperBookWriter(run.vocabulary, complete, config, context_len, Path(out_dir), profile)
+  else:
+    writer = BookWriter(run.vocabulary, complete, config, context_len, Path(out_dir))
+  header = {"run_dir": str(run_dir), "step": run.step, "format": book_format, "profile": profile,
             "config": dataclasses.asdict(config)}
   book = writer.write(prompt, seed, header)
-  book.update(run_dir=str(run_dir), step=run.step, seed=seed, format="xbook")
+  book.update(run_dir=str(run_dir), step=run.step, seed=seed, format=book_format)
   markdown, data = save_book(book, Path(out_dir))
   return {**book, "markdown": str(markdown), "json": str(data)}

@@ -33,7 +33,7 @@ from etils import epath
 from tqdm import tqdm
 
 from xbook.atomic import atomic_open
-from xbook.data import tasks, trajectory, vocab
+from xbook.data import paper_stages, tasks, trajectory, vocab
 from xbook.model import Decoder, DecoderConfig
 from xbook.train import flops, partitioning, warm_start
 from xbook.train.checkpoints import RunCheckpoints
@@ -301,15 +301,18 @@ def _pad_batch(batch: Mapping[str, Any], size: int) -> dict[str, Any]:
 
 
 def write_run_info(run_dir: epath.Path, model_config: DecoderConfig, vocabulary: vocab.Vocabulary,
-                   seq_len: int, started_from: Mapping[str, Any] | None = None) -> None:
+                   seq_len: int, started_from: Mapping[str, Any] | None = None,
+                   trajectory_format: Mapping[str, Any] | None = None) -> None:
   """The run's vocabulary files (copied into `vocab/`), model.json (what inference needs: the model,
   the vocabulary's path relative to the run directory and the path it was copied from, the sequence
-  length the run trains at (what generation may use as its context), and where the
+  length the run trains at (what generation may use as its context), the trajectory format it learns
+  ({"layout", "profile"}: what `xbook write` writes), and where the
   parameters started: None for random init, else xbook.train.warm_start.InitSource.describe()) and
   config.gin (the operative gin config), each written atomically."""
   copy = epath.Path(vocabulary.save(run_dir / "vocab"))
   info = {"model": dataclasses.asdict(model_config), "seq_len": seq_len, "vocab_path": f"vocab/{copy.name}",
-          "vocab_source": vocabulary.path, "started_from": dict(started_from) if started_from else None}
+          "vocab_source": vocabulary.path, "trajectory": dict(trajectory_format or {}),
+          "started_from": dict(started_from) if started_from else None}
   for name, text in (("model.json", json.dumps(info, indent=2)), ("config.gin", gin.operative_config_str())):
     with atomic_open(run_dir / name) as f:
       f.write(text)
@@ -419,7 +422,9 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     state = TrainState(step=jnp.asarray(start, jnp.int32), params=restored["params"],
                        opt_state=restored["opt_state"])
   if jax.process_index() == 0:
-    write_run_info(run_path, model_config, vocabulary, seq_len, started_from)
+    profile = paper_stages.configured_profile() if trajectory_layout == trajectory.PAPER_LAYOUT else None
+    write_run_info(run_path, model_config, vocabulary, seq_len, started_from,
+                   {"layout": trajectory_layout, "profile": profile})
   if start >= steps:
     checkpoints.close()
     return _finished(run_path, start, steps)

@@ -1,0 +1,151 @@
+"""The book writer in the paper's stage protocol (xbook.data.stage_protocol), for runs trained on the
+`paper_stages` trajectory layout.
+
+Stages follow the profile's order (`24b_first_chapter`: book plan, first chapter plan, its scene
+breakdown and text; `14b_full_book`: preview, book plan, first chapter plan and text, the later
+chapters' plan, the characters list, then for every later chapter its scene breakdown and text). A
+stage's context is the prompt plus every completed stage, framed and tokenized as the `paper_stages`
+view tokenizes them (xbook.data.paper_stages.encode_stages), then the next stage's header; generation
+stops at `<|eot_id|>`. Each stage samples at the profile's temperature (and top-k) with the profile's
+token budget, both overridable with WriteConfig (`paper_temperature_scale`, the budgets' cap
+`paper_max_tokens`) and never more than half the context.
+
+When the stream outgrows the context, as the view's per-chapter examples do, the context keeps the
+prompt and every plan stage and drops the earliest chapter texts first; if that is not enough, it keeps
+the latest tokens.
+
+Each generated stage is checked (stage_protocol.check_stage, against the book plan when it parses) and
+generated again with the next seed when malformed, at most WriteConfig.retries times; then the last
+attempt is kept with its problems recorded. The number of later chapters comes from the book plan, else
+from the later chapters' plan (its `### name` blocks), at most WriteConfig.max_chapters in all.
+The journal, resume and output files are those of xbook.infer.writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tqdm import tqdm
+
+from xbook.data import paper_stages
+from xbook.data import stage_protocol as sp
+from xbook.data.vocab import Vocabulary
+from xbook.infer.decode import SamplingParams
+from xbook.infer.writer import JOURNAL, Completer, Journal, WriteConfig, stage_seed
+
+log = logging.getLogger(__name__)
+
+_CHAPTER_BLOCK = re.compile(r"^### (?!Scene Breakdown)(.+?)\s*$", re.MULTILINE)
+
+
+class PaperBookWriter:
+  """Writes one book in a profile of the paper's stage protocol with a completer."""
+
+  def __init__(self, vocabulary: Vocabulary, complete: Completer, config: WriteConfig, context_len: int,
+               out_dir: Path, profile: str) -> None:
+    self.vocabulary, self.complete, self.config = vocabulary, complete, config
+    self.context_len, self.out_dir = context_len, out_dir
+    self.profile = sp.get_profile(profile)
+    self._header_ids = {role: list(vocabulary.encode(sp.stage_header(role))) for role in self.profile.roles}
+
+  def sampling(self, spec: sp.StageSpec, seed: int) -> SamplingParams:
+    budget = min(spec.max_tokens or 1, self.config.paper_max_tokens or spec.max_tokens or 1,
+                 self.context_len // 2)
+    return SamplingParams(temperature=(spec.temperature or 0.0) * self.config.paper_temperature_scale,
+                          top_k=spec.top_k or self.config.top_k, top_p=self.config.top_p,
+                          min_p=self.config.min_p, seed=seed, max_tokens=budget)
+
+  def context(self, stages: Sequence[tuple[str, str]], role: str, max_tokens: int) -> list[int]:
+    """BOS, the completed stages (plans always; the latest texts that fit), then `role`'s header."""
+    budget = self.context_len - max_tokens - 1 - len(self._header_ids[role])
+    encoded = paper_stages.encode_stages(stages, self.vocabulary.encode, self.profile)
+    keep = [True] * len(encoded)
+    texts = [i for i, (r, _) in enumerate(stages) if r in sp.TEXT_ROLES]
+    while texts and sum(len(s.ids) for s, k in zip(encoded, keep) if k) > budget:
+      keep[texts.pop(0)] = False  # the earliest chapter text goes first
+    ids = [i for s, k in zip(encoded, keep) if k for i in s.ids][-budget:]
+    return [self.vocabulary.bos_id] + ids + self._header_ids[role]
+
+  def _stage(self, journal: Journal, stages: list[tuple[str, str]], name: str, spec: sp.StageSpec,
+             seed: int, n_chapters: int | None) -> dict[str, Any]:
+    if name in journal.stages:
+      return journal.stages[name]
+    check_context = dataclasses.replace(sp.context_from_stages(stages, self.profile, n_chapters))
+    found: list[str] = []
+    for attempt in range(self.config.retries + 1):
+      sampling = self.sampling(spec, stage_seed(seed, name, attempt))
+      ids = self.context(stages, spec.role, sampling.max_tokens)
+      result = self.complete(ids, sampling, [self.vocabulary.eos_id], [sp.EOT])
+      text = sp.trim_stage_text(result.text)
+      found = sp.check_stage(spec.role, text, check_context)
+      entry = {"stage": name, "role": spec.role, "kind": spec.kind, "text": text, "attempts": attempt + 1,
+               "context_tokens": len(ids), "tokens": len(result.token_ids),
+               "finish_reason": result.finish_reason, "seconds": round(result.seconds, 3),
+               "sampling": {**dataclasses.asdict(sampling), "stop": list(sampling.stop)}, "problems": found}
+      if not found:
+        break
+      log.warning("stage %s, attempt %d: %s", name, attempt + 1, "; ".join(found[:3]))
+    if found:
+      log.warning("stage %s is still malformed after %d attempts; keeping the last (its problems are in "
+                  "book.json)", name, self.config.retries + 1)
+    journal.append(entry)
+    return entry
+
+  def _later_chapters(self, stages: Sequence[tuple[str, str]]) -> int:
+    """How many chapters follow the first: the book plan's, else the later chapters' plan's blocks."""
+    planned = sp.context_from_stages(stages, self.profile).chapters
+    if planned:
+      n = len(planned) - 1
+    else:
+      plan = next((c for r, c in stages if r == "full_book_chapters_plan"), "")
+      n = len(_CHAPTER_BLOCK.findall(plan))
+    return max(0, min(n, self.config.max_chapters - 1))
+
+  def write(self, prompt: str, seed: int, header: Mapping[str, Any]) -> dict[str, Any]:
+    """Write (or continue) the book; returns the book dict that book.json holds."""
+    self.out_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(self.out_dir / JOURNAL)
+    journal.check_header({"prompt": prompt, "seed": seed, **header})
+    stages: list[tuple[str, str]] = [("prompt", prompt.strip())]
+    once = [s for s in self.profile.stages[1:] if not s.per_chapter]
+    per_chapter = [s for s in self.profile.stages if s.per_chapter]
+    progress = tqdm(total=len(once), desc="write", unit="stage")
+    began, tokens = time.perf_counter(), 0
+    plan: list[tuple[str, sp.StageSpec]] = [(s.role, s) for s in once]
+    i = 0
+    while i < len(plan):
+      name, spec = plan[i]
+      entry = self._stage(journal, stages, name, spec, seed, None)
+      stages.append((spec.role, entry["text"]))
+      tokens += entry["tokens"]
+      progress.update(1)
+      progress.set_postfix_str(f"{name}, {tokens:,} tokens, "
+                               f"{tokens / max(time.perf_counter() - began, 1e-9):.1f} tokens/s")
+      if i == len(once) - 1 and per_chapter:  # the plans are done: the later chapters follow
+        later = self._later_chapters(stages)
+        plan += [(f"chapter/{c + 2}/{s.role}", s) for c in range(later) for s in per_chapter]
+        progress.total = len(plan)
+      i += 1
+    progress.close()
+    book = {"prompt": prompt.strip(), "profile": self.profile.name,
+            "stream": "".join(sp.frame(role, content) for role, content in stages),
+            "chapters": _chapters(stages),
+            "stages": [e for name, e in journal.stages.items() if name != "header"]}
+    return book
+
+
+def _chapters(stages: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+  """The chapters of a stream: each text stage's name (its `### name` line) and prose."""
+  chapters = []
+  for role, content in stages:
+    if role in sp.TEXT_ROLES:
+      lines = content.splitlines()
+      title = lines[0][4:].strip() if lines and lines[0].startswith("### ") else f"Chapter {len(chapters) + 1}"
+      body = "\n".join(line for line in lines[1:] if line.strip() != "```").strip()
+      chapters.append({"index": len(chapters), "title": title, "texts": [body], "scene_plans": []})
+  return chapters
