@@ -238,6 +238,16 @@ nations government society century ancient machine world
 HALF_SCORE_RATE = {"action": 0.006, "romantic": 0.004, "erotic": 0.002, "world_building": 0.01}
 
 
+# A sentence end: . ! or ? (with any closing quotes or brackets) before whitespace or the end.
+_SENTENCE_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]_]*(?=\s|$)")
+
+
+def mean_sentence_words(text: str) -> float:
+  """Words per sentence, counting sentence ends by their punctuation (cheaper than
+  `extractive.split_sentences`, and as good for an average)."""
+  return len(text.split()) / max(1, len(_SENTENCE_END.findall(text)))
+
+
 def _saturating(rate: float, half: float) -> int:
   return min(99, round(99 * (1 - 0.5 ** (rate / half))))
 
@@ -257,8 +267,7 @@ def lexicon_scores(text: str, quoted: float) -> dict[str, int]:
       ("action", ACTION_WORDS), ("romantic", ROMANTIC_WORDS), ("erotic", EROTIC_WORDS),
       ("world_building", WORLD_WORDS))}
   scores = {axis: _saturating(rate, HALF_SCORE_RATE[axis]) for axis, rate in rates.items()}
-  sentences = extractive.split_sentences(text)
-  mean_words = sum(len(s.split()) for s in sentences) / max(len(sentences), 1)
+  mean_words = mean_sentence_words(text)
   scores["exposition"] = min(99, round(99 * (1 - quoted) * min(1.0, mean_words / 30)))
   pacing = 100 - 2 * mean_words + scores["action"] / 5 + 100 * quoted / 5
   scores["pacing"] = max(0, min(99, round(pacing)))
@@ -284,11 +293,10 @@ def style_bullets(book: Book) -> list[str]:
   """Measured facts about the prose of `book`, one line each."""
   text = "\n\n".join(c.text for c in book.chapters)
   paragraphs = extractive.paragraphs(text)
-  sentences = [s for p in paragraphs for s in extractive._paragraph_sentences(p)]  # noqa: SLF001
   words = [w.lower() for w in re.findall(r"[A-Za-z]+", text)]
   n_words = [c.n_words for c in book.chapters]
   person = narration_person(text)
-  sentence_words = sum(len(s.split()) for s in sentences) / max(len(sentences), 1)
+  sentence_words = mean_sentence_words(text)
   paragraph_words = sum(len(p.split()) for p in paragraphs) / max(len(paragraphs), 1)
   sample = words[:20_000]
   return [

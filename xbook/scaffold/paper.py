@@ -122,14 +122,18 @@ def _fill_words(sentences: Sequence[str], low: int, high: int, target: int) -> s
 
 
 def _mention_counter(entities: Sequence[Mapping[str, Any]]) -> Callable[[str], Counter]:
-  """text -> Counter of entity names by how often the text mentions them (name or alias)."""
-  patterns = []
+  """text -> Counter of entity names by how often the text mentions them (name or alias; one regex
+  over every form, longest first)."""
+  owner = {}
   for entity in entities:
-    forms = sorted({entity["name"], *entity["aliases"]}, key=len, reverse=True)
-    patterns.append((entity["name"], re.compile(r"\b(?:" + "|".join(map(re.escape, forms)) + r")\b")))
+    for form in (entity["name"], *entity["aliases"]):
+      owner.setdefault(form, entity["name"])
+  if not owner:
+    return lambda text: Counter()
+  pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(owner, key=len, reverse=True))) + r")\b")
 
   def count(text: str) -> Counter:
-    return Counter({name: len(p.findall(text)) for name, p in patterns if p.search(text)})
+    return Counter(owner[form] for form in pattern.findall(text))
 
   return count
 
