@@ -1,0 +1,246 @@
+"""`xbook eval` on runs: held-out perplexity of a tiny run trained here equals its training loss on the
+same windows and scores every trajectory token once; pairwise judges against a local judge server."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from xbook.data import trajectory
+from xbook.evals import perplexity
+from xbook.infer import load_run
+from xbook.model import DecoderConfig
+from xbook.train import trainer as trainer_lib
+from xbook.train.input_pipeline import trajectory_batches
+from xbook.train.mesh import MeshConfig
+
+MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                      mlp_dim=128)
+MESH = (2, 2, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, scaffold_file, vocab_path):
+  run_dir = tmp_path_factory.mktemp("run")
+  bindings = [f"MeshConfig.{axis} = {size}" for axis, size in zip(("data", "fsdp", "sequence", "tensor"), MESH)]
+  bindings += ["OptimizerConfig.learning_rate = 3e-3", "OptimizerConfig.warmup_steps = 2"]
+  gin.clear_config()
+  gin.parse_config(bindings)
+  try:
+    trainer_lib.train(str(run_dir), scaffold_files=str(scaffold_file), vocab_path=str(vocab_path),
+                      model_config=MODEL, steps=4, batch_size=8, seq_len=128, checkpoint_every=4,
+                      log_every=5, seed=0)
+  finally:
+    gin.clear_config()
+  return run_dir
+
+
+def _short(record, words=30):
+  """Two chapters of two scenes of a scaffold record, every plan cut to `words` words: a global plan
+  within 3/8 of 1,024 tokens and plans within 3/8 of a window, so that the windows view cuts nothing."""
+  cut = lambda text: " ".join(text.split()[:words])  # noqa: E731
+  chapters = [{**c, "summary": cut(c["summary"]),
+               "scenes": [{**s, "summary": cut(s["summary"])} for s in c["scenes"][:2]]}
+              for c in record["chapters"][:2]]
+  return {**record, "split": "test", "synopsis": cut(record["synopsis"]), "chapters": chapters}
+
+
+@pytest.fixture(scope="module")
+def test_split_file(scaffold_records, tmp_path_factory):
+  """Short copies of the conftest scaffolds marked as the test split."""
+  path = tmp_path_factory.mktemp("heldout") / "test_split.jsonl"
+  path.write_text("".join(json.dumps(_short(r)) + "\n" for r in scaffold_records), "utf-8")
+  return path
+
+
+@pytest.fixture(scope="module")
+def short_novel(corpus_dir, tmp_path_factory):
+  """The first two chapters of Jekyll and Hyde as a plain .txt."""
+  from xbook.books import load_book
+  book = load_book(corpus_dir / "pg43.txt")
+  path = tmp_path_factory.mktemp("novel") / "jekyll.txt"
+  path.write_text("\n\n".join(s.text for c in book.chapters[:2] for s in c.scenes), "utf-8")
+  return path
+
+
+def test_perplexity_equals_the_training_loss_on_the_same_windows(tiny_run, scaffold_file, vocab_path):
+  run = load_run(tiny_run)
+  # The task `train` registered (training weights: prompt 0, repeated plans 0), the first windows.
+  batches = list(trajectory_batches("xbook_windows", split="train", global_batch_size=8, seq_len=128,
+                                    seed=0, repeat=False, shuffle=False))[:6]
+  trainer = trainer_lib.Trainer(model_config=MODEL, optimizer_config=trainer_lib.OptimizerConfig(),
+                                mesh_config=MeshConfig(*MESH), batch_size=8, seq_len=128)
+  with trainer.context():
+    params = jax.device_put(run.params, trainer.state_shardings.params)
+  expected = trainer.evaluate(params, batches)
+  sums = perplexity.score_batches(run.model, run.params, batches, batch_size=8)
+  assert sums["weighted_nll"].sum() / sums["weight"].sum() == pytest.approx(expected["eval/loss"], rel=1e-5)
+  # The training weights are 0 or 1: the tokens of weight > 0 are the weighted ones.
+  assert sums["count"].sum() == sums["weight"].sum()
+  assert sums["nll"].sum() / sums["count"].sum() == pytest.approx(expected["eval/loss"], rel=1e-5)
+  for k, kind in enumerate(trajectory.SEGMENT_KINDS):
+    if sums["present"][k]:
+      assert sums["present_nll"][k] / sums["present"][k] == pytest.approx(expected[f"eval/loss/{kind}"],
+                                                                          rel=1e-5)
+    if sums["count"][k] and sums["count"][k] == sums["present"][k]:
+      assert sums["nll"][k] / sums["count"][k] == pytest.approx(expected[f"eval/loss/{kind}"], rel=1e-5)
+
+
+def test_every_token_of_the_held_out_books_is_scored_once(tiny_run, test_split_file, short_novel):
+  result = perplexity.run_perplexity(tiny_run, scaffold_files=[test_split_file], novels=[short_novel],
+                                     seq_len=1024, batch_size=4)
+  results = result["results"]
+  run = load_run(tiny_run)
+  records = perplexity.split_records([test_split_file], "test")
+  expected = perplexity.trajectory_tokens(records, run.vocabulary, "interleaved")
+  assert results["scaffolds/all"]["tokens"] == sum(expected.values())
+  assert results["scaffolds/all"]["coverage"] == 1.0 and results["scaffolds/all"]["books"] == 2
+  for kind in trajectory.SEGMENT_KINDS:
+    assert results.get(f"scaffolds/{kind}", {"tokens": 0})["tokens"] == expected[kind], kind
+  ids, words, _ = perplexity.novel_stream(short_novel, run.vocabulary)
+  novel = results["novel/jekyll"]
+  assert novel["tokens"] == len(ids) and novel["words"] == words
+  for name, figures in results.items():
+    assert figures["ppl_per_token"] == pytest.approx(math.exp(figures["nll_per_token"])), name
+    assert figures["nll_sum"] == pytest.approx(figures["nll_per_token"] * figures["tokens"], rel=1e-6)
+    assert figures["bits_per_byte"] == pytest.approx(figures["nll_sum"] / figures["bytes"] / math.log(2))
+    # Four training steps: better than uniform over the vocabulary, far from fluent.
+    assert 1.0 < figures["nll_per_token"] < math.log(MODEL.vocab_size) + 0.5, name
+  print(json.dumps({k: {f: v[f] for f in ("tokens", "nll_per_token", "ppl_per_token", "ppl_per_word",
+                                          "bits_per_byte")} for k, v in results.items()}, indent=1))
+
+
+def test_xbook_eval_run_dir_writes_perplexity(tiny_run, test_split_file, tmp_path):
+  from xbook.cli import main
+  out = tmp_path / "eval"
+  assert main(["eval", "--run_dir", str(tiny_run), "--scaffolds", str(test_split_file), "--out", str(out)]) == 0
+  record = json.loads((out / "eval.json").read_text())
+  assert record["perplexity"]["seq_len"] == 128 and record["perplexity"]["split"] == "test"
+  assert record["perplexity"]["results"]["scaffolds/text"]["tokens"] > 0
+  page = (out / "report.html").read_text()
+  assert "Held-out perplexity" in page and "scaffolds/text" in page
+
+
+# Judges: a local judge server with deterministic answers.
+
+QUALITY = {"GOOD": 3, "MID": 2, "BAD": 1}
+
+
+class _Judge:
+  """A chat-completions server on 127.0.0.1 that prefers the passage with the better quality word
+  (GOOD > MID > BAD), answers without a verdict when a passage says MALFORMED, and fails (HTTP 500)
+  when one says FAIL. `calls` counts the requests; `first` counts which system was shown
+  first in distinct prompts."""
+
+  def __init__(self) -> None:
+    import http.server
+    import threading
+    judge = self
+    self.calls = 0
+    self.first: dict[str, int] = {}
+    self.seen: set[str] = set()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *args):
+        pass
+
+      def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        status, answer = judge.answer(body["messages"][0]["content"])
+        data = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+  def answer(self, prompt: str) -> tuple[int, str]:
+    self.calls += 1
+    a = prompt.split("PASSAGE A:")[1].split("PASSAGE B:")[0]
+    b = prompt.split("PASSAGE B:")[1].split("Explain your judgement")[0]
+    first = next(word for word in QUALITY if word in a)
+    if prompt not in self.seen:  # retries not counted
+      self.seen.add(prompt)
+      self.first[first] = self.first.get(first, 0) + 1
+    if "FAIL" in a + b:
+      return 500, "overloaded"
+    if "MALFORMED" in a + b:
+      return 200, "Both passages have merit, I really cannot say."
+    winner = "A" if QUALITY[first] > QUALITY[next(w for w in QUALITY if w in b)] else "B"
+    return 200, f"Passage {winner} is more vivid.\nWINNER: {winner}"
+
+
+@pytest.fixture
+def judge_server():
+  server = _Judge()
+  yield server
+  server.server.shutdown()
+
+
+def _systems(tmp_path):
+  """Three systems' books of 6 chapters each; chapter 5 of MID is malformed bait, chapter 6 of BAD fails."""
+  paths = {}
+  for name in QUALITY:
+    chapters = []
+    for i in range(6):
+      extra = " MALFORMED" if (name, i) == ("MID", 4) else " FAIL" if (name, i) == ("BAD", 5) else ""
+      chapters.append({"title": f"Chapter {i + 1}", "texts": [f"{name} prose of chapter {i + 1}.{extra}"]})
+    folder = tmp_path / name.lower() / "book"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "book.json").write_text(json.dumps({"chapters": chapters}))
+    paths[name] = folder / "book.json"
+  return paths
+
+
+def test_judges_swap_positions_cache_answers_and_rank_with_intervals(judge_server, tmp_path):
+  from xbook.evals.judges import JudgeConfig, judge_systems
+  config = JudgeConfig(base_url=judge_server.url, models=("local-judge",), max_retries=1, base_delay_s=0.01,
+                       bootstrap=200)
+  cache = tmp_path / "out" / "judge_cache.sqlite"
+  result = judge_systems(_systems(tmp_path), config, cache_path=cache)
+  # 3 system pairs x 6 chapters x 2 orders; the 4 about chapter 6 of BAD fail after 2 attempts each.
+  assert result["judgements"] == 36 and judge_server.calls == 32 + 4 * 2
+  assert judge_server.first == {"GOOD": 12, "MID": 12, "BAD": 12}  # each system shown first as often
+  errors = [f["error"] for f in result["failures"]]
+  # Chapter 5 of MID is malformed against GOOD and BAD, chapter 6 of BAD fails against GOOD and MID.
+  assert len(errors) == 4 + 4 and result["valid"] == 28
+  assert sum("malformed answer" in e for e in errors) == 4 and sum("HTTP 500" in e for e in errors) == 4
+  assert result["first_position_share"] == 0.5 and all(c["consistent"] in (True, None)
+                                                     for c in result["comparisons"])
+  ranks = {r["system"]: r for r in result["ranking"]}
+  assert [r["system"] for r in result["ranking"]] == ["GOOD", "MID", "BAD"]
+  assert ranks["GOOD"]["wins"] == 10 + 10 and ranks["BAD"]["wins"] == 0
+  for row in result["ranking"]:
+    assert row["low"] <= row["score"] <= row["high"]
+  assert ranks["GOOD"]["low"] > ranks["BAD"]["high"]
+  # A rerun asks only what failed (the HTTP 500s): every answer, malformed ones too, is cached.
+  judge_server.calls = 0
+  again = judge_systems(_systems(tmp_path), config, cache_path=cache)
+  assert judge_server.calls == 4 * 2 and again["calls"] == 4 and again["cached"] == 32
+  assert again["ranking"] == result["ranking"]
+
+
+def test_xbook_eval_judge_writes_the_ranking(judge_server, tmp_path):
+  from xbook.cli import main
+  systems = _systems(tmp_path)
+  out = tmp_path / "eval"
+  args = ["eval", "--out", str(out), "--judge_url", judge_server.url, "--judge_model", "local-judge",
+          "--judge_max_pairs", "4"]
+  for name, path in systems.items():
+    args += ["--judge", f"{name}={path}"]
+  assert main(args) == 0
+  judges = json.loads((out / "eval.json").read_text())["judges"]
+  assert [r["system"] for r in judges["ranking"]][0] == "GOOD"
+  assert {c["chapter"] for c in judges["comparisons"]} == {1, 3, 4, 6}
+  page = (out / "report.html").read_text()
+  assert "judge ranking" in page and "<h2>Judges</h2>" in page
+  assert (out / "judge_cache.sqlite").is_file()

@@ -1,0 +1,307 @@
+"""Held-out perplexity of a run: per segment kind, per token, per word and per byte.
+
+Two kinds of held-out books:
+  scaffolds  the `split` records (default "test") of scaffold JSONL files, cut into windows exactly as
+             training cuts them (the `windows` view at the run's sequence length and layout), with
+             every kind weighted 1 and repeats weighted 0 (`repeat_weight=0`): a token's weight is 1 at
+             its first occurrence and 0 where a window repeats it (the global plan of later windows,
+             "Previously", a continued chapter's plan), so the tokens of weight > 0 are every token of
+             the trajectory once, the prompt included. Reported per kind and for all kinds together.
+  novels     plain `.txt` novels (xbook.books.load_book), prose only: each scene is a `text` segment
+             (its marker then its text, as in a trajectory), the segments follow one another and EOS
+             closes the book; the token stream is cut into consecutive windows of the sequence length,
+             each starting afresh from BOS, and every token is scored once.
+
+Figures of a book set (eval.json `perplexity.results[name]`):
+  tokens         tokens scored;   nll_sum  their total NLL (nats)
+  nll_per_token  nll_sum / tokens, ppl_per_token = exp of it
+  words, bytes   whitespace words and UTF-8 bytes of the scored text (segment bodies, markers left out)
+  nll_per_word   nll_sum / words, ppl_per_word = exp of it
+  bits_per_byte  nll_sum / bytes / ln 2
+  expected_tokens, coverage   scaffolds only: tokens of the trajectories encoded once
+                 (xbook.data.pieces.encode_book) and tokens / expected_tokens (below 1 when the windows
+                 view had to cut long plans; the figures are then of the tokens scored)
+The per-word and per-byte figures divide a total over the same text, so runs with different
+tokenizers compare on them; per-token figures compare runs that share a vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from xbook.data import pieces, trajectory
+from xbook.model import Decoder
+
+log = logging.getLogger(__name__)
+N_KINDS = len(trajectory.SEGMENT_KINDS)
+TASK_NAME = "xbook_eval_perplexity"
+# Sums of one batch, each [n_kinds]: over tokens of weight > 0 (`nll`, `count`), weighted by the
+# batch's loss weights (`weighted_nll`, `weight`), and over every real token (`present_nll`, `present`).
+SUMS = ("nll", "count", "weighted_nll", "weight", "present_nll", "present")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_sums(model: Decoder, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """The SUMS of one batch of the decoder example contract (xbook.data.feature_converter)."""
+  logits = model.apply({"params": params}, batch["decoder_input_tokens"], batch["decoder_segment_ids"],
+                       batch["decoder_positions"]).astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  targets = batch["decoder_target_tokens"]
+  nll = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  kinds = jax.nn.one_hot(batch["decoder_segment_kinds"], N_KINDS, dtype=jnp.float32)
+  weights = batch["decoder_loss_weights"].astype(jnp.float32)
+  present = (batch["decoder_segment_ids"] > 0).astype(jnp.float32)
+  scored = (weights > 0).astype(jnp.float32) * present
+  per_kind = lambda values: jnp.einsum("bl,blk->k", values, kinds)  # noqa: E731
+  return {"nll": per_kind(nll * scored), "count": per_kind(scored),
+          "weighted_nll": per_kind(nll * weights), "weight": per_kind(weights),
+          "present_nll": per_kind(nll * present), "present": per_kind(present)}
+
+
+def _padded(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+  """`batch` with zero rows (padding: segment id 0, weight 0) up to `rows`, so one shape compiles once."""
+  missing = rows - len(batch["decoder_target_tokens"])
+  if missing <= 0:
+    return dict(batch)
+  return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+
+
+def score_batches(model: Decoder, params: Any, batches: Iterable[Mapping[str, np.ndarray]],
+                  batch_size: int, desc: str = "perplexity") -> dict[str, np.ndarray]:
+  """The SUMS (each [n_kinds] float64) over `batches` ({feature: [rows <= batch_size, length]})."""
+  totals = {name: np.zeros(N_KINDS, np.float64) for name in SUMS}
+  for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
+    fields = ("decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
+              "decoder_positions", "decoder_segment_kinds", "decoder_loss_weights")
+    batch = _padded({k: np.asarray(batch[k]) for k in fields}, batch_size)
+    out = jax.device_get(_batch_sums(model, params, batch))
+    for name in SUMS:
+      totals[name] += np.asarray(out[name], np.float64)
+  return totals
+
+
+def figures(nll_sum: float, tokens: float, words: int, n_bytes: int) -> dict[str, Any]:
+  """The figures of one book set (module docstring) from its totals."""
+  per_token = nll_sum / tokens if tokens else None
+  per_word = nll_sum / words if words else None
+  return {"tokens": int(tokens), "nll_sum": round(nll_sum, 4), "words": words, "bytes": n_bytes,
+          "nll_per_token": per_token, "ppl_per_token": _exp(per_token),
+          "nll_per_word": per_word, "ppl_per_word": _exp(per_word),
+          "bits_per_byte": nll_sum / n_bytes / math.log(2) if n_bytes else None}
+
+
+def _exp(value: float | None) -> float | None:
+  return None if value is None else math.exp(min(value, 700.0))
+
+
+# Scaffold files.
+
+def split_records(scaffold_files: Sequence[str | Path], split: str) -> list[dict[str, Any]]:
+  """The records of `split` (field `split`, default "train") in JSONL scaffold files, in file order.
+
+  Raises:
+    FileNotFoundError: naming a missing file.
+    ValueError: naming the file and line of a line that is not JSON.
+  """
+  records = []
+  for name in scaffold_files:
+    path = Path(name)
+    if not path.is_file():
+      raise FileNotFoundError(f"--scaffolds {path}: no such file (give scaffold JSONL of `xbook scaffold`)")
+    with path.open(encoding="utf-8") as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except ValueError as error:
+          raise ValueError(f"{path}:{number}: not a JSON scaffold record ({error})") from None
+        if record.get("split", "train") == split:
+          records.append(record)
+  return records
+
+
+def segment_text_sizes(records: Sequence[Mapping[str, Any]], layout: str, marker_style: str
+                       ) -> dict[str, tuple[int, int]]:
+  """{kind: (words, UTF-8 bytes)} of the segment bodies (markers left out) of the records' trajectories."""
+  sizes = {kind: [0, 0] for kind in trajectory.SEGMENT_KINDS}
+  end = trajectory.markers(marker_style)[1]
+  for record in records:
+    for segment in trajectory.scaffold_to_segments(record, layout, marker_style):
+      body = trajectory.split_marker(segment)[1].replace(end, "")
+      sizes[segment.kind][0] += len(body.split())
+      sizes[segment.kind][1] += len(body.strip().encode("utf-8"))
+  return {kind: (w, b) for kind, (w, b) in sizes.items()}
+
+
+def trajectory_tokens(records: Sequence[Mapping[str, Any]], vocabulary: Any, layout: str
+                      ) -> dict[str, int]:
+  """{kind: tokens} of the records' trajectories, each token once (xbook.data.pieces.encode_book)."""
+  counts = {kind: 0 for kind in trajectory.SEGMENT_KINDS}
+  for record in records:
+    for encoded in pieces.encode_book(record, vocabulary.encode, vocabulary.eos_id, layout=layout,
+                                      marker_style=vocabulary.marker_style):
+      counts[encoded.segment.kind] += len(encoded.ids)
+  return counts
+
+
+def eval_batches(scaffold_files: Sequence[str | Path], vocabulary: Any, *, split: str, seq_len: int,
+                 batch_size: int, layout: str = "interleaved") -> Iterator[Mapping[str, np.ndarray]]:
+  """Batches of the windows view of the `split` records, every kind weighted 1 and repeats 0, in book
+  order, each window once (the task TASK_NAME, registered anew)."""
+  from xbook.data.tasks import register_task
+  from xbook.train.input_pipeline import trajectory_batches
+  register_task(TASK_NAME, "windows", [str(f) for f in scaffold_files], vocabulary, layout=layout,
+                loss_weights={kind: 1.0 for kind in trajectory.SEGMENT_KINDS}, repeat_weight=0.0)
+  return trajectory_batches(TASK_NAME, split=split, global_batch_size=batch_size, seq_len=seq_len, seed=0,
+                            repeat=False, shuffle=False)
+
+
+def scaffold_perplexity(model: Decoder, params: Any, vocabulary: Any, scaffold_files: Sequence[str | Path],
+                        *, split: str, seq_len: int, batch_size: int, layout: str = "interleaved"
+                        ) -> dict[str, dict[str, Any]]:
+  """{"scaffolds/<kind>": figures, "scaffolds/all": figures} of the `split` records (module docstring).
+
+  Raises:
+    ValueError: when the files hold no record of `split`, or the layout has no segments.
+  """
+  if layout not in trajectory.LAYOUTS:
+    raise ValueError(f"held-out perplexity scores xbook's layouts {trajectory.LAYOUTS}, not {layout!r}")
+  records = split_records(scaffold_files, split)
+  if not records:
+    raise ValueError(f"--scaffolds {', '.join(map(str, scaffold_files))}: no record of split {split!r}; "
+                     "choose another --split (train, validation, test)")
+  batches = eval_batches(scaffold_files, vocabulary, split=split, seq_len=seq_len, batch_size=batch_size,
+                         layout=layout)
+  sums = score_batches(model, params, batches, batch_size, desc=f"perplexity {split}")
+  sizes = segment_text_sizes(records, layout, vocabulary.marker_style)
+  expected = trajectory_tokens(records, vocabulary, layout)
+  results = {}
+  for k, kind in enumerate(trajectory.SEGMENT_KINDS):
+    if sums["count"][k] or expected[kind]:
+      results[f"scaffolds/{kind}"] = {**figures(sums["nll"][k], sums["count"][k], *sizes[kind]),
+                                      **_coverage(sums["count"][k], expected[kind])}
+  words, n_bytes = (sum(s[i] for s in sizes.values()) for i in (0, 1))
+  results["scaffolds/all"] = {**figures(sums["nll"].sum(), sums["count"].sum(), words, n_bytes),
+                              **_coverage(sums["count"].sum(), sum(expected.values())),
+                              "books": len(records)}
+  if results["scaffolds/all"]["coverage"] < 1:
+    log.warning("held-out perplexity: the windows view scored %d of %d trajectory tokens (long plans "
+                "cut at sequence length %d)", sums["count"].sum(), sum(expected.values()), seq_len)
+  return results
+
+
+def _coverage(scored: float, expected: int) -> dict[str, Any]:
+  return {"expected_tokens": int(expected), "coverage": round(scored / expected, 6) if expected else None}
+
+
+# Plain held-out novels.
+
+def novel_stream(path: str | Path, vocabulary: Any) -> tuple[list[int], int, int]:
+  """(token ids, words, UTF-8 bytes) of a .txt novel's prose: one text segment per scene, EOS at the end."""
+  from xbook.books import load_book
+  book = load_book(path)
+  ids: list[int] = []
+  words = n_bytes = 0
+  for chapter in book.chapters:
+    for scene in chapter.scenes:
+      segment = trajectory.make_segment("text", scene.text, vocabulary.marker_style)
+      ids += pieces.encode_segment(vocabulary.encode, segment)
+      words += len(scene.text.split())
+      n_bytes += len(scene.text.strip().encode("utf-8"))
+  return ids + [vocabulary.eos_id], words, n_bytes
+
+
+def stream_batches(ids: Sequence[int], *, bos_id: int, seq_len: int, batch_size: int
+                   ) -> Iterator[dict[str, np.ndarray]]:
+  """Consecutive windows of `seq_len` tokens of `ids` (the last one shorter, padded), each input
+  starting from BOS, as batches of the decoder example contract (every token once, weight 1, kind text)."""
+  windows = [ids[i:i + seq_len] for i in range(0, len(ids), seq_len)]
+  for start in range(0, len(windows), batch_size):
+    rows = windows[start:start + batch_size]
+    batch = {k: np.zeros((len(rows), seq_len), np.int32) for k in (
+        "decoder_target_tokens", "decoder_input_tokens", "decoder_segment_ids", "decoder_positions",
+        "decoder_segment_kinds")}
+    batch["decoder_loss_weights"] = np.zeros((len(rows), seq_len), np.float32)
+    for r, window in enumerate(rows):
+      n = len(window)
+      batch["decoder_target_tokens"][r, :n] = window
+      batch["decoder_input_tokens"][r, :n] = [bos_id, *window[:-1]]
+      batch["decoder_segment_ids"][r, :n] = 1
+      batch["decoder_positions"][r, :n] = np.arange(n)
+      batch["decoder_segment_kinds"][r, :n] = trajectory.KIND_ID["text"]
+      batch["decoder_loss_weights"][r, :n] = 1.0
+    yield batch
+
+
+def novel_perplexity(model: Decoder, params: Any, vocabulary: Any, path: str | Path, *, seq_len: int,
+                     batch_size: int) -> dict[str, Any]:
+  """The figures of one plain novel's prose (module docstring)."""
+  ids, words, n_bytes = novel_stream(path, vocabulary)
+  batches = stream_batches(ids, bos_id=vocabulary.bos_id, seq_len=seq_len, batch_size=batch_size)
+  sums = score_batches(model, params, batches, batch_size, desc=f"perplexity {Path(path).stem}")
+  return figures(float(sums["nll"].sum()), float(sums["count"].sum()), words, n_bytes)
+
+
+# A run.
+
+def run_layout(run_dir: str | Path) -> str:
+  """The trajectory layout a run trained with: `train.trajectory_layout` in its config.gin, else
+  "interleaved" (the default)."""
+  path = Path(run_dir) / "config.gin"
+  text = path.read_text(encoding="utf-8") if path.is_file() else ""
+  match = re.search(r"^train\.trajectory_layout\s*=\s*['\"](\w+)['\"]\s*$", text, re.MULTILINE)
+  return match.group(1) if match else "interleaved"
+
+
+def run_perplexity(run_dir: str | Path, *, scaffold_files: Sequence[str | Path] = (),
+                   novels: Sequence[str | Path] = (), split: str = "test", step: int | None = None,
+                   batch_size: int = 8, seq_len: int | None = None) -> dict[str, Any]:
+  """eval.json's `perplexity` of a run (xbook.infer.generate.load_run) on held-out books.
+
+  Args:
+    run_dir: a run directory of `xbook train`.
+    scaffold_files: scaffold JSONL whose `split` records are scored per kind.
+    novels: plain .txt novels scored as prose (a folder: its .txt files).
+    split: the scaffold split to score.
+    step: checkpoint step (None: the latest).
+    batch_size: windows per forward pass.
+    seq_len: window length (None: the run's training length, xbook.infer.generate.run_seq_len).
+
+  Returns:
+    {"run_dir", "step", "seq_len", "layout", "split", "results": {name: figures}}; names are
+    "scaffolds/<kind>", "scaffolds/all" and "novel/<file stem>".
+
+  Raises:
+    ValueError: nothing to score, or no sequence length known for the run.
+  """
+  from xbook.infer.generate import load_run, run_seq_len
+  novel_paths = [p for n in novels for p in (sorted(Path(n).glob("*.txt")) if Path(n).is_dir() else [Path(n)])]
+  if not scaffold_files and not novel_paths:
+    raise ValueError("held-out perplexity needs books: give --scaffolds FILE (scaffold JSONL) and/or "
+                     "--heldout NOVEL.txt")
+  seq_len = seq_len or run_seq_len(run_dir)
+  if not seq_len:
+    raise ValueError(f"{run_dir}: neither model.json nor config.gin records the sequence length; pass it")
+  run = load_run(run_dir, step)
+  layout = run_layout(run_dir)
+  results: dict[str, Any] = {}
+  if scaffold_files:
+    results.update(scaffold_perplexity(run.model, run.params, run.vocabulary, scaffold_files, split=split,
+                                       seq_len=seq_len, batch_size=batch_size, layout=layout))
+  for path in novel_paths:
+    results[f"novel/{path.stem}"] = novel_perplexity(run.model, run.params, run.vocabulary, path,
+                                                     seq_len=seq_len, batch_size=batch_size)
+  return {"run_dir": str(run_dir), "step": run.step, "seq_len": seq_len, "layout": layout, "split": split,
+          "results": results}
