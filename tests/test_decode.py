@@ -254,6 +254,32 @@ def test_stop_strings_across_tokens_and_stop_tokens_end_requests():
   assert got[1].token_ids == free[1].token_ids[:first]
 
 
+def test_streamed_tokens_are_the_completion_and_a_cancelled_request_frees_its_row():
+  config = tiny()
+  params = decoding.place_params(init_params(config), config)
+  prompts = prompts_of()
+  free = decoding.generate(params, config, prompts, max_tokens=NEW_TOKENS, **SMALL)
+  stop = hex_text(free[2].token_ids)[13:17]
+  streamed: dict[int, list[int]] = {0: [], 1: [], 2: []}
+  reasons: dict[int, list] = {0: [], 1: [], 2: []}
+
+  def on_tokens(row, ids, finish_reason):
+    assert reasons[row][-1:] != ["stop"] and reasons[row][-1:] != ["length"], "no call after the last"
+    streamed[row] += ids
+    reasons[row].append(finish_reason)
+    return not (row == 1 and len(streamed[1]) >= 4)  # the client of request 1 goes away
+
+  got = decoding.generate(params, config, prompts, max_tokens=NEW_TOKENS, stop=(stop,), decode=hex_text,
+                          sync_every=2, on_tokens=on_tokens, **SMALL)
+  assert got[1].finish_reason == "cancelled" and len(got[1].token_ids) < NEW_TOKENS
+  assert got[1].token_ids == free[1].token_ids[:len(got[1].token_ids)]
+  assert got[2].finish_reason == "stop" and got[2].stop_reason == stop
+  for row in (0, 2):
+    assert streamed[row] == got[row].token_ids
+    assert reasons[row][-1] == got[row].finish_reason and set(reasons[row][:-1]) <= {None}
+  assert streamed[1] == got[1].token_ids[:len(streamed[1])] and reasons[1][-1] is None
+
+
 def test_per_request_max_tokens_and_argument_errors():
   config = tiny()
   params = decoding.place_params(init_params(config), config)

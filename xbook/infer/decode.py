@@ -15,9 +15,10 @@ A `generate` call:
      written at each row's own offset;
   3. decodes in segments, each one `jax.lax.while_loop` on the device that samples a token per active
      row and feeds it, until every row is done (a stop token or its `max_tokens`), or `sync_every`
-     steps passed while stop strings need checking, or a row reaches the end of the cache. Between
-     segments the host checks stop strings on the decoded text and doubles the cache when it is full
-     (up to `cache_len`).
+     steps passed while the host watches the rows (stop strings, streaming), or a row reaches the end
+     of the cache. Between segments the host checks stop strings on the decoded text, hands the
+     settled tokens to `on_tokens` (streaming; it may cancel a request) and doubles the cache when
+     it is full (up to `cache_len`).
 A decode step attends to the whole cache, so its cost follows the context (to a power of two), not the
 longest the request may grow; and no array is sliced on the way to a matrix product (on XLA:CPU a slice
 feeding a dot is a copy: it made a step at 4k context 4x slower). Compiles are bounded by the buckets
@@ -540,7 +541,8 @@ class Completion:
   Attributes:
     token_ids: the generated ids, without a matched stop token, and ending with the last token whose
       text ends before a matched stop string.
-    finish_reason: "stop" (a stop token or stop string) or "length" (max_tokens).
+    finish_reason: "stop" (a stop token or stop string), "length" (max_tokens) or "cancelled" (by
+      generate's on_tokens).
     stop_reason: the stop token id or stop string that matched, else None.
     text: when generate was given `decode`: the decoded text, cut right before a matched stop string
       (so it may end with part of a token that token_ids leave out).
@@ -586,6 +588,20 @@ class StopStrings:
       self._matches[row] = min(found)
     return bool(found)
 
+  def settled(self, row: int, ids: list[int]) -> int:
+    """How many of row's ids no stop string can take back any more: all without stop strings; those
+    before a matched one; else those whose text ends before the last characters that could still
+    begin a stop string."""
+    if row in self._matches:
+      return len(self.cut(row, ids)[0])
+    if not self.stops[row]:
+      return len(ids)
+    end = len(self.decode(ids)) - max(map(len, self.stops[row])) + 1
+    n = len(ids)
+    while n > 0 and len(self.decode(ids[:n])) > end:
+      n -= 1
+    return n
+
   def cut(self, row: int, ids: list[int]) -> tuple[list[int], str | None, str | None]:
     """(the ids before row's stop string, their text, the stop string); text None without decode."""
     if row not in self._matches:
@@ -603,7 +619,8 @@ def generate(params: dict[str, Any] | PlacedParams, config: DecoderConfig, promp
              decode: Callable[[list[int]], str] | None = None, vocab_size_limit: int | None = None,
              mesh: Mesh | None = None, rules: LogicalRules | None = None, cache_len: int | None = None,
              prefill_chunk: int = 1024, min_bucket: int = MIN_BUCKET, sync_every: int = 32,
-             param_dtype: Any = None, cache_dtype: Any = None) -> list[Completion]:
+             param_dtype: Any = None, cache_dtype: Any = None,
+             on_tokens: Callable[[int, list[int], str | None], bool | None] | None = None) -> list[Completion]:
   """Continue every prompt, all in one batch with a KV cache.
 
   Args:
@@ -629,9 +646,15 @@ def generate(params: dict[str, Any] | PlacedParams, config: DecoderConfig, promp
       to a power of two from min_bucket); every prompt plus its max_tokens must fit.
     prefill_chunk: the most prompt tokens per row fed in one prefill call.
     min_bucket: the smallest prefill chunk and cache length.
-    sync_every: decode steps between stop string checks (only with stop strings).
+    sync_every: decode steps between the host's looks at the rows (stop strings, on_tokens); without
+      either, a segment runs until every row is done or the cache is full.
     param_dtype: the parameters' dtype for decoding (default config.param_dtype); cache_dtype: the
       keys' and values' (default config.dtype).
+    on_tokens: streaming: called between decode segments as on_tokens(index, ids, finish_reason) with
+      a request's newly settled ids (those no stop string can take back: the text that could still
+      begin one is held back) and, on its last call, its finish_reason (else None); the ids of all its
+      calls are Completion.token_ids. Returning False cancels the request and frees its row
+      (finish_reason "cancelled").
 
   Returns:
     One Completion per prompt, in order.
@@ -675,7 +698,8 @@ def generate(params: dict[str, Any] | PlacedParams, config: DecoderConfig, promp
         stop_token=np.full((batch,), -1, np.int32), max_tokens=np.asarray(limits + [1] * pad, np.int32))
     state = jax.device_put(state, default_placement(mesh))
     started = time.perf_counter()
-    state = _decode_all(params, config, cache, state, RowSampling.of(rows + [GREEDY] * pad, mesh), stops,
+    rows_view = _Rows(stops, n, on_tokens)
+    state = _decode_all(params, config, cache, state, RowSampling.of(rows + [GREEDY] * pad, mesh), rows_view,
                         cache_len=cache_len, sync_every=sync_every, rules=rules,
                         stop_token_ids=tuple(stop_token_ids), vocab_size_limit=vocab_size_limit)
     decode_s = time.perf_counter() - started
@@ -684,37 +708,80 @@ def generate(params: dict[str, Any] | PlacedParams, config: DecoderConfig, promp
   completions = []
   for row in range(n):
     ids, text, stop_string = stops.cut(row, generated[row, :counts[row]].tolist())
-    reason: int | str | None = stop_string
-    if reason is None and stop_token[row] >= 0:
-      reason = int(stop_token[row])
-    completions.append(Completion(token_ids=ids, finish_reason="length" if reason is None else "stop",
-                                  stop_reason=reason, text=text, prompt_tokens=len(prompts[row]),
-                                  prefill_s=prefill_s, decode_s=decode_s))
+    reason, stop_reason = rows_view.finish(row, stop_string, stop_token[row])
+    completions.append(Completion(token_ids=ids, finish_reason=reason, stop_reason=stop_reason, text=text,
+                                  prompt_tokens=len(prompts[row]), prefill_s=prefill_s, decode_s=decode_s))
   return completions
 
 
+class _Rows:
+  """The host's view of the requests between decode segments: stop strings, streaming, cancelling."""
+
+  def __init__(self, stops: StopStrings, n: int,
+               on_tokens: Callable[[int, list[int], str | None], bool | None] | None) -> None:
+    self.stops, self.n, self.on_tokens = stops, n, on_tokens
+    self.sent = [0] * n  # ids already handed to on_tokens, per request
+    self.closed = [False] * n  # requests whose last on_tokens call was made
+    self.cancelled: set[int] = set()
+
+  @property
+  def watching(self) -> bool:
+    """Whether the host needs to look at the rows every sync_every steps."""
+    return bool(self.stops) or self.on_tokens is not None
+
+  def finish(self, row: int, stop_string: str | None, stop_token: int) -> tuple[str, int | str | None]:
+    """(finish_reason, stop_reason) of an ended request."""
+    if row in self.cancelled:
+      return "cancelled", None
+    if stop_string is not None:
+      return "stop", stop_string
+    return ("stop", int(stop_token)) if stop_token >= 0 else ("length", None)
+
+  def update(self, generated: np.ndarray, counts: np.ndarray, done: np.ndarray, stop_token: np.ndarray,
+             ended_now: np.ndarray) -> list[int]:
+    """After a segment: search the rows that ran (or just ended) for stop strings and stream what
+    settled. Returns the rows to end now (a stop string matched, or on_tokens cancelled them)."""
+    end = []
+    for row in np.flatnonzero(~done[:self.n] | ended_now[:self.n]):
+      ids = generated[row, :counts[row]].tolist()
+      if self.stops.check(row, ids) and not done[row]:
+        end.append(row)
+      if self.on_tokens is None or self.closed[row]:
+        continue
+      finished = bool(done[row]) or row in end
+      if finished:
+        ids, _, stop_string = self.stops.cut(row, ids)
+        settled, reason = len(ids), self.finish(row, stop_string, stop_token[row])[0]
+      else:
+        settled, reason = self.stops.settled(row, ids), None
+      if settled > self.sent[row] or finished:
+        go_on = self.on_tokens(row, ids[self.sent[row]:settled], reason)
+        if go_on is False and not finished:
+          self.cancelled.add(row)
+          end.append(row)
+      self.sent[row] = max(self.sent[row], settled)
+      self.closed[row] = finished or row in self.cancelled
+    return end
+
+
 def _decode_all(params: PlacedParams, config: DecoderConfig, cache: KVCache, state: DecodeState,
-                sampling: RowSampling, stops: StopStrings, *, cache_len: int, sync_every: int, rules: tuple,
+                sampling: RowSampling, rows: _Rows, *, cache_len: int, sync_every: int, rules: tuple,
                 **options: Any) -> DecodeState:
-  """Decode segments until every row is done: the cache doubles (to cache_len) when full, and stop
-  strings are checked on the host between segments."""
+  """Decode segments until every row is done: the cache doubles (to cache_len) when full; between
+  segments the host looks at the rows (`_Rows.update`)."""
   done, lengths = np.array(state.done), np.asarray(cache.lengths)
-  searched = done.copy()  # rows whose whole text was searched for stop strings (or need not be)
   while not done.all():
     if lengths[~done].max() >= cache.max_len:
       if cache.max_len >= cache_len:  # cannot happen when cache_len fits every prompt plus max_tokens
         raise RuntimeError(f"rows outgrew cache_len={cache_len}")
       cache = grow(cache, min(2 * cache.max_len, cache_len), rules)
-    cache, state = decode(params, config, cache, state, sampling, max_steps=sync_every if stops else None,
-                          rules=rules, **options)
-    done, lengths = np.array(state.done), np.asarray(cache.lengths)
-    if stops:
-      generated, counts = np.asarray(state.generated), np.asarray(state.counts)
-      # Active rows, and rows that ended in this segment (by a stop token or max_tokens), are searched.
-      matched = [row for row in np.flatnonzero(~searched)
-                 if stops.check(row, generated[row, :counts[row]].tolist()) and not done[row]]
-      searched = done.copy()
-      if matched:
-        done[matched] = searched[matched] = True
+    cache, state = decode(params, config, cache, state, sampling,
+                          max_steps=sync_every if rows.watching else None, rules=rules, **options)
+    was_done, (done, lengths) = done, (np.array(state.done), np.asarray(cache.lengths))
+    if rows.watching:
+      generated, counts, stop_token = (np.asarray(x) for x in (state.generated, state.counts, state.stop_token))
+      end = rows.update(generated, counts, done, stop_token, ended_now=done & ~was_done)
+      if end:
+        done[end] = True
         state = state.replace(done=jax.device_put(done, state.done.sharding))
   return state
