@@ -274,7 +274,7 @@ def bradley_terry(systems: Sequence[str], games: Sequence[tuple[str, str, float]
     denominator = (meetings / (strength[:, None] + strength[None, :])).sum(axis=1)
     updated = np.where(denominator > 0, wins.sum(axis=1) / np.maximum(denominator, 1e-12), strength)
     updated = updated / np.exp(np.mean(np.log(np.maximum(updated, 1e-12))))
-    if np.allclose(updated, strength, rtol=1e-9, atol=1e-12):
+    if np.allclose(updated, strength, rtol=1e-7, atol=1e-9):
       strength = updated
       break
     strength = updated
