@@ -24,7 +24,7 @@ from xbook.evals import metrics
 from xbook.evals.baseline import HumanBaseline
 from xbook.evals.evaluate import evaluate_books
 from xbook.evals.report import write_report
-from xbook.evals.texts import EvalBook, EvalChapter, from_book, load_books
+from xbook.evals.texts import EvalBook, from_book, load_books
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = "pg43"

@@ -8,7 +8,6 @@ import math
 
 import gin
 import jax
-import numpy as np
 import pytest
 
 from xbook.data import trajectory
