@@ -10,7 +10,7 @@ kernel `config.attention` names for training.
 A `generate` call:
   1. places the parameters (dtype as configured; sharded over `mesh` by the logical axis rules when
      given one; layers unstacked, see `decode_config`) and an empty cache as long as the longest
-     prompt plus one, rounded up to a bucket (a power of two from `min_bucket`);
+     prompt, rounded up to a bucket (a power of two from `min_bucket`);
   2. prefills the prompts in chunks of at most `prefill_chunk` tokens, each padded to a bucket and
      written at each row's own offset;
   3. decodes in segments, each one `jax.lax.while_loop` on the device that samples a token per active
@@ -685,8 +685,8 @@ def generate(params: dict[str, Any] | PlacedParams, config: DecoderConfig, promp
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     params = place_params(params, config, dtype=param_dtype, mesh=mesh, rules=rules)
     started = time.perf_counter()
-    # Room for the prompts and the first generated token; decoding doubles it as needed.
-    first_len = bucket(max(map(len, prompts)) + 1, cap=cache_len, minimum=min_bucket)
+    # Room for the prompts (prefill attends to all of it); decoding doubles it as needed.
+    first_len = bucket(max(map(len, prompts)), cap=cache_len, minimum=min_bucket)
     cache = init_cache(config, batch, first_len, cache_dtype, mesh=mesh, rules=rules)
     cache, logits = prefill(params, config, cache, [*prompts, *[[]] * pad], chunk=prefill_chunk,
                             min_bucket=min_bucket, rules=rules)
