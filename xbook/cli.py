@@ -522,9 +522,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
   from xbook.infer.serve import serve
-  serve(args.run_dir, host=args.host, port=args.port, step=args.step, name=args.model_name,
-        max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens)
-  return 0
+  return serve(args.run_dir, host=args.host, port=args.port, step=args.step, name=args.model_name,
+               max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
+               context_len=args.context_len, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
+               sync_every=args.sync_every)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -845,9 +846,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-  p = _add(commands, "serve", "Serve a trained run over an OpenAI-compatible HTTP API (POST /v1/chat/completions, "
-           "GET /v1/models, GET /health); the chat messages become the trajectory's prompt, encoded in the "
-           "run's vocabulary (xbook's, or a pretrained tokenizer.json, tekken.json or tokenizer.model).",
+  p = _add(commands, "serve", "Serve a trained run over an OpenAI-compatible HTTP API on the KV-cache decoder "
+           "(POST /v1/completions with a raw prompt, POST /v1/chat/completions, GET /v1/models, GET /health; "
+           "streaming with \"stream\": true); requests from several clients are decoded together in one "
+           "batch; chat messages become the trajectory's prompt, encoded in the run's vocabulary (xbook's, "
+           "or a pretrained tokenizer.json, tekken.json or tokenizer.model). Stops cleanly on SIGTERM.",
            "xbook serve --run_dir runs/demo --port 8000\n"
            "curl http://127.0.0.1:8000/v1/chat/completions -d '{\"messages\": [{\"role\": \"user\", "
            "\"content\": \"Write a ghost story.\"}], \"max_tokens\": 64}'", _serve)
@@ -858,6 +861,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model_name", default=None, help="served model name (default: RUN_DIR_NAME@STEP)")
   p.add_argument("--max_prompt_tokens", type=int, default=1024, help="longer prompts keep their first tokens")
   p.add_argument("--max_tokens", type=int, default=256, help="the most tokens of one answer")
+  p.add_argument("--context_len", type=int, default=None,
+                 help="the most tokens of a prompt plus its answer (default: the run's trained seq_len)")
+  p.add_argument("--max_batch", type=int, default=8, help="the most requests decoded together")
+  p.add_argument("--batch_window_ms", type=float, default=0.0,
+                 help="how long the decode worker waits for more requests before starting a batch")
+  p.add_argument("--sync_every", type=int, default=16,
+                 help="decode steps between streamed chunks (and stop-string checks)")
   return parser
 
 

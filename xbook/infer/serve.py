@@ -1,20 +1,33 @@
-"""`xbook serve`: an OpenAI-compatible HTTP server over a trained xbook run.
+"""`xbook serve`: an OpenAI-compatible HTTP server over a trained xbook run, on the KV-cache decoder.
 
-Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`.
+Endpoints: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`.
+An ASGI app (Starlette) on uvicorn; `xbook serve` stops cleanly on SIGTERM or Ctrl-C (exit status 0).
 
-From chat to trajectory: an xbook model is not a chat model; it continues trajectories. The contents of
-a request's messages (any role, in order) are joined by blank lines into the `prompt` segment, and the
-model writes what follows the premise marker (`generate.prompt_ids`, encoded as training encoded
-trajectories): so its answer is the plan a writer would start from. A joined prompt longer than
-`max_prompt_tokens` tokens keeps its first ones. The run's vocabulary may be any that xbook reads (xbook
-SentencePiece, tokenizer.model, tokenizer.json, tekken.json): the first input is its BOS, answers stop at
-its EOS, and ids beyond the tokenizer's size (padded embedding rows) are never sampled.
+Prompts. `/v1/completions` takes a raw `prompt` string, encoded as it is after the vocabulary's BOS (as a
+staged client such as the paper's stage protocol sends it). `/v1/chat/completions` joins the contents
+of its messages (any role, in order) by blank lines into the trajectory's `prompt` segment and the model
+writes what follows the premise marker (`generate.prompt_ids`, after the BOS): an xbook model continues
+trajectories, so its answer is the plan a writer starts from; a joined prompt longer than
+`max_prompt_tokens` keeps its first tokens. Answers stop at the vocabulary's EOS (unless `ignore_eos`)
+and ids beyond the tokenizer's size (padded embedding rows) are never sampled.
 
-Sampling: `max_tokens` or `max_completion_tokens` (at most the server's `max_tokens`), `temperature` (0 is greedy; default 1 as
-in the OpenAI API), `seed` (default 0), top-k 40. `usage` counts the tokens of the trajectory prefix and
-of the answer. Requests are answered one at a time (one model, one device); every sampling window up
-to `max_prompt_tokens + max_tokens` is compiled before the server accepts requests, so that no
-request waits for a compilation.
+Request fields: `model` (the served name, default it), `max_tokens` / `max_completion_tokens` (>= 1;
+above the server's `--max_tokens` it is lowered to it; a prompt plus its max_tokens longer than the
+context is lowered to fit), `temperature` (>= 0, 0 greedy; default 1), `top_p`, `seed` (default 0),
+`stop` (a string or a list of strings, not returned), `stream` (server-sent events in OpenAI's chunk
+format, `data: [DONE]` last; `stream_options.include_usage` adds a usage chunk), and as extra fields
+`top_k` (default 40), `min_p` and `ignore_eos`. Other fields are ignored; `n` must be 1. `usage` counts
+the model input (BOS included) and the answer's tokens. A bad request (malformed JSON, a field of the
+wrong type or out of range, an unknown model, a prompt that leaves no room in the context) gets a 4xx
+answer with an OpenAI-style `{"error": {"message", "type", "param"}}` body.
+
+Batching. A single decode worker thread takes every waiting request (at most `--max_batch`, those
+with the same stop tokens as the first; after waiting `--batch_window_ms` for more) and decodes them
+together in one `decode.generate` call; requests arriving meanwhile wait for the next batch. Streams
+are fed by generate's `on_tokens` every `--sync_every` decode steps; a stream's last text (up to a stop
+string) and its finish reason are sent when its batch ends. A client that disconnects mid-stream
+cancels its request (on_tokens returns False), which frees its row. `/health` counts the batches by
+size, the requests and the cancelled ones.
 
 `start_server_process` runs `xbook serve` as a child process on a free port of 127.0.0.1, for a
 caller (a scaffold build with `--backend xbook`, a test) that needs an endpoint for a run directory.
@@ -22,183 +35,524 @@ caller (a scaffold build with `--backend xbook`, a test) that needs an endpoint 
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
-import http.server
+import dataclasses
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
-
-from xbook.infer.generate import WINDOW_MULTIPLE, LoadedRun, load_run, prompt_ids, sample_tokens
+from typing import Any, AsyncIterator, Iterator
 
 log = logging.getLogger(__name__)
 
 TOP_K = 40
 # The line `xbook serve` prints once it accepts requests; start_server_process reads the URL from it.
 READY_LINE = "xbook serve: ready at "
+MAX_STOP_STRINGS = 16
 
 
 class RequestError(ValueError):
-  """A request the server cannot answer; `status` is its HTTP status."""
+  """A request the server cannot answer; `status` is its HTTP status, `param` the field at fault."""
 
-  def __init__(self, status: int, message: str) -> None:
+  def __init__(self, status: int, message: str, param: str | None = None) -> None:
     super().__init__(message)
-    self.status = status
+    self.status, self.param = status, param
 
 
-class ChatModel:
-  """A loaded run answering chat-completions requests (see the module docstring)."""
+# ------------------------------------------------------------------------------------------------- model
+@dataclasses.dataclass
+class ServedModel:
+  """A run's parameters placed for decoding, its vocabulary and the server's bounds.
 
-  def __init__(self, run: LoadedRun, name: str, max_prompt_tokens: int, max_tokens: int) -> None:
-    self.run = run
-    self.name = name
-    self.max_prompt_tokens = max_prompt_tokens
-    self.max_tokens = max_tokens
-    self.lock = threading.Lock()
-
-  def prefix_ids(self, messages: Any) -> list[int]:
-    """The trajectory prefix of a request's `messages`, as token ids."""
-    if (not isinstance(messages, list) or not messages
-        or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
-      raise RequestError(400, "messages: expected a non-empty list of {role, content} objects with "
-                              "string content")
-    prompt = "\n\n".join(m["content"].strip() for m in messages)
-    vocabulary = self.run.vocabulary
-    overhead = len(prompt_ids("", vocabulary))
-    body = vocabulary.encode(prompt)
-    if len(body) + overhead > self.max_prompt_tokens:
-      prompt = vocabulary.decode(body[:max(1, self.max_prompt_tokens - overhead)])
-    return prompt_ids(prompt, vocabulary)
-
-  def complete(self, request: Any) -> dict[str, Any]:
-    """The chat-completions answer to a decoded request body."""
-    if not isinstance(request, dict):
-      raise RequestError(400, "the request body must be a JSON object")
-    model = request.get("model", self.name)
-    if model != self.name:
-      raise RequestError(404, f"model {model!r} is not served here; this server serves {self.name!r}")
-    ids = self.prefix_ids(request.get("messages"))
-    max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or self.max_tokens
-    temperature = request.get("temperature", 1.0)
-    seed = request.get("seed", 0)
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-      raise RequestError(400, f"max_tokens: expected an integer >= 1, got {max_tokens!r}")
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-      raise RequestError(400, f"temperature: expected a number >= 0, got {temperature!r}")
-    if not isinstance(seed, int):
-      raise RequestError(400, f"seed: expected an integer, got {seed!r}")
-    max_tokens = min(max_tokens, self.max_tokens)
-    with self.lock:
-      generated = sample_tokens(self.run, ids, max_new_tokens=max_tokens, temperature=float(temperature),
-                                top_k=TOP_K, seed=seed)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-        "model": self.name,
-        "choices": [{"index": 0, "message": {"role": "assistant",
-                                             "content": self.run.vocabulary.decode(generated)},
-                     "finish_reason": "length" if len(generated) == max_tokens else "stop"}],
-        "usage": {"prompt_tokens": len(ids), "completion_tokens": len(generated),
-                  "total_tokens": len(ids) + len(generated)}}
-
-  def warm_up(self) -> None:
-    """Compile every sampling window a request can need, before the first request."""
-    largest = self.max_prompt_tokens + self.max_tokens
-    for window in range(WINDOW_MULTIPLE, largest + WINDOW_MULTIPLE, WINDOW_MULTIPLE):
-      sample_tokens(self.run, [0] * (window - 1), max_new_tokens=1, temperature=0)
-
-
-def _handler(model: ChatModel) -> type[http.server.BaseHTTPRequestHandler]:
-
-  class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-      body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-      self.send_response(status)
-      self.send_header("Content-Type", "application/json")
-      self.send_header("Content-Length", str(len(body)))
-      self.end_headers()
-      self.wfile.write(body)
-
-    def _error(self, status: int, message: str) -> None:
-      kind = "invalid_request_error" if status < 500 else "server_error"
-      self._send(status, {"error": {"message": message, "type": kind}})
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server hook
-      if self.path == "/health":
-        self._send(200, {"status": "ok", "model": model.name, "step": model.run.step})
-      elif self.path == "/v1/models":
-        self._send(200, {"object": "list", "data": [{"id": model.name, "object": "model",
-                                                     "owned_by": "xbook"}]})
-      else:
-        self._error(404, f"no such endpoint: GET {self.path}")
-
-    def do_POST(self) -> None:  # noqa: N802 - the http.server hook
-      body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-      if self.path != "/v1/chat/completions":
-        self._error(404, f"no such endpoint: POST {self.path}")
-        return
-      try:
-        self._send(200, model.complete(json.loads(body)))
-      except json.JSONDecodeError as error:
-        self._error(400, f"the request body is not JSON: {error}")
-      except RequestError as error:
-        self._error(error.status, str(error))
-      except Exception as error:  # noqa: BLE001 - answered as a 500, the server goes on
-        log.exception("request failed")
-        self._error(500, f"{type(error).__name__}: {error}")
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the http.server signature
-      log.debug("%s " + format, self.address_string(), *args)
-
-  return Handler
-
-
-def make_server(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 0,
-                step: int | None = None, name: str | None = None, max_prompt_tokens: int = 1024,
-                max_tokens: int = 256) -> http.server.ThreadingHTTPServer:
-  """A server (not yet serving) over the run in `run_dir`, warmed up; `port` 0 picks a free port.
-
-  Args:
-    run_dir: a run directory written by `xbook train`.
-    host: address to listen on.
-    port: port to listen on (0: any free one; see `server.server_address`).
-    step: checkpoint step (None: the latest).
-    name: the served model name (None: `<run dir name>@<step>`).
-    max_prompt_tokens: longer prompts keep their first tokens.
-    max_tokens: the most tokens one answer may have (larger requests are clipped).
+  Attributes:
+    context_len: the most tokens of a prompt plus its answer (the run's trained sequence length).
+    max_prompt_tokens: chat prompts longer than this keep their first tokens.
+    max_tokens: the most tokens of one answer.
   """
+
+  name: str
+  step: int
+  config: Any
+  params: Any
+  vocabulary: Any
+  context_len: int
+  max_prompt_tokens: int
+  max_tokens: int
+
+
+def load_model(run_dir: str | os.PathLike[str], *, step: int | None = None, name: str | None = None,
+               max_prompt_tokens: int = 1024, max_tokens: int = 256,
+               context_len: int | None = None) -> ServedModel:
+  """Load and place the run in `run_dir` (context_len None: its trained sequence length, else
+  max_prompt_tokens + max_tokens)."""
+  from xbook.infer import decode  # noqa: PLC0415 - jax loads only once the port is known to be free
+  from xbook.infer.generate import load_run, run_seq_len  # noqa: PLC0415
   run = load_run(run_dir, step=step)
-  model = ChatModel(run, name or f"{Path(run_dir).resolve().name}@{run.step}", max_prompt_tokens, max_tokens)
-  model.warm_up()
-  server = http.server.ThreadingHTTPServer((host, port), _handler(model))
-  server.daemon_threads = True
-  return server
+  context_len = context_len or run_seq_len(run_dir) or max_prompt_tokens + max_tokens
+  return ServedModel(name=name or f"{Path(run_dir).resolve().name}@{run.step}", step=run.step,
+                     config=run.model.config, params=decode.place_params(run.params, run.model.config),
+                     vocabulary=run.vocabulary, context_len=int(context_len),
+                     max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens)
 
 
-def serve(run_dir: str | os.PathLike[str], **kwargs: Any) -> None:
-  """Serve the run in `run_dir` until interrupted (arguments as `make_server`)."""
-  server = make_server(run_dir, **kwargs)
-  host, port = server.server_address[:2]
-  print(f"{READY_LINE}http://{host}:{port}/v1", flush=True)
+# ---------------------------------------------------------------------------------------------- requests
+def _field(body: dict[str, Any], name: str, kinds: tuple[type, ...], default: Any, what: str) -> Any:
+  """body[name] if it is of `kinds` (bool is not a number), else `default` when absent or null."""
+  value = body.get(name)
+  if value is None:
+    return default
+  if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+    raise RequestError(400, f"{name}: expected {what}, got {json.dumps(value)[:80]}", name)
+  return value
+
+
+def _in_range(name: str, value: float, low: float, high: float, fix: str) -> None:
+  if not low <= value <= high:
+    raise RequestError(400, f"{name}={value} is out of range: {fix}", name)
+
+
+def _stops(body: dict[str, Any]) -> tuple[str, ...]:
+  stop = body.get("stop")
+  stops = (stop,) if isinstance(stop, str) else stop if stop is not None else []
+  if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+    raise RequestError(400, "stop: expected a non-empty string or a list of them", "stop")
+  if len(stops) > MAX_STOP_STRINGS:
+    raise RequestError(400, f"stop: {len(stops)} strings, at most {MAX_STOP_STRINGS}", "stop")
+  return tuple(stops)
+
+
+@dataclasses.dataclass
+class Request:
+  """A validated request: the model input, its sampling and how to answer it."""
+
+  kind: str  # "completion" or "chat"
+  ids: list[int]
+  sampling: Any  # decode.SamplingParams
+  stream: bool
+  include_usage: bool
+  stop_token_ids: tuple[int, ...]
+
+
+def parse_request(kind: str, body: Any, model: ServedModel) -> Request:
+  """The Request of a decoded JSON body of /v1/completions (`kind` "completion") or
+  /v1/chat/completions ("chat"). Raises RequestError (4xx) saying what is wrong."""
+  from xbook.infer.decode import SamplingParams  # noqa: PLC0415
+  if not isinstance(body, dict):
+    raise RequestError(400, "the request body must be a JSON object")
+  name = _field(body, "model", (str,), model.name, "a string")
+  if name != model.name:
+    raise RequestError(404, f"model {name!r} is not served here; this server serves {model.name!r}", "model")
+  ids = _chat_ids(body, model) if kind == "chat" else _completion_ids(body, model)
+  room = model.context_len - len(ids)
+  if room < 1:
+    raise RequestError(400, f"the prompt has {len(ids)} tokens but the model's context is {model.context_len} "
+                            "tokens, with room for at least one answer token; shorten the prompt", "prompt")
+  if _field(body, "n", (int,), 1, "an integer") != 1:
+    raise RequestError(400, "n: only n=1 is served (one choice per request)", "n")
+  field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+  max_tokens = _field(body, field, (int,), model.max_tokens, "an integer")
+  _in_range(field, max_tokens, 1, 2**31 - 1, "give at least 1")
+  temperature = _field(body, "temperature", (int, float), 1.0, "a number")
+  _in_range("temperature", temperature, 0, 1e6, "give a number >= 0 (0 is greedy)")
+  top_p = _field(body, "top_p", (int, float), 1.0, "a number")
+  if not 0 < top_p <= 1:
+    raise RequestError(400, f"top_p={top_p} is out of range: give a number in (0, 1]", "top_p")
+  top_k = _field(body, "top_k", (int,), TOP_K, "an integer")
+  _in_range("top_k", top_k, 0, 2**31 - 1, "give an integer >= 0 (0 keeps every id)")
+  min_p = _field(body, "min_p", (int, float), 0.0, "a number")
+  _in_range("min_p", min_p, 0, 1, "give a number in [0, 1]")
+  seed = _field(body, "seed", (int,), 0, "an integer")
+  stream = _field(body, "stream", (bool,), False, "true or false")
+  options = _field(body, "stream_options", (dict,), {}, "an object")
+  ignore_eos = _field(body, "ignore_eos", (bool,), False, "true or false")
+  sampling = SamplingParams(temperature=float(temperature), top_k=top_k, top_p=float(top_p),
+                            min_p=float(min_p), seed=seed,
+                            max_tokens=max(1, min(max_tokens, model.max_tokens, room)), stop=_stops(body))
+  eos = model.vocabulary.eos_id
+  return Request(kind=kind, ids=ids, sampling=sampling, stream=stream,
+                 include_usage=bool(options.get("include_usage")),
+                 stop_token_ids=() if ignore_eos or eos is None else (eos,))
+
+
+def _completion_ids(body: dict[str, Any], model: ServedModel) -> list[int]:
+  prompt = body.get("prompt")
+  if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+    prompt = prompt[0]
+  if not isinstance(prompt, str):
+    raise RequestError(400, "prompt: expected a string (one prompt per request)", "prompt")
+  return [model.vocabulary.bos_id, *model.vocabulary.encode(prompt)]
+
+
+def _chat_ids(body: dict[str, Any], model: ServedModel) -> list[int]:
+  from xbook.infer.generate import prompt_ids  # noqa: PLC0415
+  messages = body.get("messages")
+  if (not isinstance(messages, list) or not messages
+      or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
+    raise RequestError(400, "messages: expected a non-empty list of {role, content} objects with string "
+                            "content", "messages")
+  prompt = "\n\n".join(m["content"].strip() for m in messages)
+  vocabulary = model.vocabulary
+  overhead = len(prompt_ids("", vocabulary))
+  body_ids = vocabulary.encode(prompt)
+  if len(body_ids) + overhead > model.max_prompt_tokens:
+    prompt = vocabulary.decode(body_ids[:max(1, model.max_prompt_tokens - overhead)])
+  return [vocabulary.bos_id, *prompt_ids(prompt, vocabulary)]
+
+
+# ----------------------------------------------------------------------------------------------- batcher
+class Job:
+  """One request on its way through the decode worker. The worker posts events to the request's
+  event loop: ("text", the answer's settled text so far), ("done", Completion) or ("error", exception).
+  `cancelled` (set by the request's side when its client went away) makes on_tokens return False."""
+
+  def __init__(self, request: Request, loop: asyncio.AbstractEventLoop) -> None:
+    self.request, self.loop = request, loop
+    self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    self.cancelled = False
+    self.ids: list[int] = []
+    self.text = ""
+
+  def post(self, kind: str, value: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the request's loop has closed (server shutting down)
+      self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+
+  def settled(self, ids: list[int], decode: Any) -> bool:
+    """on_tokens for this job: post the new text (not one that ends in a partial character)."""
+    if ids and self.request.stream:
+      self.ids += ids
+      text = decode(self.ids)
+      if text.startswith(self.text) and not text.endswith("\ufffd") and len(text) > len(self.text):
+        self.text = text
+        self.post("text", text)
+    return not self.cancelled
+
+
+class Batcher:
+  """The decode worker: one thread running one decode.generate over every waiting request at a time
+  (see the module docstring). `stats()` counts batches by size, requests and cancellations."""
+
+  def __init__(self, model: ServedModel, *, max_batch: int = 8, batch_window_s: float = 0.0,
+               sync_every: int = 16) -> None:
+    self.model, self.max_batch, self.batch_window_s = model, max_batch, batch_window_s
+    self.sync_every = sync_every
+    self.pending: list[Job] = []
+    self.running: list[Job] = []
+    self.batch_sizes: collections.Counter[int] = collections.Counter()
+    self.requests = self.cancelled = 0
+    self.stopping = False
+    self.condition = threading.Condition()
+    self.thread = threading.Thread(target=self._work, name="xbook-decode", daemon=True)
+    self.thread.start()
+
+  def submit(self, job: Job) -> None:
+    with self.condition:
+      if self.stopping:
+        raise RequestError(503, "the server is shutting down; retry on another server")
+      self.pending.append(job)
+      self.requests += 1
+      self.condition.notify_all()
+
+  def stop(self, timeout_s: float = 10.0) -> None:
+    """Cancel what runs, fail what waits, and end the worker."""
+    with self.condition:
+      self.stopping = True
+      for job in self.running:
+        job.cancelled = True
+      for job in self.pending:
+        job.post("error", RequestError(503, "the server is shutting down; retry on another server"))
+      self.pending.clear()
+      self.condition.notify_all()
+    self.thread.join(timeout=timeout_s)
+
+  def stats(self) -> dict[str, Any]:
+    with self.condition:
+      return {"requests": self.requests, "cancelled": self.cancelled, "waiting": len(self.pending),
+              "running": len(self.running), "batches": sum(self.batch_sizes.values()),
+              "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+              "max_batch_seen": max(self.batch_sizes, default=0)}
+
+  def _take(self) -> list[Job] | None:
+    """The next batch: waiting jobs with the first one's stop tokens (None once stopping)."""
+    with self.condition:
+      while not self.pending and not self.stopping:
+        self.condition.wait()
+      deadline = time.monotonic() + self.batch_window_s
+      while len(self.pending) < self.max_batch and not self.stopping and time.monotonic() < deadline:
+        self.condition.wait(timeout=deadline - time.monotonic())
+      if self.stopping:
+        return None
+      live = [job for job in self.pending if not job.cancelled]
+      self.cancelled += len(self.pending) - len(live)
+      key = live[0].request.stop_token_ids if live else None
+      batch = [job for job in live if job.request.stop_token_ids == key][:self.max_batch]
+      self.pending = [job for job in live if job not in batch]
+      self.running = batch
+      if batch:
+        self.batch_sizes[len(batch)] += 1
+      return batch
+
+  def _work(self) -> None:
+    while (batch := self._take()) is not None:
+      if batch:
+        self._decode(batch)
+      with self.condition:
+        self.running = []
+
+  def _decode(self, batch: list[Job]) -> None:
+    from xbook.infer import decode  # noqa: PLC0415
+    model = self.model
+    started = time.perf_counter()
+    try:
+      completions = decode.generate(
+          model.params, model.config, [job.request.ids for job in batch], [job.request.sampling for job in batch],
+          stop_token_ids=batch[0].request.stop_token_ids, decode=model.vocabulary.decode,
+          vocab_size_limit=model.vocabulary.size, sync_every=self.sync_every,
+          on_tokens=lambda index, ids, _reason: batch[index].settled(ids, model.vocabulary.decode))
+    except Exception as error:  # noqa: BLE001 - answered as a 500; the worker goes on
+      log.exception("decoding a batch of %d failed", len(batch))
+      for job in batch:
+        job.post("error", error)
+      return
+    with self.condition:
+      self.cancelled += sum(c.finish_reason == "cancelled" for c in completions)
+    log.info("batch of %d: %d prompt tokens, %d generated, %.2f s", len(batch),
+             sum(c.prompt_tokens for c in completions), sum(len(c.token_ids) for c in completions),
+             time.perf_counter() - started)
+    for job, completion in zip(batch, completions):
+      job.post("done", completion)
+
+
+# ----------------------------------------------------------------------------------------------- answers
+def _answer_id(kind: str) -> str:
+  return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+def _usage(completion: Any) -> dict[str, int]:
+  done = len(completion.token_ids)
+  return {"prompt_tokens": completion.prompt_tokens, "completion_tokens": done,
+          "total_tokens": completion.prompt_tokens + done}
+
+
+def _finish_reason(completion: Any) -> str:
+  return "length" if completion.finish_reason == "length" else "stop"
+
+
+def answer(request: Request, completion: Any, name: str) -> dict[str, Any]:
+  """The non-streamed answer to a request."""
+  text = completion.text or ""
+  if request.kind == "chat":
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+    kind = "chat.completion"
+  else:
+    choice, kind = {"index": 0, "text": text, "logprobs": None}, "text_completion"
+  return {"id": _answer_id(request.kind), "object": kind, "created": int(time.time()), "model": name,
+          "choices": [choice | {"finish_reason": _finish_reason(completion)}], "usage": _usage(completion)}
+
+
+def _chunk(request: Request, answer_id: str, name: str, text: str | None, finish: str | None,
+           first: bool = False) -> dict[str, Any]:
+  if request.kind == "chat":
+    delta = {"role": "assistant", "content": text or ""} if first else {} if text is None else {"content": text}
+    choice, kind = {"index": 0, "delta": delta}, "chat.completion.chunk"
+  else:
+    choice, kind = {"index": 0, "text": text or "", "logprobs": None}, "text_completion"
+  return {"id": answer_id, "object": kind, "created": int(time.time()), "model": name,
+          "choices": [choice | {"finish_reason": finish}]}
+
+
+def _event(payload: dict[str, Any] | str) -> bytes:
+  data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+  return f"data: {data}\n\n".encode("utf-8")
+
+
+async def stream_events(job: Job, name: str) -> AsyncIterator[bytes]:
+  """Server-sent events of a streamed request: OpenAI chunks as its text settles, then `[DONE]`.
+  Ending early (the client went away) cancels the job."""
+  request, answer_id, sent = job.request, _answer_id(job.request.kind), ""
   try:
-    server.serve_forever()
-  except KeyboardInterrupt:
-    pass
+    if request.kind == "chat":
+      yield _event(_chunk(request, answer_id, name, "", None, first=True))
+    while True:
+      kind, value = await job.events.get()
+      if kind == "error":
+        yield _event({"error": _error_body(value)})
+        break
+      text = value if kind == "text" else (value.text or "")
+      if text.startswith(sent) and len(text) > len(sent):
+        yield _event(_chunk(request, answer_id, name, text[len(sent):], None))
+        sent = text
+      if kind == "done":
+        yield _event(_chunk(request, answer_id, name, None, _finish_reason(value)))
+        if request.include_usage:
+          yield _event({"id": answer_id, "object": _chunk(request, answer_id, name, None, None)["object"],
+                        "created": int(time.time()), "model": name, "choices": [], "usage": _usage(value)})
+        break
+    yield _event("[DONE]")
   finally:
-    server.server_close()
+    job.cancelled = True  # a no-op once done; else the client left: free the row
+
+
+# ------------------------------------------------------------------------------------------------- app
+def _error_body(error: Exception) -> dict[str, Any]:
+  status = getattr(error, "status", 500)
+  return {"message": str(error) if isinstance(error, RequestError) else f"{type(error).__name__}: {error}",
+          "type": "invalid_request_error" if status < 500 else "server_error",
+          "param": getattr(error, "param", None), "code": None}
+
+
+def _error(status: int, message: str, param: str | None = None) -> Any:
+  from starlette.responses import JSONResponse  # noqa: PLC0415
+  return JSONResponse({"error": _error_body(RequestError(status, message, param))}, status_code=status)
+
+
+def make_app(model: ServedModel, *, max_batch: int = 8, batch_window_s: float = 0.0,
+             sync_every: int = 16, on_ready: Any = None) -> Any:
+  """The Starlette app serving `model` (see the module docstring); its decode worker starts with the app's
+  lifespan and stops with it. `on_ready()` is called once the app accepts requests."""
+  from starlette.applications import Starlette  # noqa: PLC0415
+  from starlette.exceptions import HTTPException  # noqa: PLC0415
+  from starlette.responses import JSONResponse, StreamingResponse  # noqa: PLC0415
+  from starlette.routing import Route  # noqa: PLC0415
+  state: dict[str, Batcher] = {}
+
+  async def complete(kind: str, http_request: Any) -> Any:
+    try:
+      body = json.loads(await http_request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+      return _error(400, f"the request body is not valid JSON ({error}); send a JSON object")
+    try:
+      request = parse_request(kind, body, model)
+      job = Job(request, asyncio.get_running_loop())
+      state["batcher"].submit(job)
+    except (RequestError, ValueError) as error:
+      return _error(getattr(error, "status", 400), str(error), getattr(error, "param", None))
+    if request.stream:
+      return StreamingResponse(stream_events(job, model.name), media_type="text/event-stream",
+                               headers={"Cache-Control": "no-cache"})
+    try:
+      while (event := await job.events.get())[0] == "text":
+        pass
+    finally:
+      job.cancelled = True
+    kind_, value = event
+    if kind_ == "error":
+      return JSONResponse({"error": _error_body(value)}, status_code=getattr(value, "status", 500))
+    return JSONResponse(answer(request, value, model.name))
+
+  async def completions(http_request: Any) -> Any:
+    return await complete("completion", http_request)
+
+  async def chat(http_request: Any) -> Any:
+    return await complete("chat", http_request)
+
+  async def models(_: Any) -> Any:
+    return JSONResponse({"object": "list", "data": [{"id": model.name, "object": "model", "created": 0,
+                                                     "owned_by": "xbook"}]})
+
+  async def health(_: Any) -> Any:
+    return JSONResponse({"status": "ok", "model": model.name, "step": model.step,
+                         "context_len": model.context_len, **state["batcher"].stats()})
+
+  async def http_error(http_request: Any, error: HTTPException) -> Any:
+    return _error(error.status_code, f"{error.detail}: {http_request.method} {http_request.url.path}")
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_: Any) -> AsyncIterator[None]:
+    state["batcher"] = Batcher(model, max_batch=max_batch, batch_window_s=batch_window_s, sync_every=sync_every)
+    if on_ready is not None:
+      on_ready()
+    try:
+      yield
+    finally:
+      await asyncio.to_thread(state["batcher"].stop)
+
+  routes = [Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]), Route("/health", health, methods=["GET"])]
+  return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+
+
+# ------------------------------------------------------------------------------------------------ serve
+def bind(host: str, port: int) -> socket.socket:
+  """A listening socket on host:port (0: any free port). Raises OSError if it is taken."""
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  sock = socket.socket(family, socket.SOCK_STREAM)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  try:
+    sock.bind((host, port))
+    sock.listen(128)
+  except OSError:
+    sock.close()
+    raise
+  return sock
+
+
+def warm_up(model: ServedModel) -> None:
+  """Compile the batch-1 prefill and decode programs before the first request (other batch sizes and
+  cache lengths compile on first use)."""
+  from xbook.infer import decode  # noqa: PLC0415
+  decode.generate(model.params, model.config, [[model.vocabulary.bos_id]], decode.GREEDY, max_tokens=2,
+                  vocab_size_limit=model.vocabulary.size)
+
+
+def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000,
+          max_batch: int = 8, batch_window_ms: float = 0.0, sync_every: int = 16, **model_args: Any) -> int:
+  """Serve the run in `run_dir` until SIGTERM or Ctrl-C; returns the exit status (2: the port is taken,
+  reported before the model loads). `model_args` go to `load_model`."""
+  try:
+    sock = bind(host, port)
+  except OSError as error:
+    print(f"error: cannot listen on {host}:{port} ({error.strerror or error}); stop what uses it or pick "
+          "another --port (0: any free one)", file=sys.stderr, flush=True)
+    return 2
+  import uvicorn  # noqa: PLC0415
+
+  bound_host, bound_port = sock.getsockname()[:2]
+  model = load_model(run_dir, **model_args)
+  warm_up(model)
+  app = make_app(model, max_batch=max_batch, batch_window_s=batch_window_ms / 1000, sync_every=sync_every,
+                 on_ready=lambda: print(f"{READY_LINE}http://{bound_host}:{bound_port}/v1", flush=True))
+  config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on")
+  _quiet_server(config).run(sockets=[sock])
+  return 0
+
+
+def _quiet_server(config: Any) -> Any:
+  """A uvicorn.Server that stops on SIGTERM or SIGINT without raising the signal again once stopped
+  (uvicorn's default), so that a clean stop exits 0."""
+  import uvicorn  # noqa: PLC0415
+
+  class Server(uvicorn.Server):
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+      if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+      previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+      try:
+        yield
+      finally:
+        for sig, handler in previous.items():
+          signal.signal(sig, handler)
+
+  return Server(config)
 
 
 @contextlib.contextmanager
 def start_server_process(run_dir: str | os.PathLike[str], *, port: int = 0, args: tuple[str, ...] = (),
                          startup_timeout_s: float = 300.0) -> Iterator[tuple[subprocess.Popen, str]]:
-  """Run `xbook serve --run_dir run_dir` on 127.0.0.1 in a child process until the block ends.
+  """Run `xbook serve --run_dir run_dir` on 127.0.0.1 in a child process until the block ends (then
+  SIGTERM, SIGKILL after 10 s).
 
   Yields:
     The process and its API root URL (`http://127.0.0.1:PORT/v1`), once it accepts requests.

@@ -1,0 +1,226 @@
+"""`xbook serve` answering the official `openai` client, on a tiny trained run, in a child process.
+
+One server serves every test (module fixture); it waits `BATCH_WINDOW_MS` for more requests before each
+batch, so that clients that ask at once are decoded together (checked with /health's batch counts).
+Greedy answers are compared with `decode.generate` run in the test process on the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import gin
+import httpx
+import openai
+import pytest
+
+from xbook.infer import decode
+from xbook.infer.generate import load_run, prompt_ids
+from xbook.infer.serve import start_server_process
+from xbook.model import DecoderConfig
+from xbook.train import trainer as trainer_lib
+
+MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                      mlp_dim=128)
+SEQ_LEN = 256
+CONTEXT = 1024  # served beyond the trained length, so that a stream lasts long enough to be left
+BATCH_WINDOW_MS = 300
+SERVER_ARGS = ("--max_tokens", "1000", "--context_len", str(CONTEXT), "--batch_window_ms", str(BATCH_WINDOW_MS),
+               "--sync_every", "4", "--max_batch", "8")
+PROMPT = "A miser is visited by three ghosts on Christmas Eve."
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, scaffold_file, vocab_path):
+  run = tmp_path_factory.mktemp("run")
+  gin.clear_config()
+  gin.parse_config(["MeshConfig.data = 2", "MeshConfig.fsdp = 2", "MeshConfig.sequence = 1",
+                    "MeshConfig.tensor = 2", "OptimizerConfig.learning_rate = 3e-3",
+                    "OptimizerConfig.warmup_steps = 1"])
+  try:
+    trainer_lib.train(str(run), scaffold_files=str(scaffold_file), vocab_path=str(vocab_path),
+                      model_config=MODEL, steps=3, batch_size=8, seq_len=SEQ_LEN, checkpoint_every=3)
+  finally:
+    gin.clear_config()
+  return run
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+  with start_server_process(run_dir, args=SERVER_ARGS) as (process, url):
+    yield process, url
+
+
+@pytest.fixture(scope="module")
+def url(server):
+  return server[1]
+
+
+@pytest.fixture(scope="module")
+def client(url):
+  return openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def name(client):
+  return client.models.list().data[0].id
+
+
+@pytest.fixture(scope="module")
+def run(run_dir):
+  return load_run(run_dir)
+
+
+def _health(url: str) -> dict:
+  return httpx.get(url.removesuffix("/v1") + "/health", timeout=30).json()
+
+
+def _greedy(run, ids: list[int], max_tokens: int, stop=()) -> decode.Completion:
+  vocabulary = run.vocabulary
+  [completion] = decode.generate(run.params, run.model.config, [ids], decode.GREEDY, max_tokens=max_tokens,
+                                 stop=stop, stop_token_ids=[vocabulary.eos_id], decode=vocabulary.decode,
+                                 vocab_size_limit=vocabulary.size)
+  return completion
+
+
+def test_completions_and_chat_equal_decode_generate(client, name, run):
+  answer = client.completions.create(model=name, prompt=PROMPT, max_tokens=16, temperature=0)
+  expected = _greedy(run, [run.vocabulary.bos_id, *run.vocabulary.encode(PROMPT)], 16)
+  assert answer.object == "text_completion" and answer.model == name
+  assert answer.choices[0].text == expected.text
+  assert answer.choices[0].finish_reason == ("length" if expected.finish_reason == "length" else "stop")
+  assert answer.usage.prompt_tokens == expected.prompt_tokens
+  assert answer.usage.completion_tokens == len(expected.token_ids)
+  assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+
+  messages = [{"role": "system", "content": "Plan a novel."}, {"role": "user", "content": PROMPT}]
+  chat = client.chat.completions.create(model=name, messages=messages, max_tokens=12, temperature=0)
+  ids = [run.vocabulary.bos_id, *prompt_ids(f"Plan a novel.\n\n{PROMPT}", run.vocabulary)]
+  expected = _greedy(run, ids, 12)
+  assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+  assert chat.choices[0].message.content == expected.text
+  assert chat.usage.prompt_tokens == len(ids) and chat.usage.completion_tokens == len(expected.token_ids)
+
+
+def test_streamed_chunks_concatenate_to_the_greedy_answer(client, name):
+  whole = client.completions.create(model=name, prompt=PROMPT, max_tokens=40, temperature=0,
+                                    extra_body={"ignore_eos": True})
+  chunks = list(client.completions.create(model=name, prompt=PROMPT, max_tokens=40, temperature=0, stream=True,
+                                          extra_body={"ignore_eos": True}))
+  assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+  assert len(chunks) > 2, "streamed every --sync_every tokens, not at the end"
+  assert chunks[-1].choices[0].finish_reason == "length"
+
+  messages = [{"role": "user", "content": PROMPT}]
+  whole = client.chat.completions.create(model=name, messages=messages, max_tokens=20, temperature=0)
+  stream = client.chat.completions.create(model=name, messages=messages, max_tokens=20, temperature=0,
+                                          stream=True, stream_options={"include_usage": True})
+  chunks = list(stream)
+  assert chunks[0].choices[0].delta.role == "assistant"
+  assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+  assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_stop_strings_of_several_tokens_cut_the_answer(client, name, run):
+  free = client.completions.create(model=name, prompt=PROMPT, max_tokens=32, temperature=0,
+                                   extra_body={"ignore_eos": True})
+  text = free.choices[0].text
+  ids = run.vocabulary.encode(text)
+  start, end = len(run.vocabulary.decode(ids[:4])), len(run.vocabulary.decode(ids[:7]))
+  stop = text[start:end]
+  assert len(run.vocabulary.encode(stop)) >= 2, f"the stop string {stop!r} should span several tokens"
+  expected = text[:text.find(stop)]
+  for stops in (stop, ["never in the answer", stop]):
+    cut = client.completions.create(model=name, prompt=PROMPT, max_tokens=32, temperature=0, stop=stops,
+                                    extra_body={"ignore_eos": True})
+    assert cut.choices[0].text == expected and cut.choices[0].finish_reason == "stop"
+  streamed = client.completions.create(model=name, prompt=PROMPT, max_tokens=32, temperature=0, stop=stop,
+                                       stream=True, extra_body={"ignore_eos": True})
+  assert "".join(c.choices[0].text for c in streamed) == expected
+
+
+def test_clients_asking_at_once_are_decoded_in_one_batch(client, name, url, run):
+  prompts = [f"{PROMPT} Chapter {i}." for i in range(4)]
+  answers: dict[int, str] = {}
+
+  def ask(i: int) -> None:
+    answers[i] = client.completions.create(model=name, prompt=prompts[i], max_tokens=10,
+                                           temperature=0).choices[0].text
+
+  before = _health(url)
+  threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  after = _health(url)
+  assert after["requests"] - before["requests"] == 4
+  assert after["batches"] - before["batches"] < 4, (before, after)
+  assert after["max_batch_seen"] >= 2
+  for i, prompt in enumerate(prompts):
+    assert answers[i] == _greedy(run, [run.vocabulary.bos_id, *run.vocabulary.encode(prompt)], 10).text
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{not json", 400, "not valid JSON"),
+    ({"prompt": PROMPT, "max_tokens": "ten"}, 400, "max_tokens: expected an integer"),
+    ({"prompt": PROMPT, "temperature": "hot"}, 400, "temperature: expected a number"),
+    ({"prompt": PROMPT, "temperature": -0.5}, 400, "temperature=-0.5 is out of range"),
+    ({"prompt": PROMPT, "max_tokens": 0}, 400, "max_tokens=0 is out of range"),
+    ({"prompt": PROMPT, "stop": 7}, 400, "stop: expected"),
+    ({"prompt": ["a", "b"]}, 400, "prompt: expected a string"),
+    ({"prompt": PROMPT, "model": "gpt-x"}, 404, "'gpt-x' is not served here"),
+    ({"prompt": "ghost " * 3 * CONTEXT}, 400, f"the model's context is {CONTEXT} tokens"),
+])
+def test_bad_requests_get_a_4xx_and_the_server_goes_on(url, name, client, body, status, words):
+  kwargs = {"content": body} if isinstance(body, bytes) else {"json": {"model": name} | body}
+  answer = httpx.post(f"{url}/completions", timeout=30, **kwargs)
+  assert answer.status_code == status
+  error = answer.json()["error"]
+  assert words in error["message"] and error["type"] == "invalid_request_error"
+  assert client.completions.create(model=name, prompt=PROMPT, max_tokens=2, temperature=0).choices
+
+
+def test_the_openai_client_raises_on_a_bad_request(client, name):
+  with pytest.raises(openai.BadRequestError, match="temperature"):
+    client.completions.create(model=name, prompt=PROMPT, temperature=-1)
+  with pytest.raises(openai.NotFoundError, match="not served here"):
+    client.chat.completions.create(model="gpt-x", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_client_leaving_mid_stream_frees_its_row(url, name, client):
+  before = _health(url)
+  body = {"model": name, "prompt": PROMPT, "max_tokens": 900, "temperature": 0, "stream": True,
+          "ignore_eos": True}
+  with httpx.stream("POST", f"{url}/completions", json=body, timeout=30) as answer:
+    lines = answer.iter_lines()
+    first = next(line for line in lines if line.startswith("data: "))
+    assert json.loads(first.removeprefix("data: "))["choices"][0]["finish_reason"] is None
+  deadline = time.monotonic() + 20
+  while (health := _health(url))["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert health["cancelled"] == before["cancelled"] + 1, health
+  assert client.completions.create(model=name, prompt=PROMPT, max_tokens=2, temperature=0).choices
+
+
+def test_a_busy_port_is_reported_before_the_model_loads(url, run_dir):
+  port = url.rsplit(":", 1)[1].split("/")[0]
+  started = time.monotonic()
+  result = subprocess.run([sys.executable, "-m", "xbook.cli", "serve", "--run_dir", str(run_dir),
+                           "--port", port], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and port in errors[0] and "--port" in errors[0], result.stderr
+  assert "loaded" not in result.stderr, "the port is checked before the model loads"
+  assert time.monotonic() - started < 60
+
+
+def test_sigterm_stops_the_server_cleanly(server):
+  process, _ = server
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=20) == 0
