@@ -138,6 +138,8 @@ def test_plan_adherence_of_a_written_book(tmp_path):
                  "room opened before her like a bell.", "She sat down and read."]}]}
   (tmp_path / "run_a").mkdir()
   (tmp_path / "run_a" / "book.json").write_text(json.dumps(book))
+  # xbook write's resume log beside the book is not a book.
+  (tmp_path / "run_a" / "journal.jsonl").write_text(json.dumps({"stage": "header", "prompt": "p"}) + "\n")
   [loaded] = load_books(tmp_path)
   from xbook.evals.plans import plan_figures
   figures, chapters = plan_figures(loaded)

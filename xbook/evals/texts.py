@@ -7,7 +7,8 @@ Accepted inputs (`load_books(path)`):
     "## Chapter N: title" sections);
   - a Gutenberg or plain .txt novel (xbook.books.load_book), named after the file stem;
   - books JSONL from `xbook books segment` (xbook.books.io.read_books), each named by its id;
-  - a folder: every book.json, book.md without a book.json, .txt and .jsonl file under it.
+  - a folder: every book.json, book.md without a book.json, .txt and .jsonl file under it (not the
+    journal.jsonl beside a book.json: `xbook write`'s resume log).
 """
 
 from __future__ import annotations
@@ -95,7 +96,11 @@ def load_book_md(path: Path) -> EvalBook:
 
 
 def _files(folder: Path) -> Iterator[Path]:
+  """The book files under `folder`; a folder that `xbook write` wrote counts by its book.json alone
+  (its journal.jsonl is the write's resume log, not books)."""
   for path in sorted(folder.rglob("*")):
+    if path.name == "journal.jsonl" and (path.parent / "book.json").exists():
+      continue
     if path.name == "book.json" or path.suffix in (".txt", ".jsonl"):
       yield path
     elif path.name == "book.md" and not (path.parent / "book.json").exists():
