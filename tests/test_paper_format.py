@@ -12,7 +12,6 @@ import json
 import re
 import threading
 from collections import Counter
-from pathlib import Path
 
 import gin
 import numpy as np
@@ -101,7 +100,8 @@ def _hand_record() -> dict:
       "provenance": {"date": "2026-01-31T12:00:00Z", "xbook_version": "0", "entities": "hand"},
       "prompt": "Write a ghost story set at Christmas.", "premise": "A miser meets ghosts.",
       "synopsis": "A miser meets ghosts and changes.", "characters": [], "settings": [], "chapters": chapters,
-      "checks": {"scenes_tile_chapters": True, "compression": dict.fromkeys(("scene", "chapter", "synopsis", "premise"), 0.1),
+      "checks": {"scenes_tile_chapters": True,
+                 "compression": dict.fromkeys(("scene", "chapter", "synopsis", "premise"), 0.1),
                  "max_copied_ngram": dict.fromkeys(("scene", "chapter", "synopsis", "premise"), 0)},
   }
   return json.loads(json.dumps(paper_lib.finish(record, paper)))  # as read from a file: no shared objects
@@ -230,7 +230,8 @@ def test_check_stage_names_what_is_malformed():
   assert any("sum to 2; the book has 3" in p for p in sp.check_stage("book_plan", plan, sp.StageContext(n_chapters=3)))
   missing = plan.replace("## Writing Style\n- A warm omniscient narrator\n- Short scenes, much dialogue\n\n", "")
   assert any("missing ['Writing Style']" in p for p in sp.check_stage("book_plan", missing, context))
-  renamed = plan.replace("### Arc 2: The Spirits\n- The first spirit visits", "### Arc 2: Ghosts\n- The first spirit visits")
+  renamed = plan.replace("### Arc 2: The Spirits\n- The first spirit visits",
+                         "### Arc 2: Ghosts\n- The first spirit visits")
   assert any("differ from the short story arcs" in p for p in sp.check_stage("book_plan", renamed, context))
   preview = stages["book_preview"].replace("- time travel\n", "")
   assert any("7-7 bullets, got 6" in p for p in sp.check_stage("book_preview", preview))
@@ -298,7 +299,8 @@ def test_every_shared_novel_builds_a_valid_paper_record_with_measured_counts(nov
     validate_scaffold(record, book.id)
     paper = record["paper"]
     assert paper["checks"]["format_problems"] == [], (book.id, paper["checks"]["format_problems"][:3])
-    assert paper["sources"]["preview.highlight"] == "approximation" and paper["sources"]["chapters.n_words"] == "measured"
+    assert paper["sources"]["preview.highlight"] == "approximation"
+    assert paper["sources"]["chapters.n_words"] == "measured"
     # Chapter names are the book's headings, one per chapter; arcs tile the chapters.
     assert [c["name"] for c in paper["chapters"]] == [measures.chapter_name(c) for c in book.chapters]
     assert sum(a["chapters"] for a in paper["arcs"]) == len(book.chapters)
@@ -462,7 +464,8 @@ def _longpage_row(**overrides) -> dict:
          "character_archetypes": json.dumps({"Hero": ["Restless"]}), "writing_style": ["Plain"],
          "book_characters": json.dumps({"main_characters": [{"name": "Hero", "description": ["Restless girl"]}],
                                         "side_characters": [{"name": "Mother", "description": ["Loud"]}]}),
-         "book_chapters": json.dumps({"Chapter One": chapter, "Chapter Two": dict(chapter, chapter="She opens it.\n\nThe end.")}),
+         "book_chapters": json.dumps({"Chapter One": chapter,
+                                      "Chapter Two": dict(chapter, chapter="She opens it.\n\nThe end.")}),
          "source_url": "https://example.org/gate"}
   row.update(overrides)
   return row

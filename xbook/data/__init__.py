@@ -1,2 +1,3 @@
 """Trajectories from scaffolds: segment layout, vocabularies (xbook SentencePiece, tokenizer.json, Tekken),
-seqio tasks, feature converter."""
+seqio tasks, feature converter; the stage protocol of the paper's released models (stage_protocol) and
+its trajectory layout (paper_stages)."""

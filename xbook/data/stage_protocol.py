@@ -408,8 +408,14 @@ _LATIN = "A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff\u0100-\u017f"
 _TEXT_PUNCT = "&'\"`\u00b4/().,:;!?+\u2014\u2013\u201c\u201d\u2018\u2019\u2026\\-"
 _TAG_PUNCT = "&'\"`\u00b4/().:+\u2014\u2013\u201c\u201d\u2018\u2019\u2026\\-"
 _LONE = "&\u2014\u2013\u201c\u201d\u2018\u2019\u2026"
-_TEXT_WORD = re.compile(rf"[{_LATIN}][{_LATIN}{_TEXT_PUNCT}]*|[{_TEXT_PUNCT}][{_LATIN}][{_LATIN}{_TEXT_PUNCT}]*|[{_LONE}]")
-_TAG_WORD = re.compile(rf"[{_LATIN}][{_LATIN}{_TAG_PUNCT}]*|[{_TAG_PUNCT}][{_LATIN}][{_LATIN}{_TAG_PUNCT}]*|[{_LONE}]")
+
+
+def _word_pattern(punctuation: str) -> re.Pattern[str]:
+  return re.compile(rf"[{_LATIN}][{_LATIN}{punctuation}]*|[{punctuation}][{_LATIN}][{_LATIN}{punctuation}]*|[{_LONE}]")
+
+
+_TEXT_WORD = _word_pattern(_TEXT_PUNCT)
+_TAG_WORD = _word_pattern(_TAG_PUNCT)
 
 
 def preview_words(text: str, tag: bool = False) -> tuple[int, list[str]]:

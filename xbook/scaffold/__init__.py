@@ -2,6 +2,9 @@
 
 `build_scaffolds` turns books into `xbook.scaffold/1` JSONL records with a summarizer backend and a
 cache of its calls; `read_scaffolds` and `write_scaffolds` are the only readers and writers of the files.
+With `plan_format="paper"` a record also holds the plans in the format of the paper's released models
+(its `paper` field: xbook.scaffold.paper, measured fields in xbook.scaffold.measures); LongPage rows
+import into the same records (xbook.scaffold.longpage).
 """
 
 from xbook.scaffold.build import ScaffoldTargets, build_scaffold, build_scaffolds
