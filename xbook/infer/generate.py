@@ -162,7 +162,16 @@ def sample_tokens(run: LoadedRun, prefix_ids: list[int], *, max_new_tokens: int,
 
 def generate_passage(run: LoadedRun, prompt: str, *, max_new_tokens: int = 128,
                      temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
-  """Text the model writes after a user's prompt (markers included, so the plan levels show)."""
-  ids = sample_tokens(run, prompt_ids(prompt, run.vocabulary), max_new_tokens=max_new_tokens,
-                      temperature=temperature, top_k=top_k, seed=seed)
-  return run.vocabulary.decode(ids)
+  """Text the model writes after a user's prompt (markers included, so the plan levels show), with the
+  KV-cache decoder (xbook.infer.decode); it stops at the vocabulary's EOS.
+
+  Raises:
+    ValueError: a sampling setting out of range (e.g. a negative temperature), naming it.
+  """
+  from xbook.infer import decode  # noqa: PLC0415 - decode imports the model; keep this module light
+  vocabulary = run.vocabulary
+  sampling = decode.SamplingParams(temperature=temperature, top_k=top_k, seed=seed)
+  [completion] = decode.generate(
+      run.params, run.model.config, [[vocabulary.bos_id, *prompt_ids(prompt, vocabulary)]], sampling,
+      max_tokens=max_new_tokens, stop_token_ids=[vocabulary.eos_id], vocab_size_limit=vocabulary.size)
+  return vocabulary.decode(completion.token_ids)
