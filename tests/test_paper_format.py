@@ -259,6 +259,12 @@ def test_check_stage_names_what_is_malformed():
     sp.parse(sp.frame("prompt", "x") + sp.frame("book_plan", "y"), "14b_full_book")
   with pytest.raises(sp.StageFormatError, match="not closed"):
     sp.parse(sp.frame("prompt", "x")[:-3])
+  # A book of one chapter has no later chapters' plan.
+  one = json.loads(json.dumps(record))
+  one["chapters"], one["paper"]["chapters"] = one["chapters"][:1], one["paper"]["chapters"][:1]
+  one["paper"]["arcs"] = one["paper"]["arcs"][:1]
+  roles = [role for role, _ in sp.parse(sp.render(one, "14b_full_book"), "14b_full_book")]
+  assert "full_book_chapters_plan" not in roles and roles[-1] == "book_characters_list"
 
 
 def test_the_record_validator_names_the_paper_field_path():
