@@ -116,6 +116,7 @@ def test_training_lowers_the_loss_and_writes_metrics_and_checkpoints(trained_run
   assert _checkpoint_steps(trained_run) == [6, 9, 12]
   assert {"eval/loss", "eval/loss/text", "eval/loss/prompt"} <= set(records[5]) & set(records[11])
   assert "eval/loss" not in records[4]
+  assert records[5]["eval/perplexity/text"] == pytest.approx(np.exp(records[5]["eval/loss/text"]), rel=1e-6)
   assert records[11]["eval/loss"] < records[5]["eval/loss"] + 0.5
   assert "MeshConfig.tensor = 2" in (trained_run / "config.gin").read_text()
   assert list((trained_run / "profile").rglob("*.xplane.pb"))

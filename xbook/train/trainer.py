@@ -18,6 +18,7 @@ import itertools
 import statistics
 import json
 import logging
+import math
 import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -213,6 +214,9 @@ class Trainer:
     for kind, total, count in zip(trajectory.SEGMENT_KINDS, totals["kind_nll"], totals["kind_count"]):
       if count > 0:
         metrics[f"eval/loss/{kind}"] = float(total / count)
+    # Per-token perplexity beside each loss (TensorBoard shows both; `xbook eval` adds per word and byte).
+    metrics.update({name.replace("eval/loss", "eval/perplexity"): math.exp(min(value, 80.0))
+                    for name, value in list(metrics.items())})
     return metrics
 
   def median_step_seconds(self, state: TrainState, batch: Mapping[str, Any], steps: int) -> float:
