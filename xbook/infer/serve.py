@@ -122,7 +122,7 @@ def _in_range(name: str, value: float, low: float, high: float, fix: str) -> Non
 
 def _stops(body: dict[str, Any]) -> tuple[str, ...]:
   stop = body.get("stop")
-  stops = (stop,) if isinstance(stop, str) else stop if stop is not None else []
+  stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
   if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
     raise RequestError(400, "stop: expected a non-empty string or a list of them", "stop")
   if len(stops) > MAX_STOP_STRINGS:
