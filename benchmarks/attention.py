@@ -1,4 +1,4 @@
-"""Attention accuracy, speed and memory: the same as `xbook bench attention` (xbook.model.attention_bench).
+"""Attention accuracy, speed and memory: the same as `xbook bench attention` (xbook.train.attention_bench).
 
 Example:
   .venv/bin/python benchmarks/attention.py --impl ring --seq 8192 --devices 8 --layout zigzag --json
@@ -8,7 +8,7 @@ Example:
 import argparse
 import sys
 
-from xbook.model import attention_bench
+from xbook.train import attention_bench
 
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=attention_bench.__doc__,

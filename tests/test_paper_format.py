@@ -1,6 +1,6 @@
 """The paper's plan format and stage protocol: rendering, parsing, checks, records, backends, examples.
 
-The expected streams below are written by hand from the format (xbook/data/stage_protocol.py, module
+The expected streams below are written by hand from the format (xbook/scaffold/stage_protocol.py, module
 docstring), not produced by the renderer.
 """
 
@@ -22,7 +22,8 @@ import pytest
 from xbook import cli
 from xbook.books import load_book
 from xbook.books.io import write_books
-from xbook.data import paper_stages, stage_protocol as sp, trajectory
+from xbook.data import paper_stages, trajectory
+from xbook.scaffold import stage_protocol as sp
 from xbook.data.vocab import load_vocabulary
 from xbook.scaffold import ExtractiveSummarizer, ScaffoldError, SummaryCache, build_scaffold, validate_scaffold
 from xbook.scaffold import measures, paper as paper_lib

@@ -203,7 +203,7 @@ def paper_run(tmp_path_factory, corpus_dir, vocab_path):
 
 
 def test_a_paper_run_writes_the_profile_stages_and_resumes_to_the_same_book(paper_run, tmp_path):
-  from xbook.data import stage_protocol as sp
+  from xbook.scaffold import stage_protocol as sp
   config = _config(paper_max_tokens=12, retries=0, max_chapters=3)
   book = writer_lib.write_book(str(paper_run), PROMPT, tmp_path / "book", seed=5, config=config)
   assert book["format"] == "paper" and book["profile"] == "14b_full_book"

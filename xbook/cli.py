@@ -236,7 +236,7 @@ def _scaffold_show(args: argparse.Namespace) -> int:
     raise SystemExit(f"error: no scaffold for book {args.book!r} in {args.file}")
   record = records[0]
   if args.profile:
-    from xbook.data import stage_protocol
+    from xbook.scaffold import stage_protocol
     try:
       sys.stdout.write(stage_protocol.render(record, args.profile))
     except ValueError as error:
@@ -455,7 +455,7 @@ def _weights_export(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- bench
 def _bench_attention(args: argparse.Namespace) -> int:
-  from xbook.model import attention_bench
+  from xbook.train import attention_bench
   return attention_bench.run(args)
 
 
@@ -739,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag")
   p = _add(bench, "attention", "Attention vs dense: max errors of out and dq/dk/dv, time, memory, balance.",
            "xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag --json", _bench_attention)
-  from xbook.model.attention_bench import add_arguments as add_attention_bench_arguments
+  from xbook.train.attention_bench import add_arguments as add_attention_bench_arguments
   add_attention_bench_arguments(p)
   p = _add(bench, "decode", "KV-cache decoding speed of a trained run: prefill tokens/s, decode tokens/s at batch 1 "
            "and 8, ms per token at contexts of 256, 1k and 4k, compiles; beside transformers' generate on the same "

@@ -1,7 +1,7 @@
 """The `paper_stages` trajectory layout: a record's stage stream in a profile of the paper's protocol,
 cut into training examples.
 
-A scaffold record with a `paper` field renders, in a profile of xbook.data.stage_protocol, to the stream
+A scaffold record with a `paper` field renders, in a profile of xbook.scaffold.stage_protocol, to the stream
 its released model reads (framing byte for byte). This module tokenizes that stream stage by stage and
 makes the examples of one book (the layout is `train.trajectory_layout = 'paper_stages'`, the profile
 `paper_stages.profile` in gin or `--profile` on the command line; not to be confused with the `stages`
@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 import gin
 import numpy as np
 
-from xbook.data import stage_protocol as sp
+from xbook.scaffold import stage_protocol as sp
 from xbook.data import trajectory
 from xbook.data.pieces import Encode, Example
 

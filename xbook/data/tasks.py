@@ -8,7 +8,7 @@ Views (each a seqio Task over scaffold JSONL; one scaffold record is one book):
   stages   short one-step examples of the plan hierarchy, packed (xbook.data.stages)
 
 Layouts: xbook's own (`interleaved`, `plans_first`; xbook.data.trajectory), or `paper_stages`, the
-stage stream of the paper's released models in a profile of xbook.data.stage_protocol (records with a
+stage stream of the paper's released models in a profile of xbook.scaffold.stage_protocol (records with a
 `paper` field; xbook.data.paper_stages): its `windows` view is the profile's examples (24b: one per book
 up to the end of the first chapter; 14b: the whole book, or a head and one per later chapter), its
 `full` view the whole stream when it fits; it has no `stages` view (that name is xbook's short one-step

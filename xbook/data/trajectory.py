@@ -10,7 +10,7 @@ Layouts:
   plans_first: prompt, premise, synopsis, outline, every chapter's plan and scene plans, then the whole
     text, scene after scene.
 
-  paper_stages (PAPER_LAYOUT): the paper's stage protocol (xbook.data.stage_protocol), for records with a
+  paper_stages (PAPER_LAYOUT): the paper's stage protocol (xbook.scaffold.stage_protocol), for records with a
     `paper` field; its examples are built by xbook.data.paper_stages, not from segments. (Not to be
     confused with the `stages` *view* of xbook.data.tasks: short one-step examples of xbook's layouts.)
 
@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 # Segment kinds of xbook's own layouts, in the order they first appear in a trajectory.
 XBOOK_KINDS: tuple[str, ...] = (
     "prompt", "premise", "synopsis", "outline", "chapter_plan", "scene_plan", "text")
-# Kinds only the paper's stage protocol has (xbook.data.stage_protocol maps each stage role to a kind:
+# Kinds only the paper's stage protocol has (xbook.scaffold.stage_protocol maps each stage role to a kind:
 # its book preview, book plan and characters list; its chapter plans, scene breakdowns and texts are
 # chapter_plan, scene_plan and text). Appended, so that the ids of existing kinds never change.
 PAPER_KINDS: tuple[str, ...] = ("book_preview", "book_plan", "characters")

@@ -1,4 +1,4 @@
-"""The book writer in the paper's stage protocol (xbook.data.stage_protocol), for runs trained on the
+"""The book writer in the paper's stage protocol (xbook.scaffold.stage_protocol), for runs trained on the
 `paper_stages` trajectory layout.
 
 Stages follow the profile's order (`24b_first_chapter`: book plan, first chapter plan, its scene
@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 from tqdm import tqdm
 
 from xbook.data import paper_stages
-from xbook.data import stage_protocol as sp
+from xbook.scaffold import stage_protocol as sp
 from xbook.data.vocab import Vocabulary
 from xbook.infer.decode import SamplingParams
 from xbook.infer.writer import JOURNAL, Completer, Journal, WriteConfig, stage_seed

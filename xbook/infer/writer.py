@@ -418,7 +418,7 @@ def run_trajectory_format(run_dir: str) -> tuple[str, str | None]:
   text = path.read_text(encoding="utf-8") if path.is_file() else ""
   if not re.search(r"^train\.trajectory_layout\s*=\s*['\"]paper_stages['\"]", text, re.MULTILINE):
     return "xbook", None
-  from xbook.data import stage_protocol  # noqa: PLC0415
+  from xbook.scaffold import stage_protocol  # noqa: PLC0415
   match = re.search(r"^paper_stages\.profile\s*=\s*['\"]([\w]+)['\"]", text, re.MULTILINE)
   return "paper", match.group(1) if match else stage_protocol.DEFAULT_PROFILE
 

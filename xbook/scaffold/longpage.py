@@ -41,7 +41,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from xbook.books import split_for_author
 from xbook.books.types import Book, Chapter, Scene, text_sha256
-from xbook.data import stage_protocol as sp
+from xbook.scaffold import stage_protocol as sp
 from xbook.scaffold import measures
 from xbook.scaffold.checks import scaffold_checks
 from xbook.scaffold.paper import bullet, finish

@@ -2,7 +2,7 @@
 
 `xbook scaffold build --format paper` adds to each record (schema in xbook.scaffold.schema) the book
 preview, the book plan, per chapter a plan and a scene breakdown, and the characters list that the
-paper's models read and write (xbook.data.stage_protocol renders them as their stage stream).
+paper's models read and write (xbook.scaffold.stage_protocol renders them as their stage stream).
 
 Measured, never invented, whatever the backend (xbook.scaffold.measures): chapter names (the book's
 headings), word counts (binned when rendered), scene boundaries (xbook's scenes merged to at most 12
@@ -37,7 +37,7 @@ from importlib import resources
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from xbook.books.types import Book
-from xbook.data import stage_protocol as sp
+from xbook.scaffold import stage_protocol as sp
 from xbook.scaffold import extractive, measures
 from xbook.scaffold.cache import SummaryCache, cache_key
 from xbook.scaffold.schema import PAPER_SCHEMA, PAPER_SOURCE_FIELDS

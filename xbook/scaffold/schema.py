@@ -35,7 +35,7 @@ Every record is validated when written and when read; an error names the file or
 the field path (`chapters[3].scenes[1].summary`, `characters[0].role`).
 
 The optional `paper` field (`xbook scaffold build --format paper`, `xbook scaffold import`) holds the
-plans in the format of the paper's released models (xbook.data.stage_protocol renders them as their
+plans in the format of the paper's released models (xbook.scaffold.stage_protocol renders them as their
 stage stream), schema `xbook.paper/1`:
 
   {"schema": "xbook.paper/1",
@@ -61,7 +61,7 @@ quotation marks (null where no text was measured); `embedding.dialog` is checked
 (`checks.max_dialog_gap`). Arcs tile the chapters in order: their `chapters` counts sum to the number of
 chapters. `sources` says, per field group, whether a value was measured from the text, written by a
 model, approximated by the offline extractive backend, or imported (LongPage). `checks.format_problems`
-lists what `xbook.data.stage_protocol.check_stage` found in the record's rendered stages (empty for a
+lists what `xbook.scaffold.stage_protocol.check_stage` found in the record's rendered stages (empty for a
 well-formed record). The limits checked here are the format's (one-line names and bullets, 7 tags,
 1-12 arcs and scenes, ...); word ranges of the preview are the stage checks'.
 """
@@ -79,7 +79,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from xbook import __version__
 from xbook.atomic import atomic_open
-from xbook.data import stage_protocol
+from xbook.scaffold import stage_protocol
 
 SCHEMA = "xbook.scaffold/1"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
