@@ -483,25 +483,33 @@ def make_app(model: ServedModel, *, max_batch: int = 8, batch_window_s: float = 
 
 # ------------------------------------------------------------------------------------------------ serve
 def bind(host: str, port: int) -> socket.socket:
-  """A listening socket on host:port (0: any free port). Raises OSError if it is taken."""
+  """A socket bound to host:port (0: any free port), not yet listening: until it listens, connections
+  are refused (a client retries elsewhere) rather than left hanging while the model loads. Raises
+  OSError if the port is taken."""
   family = socket.AF_INET6 if ":" in host else socket.AF_INET
   sock = socket.socket(family, socket.SOCK_STREAM)
   sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
   try:
     sock.bind((host, port))
-    sock.listen(128)
   except OSError:
     sock.close()
     raise
   return sock
 
 
-def warm_up(model: ServedModel) -> None:
-  """Compile the batch-1 prefill and decode programs before the first request (other batch sizes and
-  cache lengths compile on first use)."""
+def warm_up(model: ServedModel, max_batch: int) -> None:
+  """Compile the prefill and decode programs of every batch size a batch of up to `max_batch` requests
+  pads to (powers of two), at the smallest cache length, before the first request: so that no client
+  times out on a compile. Longer contexts compile on first use."""
   from xbook.infer import decode  # noqa: PLC0415
-  decode.generate(model.params, model.config, [[model.vocabulary.bos_id]], decode.GREEDY, max_tokens=2,
-                  vocab_size_limit=model.vocabulary.size)
+  started, batch = time.perf_counter(), 1
+  while True:
+    decode.generate(model.params, model.config, [[model.vocabulary.bos_id]] * batch, decode.GREEDY,
+                    max_tokens=2, vocab_size_limit=model.vocabulary.size, on_tokens=lambda *_: True)
+    if batch >= max_batch:
+      break
+    batch *= 2
+  log.info("compiled batches of 1 to %d in %.1f s", batch, time.perf_counter() - started)
 
 
 def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000,
@@ -518,7 +526,8 @@ def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int
 
   bound_host, bound_port = sock.getsockname()[:2]
   model = load_model(run_dir, **model_args)
-  warm_up(model)
+  warm_up(model, max_batch)
+  sock.listen(128)
   app = make_app(model, max_batch=max_batch, batch_window_s=batch_window_ms / 1000, sync_every=sync_every,
                  on_ready=lambda: print(f"{READY_LINE}http://{bound_host}:{bound_port}/v1", flush=True))
   config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on")
