@@ -17,7 +17,6 @@ import pytest
 
 from xbook.infer import decode as decoding
 from xbook.model import Decoder, DecoderConfig
-from xbook.model.layers import LayerCache
 from xbook.train.mesh import MeshConfig, make_mesh
 from xbook.train.partitioning import DEFAULT_RULES
 

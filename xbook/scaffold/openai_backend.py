@@ -41,7 +41,7 @@ from typing import Any, AsyncIterator, Mapping
 import httpx
 
 from xbook.scaffold.checks import n_words
-from xbook.scaffold.summarizer import LEVELS, Summary, SummarizerError, SummaryCall, check_level
+from xbook.scaffold.summarizer import LEVELS, Summary, SummarizerError, check_level
 
 log = logging.getLogger(__name__)
 

@@ -818,7 +818,7 @@ def _read_sections(reader: _Reader, names: Sequence[str]) -> dict[str, _Reader]:
 
 def _one_line(reader: _Reader, what: str, words: tuple[int, int], tag: bool = False) -> str:
   lines = []
-  while (line := reader.peek()) is not None:
+  while reader.peek() is not None:
     lines.append(reader.take())
   if len(lines) != 1:
     reader.problem(f"{what} must be one line, got {len(lines)}")
