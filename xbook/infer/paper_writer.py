@@ -23,7 +23,6 @@ The journal, resume and output files are those of xbook.infer.writer.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import time
@@ -36,7 +35,8 @@ from xbook.data import paper_stages
 from xbook.scaffold import stage_protocol as sp
 from xbook.data.vocab import Vocabulary
 from xbook.infer.decode import SamplingParams
-from xbook.infer.writer import JOURNAL, Completer, Journal, WriteConfig, stage_seed
+from xbook.infer.writer import (JOURNAL, Completer, Journal, WriteConfig, sample_stage, stage_entry,
+                                stage_seed)
 
 log = logging.getLogger(__name__)
 
@@ -72,29 +72,17 @@ class PaperBookWriter:
     return [self.vocabulary.bos_id] + ids + self._header_ids[role]
 
   def _stage(self, journal: Journal, stages: list[tuple[str, str]], name: str, spec: sp.StageSpec,
-             seed: int, n_chapters: int | None) -> dict[str, Any]:
-    if name in journal.stages:
-      return journal.stages[name]
-    check_context = dataclasses.replace(sp.context_from_stages(stages, self.profile, n_chapters))
-    found: list[str] = []
-    for attempt in range(self.config.retries + 1):
-      sampling = self.sampling(spec, stage_seed(seed, name, attempt))
+             seed: int) -> dict[str, Any]:
+
+    def attempt(i: int) -> tuple[dict[str, Any], list[str]]:
+      sampling = self.sampling(spec, stage_seed(seed, name, i))
       ids = self.context(stages, spec.role, sampling.max_tokens)
       result = self.complete(ids, sampling, [self.vocabulary.eos_id], [sp.EOT])
       text = sp.trim_stage_text(result.text)
-      found = sp.check_stage(spec.role, text, check_context)
-      entry = {"stage": name, "role": spec.role, "kind": spec.kind, "text": text, "attempts": attempt + 1,
-               "context_tokens": len(ids), "tokens": len(result.token_ids),
-               "finish_reason": result.finish_reason, "seconds": round(result.seconds, 3),
-               "sampling": {**dataclasses.asdict(sampling), "stop": list(sampling.stop)}, "problems": found}
-      if not found:
-        break
-      log.warning("stage %s, attempt %d: %s", name, attempt + 1, "; ".join(found[:3]))
-    if found:
-      log.warning("stage %s is still malformed after %d attempts; keeping the last (its problems are in "
-                  "book.json)", name, self.config.retries + 1)
-    journal.append(entry)
-    return entry
+      entry = stage_entry(name, text, result, sampling, len(ids), i, role=spec.role, kind=spec.kind)
+      return entry, sp.check_stage(spec.role, text, sp.context_from_stages(stages, self.profile))
+
+    return sample_stage(journal, name, self.config.retries, attempt)
 
   def _later_chapters(self, stages: Sequence[tuple[str, str]]) -> int:
     """How many chapters follow the first: the book plan's, else the later chapters' plan's blocks."""
@@ -120,7 +108,7 @@ class PaperBookWriter:
     i = 0
     while i < len(plan):
       name, spec = plan[i]
-      entry = self._stage(journal, stages, name, spec, seed, None)
+      entry = self._stage(journal, stages, name, spec, seed)
       stages.append((spec.role, entry["text"]))
       tokens += entry["tokens"]
       progress.update(1)

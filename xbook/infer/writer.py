@@ -167,6 +167,37 @@ def split_scene_plans(text: str, style: str) -> list[str]:
   return [part.strip() for part in text.split(marker) if part.strip()]
 
 
+def stage_entry(name: str, text: str, result: StageResult, sampling: SamplingParams, context_tokens: int,
+                attempt: int, **fields: Any) -> dict[str, Any]:
+  """The journal and book.json record of one generated stage (`problems` is set by `sample_stage`)."""
+  return {"stage": name, **fields, "text": text, "attempts": attempt + 1, "context_tokens": context_tokens,
+          "tokens": len(result.token_ids), "finish_reason": result.finish_reason,
+          "seconds": round(result.seconds, 3),
+          "sampling": {**dataclasses.asdict(sampling), "stop": list(sampling.stop)}, "problems": []}
+
+
+def sample_stage(journal: Journal, name: str, retries: int,
+                 attempt: Callable[[int], tuple[dict[str, Any], list[str]]]) -> dict[str, Any]:
+  """Stage `name`: its journal entry when it has one; else `attempt(0)`, `attempt(1)`, ... (each an
+  entry and its problems) until one is well formed, at most `retries` + 1 times, the last kept with its
+  problems. The entry is appended to the journal and returned."""
+  if name in journal.stages:
+    return journal.stages[name]
+  for i in range(retries + 1):
+    entry, found = attempt(i)
+    entry["problems"] = found
+    if not found:
+      break
+    log.warning("stage %s, attempt %d: %s; generating it again with the next seed", name, i + 1,
+                "; ".join(found[:3]))
+  else:
+    log.warning("stage %s came out malformed %d times; keeping the last attempt (its problems are in "
+                "book.json) and going on with the nearest reading of it (raise WriteConfig.retries, or "
+                "train the run longer)", name, retries + 1)
+  journal.append(entry)
+  return entry
+
+
 class Journal:
   """The completed stages of one write, appended one JSON line each (the write's resume point)."""
 
@@ -288,29 +319,15 @@ class BookWriter:
   # ------------------------------------------------------------------------------------------- stages
   def _run_stage(self, journal: Journal, name: str, kind: str, context: Callable[[], list[int]],
                  seed: int, problems: Callable[[str], list[str]]) -> dict[str, Any]:
-    if name in journal.stages:
-      return journal.stages[name]
-    ids = context()
-    found: list[str] = []
-    for attempt in range(self.config.retries + 1):
-      sampling = self.sampling(kind, stage_seed(seed, name, attempt))
+    ids = context() if name not in journal.stages else []
+
+    def attempt(i: int) -> tuple[dict[str, Any], list[str]]:
+      sampling = self.sampling(kind, stage_seed(seed, name, i))
       result = self.complete(ids, sampling, self.stop_ids, self.stop_strings)
-      found = problems(result.text)
-      entry = {"stage": name, "kind": kind, "text": result.text.strip(), "attempts": attempt + 1,
-               "context_tokens": len(ids), "tokens": len(result.token_ids),
-               "finish_reason": result.finish_reason, "seconds": round(result.seconds, 3),
-               "sampling": {**dataclasses.asdict(sampling), "stop": list(sampling.stop)}, "problems": []}
-      if not found:
-        journal.append(entry)
-        return entry
-      log.warning("stage %s, attempt %d: %s; generating it again with the next seed", name,
-                  attempt + 1, "; ".join(found))
-    log.warning("stage %s came out malformed %d times (%s); keeping the last attempt and going on with "
-                "the nearest reading of it (raise WriteConfig.retries, or train the run longer)", name,
-                self.config.retries + 1, "; ".join(found))
-    entry["problems"] = found
-    journal.append(entry)
-    return entry
+      entry = stage_entry(name, result.text.strip(), result, sampling, len(ids), i, kind=kind)
+      return entry, problems(result.text)
+
+    return sample_stage(journal, name, self.config.retries, attempt)
 
   def write(self, prompt: str, seed: int, header: Mapping[str, Any]) -> dict[str, Any]:
     """Write (or continue) the book; returns the book dict that book.json holds."""
