@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 
-import gin
 import httpx
 import openai
 import pytest
@@ -22,11 +21,9 @@ import pytest
 from xbook.infer import decode
 from xbook.infer.generate import load_run, prompt_ids
 from xbook.infer.serve import start_server_process
-from xbook.model import DecoderConfig
-from xbook.train import trainer as trainer_lib
 
-MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
-                      mlp_dim=128)
+from tiny_runs import train_tiny
+
 SEQ_LEN = 256
 CONTEXT = 1024  # served beyond the trained length, so that a stream lasts long enough to be left
 BATCH_WINDOW_MS = 300
@@ -38,15 +35,7 @@ PROMPT = "A miser is visited by three ghosts on Christmas Eve."
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, scaffold_file, vocab_path):
   run = tmp_path_factory.mktemp("run")
-  gin.clear_config()
-  gin.parse_config(["MeshConfig.data = 2", "MeshConfig.fsdp = 2", "MeshConfig.sequence = 1",
-                    "MeshConfig.tensor = 2", "OptimizerConfig.learning_rate = 3e-3",
-                    "OptimizerConfig.warmup_steps = 1"])
-  try:
-    trainer_lib.train(str(run), scaffold_files=str(scaffold_file), vocab_path=str(vocab_path),
-                      model_config=MODEL, steps=3, batch_size=8, seq_len=SEQ_LEN, checkpoint_every=3)
-  finally:
-    gin.clear_config()
+  train_tiny(run, scaffold_file, vocab_path, steps=3, seq_len=SEQ_LEN)
   return run
 
 

@@ -10,13 +10,11 @@ import logging
 import math
 import shutil
 
-import gin
 import jax
 import numpy as np
 import pytest
 
 from xbook.infer import load_run
-from xbook.model import DecoderConfig
 from xbook.model.hf import save_params
 from xbook.train import trainer as trainer_lib
 from xbook.train import warm_start
@@ -24,24 +22,15 @@ from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.mesh import MeshConfig
 from xbook.train.metrics import read_metrics
 
-MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
-                      mlp_dim=128)
-MESH = (2, 2, 1, 2)
+from tiny_runs import MESH, MODEL, train_tiny
+
 
 
 def _train(run_dir, scaffold_file, vocab_path, steps, model=MODEL, **overrides):
-  bindings = [f"MeshConfig.{axis} = {size}" for axis, size in zip(("data", "fsdp", "sequence", "tensor"), MESH)]
-  bindings += ["OptimizerConfig.learning_rate = 3e-3", "OptimizerConfig.warmup_steps = 2",
-               "OptimizerConfig.decay_steps = 20"]
-  gin.clear_config()
-  gin.parse_config(bindings)
-  kwargs = dict(scaffold_files=str(scaffold_file), vocab_path=str(vocab_path), model_config=model,
-                steps=steps, batch_size=8, seq_len=128, checkpoint_every=4, log_every=5, seed=0)
+  kwargs = dict(seq_len=128, checkpoint_every=4, log_every=5)
   kwargs.update(overrides)
-  try:
-    return trainer_lib.train(str(run_dir), **kwargs)
-  finally:
-    gin.clear_config()
+  return train_tiny(run_dir, scaffold_file, vocab_path, steps=steps, model=model, warmup_steps=2,
+                    gin_bindings=["OptimizerConfig.decay_steps = 20"], **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,10 @@ import pytest
 
 from xbook.data import trajectory, vocab
 from xbook.infer import writer as writer_lib
-from xbook.model import DecoderConfig
-from xbook.train import trainer as trainer_lib
+
+from tiny_runs import train_tiny
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
-                      mlp_dim=128)
 SEQ_LEN = 256
 # Small budgets and at most 2 chapters of 2 scenes: a complete book in a few seconds on the CPU.
 SMALL = ["WriteConfig.premise_tokens = 12", "WriteConfig.synopsis_tokens = 16",
@@ -38,15 +36,7 @@ PROMPT = "Write a novel about a miser who is visited by three ghosts on Christma
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, scaffold_file, vocab_path):
   run = tmp_path_factory.mktemp("run")
-  gin.clear_config()
-  gin.parse_config(["MeshConfig.data = 2", "MeshConfig.fsdp = 2", "MeshConfig.sequence = 1",
-                    "MeshConfig.tensor = 2", "OptimizerConfig.learning_rate = 3e-3",
-                    "OptimizerConfig.warmup_steps = 1"])
-  try:
-    trainer_lib.train(str(run), scaffold_files=str(scaffold_file), vocab_path=str(vocab_path),
-                      model_config=MODEL, steps=4, batch_size=8, seq_len=SEQ_LEN, checkpoint_every=4)
-  finally:
-    gin.clear_config()
+  train_tiny(run, scaffold_file, vocab_path, steps=4, seq_len=SEQ_LEN)
   return run
 
 
@@ -93,7 +83,7 @@ def test_a_killed_write_continues_to_the_same_book(run_dir, tmp_path):
   journal = tmp_path / "killed" / writer_lib.JOURNAL
   deadline = time.monotonic() + 600
   while killed.poll() is None and time.monotonic() < deadline:  # kill after the outline, mid-book
-    if journal.is_file() and len(journal.read_text().splitlines()) >= 5:
+    if journal.is_file() and len(journal.read_text().splitlines()) >= 4:  # header, premise, synopsis, outline
       killed.send_signal(signal.SIGKILL)
       break
     time.sleep(0.05)
@@ -189,16 +179,9 @@ def paper_run(tmp_path_factory, corpus_dir, vocab_path):
   scaffolds = tmp_path_factory.mktemp("paper") / "paper.jsonl"
   write_scaffolds(scaffolds, records)
   run = tmp_path_factory.mktemp("paper_run")
-  gin.clear_config()
-  gin.parse_config(["MeshConfig.data = 2", "MeshConfig.fsdp = 2", "MeshConfig.sequence = 1",
-                    "MeshConfig.tensor = 2", "paper_stages.profile = '14b_full_book'",
-                    "OptimizerConfig.warmup_steps = 1"])
-  try:
-    trainer_lib.train(str(run), scaffold_files=str(scaffolds), vocab_path=str(vocab_path), model_config=MODEL,
-                      steps=2, batch_size=8, seq_len=SEQ_LEN, checkpoint_every=2,
-                      trajectory_layout="paper_stages", task_name="paper_write")
-  finally:
-    gin.clear_config()
+  train_tiny(run, scaffolds, vocab_path, steps=2, seq_len=SEQ_LEN, learning_rate=3e-4,
+             gin_bindings=["paper_stages.profile = '14b_full_book'"], trajectory_layout="paper_stages",
+             task_name="paper_write")
   return run
 
 
