@@ -204,3 +204,27 @@ def test_a_paper_run_writes_the_profile_stages_and_resumes_to_the_same_book(pape
   (tmp_path / "again" / writer_lib.JOURNAL).write_text("\n".join(journal[:4]) + "\n")
   again = writer_lib.write_book(str(paper_run), PROMPT, tmp_path / "again", seed=5, config=config)
   assert again["stream"] == book["stream"]
+
+
+def test_the_decode_benchmark_prints_latencies_beside_their_memory_floor(run_dir, capsys):
+  """`xbook bench decode` on a trained run: every figure present, the cache bytes those of the run's
+  shape at each context's bucket, and the floor growing with the context as the bytes do."""
+  import argparse
+
+  from xbook.infer import decode, decode_bench
+  from xbook.infer.generate import load_run
+  parser = argparse.ArgumentParser()
+  decode_bench.add_arguments(parser)
+  args = parser.parse_args(["--run_dir", str(run_dir), "--tokens", "4", "--prefill", "64", "--contexts",
+                            "128,512", "--repeats", "1", "--no_transformers", "--json"])
+  assert decode_bench.run(args) == 0
+  figures = json.loads(capsys.readouterr().out)
+  config = load_run(str(run_dir)).model.config
+  for context in (128, 512):
+    assert figures[f"ms_per_token_at_{context}"] > 0
+    assert figures[f"cache_bytes_per_token_at_{context}"] == (
+        2 * config.n_layers * config.n_kv_heads * config.head_dim * decode.bucket(context) * 4)
+  floor = figures["floor_ms_per_token_at_512"] / figures["floor_ms_per_token_at_128"]
+  assert figures["floor_ratio"] == pytest.approx(floor) and floor > 1
+  assert figures["weight_bytes_per_token"] < 4 * config.num_params()
+  assert figures["compiles_decode"] >= 1 and figures["host_read_gb_per_s"] > 0

@@ -8,6 +8,17 @@ For the run's parameters (dtype as configured, one device) on random prompts, gr
   ms_per_token_at_C         batch 1, --tokens new tokens after a prompt of C - --tokens, so that the
                             context runs up to C (256, 1024 and 4096): decode seconds per token
   compiles_*                compiles of each jitted decode function in the whole benchmark
+and what memory allows, since a batch-1 decode step reads every weight and the whole cache once:
+  host_read_gb_per_s        this process's single-thread read bandwidth (numpy sum of a 64 MiB array)
+  weight_bytes_per_token    the parameters a step reads (all but an untied embedding table, of which
+                            it gathers one row)
+  cache_bytes_per_token_at_C  the keys and values a step reads at context C (the cache is C rounded up to
+                            a power of two, xbook.infer.decode.bucket)
+  floor_ms_per_token_at_C   (weights + cache bytes) / host_read_gb_per_s: a memory-bound step's least time
+  latency_ratio, floor_ratio  ms_per_token at the longest context over the shortest, measured and floor:
+                            on a small model the cache outweighs the weights at long contexts, so even
+                            the floor grows with the context; on a large one the weights dominate and
+                            both ratios approach 1
 Then, in the same process, the same figures for transformers' `generate` (greedy, its own KV cache, torch
 on the CPU, float32) on the weights exported to Hugging Face format with xbook.model.hf, and
 `greedy_match`: the fraction of the batch-1 greedy tokens the two agree on before they first differ.
@@ -80,7 +91,43 @@ def _xbook_figures(params: Any, config: Any, args: argparse.Namespace, contexts:
     _, decode_s, _ = timed(_prompts(1, context - args.tokens, config.vocab_size, 2), args.tokens)
     figures[f"ms_per_token_at_{context}"] = 1e3 * decode_s / args.tokens
   figures.update({f"compiles_{name}": count for name, count in decode.compile_counts().items()})
+  figures.update(_memory_floor(params, config, contexts, figures))
   return figures, greedy
+
+
+def read_bandwidth(megabytes: int = 64, repeats: int = 20) -> float:
+  """Bytes per second one thread of this host reads (the median numpy sum of a float32 array)."""
+  array = np.ones(megabytes * 2 ** 20 // 4, np.float32)
+  array.sum()
+  seconds = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    array.sum()
+    seconds.append(time.perf_counter() - started)
+  return array.nbytes / statistics.median(seconds)
+
+
+def _memory_floor(params: Any, config: Any, contexts: list[int], measured: dict[str, Any]) -> dict[str, Any]:
+  """The memory-bound floor of a batch-1 decode step at each context, beside the measured latencies."""
+  import jax
+
+  from xbook.infer import decode
+  bandwidth = read_bandwidth()
+  leaves = jax.tree_util.tree_leaves_with_path(params.tree)
+  # The input embedding is gathered (one row), unless tied to the output layer, which reads all of it.
+  table = 0 if config.tie_embeddings else sum(
+      x.nbytes for path, x in leaves if "'embed'" in jax.tree_util.keystr(path))
+  weights = sum(x.nbytes for _, x in leaves) - table + table // config.vocab_size
+  cache_item = np.dtype(config.compute_dtype).itemsize
+  figures: dict[str, Any] = {"host_read_gb_per_s": bandwidth / 1e9, "weight_bytes_per_token": weights}
+  for context in contexts:
+    cache = 2 * config.n_layers * config.n_kv_heads * config.head_dim * decode.bucket(context) * cache_item
+    figures[f"cache_bytes_per_token_at_{context}"] = cache
+    figures[f"floor_ms_per_token_at_{context}"] = 1e3 * (weights + cache) / bandwidth
+  short, long_ = min(contexts), max(contexts)
+  figures["latency_ratio"] = measured[f"ms_per_token_at_{long_}"] / measured[f"ms_per_token_at_{short}"]
+  figures["floor_ratio"] = figures[f"floor_ms_per_token_at_{long_}"] / figures[f"floor_ms_per_token_at_{short}"]
+  return figures
 
 
 def _scanned(params: dict[str, Any], config: Any) -> tuple[dict[str, Any], Any]:
@@ -146,6 +193,8 @@ def _transformers_figures(params: Any, config: Any, args: argparse.Namespace, co
   for context in contexts:
     seconds, _ = decode_s(_prompts(1, context - args.tokens, config.vocab_size, 2))
     figures[f"hf_ms_per_token_at_{context}"] = 1e3 * seconds / (args.tokens - 1)
+  short, long_ = min(contexts), max(contexts)
+  figures["hf_latency_ratio"] = figures[f"hf_ms_per_token_at_{long_}"] / figures[f"hf_ms_per_token_at_{short}"]
   figures["hf_torch_threads"] = torch.get_num_threads()
   return figures
 
