@@ -319,7 +319,7 @@ def _data_cache(args: argparse.Namespace) -> int:
       layout=train_setting("trajectory_layout"), loss_weights=train_setting("loss_weights"),
       repeat_weight=train_setting("repeat_weight"), cached_length=seq_len)
   out = cache.cache_task(task, args.out, num_shards=args.num_shards, splits=args.split or None,
-                         pipeline_args=args.beam_args or ("--runner=DirectRunner",))
+                         pipeline_args=args.beam_args or ("--runner=DirectRunner",), overwrite=args.overwrite)
   print(json.dumps({"task": task_name, "seq_len": seq_len, "cache": out}) if args.json
         else f"{task_name} ({seq_len} tokens per window) cached in {out}; train from it with the same "
              f"gin config and --gin.train.cache_dir=\"'{args.out}'\"")
@@ -697,6 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="TFRecord files per split: at least the number of hosts that will train")
   p.add_argument("--split", action="append", choices=("train", "validation", "test"),
                  help="split to cache (repeatable; default: all)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a cache of the task in OUT that was built for another config (a cache of the "
+                      "same config is kept as it is)")
   p.add_argument("--json", action="store_true")
   p.add_argument("beam_args", nargs="*", help="Beam pipeline options after -- (default: --runner=DirectRunner)")
 

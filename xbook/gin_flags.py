@@ -10,6 +10,9 @@ import gin
 # Gin files name each other relative to the repository root (e.g. include 'configs/models/tiny.gin').
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The gin files and bindings of the last parse_gin (the command line's), for messages that name a command to run.
+_PARSED: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
 
 def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   """Separate `--gin.NAME=VALUE` arguments (returned as "NAME=VALUE") from the rest of argv."""
@@ -27,5 +30,12 @@ def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
   """Parse gin files then bindings (later ones win); files resolve from the cwd or the repo root."""
+  global _PARSED
   gin.add_config_file_search_path(str(REPO_ROOT))
   gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+  _PARSED = (tuple(str(f) for f in files), tuple(bindings))
+
+
+def parsed() -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(gin files, "NAME = VALUE" bindings) of the last `parse_gin`, as the command line gave them."""
+  return _PARSED

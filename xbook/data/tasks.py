@@ -40,7 +40,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from xbook.data import paper_stages, pieces, stages, trajectory, windows
+from xbook.data import cache, paper_stages, pieces, stages, trajectory, windows
 from xbook.data.vocab import Vocabulary, load_vocabulary
 
 SPLITS = ("train", "validation", "test")
@@ -214,17 +214,21 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
                                      required=False)
                  for name, dtype in _FEATURE_DTYPES.items() if name != "targets"}
   view_kwargs = dict(layout=layout, loss_weights=loss_weights, repeat_weight=repeat_weight, profile=profile)
+  cached: dict[str, Any] = {}
   if cached_length is None:
     preprocessors = [view_preprocessor(view, vocabulary, **view_kwargs)]
   else:
     preprocessors = [fixed_length_view_preprocessor(view, vocabulary, cached_length, **view_kwargs),
                      seqio.CacheDatasetPlaceholder(required=True)]
+    # A cache records what its examples are built from; one built for another config is refused.
+    cached = dict(task_cls=cache.CachedTask, provenance=cache.provenance(
+        name, view, cached_length, vocabulary, scaffold_files=scaffold_files, **view_kwargs))
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
       name, source=ScaffoldDataSource(scaffold_files), preprocessors=preprocessors,
       output_features={"targets": seqio.Feature(vocabulary.seqio_vocabulary(), add_eos=False,
                                                 dtype=tf.int32),
-                       **passthrough})
+                       **passthrough}, **cached)
 
 
 def register_mixture(name: str, scaffold_files: str | Sequence[str],
