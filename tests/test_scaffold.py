@@ -137,8 +137,8 @@ def test_premise_has_at_most_three_sentences_and_prompt_is_the_template(carol):
   source = carol.chapters[2].text
   premise = summarizer.summarize(source, "premise", 80)
   assert 1 <= len(_picked_sentences(premise, extractive.split_sentences(source))) <= 3
-  prompt = summarizer.summarize("It was\n\ncold.", "prompt", 60)
-  assert prompt == "Write a novel from this premise: It was cold."
+  prompt = summarizer.summarize("Scrooge and\n\nFred, in London", "prompt", 60)
+  assert prompt == "Write a novel about Scrooge and Fred, in London."
   with pytest.raises(ValueError, match="unknown scaffold level"):
     summarizer.summarize(source, "paragraph", 80)
 
@@ -157,7 +157,9 @@ def test_carol_scaffold_end_to_end(carol, carol_scaffold):
   for field in ("prompt", "premise", "synopsis"):
     assert record[field].strip()
   assert len(record["synopsis"].split()) <= 600 and len(record["premise"].split()) <= 80
-  assert record["prompt"] == "Write a novel from this premise: " + " ".join(record["premise"].split())
+  # The extractive prompt names who and where (the brief), so that it repeats nothing of the premise.
+  assert record["prompt"] == f"Write a novel about {entities.prompt_brief(record['characters'], record['settings'])}."
+  assert "Scrooge" in record["prompt"] and longest_copied_ngram(record["premise"], record["prompt"]) < 3
   for summary, chapter in zip(record["chapters"], carol.chapters, strict=True):
     assert summary["title"] == chapter.title and 0 < len(summary["summary"].split()) <= 200
     for scene_record, scene in zip(summary["scenes"], chapter.scenes, strict=True):

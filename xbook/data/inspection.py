@@ -104,3 +104,36 @@ def render_paper_example(example, decode: Callable[[list[int]], str], *, max_cha
     counts[part.kind] = counts.get(part.kind, 0) + len(part.ids)
   lines.append("tokens per kind: " + ", ".join(f"{kind} {n}" for kind, n in counts.items()))
   return "\n".join(lines)
+
+
+# A plan token counts as a repeat when it lies in a run of this many ids that an earlier segment holds.
+REPEAT_NGRAM = 8
+# Kinds that are not plans: the request and the supervised prose.
+NOT_PLAN_KINDS = frozenset({"prompt", "text"})
+
+
+def plan_repeats(example: Mapping[str, np.ndarray], marker_ids: Sequence[int] = (),
+                 ngram: int = REPEAT_NGRAM) -> tuple[int, int]:
+  """(plan tokens that repeat an earlier segment, plan tokens) of one converted example.
+
+  Segments are `example_spans`; within each packed sequence, a token of a plan segment (any kind but
+  prompt and text) is a repeat when it lies inside some `ngram` consecutive ids of its segment that
+  also occur, in that order, inside one earlier segment of the sequence (of any kind). Markers start
+  their segment and are compared like any id. What a window teaches by copying is this share.
+  """
+  tokens = example["decoder_target_tokens"].tolist()
+  seen: dict[int, set[tuple[int, ...]]] = {}
+  repeated = total = 0
+  for span in example_spans(example, marker_ids):
+    ids = tokens[span.start:span.end]
+    grams = {tuple(ids[i:i + ngram]) for i in range(len(ids) - ngram + 1)}
+    earlier = seen.setdefault(span.sequence, set())
+    if span.kind not in NOT_PLAN_KINDS:
+      covered = np.zeros(len(ids), bool)
+      for i in range(len(ids) - ngram + 1):
+        if tuple(ids[i:i + ngram]) in earlier:
+          covered[i:i + ngram] = True
+      repeated += int(covered.sum())
+      total += len(ids)
+    earlier |= grams
+  return repeated, total

@@ -38,7 +38,8 @@ from xbook.scaffold import paper as paper_lib
 from xbook.scaffold.checks import n_words, scaffold_checks
 from xbook.scaffold.schema import (SCHEMA, SPLITS, read_scaffolds, record_provenance, validate_scaffold,
                                    write_scaffolds)
-from xbook.scaffold.summarizer import Summarizer, SummaryCall, summarizer_metadata, summarizer_session
+from xbook.scaffold.summarizer import (Summarizer, SummaryCall, prompt_input, summarizer_metadata,
+                                      summarizer_session)
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +296,11 @@ def _paper_builder(summarizer: Summarizer, call: Any, cache: SummaryCache | None
 
 async def _build_record(book: Book, summarize: Callable[[str, str, int], Awaitable[str]],
                         identity: Mapping[str, Any], split: str, targets: ScaffoldTargets,
-                        paper: PaperBuilder | None = None) -> dict[str, Any]:
+                        paper: PaperBuilder | None = None, prompt_input: str = "premise") -> dict[str, Any]:
   """The record of `book`; the scenes of all chapters are summarized concurrently, then each chapter
-  as soon as its scenes are, then synopsis, premise and prompt; then, with `paper`, its paper field."""
+  as soon as its scenes are, then synopsis, premise and prompt (from the premise, or from the book's
+  characters and settings: `prompt_input`, xbook.scaffold.summarizer.PROMPT_INPUTS); then, with
+  `paper`, its paper field."""
   _check_buildable(book, split)
 
   async def chapter_record(chapter) -> dict[str, Any]:
@@ -313,9 +316,9 @@ async def _build_record(book: Book, summarize: Callable[[str, str, int], Awaitab
   outline = "\n\n".join(c["summary"] for c in chapters)
   synopsis = await summarize(outline, "synopsis", min(targets.synopsis_words, n_words(outline)))
   premise = await summarize(synopsis, "premise", min(targets.premise_words, n_words(synopsis)))
-  prompt = await summarize(premise, "prompt", targets.prompt_words)
-
   characters, settings = entities.extract_entities(book)
+  brief = premise if prompt_input == "premise" else entities.prompt_brief(characters, settings)
+  prompt = await summarize(brief, "prompt", targets.prompt_words)
   record = {"schema": SCHEMA, "book": book.metadata(), "split": split, "summarizer": dict(identity),
             "provenance": record_provenance(entities.ALGORITHM),
             "prompt": prompt, "premise": premise, "synopsis": synopsis,
@@ -356,7 +359,8 @@ def build_scaffold(book: Book, summarizer: Summarizer, cache: SummaryCache | Non
       report = BookReport(book.id)
       paper = _paper_builder(summarizer, call, cache, report, None) if plan_format == "paper" else None
       return await _build_record(book, functools.partial(calls.summarize, report),
-                                 record_summarizer(summarizer, targets), split, targets, paper)
+                                 record_summarizer(summarizer, targets), split, targets, paper,
+                                 prompt_input(summarizer))
 
   return asyncio.run(build())
 
@@ -444,7 +448,8 @@ def run_scaffold_build(books: Sequence[Book], summarizer: Summarizer, out_path: 
             paper = (_paper_builder(summarizer, call, cache, report, bar) if plan_format == "paper"
                      else None)
             records[book.id] = await _build_record(book, functools.partial(calls.summarize, report),
-                                                   identity, split_of[book.id], targets, paper)
+                                                   identity, split_of[book.id], targets, paper,
+                                                   prompt_input(summarizer))
             write_scaffolds(out_path, [records[i] for i in order if i in records])
           except Exception as error:  # noqa: BLE001 - reported per book; the other books go on
             report.status, report.reason = "failed", f"{type(error).__name__}: {error}"

@@ -347,3 +347,24 @@ def extract_entities(book: Book, max_characters: int = MAX_CHARACTERS, max_setti
 
   place_entities.sort(key=lambda e: (-e.mentions, e.forms[0].first_seen))
   return records(characters, CHARACTER_ROLES, False), records(place_entities, SETTING_ROLES, True)
+
+
+# The most people and places a prompt brief names.
+BRIEF_CHARACTERS = 4
+BRIEF_SETTINGS = 2
+
+
+def _listed(names: list[str]) -> str:
+  return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def prompt_brief(characters: list[dict[str, Any]], settings: list[dict[str, Any]]) -> str:
+  """Who and where a book is about, as a phrase for a prompt: the protagonist and the major characters
+  (at most BRIEF_CHARACTERS), then "in" the primary settings (at most BRIEF_SETTINGS), e.g. "Scrooge,
+  Bob Cratchit and Fred, in London". It names no event of the plot, so a prompt built from it repeats
+  none of the premise. Empty lists give "people of the author's choosing"."""
+  people = [c["name"] for c in characters if c["role"] in ("protagonist", "major")][:BRIEF_CHARACTERS]
+  places = [s["name"] for s in settings if s["role"] == "primary"][:BRIEF_SETTINGS]
+  if not people and not places:
+    return "people of the author's choosing"
+  return ", in ".join(filter(None, [_listed(people) if people else "people", _listed(places) if places else ""]))

@@ -46,6 +46,21 @@ class Summarizer(Protocol):
     """A summary of `text` for scaffold `level` (one of LEVELS) of about `target_words` words."""
 
 
+# What a backend's prompt level is given as `text` (its optional attribute `prompt_input`): the premise
+# (the default: a model turns it into a reader's request), or the book's `entities.prompt_brief` (who and
+# where), for a backend that can only paste its input and would otherwise repeat the premise verbatim.
+PROMPT_INPUTS: tuple[str, ...] = ("premise", "entities")
+
+
+def prompt_input(summarizer: Any) -> str:
+  """What `summarizer`'s prompt level summarizes (one of PROMPT_INPUTS; default "premise")."""
+  value = getattr(summarizer, "prompt_input", "premise")
+  if value not in PROMPT_INPUTS:
+    raise ValueError(f"summarizer {getattr(summarizer, 'name', summarizer)!r} has prompt_input={value!r}; "
+                     f"expected one of {PROMPT_INPUTS}")
+  return value
+
+
 class SummarizerError(RuntimeError):
   """A call that failed for good: the endpoint stayed down, or its answer is unusable (empty, garbage,
   longer than its source). It fails the book being built, not the whole build."""
@@ -96,12 +111,12 @@ def check_level(level: str) -> None:
 
 
 @functools.cache
-def load_prompt_template(version: str) -> str:
-  """The prompt template `templates/<version>.txt`, which must contain the field `{premise}` once."""
+def load_prompt_template(version: str, field: str = "premise") -> str:
+  """The prompt template `templates/<version>.txt`, which must contain `{<field>}` once."""
   template = resources.files("xbook.scaffold").joinpath(f"templates/{version}.txt").read_text("utf-8")
   template = template.strip()
-  if template.count("{premise}") != 1:
-    raise ValueError(f"prompt template {version!r} must contain {{premise}} exactly once: {template!r}")
+  if template.count("{" + field + "}") != 1:
+    raise ValueError(f"prompt template {version!r} must contain {{{field}}} exactly once: {template!r}")
   return template
 
 
@@ -112,9 +127,11 @@ class ExtractiveSummarizer:
   Levels scene, chapter and synopsis take the most central sentences that fit `target_words`; the
   premise level also takes at most `premise_max_sentences` of them (a premise is 1-3 sentences).
 
-  The prompt level is a fixed template, not a model: the premise is pasted into the versioned template
-  `templates/<prompt_version>.txt` ("Write a novel from this premise: ..."), whatever `target_words`
-  says. It gives every record a well-formed request, not a request a reader would have written.
+  The prompt level is a fixed template, not a model: it is given the book's characters and settings
+  (`prompt_input = "entities"`: the builder passes `entities.prompt_brief`) and pastes them into the
+  versioned template `templates/<prompt_version>.txt` ("Write a novel about Scrooge, Bob Cratchit and
+  Fred, in London."), whatever `target_words` says. Pasting the premise instead would make every
+  window's premise a verbatim copy of its prompt.
 
   Attributes:
     damping: damping factor of the centrality random walk.
@@ -130,17 +147,18 @@ class ExtractiveSummarizer:
 
   name = "extractive"
   model = extractive.ALGORITHM
-  prompt_version = "extractive_prompt_v1"
+  prompt_version = "extractive_prompt_v2"
+  prompt_input = "entities"
 
   @property
   def params(self) -> Mapping[str, Any]:
     return dataclasses.asdict(self)
 
   def summarize(self, text: str, level: str, target_words: int) -> str:
-    """See `Summarizer.summarize`; the prompt level fills the template with `text` (the premise)."""
+    """See `Summarizer.summarize`; the prompt level fills the template with `text` (a prompt brief)."""
     check_level(level)
     if level == "prompt":
-      return load_prompt_template(self.prompt_version).format(premise=" ".join(text.split()))
+      return load_prompt_template(self.prompt_version, "brief").format(brief=" ".join(text.split()))
     return extractive.summarize(
         text, target_words, max_sentences=self.premise_max_sentences if level == "premise" else None,
         min_sentence_words=self.min_sentence_words, damping=self.damping, redundancy=self.redundancy)
