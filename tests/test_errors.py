@@ -47,3 +47,38 @@ def test_the_rebuild_command_repeats_the_command_lines_gin_config():
                                                 "train.cache_dir = 'out/cache'"])
   assert command == ("xbook data cache --gin_file=configs/runs/demo.gin --gin.train.seq_len=128 "
                      "--gin.train.vocab_path=\"'a b/v.model'\" --out out/cache --overwrite")
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("truncate", r"bad\.jsonl:2: not a JSON line: .*the line ends before its record does"),
+    ("wrong_type", r"bad\.jsonl:2 \(book pg43\): chapters\[0\]\.title: expected a string, got int 5"),
+    ("unknown_field", r"bad\.jsonl:2 \(book pg43\): record: unknown field\(s\) \['colour'\]"),
+])
+def test_the_data_path_validates_records_as_scaffold_show_does(tmp_path, scaffold_records, vocab_path, damage,
+                                                               expected):
+  """A bad scaffold line is named (file, line, book, field) when the task is registered, before tf.data
+  runs, with the messages of `xbook scaffold show` (xbook.scaffold.read_scaffolds)."""
+  from xbook.scaffold import ScaffoldError, read_scaffolds
+  good, record = scaffold_records
+  record = json.loads(json.dumps(record))
+  line = json.dumps(record)
+  if damage == "truncate":
+    line = line[:len(line) // 2]
+  elif damage == "wrong_type":
+    record["chapters"][0]["title"] = 5
+    line = json.dumps(record)
+  else:
+    record["colour"] = "red"
+    line = json.dumps(record)
+  path = tmp_path / "bad.jsonl"
+  path.write_text(json.dumps(good) + "\n" + line + "\n", encoding="utf-8")
+  with pytest.raises(ScaffoldError, match=expected) as in_data:
+    tasks.register_task("xbook_test_bad_records", "windows", str(path), str(vocab_path))
+  with pytest.raises(ScaffoldError) as in_show:
+    list(read_scaffolds(path))
+  assert str(in_data.value) == str(in_show.value)
+
+
+def test_a_missing_scaffold_file_is_named(tmp_path, vocab_path):
+  with pytest.raises(FileNotFoundError, match=r"no scaffold file matches .*nothing-\*\.jsonl.*xbook scaffold build"):
+    tasks.register_task("xbook_test_missing", "windows", str(tmp_path / "nothing-*.jsonl"), str(vocab_path))

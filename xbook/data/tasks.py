@@ -40,7 +40,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from xbook.data import cache, paper_stages, pieces, stages, trajectory, windows
+from xbook.data import cache, paper_stages, pieces, records, stages, trajectory, windows
 from xbook.data.vocab import Vocabulary, load_vocabulary
 
 SPLITS = ("train", "validation", "test")
@@ -67,6 +67,8 @@ class ScaffoldDataSource(seqio.FileDataSource):
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, **kwargs) -> tf.data.Dataset:
+    # The records to be read are validated first, in Python: a bad one is named (file, line, book, field).
+    records.validate_files_to_read(self._split_to_filepattern[split], shard_info)
     lines = super().get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info,
                                 **kwargs)
 
@@ -181,7 +183,8 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
     name: task name in `seqio.TaskRegistry`.
     view: one of VIEWS.
     scaffold_files: file pattern(s) of scaffold JSONL; each split of the task keeps the records whose
-      `split` field matches.
+      `split` field matches. Every record is validated before tf.data reads it (xbook.data.records): now,
+      for a task built online, and when the files are read, for one built into a cache.
     vocabulary: a Vocabulary, or the path of one for xbook.data.vocab.load_vocabulary (an xbook
       vocabulary, a tokenizer.model, tokenizer.json, tekken.json or a model folder holding one).
     layout: trajectory layout (xbook.data.trajectory.ALL_LAYOUTS: interleaved, plans_first, paper_stages).
@@ -216,6 +219,7 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
   view_kwargs = dict(layout=layout, loss_weights=loss_weights, repeat_weight=repeat_weight, profile=profile)
   cached: dict[str, Any] = {}
   if cached_length is None:
+    records.validate_files_to_read(scaffold_files)  # a bad record is named now, before anything is trained
     preprocessors = [view_preprocessor(view, vocabulary, **view_kwargs)]
   else:
     preprocessors = [fixed_length_view_preprocessor(view, vocabulary, cached_length, **view_kwargs),

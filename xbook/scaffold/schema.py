@@ -75,14 +75,14 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import IO, Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 from xbook import __version__
 from xbook.atomic import atomic_open
+from xbook.books.splits import SPLITS
 from xbook.scaffold import stage_protocol
 
 SCHEMA = "xbook.scaffold/1"
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 # Levels whose compression (summary words / input words) and copying a record's checks report.
 COMPRESSION_LEVELS: tuple[str, ...] = ("scene", "chapter", "synopsis", "premise")
 
@@ -489,19 +489,32 @@ def write_scaffolds(path: str | os.PathLike[str], records: Iterable[Mapping[str,
   return path
 
 
-def read_scaffolds(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+def read_scaffolds(path: str | os.PathLike[str],
+                   open_fn: Callable[[str], ContextManager[IO[str]]] | None = None) -> Iterator[dict[str, Any]]:
   """The validated records of a scaffold JSONL file, in order (blank lines are skipped).
 
+  Args:
+    path: the file.
+    open_fn: opens `path` for reading text (default: the built-in open, UTF-8); e.g. tf.io.gfile.GFile
+      for gs:// paths. Every reader of scaffold files (the CLI, the seqio tasks) validates through here,
+      so each names a bad record the same way.
+
   Raises:
-    ScaffoldError: for a line that is not JSON or not a valid record, naming the file and line number.
+    ScaffoldError: for a line that is not JSON or not a valid record, naming the file and line number,
+      the book (when the record names one) and the field path.
   """
-  with open(path, encoding="utf-8") as f:
+  opened = open_fn(os.fspath(path)) if open_fn else open(path, encoding="utf-8")
+  with opened as f:
     for line_number, line in enumerate(f, start=1):
+      if isinstance(line, bytes):
+        line = line.decode("utf-8")
       if not line.strip():
         continue
       try:
         record = json.loads(line)
       except json.JSONDecodeError as error:
-        raise ScaffoldError(f"{path}:{line_number}: not a JSON line: {error}") from None
+        truncated = ("; the line ends before its record does (cut short by an interrupted write?)"
+                     if not line.rstrip().endswith("}") else "")
+        raise ScaffoldError(f"{path}:{line_number}: not a JSON line: {error}{truncated}") from None
       validate_scaffold(record, where=f"{path}:{line_number}")
       yield record
