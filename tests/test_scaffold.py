@@ -44,10 +44,17 @@ class CountingSummarizer:
   name = ExtractiveSummarizer.name
   model = ExtractiveSummarizer.model
   prompt_version = ExtractiveSummarizer.prompt_version
+  prompt_input = ExtractiveSummarizer.prompt_input
 
   @property
   def params(self) -> Mapping[str, Any]:
     return self.inner.params
+
+  def chapter_source(self, chapter_text: str, scene_summaries) -> str:
+    return self.inner.chapter_source(chapter_text, scene_summaries)
+
+  def book_source(self, scene_summaries, taken) -> str:
+    return self.inner.book_source(scene_summaries, taken)
 
   def summarize(self, text: str, level: str, target_words: int) -> str:
     if self.interrupt_after is not None and self.calls >= self.interrupt_after:
@@ -176,8 +183,14 @@ def test_carol_scaffold_end_to_end(carol, carol_scaffold):
       s["summary"] for c in record["chapters"] for s in c["scenes"]]
   copied = checks["max_copied_ngram"]
   assert 10 <= max(copied.values()) <= max(len(s.split()) for s in summaries)
-  # Extractive summaries copy whole sentences; the premise's sentences come from the synopsis.
-  assert copied["premise"] <= copied["synopsis"] and copied["scene"] >= copied["chapter"]
+  # Extractive summaries copy whole sentences, and no level takes a sentence of another, so that a
+  # window's premise, synopsis, outline, chapter plan and scene plan repeat none of each other.
+  sentences = lambda texts: {s for t in texts for s in extractive.split_sentences(t)}  # noqa: E731
+  chapter_plans = sentences(c["summary"] for c in record["chapters"])
+  scene_plans = sentences(s["summary"] for c in record["chapters"] for s in c["scenes"])
+  premise, synopsis = sentences([record["premise"]]), sentences([record["synopsis"]])
+  assert not chapter_plans & scene_plans and not synopsis & chapter_plans and not premise & synopsis
+  assert premise <= scene_plans and synopsis <= scene_plans
   assert copied["premise"] == max(len(s.split()) for s in extractive.split_sentences(record["premise"]))
 
 

@@ -38,8 +38,8 @@ from xbook.scaffold import paper as paper_lib
 from xbook.scaffold.checks import n_words, scaffold_checks
 from xbook.scaffold.schema import (SCHEMA, SPLITS, read_scaffolds, record_provenance, validate_scaffold,
                                    write_scaffolds)
-from xbook.scaffold.summarizer import (Summarizer, SummaryCall, prompt_input, summarizer_metadata,
-                                      summarizer_session)
+from xbook.scaffold.summarizer import (Summarizer, SummaryCall, book_source, chapter_source, prompt_input,
+                                      summarizer_metadata, summarizer_session)
 
 log = logging.getLogger(__name__)
 
@@ -296,11 +296,11 @@ def _paper_builder(summarizer: Summarizer, call: Any, cache: SummaryCache | None
 
 async def _build_record(book: Book, summarize: Callable[[str, str, int], Awaitable[str]],
                         identity: Mapping[str, Any], split: str, targets: ScaffoldTargets,
-                        paper: PaperBuilder | None = None, prompt_input: str = "premise") -> dict[str, Any]:
+                        summarizer: Summarizer, paper: PaperBuilder | None = None) -> dict[str, Any]:
   """The record of `book`; the scenes of all chapters are summarized concurrently, then each chapter
-  as soon as its scenes are, then synopsis, premise and prompt (from the premise, or from the book's
-  characters and settings: `prompt_input`, xbook.scaffold.summarizer.PROMPT_INPUTS); then, with
-  `paper`, its paper field."""
+  as soon as its scenes are, then synopsis, premise and prompt; then, with `paper`, its paper field.
+  What chapter plans, synopsis, premise and prompt are summarized from is the backend's choice
+  (xbook.scaffold.summarizer.chapter_source, book_source and prompt_input)."""
   _check_buildable(book, split)
 
   async def chapter_record(chapter) -> dict[str, Any]:
@@ -309,15 +309,19 @@ async def _build_record(book: Book, summarize: Callable[[str, str, int], Awaitab
     scenes = [{"index": scene.index, "summary": summary, "text": scene.text, "n_words": scene.n_words}
               for scene, summary in zip(chapter.scenes, summaries)]
     scene_plans = "\n\n".join(summaries)
-    summary = await summarize(scene_plans, "chapter", min(targets.chapter_words, n_words(scene_plans)))
+    summary = await summarize(chapter_source(summarizer, chapter.text, summaries), "chapter",
+                              min(targets.chapter_words, n_words(scene_plans)))
     return {"index": chapter.index, "title": chapter.title, "summary": summary, "scenes": scenes}
 
   chapters = await _all(chapter_record(chapter) for chapter in book.chapters)
   outline = "\n\n".join(c["summary"] for c in chapters)
-  synopsis = await summarize(outline, "synopsis", min(targets.synopsis_words, n_words(outline)))
-  premise = await summarize(synopsis, "premise", min(targets.premise_words, n_words(synopsis)))
+  scene_plans = [s["summary"] for c in chapters for s in c["scenes"]]
+  synopsis = await summarize(book_source(summarizer, outline, scene_plans, taken=()), "synopsis",
+                             min(targets.synopsis_words, n_words(outline)))
+  premise = await summarize(book_source(summarizer, synopsis, scene_plans, taken=(synopsis,)), "premise",
+                            min(targets.premise_words, n_words(synopsis)))
   characters, settings = entities.extract_entities(book)
-  brief = premise if prompt_input == "premise" else entities.prompt_brief(characters, settings)
+  brief = premise if prompt_input(summarizer) == "premise" else entities.prompt_brief(characters, settings)
   prompt = await summarize(brief, "prompt", targets.prompt_words)
   record = {"schema": SCHEMA, "book": book.metadata(), "split": split, "summarizer": dict(identity),
             "provenance": record_provenance(entities.ALGORITHM),
@@ -359,8 +363,7 @@ def build_scaffold(book: Book, summarizer: Summarizer, cache: SummaryCache | Non
       report = BookReport(book.id)
       paper = _paper_builder(summarizer, call, cache, report, None) if plan_format == "paper" else None
       return await _build_record(book, functools.partial(calls.summarize, report),
-                                 record_summarizer(summarizer, targets), split, targets, paper,
-                                 prompt_input(summarizer))
+                                 record_summarizer(summarizer, targets), split, targets, summarizer, paper)
 
   return asyncio.run(build())
 
@@ -448,8 +451,7 @@ def run_scaffold_build(books: Sequence[Book], summarizer: Summarizer, out_path: 
             paper = (_paper_builder(summarizer, call, cache, report, bar) if plan_format == "paper"
                      else None)
             records[book.id] = await _build_record(book, functools.partial(calls.summarize, report),
-                                                   identity, split_of[book.id], targets, paper,
-                                                   prompt_input(summarizer))
+                                                   identity, split_of[book.id], targets, summarizer, paper)
             write_scaffolds(out_path, [records[i] for i in order if i in records])
           except Exception as error:  # noqa: BLE001 - reported per book; the other books go on
             report.status, report.reason = "failed", f"{type(error).__name__}: {error}"

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import functools
 from importlib import resources
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Protocol, Sequence
 
 from xbook.scaffold import extractive
 
@@ -50,6 +50,21 @@ class Summarizer(Protocol):
 # (the default: a model turns it into a reader's request), or the book's `entities.prompt_brief` (who and
 # where), for a backend that can only paste its input and would otherwise repeat the premise verbatim.
 PROMPT_INPUTS: tuple[str, ...] = ("premise", "entities")
+
+
+def chapter_source(summarizer: Any, chapter_text: str, scene_summaries: Sequence[str]) -> str:
+  """What `summarizer` summarizes into a chapter plan: its scene plans (blank-line separated), unless
+  the backend has a `chapter_source(chapter_text, scene_summaries)` of its own."""
+  own = getattr(summarizer, "chapter_source", None)
+  return own(chapter_text, scene_summaries) if own is not None else "\n\n".join(scene_summaries)
+
+
+def book_source(summarizer: Any, level_below: str, scene_summaries: Sequence[str], taken: Sequence[str]) -> str:
+  """What `summarizer` summarizes into the synopsis (from the outline) or the premise (from the
+  synopsis): `level_below`, unless the backend has a `book_source(scene_summaries, taken)` of its own
+  (`taken`: the summaries of the levels above the outline made so far)."""
+  own = getattr(summarizer, "book_source", None)
+  return own(scene_summaries, taken) if own is not None else level_below
 
 
 def prompt_input(summarizer: Any) -> str:
@@ -153,6 +168,25 @@ class ExtractiveSummarizer:
   @property
   def params(self) -> Mapping[str, Any]:
     return dataclasses.asdict(self)
+
+  def chapter_source(self, chapter_text: str, scene_summaries: Sequence[str]) -> str:
+    """The chapter's own sentences that no scene summary took, one per paragraph.
+
+    A chapter plan extracted from its scene plans would be a subset of them, so every window that
+    shows a chapter plan and then a scene plan would repeat it; drawn from the rest of the chapter, it
+    adds sentences the scene plans do not have.
+    """
+    taken = {sentence for summary in scene_summaries for sentence in extractive.split_sentences(summary)}
+    rest = [sentence for sentence in extractive.split_sentences(chapter_text) if sentence not in taken]
+    return "\n\n".join(rest or extractive.split_sentences(chapter_text))
+
+  def book_source(self, scene_summaries: Sequence[str], taken: Sequence[str]) -> str:
+    """The scene plans' sentences that `taken` (the synopsis, for the premise) does not hold, one per
+    paragraph: the synopsis and the premise are drawn from the scene plans, which chapter plans share
+    no sentence with (`chapter_source`), so that premise, synopsis and outline repeat none of each other."""
+    used = {sentence for summary in taken for sentence in extractive.split_sentences(summary)}
+    pool = [sentence for summary in scene_summaries for sentence in extractive.split_sentences(summary)]
+    return "\n\n".join([sentence for sentence in pool if sentence not in used] or pool)
 
   def summarize(self, text: str, level: str, target_words: int) -> str:
     """See `Summarizer.summarize`; the prompt level fills the template with `text` (a prompt brief)."""
