@@ -46,3 +46,20 @@ def test_console_script_runs():
   out = subprocess.run([sys.executable, "-m", "xbook.cli", "--version"], capture_output=True, text=True,
                        check=True).stdout
   assert out.startswith("xbook ")
+
+
+def test_compile_figures_are_printed_at_a_readable_scale():
+  from xbook.train import aot
+  assert (aot._count(918_000), aot._count(24e9), aot._count(12)) == ("918K", "24B", "12")
+  assert (aot._bytes(14.6 * 2**20), aot._bytes(80 * 2**30), aot._bytes(812)) == ("14.60 MiB", "80.00 GiB",
+                                                                                 "812 bytes")
+  assert (aot._seconds(1.4e-5), aot._seconds(0.0123), aot._seconds(3.5)) == ("14 µs", "12.3 ms", "3.50 s")
+
+
+def test_vocab_train_says_when_the_text_holds_fewer_pieces_than_asked(scaffold_file, tmp_path, capsys):
+  assert cli.main(["vocab", "train", "--scaffolds", str(scaffold_file), "--out", str(tmp_path / "v.model"),
+                   "--vocab_size", "32000"]) == 0
+  captured = capsys.readouterr()
+  pieces = int(captured.out.split("(")[1].split()[0])
+  assert pieces < 32000
+  assert f"note: {pieces} pieces, not the 32000 asked for" in captured.err and "more books" in captured.err

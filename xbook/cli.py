@@ -17,22 +17,23 @@ import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
 
-from xbook import __version__
-from xbook.gin_flags import parse_gin, split_gin_bindings
+from xbook import __version__, cli_errors, cli_gin
+from xbook.gin_flags import split_gin_bindings
 
 log = logging.getLogger("xbook")
 
 
-def _quiet_tensorflow() -> None:
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+def _source_constant(module: str, name: str) -> tuple[str, ...]:
+  """A tuple constant of an xbook module, read from its source: the parser is built without importing
+  the model (jax), so that `xbook --help` and gin mistakes answer in a second."""
+  import ast
+  path = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+  for node in ast.parse(path.read_text(encoding="utf-8")).body:
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+      return tuple(ast.literal_eval(node.value))
+  raise LookupError(f"{module}.{name} is not a literal constant")
 
 
-def _setup_logging() -> None:
-  """xbook's own progress at INFO; libraries (orbax, absl, tensorflow) only when they warn."""
-  logging.basicConfig(level=logging.WARNING, format="[xbook %(asctime)s] %(message)s", datefmt="%H:%M:%S")
-  logging.getLogger("xbook").setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 def _group(subparsers, name: str, help_text: str, example: str):
@@ -303,8 +304,13 @@ def _vocab_train(args: argparse.Namespace) -> int:
   path = vocab.train_vocab(records, args.out, vocab_size=args.vocab_size, model_type=args.model_type)
   size = vocab.load_vocabulary(path).size
   n_train = sum(r.get("split", "train") == "train" for r in records)
-  print(json.dumps({"vocab": str(path), "pieces": size, "train_books": n_train}) if args.json
-        else f"vocabulary: {path} ({size} pieces, from the {n_train} books of split train)")
+  print(json.dumps({"vocab": str(path), "pieces": size, "asked": args.vocab_size, "train_books": n_train})
+        if args.json else f"vocabulary: {path} ({size} pieces, from the {n_train} books of split train)")
+  if size < args.vocab_size:
+    print(f"note: {size} pieces, not the {args.vocab_size} asked for: the text of {n_train} train book(s) "
+          f"holds no more pieces worth a vocabulary entry (SentencePiece treats --vocab_size as an upper "
+          f"bound). Train on more books for a bigger vocabulary; DecoderConfig.vocab_size needs at least {size}",
+          file=sys.stderr)
   return 0
 
 
@@ -414,6 +420,12 @@ def _paper_example(args: argparse.Namespace, vocabulary):
 
 # --------------------------------------------------------------------------------------------- weights
 def _weights_import(args: argparse.Namespace) -> int:
+  hf = Path(args.hf)
+  if "://" not in args.hf and not (hf / "config.json").is_file():
+    what = "is not a folder" if not hf.is_dir() else "has no config.json"
+    raise FileNotFoundError(f"--hf {args.hf} {what}: pass a Hugging Face model folder with config.json and "
+                            "model.safetensors (or its shards), e.g. from `huggingface-cli download MODEL "
+                            "--local-dir DIR`")
   from xbook.data import vocab
   from xbook.model.hf import import_hf_checkpoint
   config = import_hf_checkpoint(args.hf, args.out)
@@ -528,12 +540,24 @@ def _serve(args: argparse.Namespace) -> int:
                sync_every=args.sync_every)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _selects(argv: Sequence[str], path: tuple[str, ...]) -> bool:
+  """Whether the command line `argv` runs the subcommand `path` (its first words, after top-level flags)."""
+  words = [a for a in argv if not a.startswith("-")]
+  return tuple(words[:len(path)]) == path
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+  """The `xbook` parser. Subcommands whose arguments come from a heavy module (the benchmarks) get them
+  only when `argv` runs them, or always when `argv` is None (a full parser, for tests and docs)."""
+  deferred: dict[tuple[str, ...], tuple[argparse.ArgumentParser, str]] = {}
   parser = argparse.ArgumentParser(
       prog="xbook", description="Train book-writing language models on human-authored novels.",
       epilog="example:\n  xbook train --gin_file=configs/runs/demo.gin --run_dir=runs/demo",
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--version", action="version", version=f"xbook {__version__}")
+  parser.add_argument("--verbose", action="store_true",
+                      help="on an error, print its traceback too, and let libraries log (also anywhere after "
+                           f"the subcommand, or {cli_errors.VERBOSE_ENV}=1)")
   commands = parser.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
 
   books = _group(commands, "books", "Gutenberg novels: fetch, clean, segment.",
@@ -703,8 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--json", action="store_true")
   p.add_argument("beam_args", nargs="*", help="Beam pipeline options after -- (default: --runner=DirectRunner)")
 
-  from xbook.model.hf.config import MULTIMODAL_MODEL_TYPES, SUPPORTED_MODEL_TYPES
-  from xbook.model.hf.writer import DTYPES
+  SUPPORTED_MODEL_TYPES = _source_constant("xbook.model.hf.config", "SUPPORTED_MODEL_TYPES")
+  MULTIMODAL_MODEL_TYPES = _source_constant("xbook.model.hf.config", "MULTIMODAL_MODEL_TYPES")
+  DTYPES = _source_constant("xbook.model.hf.writer", "DTYPES")
   architectures = ", ".join(SUPPORTED_MODEL_TYPES)
   weights = _group(commands, "weights", f"Pretrained weights: Hugging Face checkpoints ({architectures}).",
                    "xbook weights import --hf ~/models/Ministral-3-14B-Base-2512 --out weights/ministral3-14b")
@@ -742,15 +767,13 @@ def build_parser() -> argparse.ArgumentParser:
                  "xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag")
   p = _add(bench, "attention", "Attention vs dense: max errors of out and dq/dk/dv, time, memory, balance.",
            "xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag --json", _bench_attention)
-  from xbook.train.attention_bench import add_arguments as add_attention_bench_arguments
-  add_attention_bench_arguments(p)
+  deferred[("bench", "attention")] = (p, "xbook.train.attention_bench")
   p = _add(bench, "decode", "KV-cache decoding speed of a trained run: prefill tokens/s, decode tokens/s at batch 1 "
            "and 8, ms per token at contexts of 256, 1k and 4k, compiles; beside transformers' generate on the same "
            "weights exported to Hugging Face format (when transformers and torch are installed).",
            "xbook bench decode --run_dir runs/demo\nxbook bench decode --run_dir runs/demo --no_transformers --json",
            _bench_decode)
-  from xbook.infer.decode_bench import add_arguments as add_decode_bench_arguments
-  add_decode_bench_arguments(p)
+  deferred[("bench", "decode")] = (p, "xbook.infer.decode_bench")
 
   p = _add(commands, "train", "Train (or resume) a decoder on scaffold trajectories, configured by gin.",
            "xbook train --gin_file=configs/runs/demo.gin --run_dir=runs/demo --gin.train.steps=40",
@@ -871,22 +894,65 @@ def build_parser() -> argparse.ArgumentParser:
                  help="how long the decode worker waits for more requests before starting a batch")
   p.add_argument("--sync_every", type=int, default=16,
                  help="decode steps between streamed chunks (and stop-string checks)")
+  for path, (subparser, module) in deferred.items():
+    if argv is None or _selects(argv, path):
+      importlib.import_module(module).add_arguments(subparser)
   return parser
 
 
+def _check_run_dir(args: argparse.Namespace) -> None:
+  """A --run_dir that is a file is refused before anything reads or writes it."""
+  run_dir = getattr(args, "run_dir", None)
+  if run_dir and "://" not in str(run_dir) and Path(run_dir).exists() and not Path(run_dir).is_dir():
+    raise cli_gin.GinConfigError(f"--run_dir {run_dir} is a file, not a run directory: pass a folder (a new "
+                                 "one for a new run)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  argv, bindings = split_gin_bindings(sys.argv[1:] if argv is None else argv)
-  parser = build_parser()
+  """Run the `xbook` command line `argv` (default: sys.argv[1:]) and return its exit status.
+
+  As the program (argv None: the `xbook` script, `python -m xbook`), a user's mistake prints one
+  `error: ...` line and exits 1 without a traceback (xbook.cli_errors; --verbose or XBOOK_VERBOSE=1 show
+  it), and native start-up noise is filtered from stderr. Called with an argv (tests, scripts), errors
+  propagate as exceptions.
+  """
+  program = argv is None
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if "--verbose" in argv:
+    argv = [a for a in argv if a != "--verbose"]
+    os.environ[cli_errors.VERBOSE_ENV] = "1"
+  cli_errors.quiet_environment()
+  if program:
+    cli_errors.quiet_native_stderr()
+  try:
+    return _run(argv)
+  except KeyboardInterrupt:
+    if not program:
+      raise
+    print("error: interrupted", file=sys.stderr)
+    return 130
+  except Exception as error:  # noqa: BLE001 - mapped to one line if it is a user's mistake, else re-raised
+    status = cli_errors.report(error) if program else None
+    if status is None:
+      raise
+    return status
+
+
+def _run(argv: list[str]) -> int:
+  argv, bindings = split_gin_bindings(argv)
+  parser = build_parser(argv)
   args = parser.parse_args(argv)
   if not hasattr(args, "handler"):
     parser.print_help()
     return 2
-  _quiet_tensorflow()
-  _setup_logging()
+  cli_errors.setup_logging()
+  _check_run_dir(args)
   if args.gin_modules:
+    # Mistakes in the gin files and flags are found before the heavy imports and before any file is written.
+    cli_gin.precheck(args.gin_file, bindings)
     for module in args.gin_modules:
       importlib.import_module(module)
-    parse_gin(args.gin_file, bindings)
+    cli_gin.parse(args.gin_file, bindings)
   elif bindings:
     parser.error("--gin.NAME=VALUE bindings are only accepted by gin-configured subcommands")
   return args.handler(args)

@@ -525,14 +525,41 @@ def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int
   import uvicorn  # noqa: PLC0415
 
   bound_host, bound_port = sock.getsockname()[:2]
-  model = load_model(run_dir, **model_args)
-  warm_up(model, max_batch)
+  try:
+    with _stop_on_sigterm():  # until uvicorn takes the signals over: a stop while loading is clean too
+      model = load_model(run_dir, **model_args)
+      warm_up(model, max_batch)
+  except _Stopped:
+    sock.close()
+    log.info("stopped by SIGTERM before the server was ready")
+    return 0
   sock.listen(128)
   app = make_app(model, max_batch=max_batch, batch_window_s=batch_window_ms / 1000, sync_every=sync_every,
                  on_ready=lambda: print(f"{READY_LINE}http://{bound_host}:{bound_port}/v1", flush=True))
   config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on")
   _quiet_server(config).run(sockets=[sock])
   return 0
+
+
+class _Stopped(Exception):
+  """SIGTERM arrived before the server was ready."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+  """Within the block, SIGTERM raises _Stopped (in the main thread; elsewhere signals stay as they are)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def stop(signum: int, frame: Any) -> None:
+    raise _Stopped()
+
+  previous = signal.signal(signal.SIGTERM, stop)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def _quiet_server(config: Any) -> Any:

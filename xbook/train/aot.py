@@ -222,15 +222,15 @@ def compile_for_tpu(accelerator: str | None = None, num_slices: int | None = Non
   assumed_mfu = assumed_mfu or target.assumed_mfu
   devices = topology_devices(tpu_slice, num_slices)
   trainer = trainer_from_gin(devices)
-  log.info("compiling the train step for %s x %d (%d chips), mesh %s, %.2fB parameters",
+  log.info("compiling the train step for %s x %d (%d chips), mesh %s, %s parameters",
            tpu_slice.accelerator_type, num_slices, len(devices), dict(trainer.mesh.shape),
-           trainer.model_config.num_params() / 1e9)
+           _count(trainer.model_config.num_params()))
   began = time.perf_counter()
   memory = step_memory(trainer)
   compile_s = time.perf_counter() - began
   total = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["code"])
   fits = total <= tpu_slice.generation.hbm_bytes
-  log.info("the step needs %.2f GiB per chip of %.0f GiB HBM (%s; compiled in %.0f s)", total / 2**30,
+  log.info("the step needs %s per chip of %.0f GiB HBM (%s; compiled in %.0f s)", _bytes(total),
            tpu_slice.generation.hbm_bytes / 2**30, "fits" if fits else "does NOT fit", compile_s)
   compiler = None
   if fits and count_flops:
@@ -262,26 +262,51 @@ def compile_for_tpu(accelerator: str | None = None, num_slices: int | None = Non
       compile_s=compile_s)
 
 
+def _count(n: float) -> str:
+  """A count at a readable scale: 1.23B, 45.6M, 7.8K, 12."""
+  for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+    if abs(n) >= scale:
+      return f"{n / scale:.3g}{suffix}"
+  return f"{n:.3g}"
+
+
+def _bytes(n: float) -> str:
+  """A size at a readable scale: 12.34 GiB, 5.60 MiB, 812 bytes."""
+  for scale, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+    if abs(n) >= scale:
+      return f"{n / scale:.2f} {unit}"
+  return f"{n:.0f} bytes"
+
+
+def _seconds(s: float) -> str:
+  """A duration at a readable scale: 1.23 s, 4.56 ms, 7.8 µs."""
+  if s >= 1:
+    return f"{s:.2f} s"
+  if s >= 1e-3:
+    return f"{s * 1e3:.3g} ms"
+  return f"{s * 1e6:.3g} µs"
+
+
 def format_report(report: CompileReport) -> str:
-  """The report as lines a researcher reads."""
-  gib = 2**30
+  """The report as lines a researcher reads (each figure at a readable scale: a tiny config's memory in
+  MiB, its step in ms)."""
   lines = [
       f"{report.accelerator} x {report.num_slices} slice(s) ({report.topology}, {report.chips} chips), "
       f"mesh {report.mesh}",
-      f"model {report.params / 1e9:.2f}B parameters, attention {report.attention}, remat "
+      f"model {_count(report.params)} parameters, attention {report.attention}, remat "
       f"{report.remat}; batch {report.batch_size} x {report.seq_len:,} tokens",
       f"precision: compute {report.compute_dtype}, parameters {report.param_dtype}, Adam first "
       f"moment {report.mu_dtype}, second moment {report.param_dtype}",
       "memory per chip:",
-      f"  arguments     {report.argument_bytes / gib:9.2f} GiB: parameters {report.param_bytes / gib:.2f} "
-      f"GiB, optimizer state {report.opt_state_bytes / gib:.2f} GiB, the batch",
-      f"  outputs       {report.output_bytes / gib:9.2f} GiB (of which {report.alias_bytes / gib:.2f} "
-      f"GiB reuse donated arguments)",
-      f"  temporaries   {report.temp_bytes / gib:9.2f} GiB",
-      f"  code          {report.code_bytes / gib:9.2f} GiB",
-      f"  total         {report.total_bytes_per_chip / gib:9.2f} GiB of {report.hbm_bytes / gib:.0f} GiB "
+      f"  arguments     {_bytes(report.argument_bytes):>12}: parameters {_bytes(report.param_bytes)}, "
+      f"optimizer state {_bytes(report.opt_state_bytes)}, the batch",
+      f"  outputs       {_bytes(report.output_bytes):>12} (of which {_bytes(report.alias_bytes)} reuse donated "
+      f"arguments)",
+      f"  temporaries   {_bytes(report.temp_bytes):>12}",
+      f"  code          {_bytes(report.code_bytes):>12}",
+      f"  total         {_bytes(report.total_bytes_per_chip):>12} of {report.hbm_bytes / 2**30:.0f} GiB "
       f"HBM: {'fits' if report.fits else 'DOES NOT FIT'} "
-      f"({100 * report.total_bytes_per_chip / report.hbm_bytes:.0f}%)",
+      f"({_percent(report.total_bytes_per_chip / report.hbm_bytes)})",
   ]
   if report.compiler_flops is None:
     lines.append(f"FLOPs per step: analytic {report.analytic_flops:.4g} (full attention; "
@@ -300,6 +325,10 @@ def format_report(report: CompileReport) -> str:
     lines.append(f"  compiler / analytic = {report.flops_ratio:.3f}, predicted {report.predicted_ratio:.3f} "
                  f"for remat {report.remat!r} with {report.attention} attention: {verdict} "
                  f"(within {RATIO_TOLERANCE:.0%})")
-  lines.append(f"projected at {report.assumed_mfu:.0%} MFU: {report.projected_step_s:.2f} s/step, "
-               f"{report.projected_tokens_per_s:,.0f} tokens/s ({report.compile_s:.0f} s to compile)")
+  lines.append(f"projected at {report.assumed_mfu:.0%} MFU: {_seconds(report.projected_step_s)}/step, "
+               f"{_count(report.projected_tokens_per_s)} tokens/s ({report.compile_s:.0f} s to compile)")
   return "\n".join(lines)
+
+
+def _percent(fraction: float) -> str:
+  return f"{100 * fraction:.0f}%" if fraction >= 0.01 else f"{100 * fraction:.2g}%"

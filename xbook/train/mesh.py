@@ -59,7 +59,9 @@ class MeshConfig:
       sizes[sizes.index(-1)] = per_slice // known
     if math.prod(sizes) != per_slice:
       raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices per slice, "
-                       f"but {per_slice} are available")
+                       f"but {per_slice} are available: set MeshConfig's sizes to multiply to {per_slice} "
+                       "(one may be -1: the devices left over), or, on a CPU, simulate the devices with "
+                       f"XLA_FLAGS=--xla_force_host_platform_device_count={math.prod(sizes) * num_slices}")
     return tuple(sizes)
 
   def shape(self, num_devices: int) -> tuple[int, ...]:
