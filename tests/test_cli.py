@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,63 @@ def test_vocab_train_says_when_the_text_holds_fewer_pieces_than_asked(scaffold_f
   pieces = int(captured.out.split("(")[1].split()[0])
   assert pieces < 32000
   assert f"note: {pieces} pieces, not the 32000 asked for" in captured.err and "more books" in captured.err
+
+
+# ------------------------------------------------------------------------------- documented commands
+def _commands(text: str) -> list[str]:
+  """The `xbook ...` command lines of a text (continuation lines joined; env prefixes, comments and
+  redirections dropped)."""
+  import re
+  joined = re.sub(r"\\\n\s*", " ", text)
+  found = []
+  for line in joined.splitlines():
+    match = re.search(r"(?:^|\s)(?:\.venv/bin/)?xbook (.*)$", line.strip())
+    if not match or line.strip().startswith(("#", "python")):
+      continue
+    command = re.split(r"\s+#\s", match.group(1))[0]
+    command = re.split(r"\s[>|]\s", command)[0]
+    found.append(command.strip())
+  return found
+
+
+def _readme_commands() -> list[str]:
+  import re
+  readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+  blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+  return [c for block in blocks for c in _commands(block)]
+
+
+def _help_commands() -> list[str]:
+  parser = cli.build_parser()
+  found = []
+  for command in COMMANDS:
+    sub = parser
+    for word in command:
+      sub = next(a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction").choices[word]
+    found += _commands((sub.epilog or "").split("example:", 1)[-1])
+  return found
+
+
+DOCUMENTED = sorted(set(_readme_commands() + _help_commands()))
+
+
+def test_the_documentation_shows_commands():
+  assert len(_readme_commands()) >= 10 and len(_help_commands()) >= 30
+
+
+@pytest.mark.parametrize("command", DOCUMENTED)
+def test_every_documented_command_parses_and_its_gin_config_checks(command):
+  """Each `xbook` command of the README's walk-throughs and of every --help example is accepted as written
+  by the parser and, for gin-configured commands, by the gin check (files, names, types): flags cannot
+  drift from the code. (This does not run them: launch/demo.sh runs the toy pipeline end to end.)"""
+  import shlex
+  from xbook import cli_gin
+  from xbook.gin_flags import split_gin_bindings
+  argv, bindings = split_gin_bindings(shlex.split(command))
+  try:
+    args = cli.build_parser(argv).parse_args(argv)
+  except SystemExit as exit_info:
+    pytest.fail(f"xbook {command}: refused by the parser (exit {exit_info.code})")
+  assert hasattr(args, "handler"), command
+  if args.gin_modules:
+    cli_gin.precheck(args.gin_file, bindings)
