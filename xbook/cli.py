@@ -352,6 +352,8 @@ def _data_inspect(args: argparse.Namespace) -> int:
                          dataset_split=args.split, shuffle=False, num_epochs=1, use_cached=False,
                          feature_converter=converter)
   n_examples, n_tokens, weighted, shown = 0, 0, 0.0, None
+  marker_ids = vocabulary.marker_ids()
+  repeat_shares = []
   for example in tqdm(ds.as_numpy_iterator(), desc=f"data inspect: {args.task}", unit="example",
                       disable=args.json):
     if n_examples == args.index:
@@ -359,6 +361,8 @@ def _data_inspect(args: argparse.Namespace) -> int:
     n_examples += 1
     n_tokens += int(np.sum(example["decoder_segment_ids"] > 0))
     weighted += float(np.sum(example["decoder_loss_weights"]))
+    repeated, plan_tokens = inspection.plan_repeats(example, marker_ids)
+    repeat_shares.append(repeated / plan_tokens if plan_tokens else 0.0)
   if shown is None:
     raise SystemExit(f"error: task {args.task} has {n_examples} examples of split {args.split!r} from "
                      f"{args.scaffolds} at --seq_len {args.seq_len}; --index {args.index} is out of range")
@@ -367,7 +371,6 @@ def _data_inspect(args: argparse.Namespace) -> int:
     sys.stdout.write(vocabulary.decode(shown["decoder_target_tokens"][real].tolist()))
     return 0
   paper_example = _paper_example(args, vocabulary) if paper and args.task != "mixture" else None
-  marker_ids = vocabulary.marker_ids()
   vocab_summary = {"path": vocabulary.path, "size": vocabulary.size, "bos_id": vocabulary.bos_id,
                    "eos_id": vocabulary.eos_id, "pad_id": vocabulary.pad_id,
                    "marker_style": vocabulary.marker_style}
@@ -376,7 +379,9 @@ def _data_inspect(args: argparse.Namespace) -> int:
              "features": {k: list(v.shape) + [str(v.dtype)] for k, v in shown.items()},
              "kinds": list(trajectory.SEGMENT_KINDS), "index": args.index,
              "segments": [dataclasses.asdict(span) for span in inspection.example_spans(shown, marker_ids)],
-             "tokens_per_kind": inspection.tokens_per_kind(shown)}
+             "tokens_per_kind": inspection.tokens_per_kind(shown),
+             "plan_repeat_share": {"mean": float(np.mean(repeat_shares)), "max": float(np.max(repeat_shares)),
+                                   "ngram": inspection.REPEAT_NGRAM}}
   if paper_example is not None:
     summary.update(layout=args.layout, profile=args.profile, stages=inspection.paper_stage_spans(paper_example),
                    dropped_tokens=paper_example.dropped_tokens,
@@ -388,6 +393,9 @@ def _data_inspect(args: argparse.Namespace) -> int:
           f"EOS {vocabulary.eos_id}, pad {vocabulary.pad_id}, markers as {vocabulary.marker_style}")
     print(f"{args.task}: {n_examples} examples of {args.seq_len} tokens, {n_tokens} tokens, "
           f"{weighted:.0f} weighted")
+    print(f"plan tokens repeating an earlier segment of their window ({inspection.REPEAT_NGRAM}-id runs): "
+          f"{summary['plan_repeat_share']['mean']:.1%} on average, {summary['plan_repeat_share']['max']:.1%} "
+          "at most")
     for name, spec in summary["features"].items():
       print(f"  {name}: {spec}")
     print(f"example {args.index}" + (f" ({args.profile}, stage by stage):" if paper_example else ":"))
@@ -719,7 +727,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="cache folder (local or gs://); the task goes in OUT/TASK")
   p.add_argument("--num_shards", type=int, default=8,
                  help="TFRecord files per split: at least the number of hosts that will train")
-  p.add_argument("--split", action="append", choices=("train", "validation", "test"),
+  p.add_argument("--split", action="append", choices=SPLITS,
                  help="split to cache (repeatable; default: all)")
   p.add_argument("--overwrite", action="store_true",
                  help="replace a cache of the task in OUT that was built for another config (a cache of the "
