@@ -14,7 +14,8 @@ and what memory allows, since a batch-1 decode step reads every weight and the w
                             it gathers one row)
   cache_bytes_per_token_at_C  the keys and values a step reads at context C (the cache is C rounded up to
                             a power of two, xbook.infer.decode.bucket)
-  floor_ms_per_token_at_C   (weights + cache bytes) / host_read_gb_per_s: a memory-bound step's least time
+  floor_ms_per_token_at_C   (weights + cache bytes) / host_read_gb_per_s: the time to stream them from
+                            memory (a step whose bytes fit in the CPU's caches can beat it)
   latency_ratio, floor_ratio  ms_per_token at the longest context over the shortest, measured and floor:
                             on a small model the cache outweighs the weights at long contexts, so even
                             the floor grows with the context; on a large one the weights dominate and
