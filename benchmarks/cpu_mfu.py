@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from xbook.data import trajectory
-from xbook.figures import print_figures, synthetic_batch
+from xbook.data.features import synthetic_batch
+from xbook.figures import print_figures
 from xbook.model import DecoderConfig
 from xbook.train import flops
 from xbook.train.mesh import MeshConfig

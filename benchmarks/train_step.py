@@ -18,7 +18,8 @@ import time
 import jax
 
 from xbook.data import trajectory
-from xbook.figures import print_figures, synthetic_batch
+from xbook.data.features import synthetic_batch
+from xbook.figures import print_figures
 from xbook.gin_flags import parse_gin, split_gin_bindings
 from xbook.train import trainer as trainer_lib
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up the test environment (idempotent) and run the test suite on 8 simulated CPU devices.
+# Set up the test environment (idempotent), lint with ruff (pyproject.toml [tool.ruff]; seconds), and run the
+# test suite on 8 simulated CPU devices.
 #
 # Usage: bash tests/run.sh [PYTEST_ARGS...]
 # Example: bash tests/run.sh -k books -x
@@ -21,4 +22,5 @@ export XBOOK_CORPUS="$CORPUS"
 export XLA_FLAGS="--xla_force_host_platform_device_count=8 ${XLA_FLAGS:-}"
 export TF_CPP_MIN_LOG_LEVEL=2
 cd "$ROOT"
+"$ROOT/.venv/bin/ruff" check .
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -6,22 +6,25 @@ shard the length over up to 8 simulated devices and skip when fewer are present.
 
 from __future__ import annotations
 
+import contextlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from xbook.data import zigzag
 from xbook.model import Decoder, DecoderConfig
 from xbook.model.attention import ATTENTION_IMPLS, dense_attention
-from xbook.model.attention_mask import MASKED, attention_mask
+from xbook.model.attention_mask import MASKED_SCORE, attention_mask
 from xbook.model.blockwise_attention import (
   blocks_fully_visible,
   blocks_interact,
   blockwise_attention_with_lse,
 )
-from xbook.model.ring_attention import ring_attention_with_lse
+from xbook.model.ring_attention import ring_attention_with_lse, ring_specs
 from xbook.train.mesh import MeshConfig, make_mesh
 from xbook.train.partitioning import DEFAULT_RULES
 
@@ -70,7 +73,7 @@ def dense_with_lse(q, k, v, *, q_segment_ids, kv_segment_ids, q_positions, kv_po
                         q_positions=q_positions, kv_positions=kv_positions)
   scores = jnp.einsum("bqhgd,bkhd->bqhgk", q, k, preferred_element_type=jnp.float32) * DIM ** -0.5
   mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions)
-  lse = jax.nn.logsumexp(jnp.where(mask[:, :, None, None, :], scores, MASKED), axis=-1)
+  lse = jax.nn.logsumexp(jnp.where(mask[:, :, None, None, :], scores, MASKED_SCORE), axis=-1)
   return out, lse
 
 
@@ -98,6 +101,13 @@ def seq_mesh(sequence: int):
   """8 devices: `sequence` shards of the length, kv heads over tensor where devices allow."""
   tensor = 2 if sequence <= 4 else 1
   return make_mesh(MeshConfig(data=1, fsdp=8 // (sequence * tensor), sequence=sequence, tensor=tensor))
+
+
+@contextlib.contextmanager
+def on_mesh(mesh, rules=DEFAULT_RULES):
+  """The mesh and logical axis rules under which the trainer traces its steps."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
 
 
 def test_implementations_are_registered():
@@ -189,7 +199,7 @@ def test_ring_matches_dense(sequence, layout, packed, group):
   x = make_inputs(group, packed, layout, sequence, seed=sequence)
   want = outputs_and_grads(dense_with_lse, x)
   ring = lambda *a, **kw: ring_attention_with_lse(*a, **kw, block_q=BLOCK, block_kv=BLOCK)
-  with jax.set_mesh(seq_mesh(sequence)):
+  with on_mesh(seq_mesh(sequence)):
     got = outputs_and_grads(ring, x)
   assert_close(got, want, 1e-5)
   # Index 0 holds the first token in both layouts: it attends only to itself.
@@ -202,7 +212,7 @@ def test_ring_matches_dense_bfloat16():
   x = make_inputs(4, True, "zigzag", 4, dtype=jnp.bfloat16, seed=3)
   want = outputs_and_grads(dense_with_lse, {**x, **{n: x[n].astype(np.float32) for n in "qkv"}})
   ring = lambda *a, **kw: ring_attention_with_lse(*a, **kw, block_q=BLOCK, block_kv=BLOCK)
-  with jax.set_mesh(seq_mesh(4)):
+  with on_mesh(seq_mesh(4)):
     got = outputs_and_grads(ring, x)
   assert got[0].dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in got[2])
   # bf16 keeps 8 significant bits: single elements (the gradients summed over ring steps) may be a
@@ -216,12 +226,55 @@ def test_ring_matches_dense_bfloat16():
 def test_ring_hlo_permutes_and_never_gathers_full_kv():
   x = make_inputs(2, True, "zigzag", 4)
   ring = lambda *a, **kw: ring_attention_with_lse(*a, **kw, block_q=BLOCK, block_kv=BLOCK)
-  with jax.set_mesh(seq_mesh(4)):
+  with on_mesh(seq_mesh(4)):
     step = jax.jit(lambda x: outputs_and_grads(ring, x))
     hlo = step.lower(x).compile().as_text()
   assert "collective-permute" in hlo
   gathers = [line for line in hlo.splitlines() if "all-gather" in line]
   assert not [line for line in gathers if f",{LENGTH}," in line or f"[{BATCH},{LENGTH}" in line], gathers
+
+
+# Logical axis rules and the specs ring attention must derive from them on a (data 1, fsdp 2, sequence 2,
+# tensor 2) mesh: the defaults; query heads (the group axis) over tensor instead of kv heads, batch whole;
+# the length over fsdp and sequence (a ring of 4 over two mesh axes), batch over data (size 1: whole).
+RULE_CASES = {
+    "default": ({}, P("fsdp", "sequence", "tensor", None, None), ("sequence",)),
+    "heads over tensor, batch whole": (
+        {"activation_kv_heads": None, "activation_heads": "tensor", "activation_batch": None},
+        P(None, "sequence", None, "tensor", None), ("sequence",)),
+    "length over fsdp and sequence": (
+        {"activation_length": ("fsdp", "sequence"), "activation_batch": "data"},
+        P(None, ("fsdp", "sequence"), "tensor", None, None), ("fsdp", "sequence")),
+}
+
+
+@needs_8_devices
+@pytest.mark.parametrize("case", RULE_CASES)
+def test_ring_takes_its_specs_from_the_logical_rules(case, monkeypatch):
+  overrides, want_q, want_ring = RULE_CASES[case]
+  rules = tuple((name, overrides.get(name, axes)) for name, axes in DEFAULT_RULES)
+  mesh = make_mesh(MeshConfig(data=1, fsdp=2, sequence=2, tensor=2))
+  specs = ring_specs(mesh, rules)
+  assert (specs.q, specs.ring) == (want_q, want_ring)
+  assert specs.kv == P(*want_q[:3], None) and specs.tokens == P(*want_q[:2]) and specs.lse == P(*want_q[:4])
+  calls, shard_map = [], jax.shard_map
+  monkeypatch.setattr(jax, "shard_map", lambda f, **kw: calls.append(kw) or shard_map(f, **kw))
+  x = make_inputs(2, True, "zigzag", specs.ring_size, seed=5)
+  ring = lambda *a, **kw: ring_attention_with_lse(*a, **kw, block_q=BLOCK, block_kv=BLOCK)
+  with on_mesh(mesh, rules):
+    got = outputs_and_grads(ring, x)
+  assert calls and all(kw["in_specs"] == (want_q, specs.kv, specs.kv) + (specs.tokens,) * 4
+                       and kw["out_specs"] == (want_q, specs.lse) for kw in calls)
+  assert_close(got, outputs_and_grads(dense_with_lse, x), 1e-5)
+
+
+@needs_8_devices
+def test_ring_on_a_mesh_needs_logical_rules():
+  x = make_inputs(1, False, "contiguous", 2)
+  with jax.set_mesh(seq_mesh(2)), pytest.raises(ValueError, match="logical axis rules"):
+    ring_attention_with_lse(x["q"], x["k"], x["v"], q_segment_ids=x["segment_ids"],
+                            kv_segment_ids=x["segment_ids"], q_positions=x["positions"],
+                            kv_positions=x["positions"])
 
 
 @needs_8_devices

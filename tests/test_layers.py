@@ -1,8 +1,10 @@
 """The import graph follows DESIGN.md's layer order: a package imports only the packages above it.
 
 Order (DESIGN.md "Layout"): books -> scaffold -> data -> model -> train -> infer / evals (side by side,
-evals may read infer). `cli` sees everything and nothing imports it; `__main__` modules are entry points
-(the edge, like cli) and are exempt.
+evals may read infer), except that `model` knows nothing of `data` (train wires them together). `cli`
+(with its cli_*.py modules) sees everything and nothing imports it; `__main__` modules are entry points
+(the edge, like cli) and are exempt. The shared helpers at the top of the package (xbook.atomic,
+xbook.figures, ...) sit below every layer: any layer may import them, and they import no layer.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 
 ORDER = ("books", "scaffold", "data", "model", "train", "infer", "evals")
 RANK = {layer: i for i, layer in enumerate(ORDER)}
+# Pairs (layer, other) that the order alone would allow but DESIGN.md rules out.
+UNRELATED = {("model", "data")}
 PACKAGE = Path(__file__).resolve().parents[1] / "xbook"
 
 
@@ -31,7 +35,7 @@ def _allowed(layer: str, other: str) -> bool:
     return False
   if other not in RANK:  # xbook.atomic, xbook.figures, ...: shared helpers below every layer
     return True
-  return RANK[other] <= RANK[layer]
+  return RANK[other] <= RANK[layer] and (layer, other) not in UNRELATED
 
 
 def test_no_module_imports_a_layer_below_it():
@@ -45,3 +49,11 @@ def test_no_module_imports_a_layer_below_it():
       if not _allowed(parts[0], other):
         wrong.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
   assert not wrong, "imports against DESIGN.md's layer order:\n" + "\n".join(sorted(set(wrong)))
+
+
+def test_shared_helpers_import_no_layer():
+  # cli and its own modules (cli_*.py) and __main__ are the edge, not helpers.
+  helpers = [path for path in PACKAGE.glob("*.py") if not path.stem.startswith("cli") and path.stem != "__main__"]
+  wrong = [f"{path.relative_to(PACKAGE.parent)} imports {name}" for path in helpers
+           for name in _imported(path) if name.split(".")[1] in RANK or name.split(".")[1] == "cli"]
+  assert helpers and not wrong, "shared helpers importing a layer:\n" + "\n".join(sorted(wrong))

@@ -19,7 +19,7 @@ import pytest
 import seqio
 from jax.sharding import PartitionSpec as P
 
-from xbook.figures import synthetic_batch
+from xbook.data.features import synthetic_batch
 from xbook.infer import generate_passage, load_run, sample_tokens
 from xbook.infer.generate import prompt_ids
 from xbook.model import DecoderConfig

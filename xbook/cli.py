@@ -558,6 +558,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   """The `xbook` parser. Subcommands whose arguments come from a heavy module (the benchmarks) get them
   only when `argv` runs them, or always when `argv` is None (a full parser, for tests and docs)."""
   deferred: dict[tuple[str, ...], tuple[argparse.ArgumentParser, str]] = {}
+  SPLITS = _source_constant("xbook.books.splits", "SPLITS")
   parser = argparse.ArgumentParser(
       prog="xbook", description="Train book-writing language models on human-authored novels.",
       epilog="example:\n  xbook train --gin_file=configs/runs/demo.gin --run_dir=runs/demo",
@@ -700,7 +701,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--seq_len", type=int, default=512)
   p.add_argument("--sequence_shards", type=int, default=1,
                  help="size of the sequence mesh axis (the length must divide by it)")
-  p.add_argument("--split", default="train", choices=("train", "validation", "test"))
+  p.add_argument("--split", default="train", choices=SPLITS)
   p.add_argument("--task", default="windows", choices=("windows", "full", "stages", "mixture"),
                  help="book view to show, or the mixture of all three (paper_stages: windows, full, mixture)")
   p.add_argument("--index", type=int, default=0, help="which example of the task to show")
@@ -858,7 +859,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                  "JSONL of `xbook books segment`, or a folder of them")
   p.add_argument("--baseline", default=None, help="folder of human Gutenberg novels (default: "
                  "../shared/corpus/gutenberg); the evaluated books themselves are left out")
-  p.add_argument("--baseline_split", default=None, choices=("train", "validation", "test"),
+  p.add_argument("--baseline_split", default=None, choices=SPLITS,
                  help="only the baseline novels whose author falls in this split (default: all)")
   p.add_argument("--baseline_limit", type=int, default=None, help="at most this many baseline novels")
   p.add_argument("--run_dir", default=None, help="a run to score (held-out perplexity)")

@@ -7,6 +7,8 @@ import math
 import re
 import unicodedata
 
+# The splits of the corpus, here and nowhere else: scaffold records, seqio tasks and the command line
+# take them from this tuple.
 SPLITS = ("train", "validation", "test")
 
 

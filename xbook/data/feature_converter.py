@@ -1,24 +1,9 @@
-"""Feature converter from trajectory task features to the decoder example contract (DESIGN.md).
+"""Feature converter from the task features to the decoder example features (both: xbook.data.features).
 
-Task features (per example, unbatched; `task_feature_lengths(n)` gives their lengths; xbook.data.pieces):
-  targets        int32   [n] token ids of a trajectory window, a whole book or packed stage examples
-  loss_weights   float32 [n] weight of each token, set by its segment kind
-  segment_kinds  int32   [n] segment kind of each token (xbook.data.trajectory.KIND_ID)
-  segment_ids    int32   [n] 1..k for the k sequences the view packed into the example
-  positions      int32   [n] position of each token inside its own sequence
-
-Views pack their own examples (the `stages` view does), so the converter only pads; padding gets
-segment id 0, which marks it whatever the padded id (id 0 is a real token for Llama 3 and Qwen).
-
-Model features (each [length] here, [batch, length] once batched):
-  decoder_target_tokens  int32    the tokens to predict
-  decoder_input_tokens   int32    targets shifted right, the vocabulary's BOS at the start of every
-                                  packed sequence (`bos_id`: task_bos_id reads it from the task)
-  decoder_loss_weights   float32  0 on padding, else the segment kind's weight
-  decoder_segment_ids    int32    1..k for the k sequences packed into the row, 0 on padding
-  decoder_positions      int32    position of each token inside its own sequence
-  decoder_segment_kinds  int32    segment kind of each token (prompt, premise, ..., text), so that the
-                                  trainer can report the loss of plans and of prose separately
+Views pack their own examples (the `stages` view does), so the converter only pads (`task_feature_lengths(n)`
+gives the task features' lengths); padding gets segment id 0, which marks it whatever the padded id (id 0
+is a real token for Llama 3 and Qwen). The inputs start every packed sequence with the vocabulary's BOS
+(`bos_id`: task_bos_id reads it from the task).
 
 `length` must be a multiple of the sequence-parallel degree, so that ring attention can split it evenly.
 """
@@ -30,15 +15,14 @@ from typing import Any, Mapping
 import seqio
 import tensorflow as tf
 
+from xbook.data.features import EXAMPLE_FEATURES, TASK_FEATURES
+
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
-
-
-TASK_FEATURE_NAMES = ("targets", "loss_weights", "segment_kinds", "segment_ids", "positions")
 
 
 def task_feature_lengths(length: int) -> dict[str, int]:
   """The `task_feature_lengths` of a trajectory task at sequence length `length`."""
-  return {name: length for name in TASK_FEATURE_NAMES}
+  return {name: length for name in TASK_FEATURES}
 
 
 def task_bos_id(task_name: str) -> int:
@@ -62,21 +46,8 @@ class TrajectoryFeatureConverter(seqio.FeatureConverter):
     length_multiple: the model length must be divisible by this (the `sequence` mesh axis size).
   """
 
-  TASK_FEATURES = {
-      "targets": FeatureSpec(dtype=tf.int32),
-      "loss_weights": FeatureSpec(dtype=tf.float32),
-      "segment_kinds": FeatureSpec(dtype=tf.int32),
-      "segment_ids": FeatureSpec(dtype=tf.int32),
-      "positions": FeatureSpec(dtype=tf.int32),
-  }
-  MODEL_FEATURES = {
-      "decoder_target_tokens": FeatureSpec(dtype=tf.int32),
-      "decoder_input_tokens": FeatureSpec(dtype=tf.int32),
-      "decoder_loss_weights": FeatureSpec(dtype=tf.float32),
-      "decoder_segment_ids": FeatureSpec(dtype=tf.int32),
-      "decoder_positions": FeatureSpec(dtype=tf.int32),
-      "decoder_segment_kinds": FeatureSpec(dtype=tf.int32),
-  }
+  TASK_FEATURES = {name: FeatureSpec(dtype=tf.as_dtype(dtype)) for name, dtype in TASK_FEATURES.items()}
+  MODEL_FEATURES = {name: FeatureSpec(dtype=tf.as_dtype(dtype)) for name, dtype in EXAMPLE_FEATURES.items()}
   PACKING_FEATURE_DTYPES = None  # never packs
 
   def __init__(self, *, bos_id: int, pack: bool = False, length_multiple: int = 1, **kwargs: Any) -> None:

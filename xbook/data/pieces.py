@@ -4,12 +4,8 @@ A *piece* is a run of tokens of one segment kind inside an example, with a weigh
 example supervises those tokens, a smaller factor where they only repeat context already supervised
 elsewhere (e.g. the global plan at the head of every window) or are given as input.
 
-An *example* is a dict of equal-length numpy arrays, the task features of every view:
-  targets        int32   [n] token ids
-  loss_weights   float32 [n] kind weight times the piece's scale
-  segment_kinds  int32   [n] xbook.data.trajectory.KIND_ID of each token
-  segment_ids    int32   [n] 1..k for the k sequences packed into the example (1 when unpacked)
-  positions      int32   [n] position of each token inside its own sequence
+An *example* is a dict of equal-length numpy arrays, the task features of every view
+(xbook.data.features.TASK_FEATURES: targets, loss_weights, segment_kinds, segment_ids, positions).
 """
 
 from __future__ import annotations
@@ -21,12 +17,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from xbook.data import trajectory
+from xbook.data.features import TASK_FEATURES
 
 log = logging.getLogger(__name__)
 
 Encode = Callable[[str], Sequence[int]]
 Example = dict[str, np.ndarray]
-FEATURES = ("targets", "loss_weights", "segment_kinds", "segment_ids", "positions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +116,7 @@ def pack(examples: Sequence[Example], length: int) -> list[Example]:
     used += n
   packed = []
   for row in rows:
-    merged = {name: np.concatenate([e[name] for e in row]) for name in FEATURES}
+    merged = {name: np.concatenate([e[name] for e in row]) for name in TASK_FEATURES}
     merged["segment_ids"] = np.concatenate(
         [np.full(len(e["targets"]), i + 1, np.int32) for i, e in enumerate(row)])
     packed.append(merged)

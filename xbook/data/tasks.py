@@ -16,8 +16,8 @@ examples). The profile is `register_task(profile=...)`, else gin's `paper_stages
 
 Pipeline: ScaffoldDataSource (the records of a split) -> one Python call per book that tokenizes each
 segment once with the vocabulary and builds the view's examples -> examples with the task features of
-xbook.data.pieces (`targets`, `loss_weights`, `segment_kinds`, `segment_ids`, `positions`), which
-xbook.data.feature_converter turns into the decoder example contract.
+xbook.data.features (`targets`, `loss_weights`, `segment_kinds`, `segment_ids`, `positions`), which
+xbook.data.feature_converter turns into the decoder example features.
 
 The vocabulary (xbook.data.vocab.load_vocabulary) is an xbook SentencePiece vocabulary (markers are
 single-token symbols) or a pretrained model's tokenizer: a SentencePiece tokenizer.model, a Hugging Face
@@ -41,13 +41,13 @@ import seqio
 import tensorflow as tf
 
 from xbook.data import cache, paper_stages, pieces, records, stages, trajectory, windows
+from xbook.books.splits import SPLITS
+from xbook.data.features import TASK_FEATURES
 from xbook.data.vocab import Vocabulary, load_vocabulary
 
-SPLITS = ("train", "validation", "test")
 VIEWS = ("full", "windows", "stages")
 
-_FEATURE_DTYPES = {"targets": tf.int32, "loss_weights": tf.float32, "segment_kinds": tf.int32,
-                   "segment_ids": tf.int32, "positions": tf.int32}
+_FEATURE_DTYPES = {name: tf.as_dtype(dtype) for name, dtype in TASK_FEATURES.items()}
 
 
 def _record_split(line: tf.Tensor) -> str:

@@ -32,13 +32,20 @@ XBOOK_KINDS: tuple[str, ...] = (
 # its book preview, book plan and characters list; its chapter plans, scene breakdowns and texts are
 # chapter_plan, scene_plan and text). Appended, so that the ids of existing kinds never change.
 PAPER_KINDS: tuple[str, ...] = ("book_preview", "book_plan", "characters")
+# The "Previously" segment of a window (xbook.data.windows) and of the writer's context (xbook.infer.writer)
+# when the global plan had to cut the outline: the outline's entries for the chapters before it. It is
+# written under the outline's marker (MARKER_OF: the model reads it as outline), and weighted and reported
+# as a kind of its own. Appended, like PAPER_KINDS.
+PREVIOUSLY = "previously"
 # Every segment kind; their integer ids (in examples, and the trainer's `loss/<kind>`) are positions here.
-SEGMENT_KINDS: tuple[str, ...] = XBOOK_KINDS + PAPER_KINDS
+SEGMENT_KINDS: tuple[str, ...] = XBOOK_KINDS + PAPER_KINDS + (PREVIOUSLY,)
 KIND_ID: dict[str, int] = {kind: i for i, kind in enumerate(SEGMENT_KINDS)}
 
 # One marker per kind of xbook's layouts (SentencePiece user-defined symbols), plus one that closes the
 # book. The paper's kinds have none: its stages are framed by role headers instead.
 MARKERS: dict[str, str] = {kind: f"<|{kind}|>" for kind in XBOOK_KINDS}
+# Kinds written under another kind's marker.
+MARKER_OF: dict[str, str] = {PREVIOUSLY: "outline"}
 END_OF_BOOK = "<|end_of_book|>"
 ALL_MARKERS: tuple[str, ...] = tuple(MARKERS.values()) + (END_OF_BOOK,)
 
@@ -49,10 +56,12 @@ END_OF_BOOK_TAG = "<end_of_book>"
 MARKER_STYLES = ("symbols", "tags")
 
 # Default loss weight of each kind: the request itself is given, everything the model writes is learned.
+# `previously` not named in a {kind: weight} mapping takes the weight given to `outline` (its text is
+# outline entries; `loss_weight_table`).
 DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "prompt": 0.0, "premise": 1.0, "synopsis": 1.0, "outline": 1.0,
     "chapter_plan": 1.0, "scene_plan": 1.0, "text": 1.0,
-    "book_preview": 1.0, "book_plan": 1.0, "characters": 1.0}
+    "book_preview": 1.0, "book_plan": 1.0, "characters": 1.0, PREVIOUSLY: 1.0}
 
 # xbook's own layouts (built from segments here), and the paper's stage stream.
 LAYOUTS = ("interleaved", "plans_first")
@@ -82,15 +91,21 @@ def markers(style: str = "symbols") -> tuple[dict[str, str], str]:
   raise ValueError(f"unknown marker style {style!r}; expected one of {MARKER_STYLES}")
 
 
+def kind_marker(kind: str, style: str = "symbols") -> str:
+  """The marker a segment of `kind` starts with in a marker style."""
+  return markers(style)[0][MARKER_OF.get(kind, kind)]
+
+
 def make_segment(kind: str, body: str, style: str = "symbols", chapter: int | None = None) -> Segment:
-  """A segment of `kind` whose text is the kind's marker, `body` stripped, then a newline."""
-  return Segment(kind=kind, text=f"{markers(style)[0][kind]}{body.strip()}\n", chapter=chapter)
+  """A segment of `kind` whose text is the kind's marker (MARKER_OF's for `previously`), `body` stripped,
+  then a newline."""
+  return Segment(kind=kind, text=f"{kind_marker(kind, style)}{body.strip()}\n", chapter=chapter)
 
 
 def split_marker(segment: Segment) -> tuple[str, str]:
   """(marker, rest) of a segment's text, whichever the marker style."""
   for style in MARKER_STYLES:
-    marker = markers(style)[0][segment.kind]
+    marker = kind_marker(segment.kind, style)
     if segment.text.startswith(marker):
       return marker, segment.text[len(marker):]
   raise ValueError(f"a {segment.kind} segment must start with its marker: {segment.text[:40]!r}")
@@ -139,11 +154,17 @@ def scaffold_to_segments(record: Mapping[str, Any], layout: str = "interleaved",
 
 
 def loss_weight_table(weights: Mapping[str, float] | None = None) -> list[float]:
-  """Loss weight per kind id, from a {kind: weight} mapping (missing kinds keep their default)."""
-  merged = dict(DEFAULT_LOSS_WEIGHTS)
-  for kind, weight in (weights or {}).items():
+  """Loss weight per kind id, from a {kind: weight} mapping (missing kinds keep their default).
+
+  `previously`, when not named, takes the weight named for `outline`: {"outline": 0.5} weights the
+  outline and the "Previously" segments 0.5, {"outline": 0.5, "previously": 0.0} only the outline.
+  """
+  weights = dict(weights or {})
+  for kind in weights:
     if kind not in KIND_ID:
       raise ValueError(f"loss weight given for unknown segment kind {kind!r}; "
                        f"kinds are {SEGMENT_KINDS}")
-    merged[kind] = float(weight)
+  if "outline" in weights:
+    weights.setdefault(PREVIOUSLY, weights["outline"])
+  merged = {**DEFAULT_LOSS_WEIGHTS, **{kind: float(weight) for kind, weight in weights.items()}}
   return [merged[kind] for kind in SEGMENT_KINDS]

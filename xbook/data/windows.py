@@ -3,8 +3,8 @@
 Every window reads
   global plan   prompt, premise, synopsis, outline (the first 3/8 of the length of them; a longer
                 global plan is cut at the end, i.e. in the outline, with a logged warning)
-  previously    only when the global plan had to cut the outline: a segment of kind `outline` (its
-                marker, "Previously:", then the numbered summaries of the chapters before the window,
+  previously    only when the global plan had to cut the outline: a segment of kind `previously` (the
+                outline's marker, "Previously:", then the numbered summaries of the chapters before the window,
                 the most recent ones that fit in half the length with the global plan); absent in a
                 window that starts at chapter 1, and when the whole outline is in the global plan
                 (it would only repeat summaries the window already holds)
@@ -116,9 +116,9 @@ class _WindowPlanner:
       self._previously_cache[chapter] = []
       for first in range(chapter):
         body = "Previously:\n" + trajectory.outline_text(self.record["chapters"][first:chapter])
-        ids = encode_segment(self.encode, trajectory.make_segment("outline", body, self.marker_style))
+        ids = encode_segment(self.encode, trajectory.make_segment(trajectory.PREVIOUSLY, body, self.marker_style))
         if len(ids) <= room:
-          self._previously_cache[chapter] = [Piece(ids, "outline", self.repeat_weight)]
+          self._previously_cache[chapter] = [Piece(ids, trajectory.PREVIOUSLY, self.repeat_weight)]
           break
     return self._previously_cache[chapter]
 

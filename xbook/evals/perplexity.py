@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xbook.data import pieces, trajectory
+from xbook.data.features import EXAMPLE_FEATURES, padding_batch
 from xbook.model import Decoder
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ SUMS = ("nll", "count", "weighted_nll", "weight", "present_nll", "present")
 
 @functools.partial(jax.jit, static_argnums=0)
 def _batch_sums(model: Decoder, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """The SUMS of one batch of the decoder example contract (xbook.data.feature_converter)."""
+  """The SUMS of one batch of example features (xbook.data.features)."""
   logits = model.apply({"params": params}, batch["decoder_input_tokens"], batch["decoder_segment_ids"],
                        batch["decoder_positions"]).astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
@@ -74,7 +75,8 @@ def _padded(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]
   missing = rows - len(batch["decoder_target_tokens"])
   if missing <= 0:
     return dict(batch)
-  return {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+  padding = padding_batch(missing, batch["decoder_target_tokens"].shape[1])
+  return {k: np.concatenate([v, padding[k]]) for k, v in batch.items()}
 
 
 def score_batches(model: Decoder, params: Any, batches: Iterable[Mapping[str, np.ndarray]],
@@ -82,9 +84,7 @@ def score_batches(model: Decoder, params: Any, batches: Iterable[Mapping[str, np
   """The SUMS (each [n_kinds] float64) over `batches` ({feature: [rows <= batch_size, length]})."""
   totals = {name: np.zeros(N_KINDS, np.float64) for name in SUMS}
   for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
-    fields = ("decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
-              "decoder_positions", "decoder_segment_kinds", "decoder_loss_weights")
-    batch = _padded({k: np.asarray(batch[k]) for k in fields}, batch_size)
+    batch = _padded({k: np.asarray(batch[k], dtype) for k, dtype in EXAMPLE_FEATURES.items()}, batch_size)
     out = jax.device_get(_batch_sums(model, params, batch))
     for name in SUMS:
       totals[name] += np.asarray(out[name], np.float64)
@@ -226,14 +226,12 @@ def novel_stream(path: str | Path, vocabulary: Any) -> tuple[list[int], int, int
 def stream_batches(ids: Sequence[int], *, bos_id: int, seq_len: int, batch_size: int
                    ) -> Iterator[dict[str, np.ndarray]]:
   """Consecutive windows of `seq_len` tokens of `ids` (the last one shorter, padded), each input
-  starting from BOS, as batches of the decoder example contract (every token once, weight 1, kind text)."""
+  starting from BOS, as batches of example features (xbook.data.features; every token once, weight 1,
+  kind text)."""
   windows = [ids[i:i + seq_len] for i in range(0, len(ids), seq_len)]
   for start in range(0, len(windows), batch_size):
     rows = windows[start:start + batch_size]
-    batch = {k: np.zeros((len(rows), seq_len), np.int32) for k in (
-        "decoder_target_tokens", "decoder_input_tokens", "decoder_segment_ids", "decoder_positions",
-        "decoder_segment_kinds")}
-    batch["decoder_loss_weights"] = np.zeros((len(rows), seq_len), np.float32)
+    batch = padding_batch(len(rows), seq_len)
     for r, window in enumerate(rows):
       n = len(window)
       batch["decoder_target_tokens"][r, :n] = window

@@ -45,9 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from xbook.model import Decoder, DecoderConfig
+from xbook.model import Decoder, DecoderConfig, param_shapes
 from xbook.model.layers import LayerCache
-from xbook.train.partitioning import DEFAULT_RULES, LogicalRules
+from xbook.train.partitioning import DEFAULT_RULES, LogicalRules, logical_shardings
 
 # Prefill chunks and cache lengths are powers of two from this size.
 MIN_BUCKET = 256
@@ -139,10 +139,7 @@ def place_params(params: dict[str, Any] | PlacedParams, config: DecoderConfig, *
   params = jax.tree.map(cast, unstack_layers(params, config))
   if mesh is None:
     return PlacedParams(jax.device_put(params, default_placement()))
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  boxed = jax.eval_shape(
-      lambda: Decoder(decode_config(config)).init(jax.random.key(0), tokens, tokens + 1, tokens))["params"]
-  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules or inference_rules())
+  shardings = logical_shardings(param_shapes(decode_config(config)), mesh, rules or inference_rules())
   return PlacedParams(jax.device_put(params, shardings))
 
 

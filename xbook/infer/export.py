@@ -27,13 +27,12 @@ import logging
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from etils import epath
 
 from xbook.infer.generate import run_seq_len, run_vocab_path
-from xbook.model import Decoder, DecoderConfig
+from xbook.model import DecoderConfig, abstract_params
 from xbook.model.hf import (DTYPES, check_out_dir, default_max_position, default_model_type,
                             write_hf_checkpoint)
 from xbook.train.checkpoints import RunCheckpoints
@@ -77,11 +76,7 @@ def _restore_params(run_dir: epath.Path, config: DecoderConfig, step: int | None
     stored, wanted = jnp.dtype(config.param_dtype), jnp.dtype(dtype)
     read_as = wanted if wanted.itemsize < stored.itemsize else stored
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    shapes = jax.eval_shape(
-        lambda: Decoder(config).init(jax.random.key(0), tokens, tokens + 1, tokens))["params"]
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, read_as, sharding=cpu), nn.unbox(shapes))
-    params = checkpoints.restore(step, abstract)["params"]
+    params = checkpoints.restore(step, abstract_params(config, cpu, dtype=read_as))["params"]
   finally:
     checkpoints.close()
   return params, step

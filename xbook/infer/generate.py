@@ -20,7 +20,6 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +28,7 @@ from etils import epath
 from xbook.atomic import is_url
 from xbook.data import pieces, trajectory
 from xbook.data.vocab import Vocabulary, load_vocabulary
-from xbook.model import Decoder, DecoderConfig
+from xbook.model import Decoder, DecoderConfig, abstract_params
 from xbook.train.checkpoints import RunCheckpoints
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,8 @@ def run_vocab_path(run_dir: epath.Path, recorded: str) -> epath.Path:
 
 
 def run_seq_len(run_dir: str | Path, info: Mapping[str, Any] | None = None) -> int | None:
-  """The sequence length a run trained at: model.json's `seq_len`, else (runs written before it was
-  recorded) `train.seq_len` in its config.gin; None if neither says."""
+  """The sequence length a run trained at: model.json's `seq_len`, else (a model.json
+  without it) `train.seq_len` in its config.gin; None if neither says."""
   run_dir = epath.Path(run_dir)
   if info is None:
     info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
@@ -86,12 +85,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  tokens = jnp.zeros((1, 8), jnp.int32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens + 1,
-                                             jnp.arange(8)[None]))["params"]
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          nn.unbox(shapes))
-  params = checkpoints.restore(step, abstract)["params"]
+  params = checkpoints.restore(step, abstract_params(config, device))["params"]
   checkpoints.close()
   log.info("loaded %s at step %d", run_dir, step)
   return LoadedRun(model=model, params=params, vocabulary=vocabulary, step=step)

@@ -285,7 +285,7 @@ class BookWriter:
   def _previously(self, book: Mapping[str, Any], chapter: int, room: int) -> list[int]:
     for first in range(chapter):
       body = "Previously:\n" + trajectory.outline_text(book["chapters"][first:chapter])
-      ids = self._segment("outline", body)
+      ids = self._segment(trajectory.PREVIOUSLY, body)
       if len(ids) <= room:
         return ids
     return []

@@ -2,6 +2,7 @@
 
 from xbook.model.attention import ATTENTION_IMPLS, dense_attention, get_attention
 from xbook.model.config import DecoderConfig
-from xbook.model.decoder import Decoder
+from xbook.model.decoder import Decoder, abstract_params, param_shapes
 
-__all__ = ["ATTENTION_IMPLS", "Decoder", "DecoderConfig", "dense_attention", "get_attention"]
+__all__ = ["ATTENTION_IMPLS", "Decoder", "DecoderConfig", "abstract_params", "dense_attention", "get_attention",
+           "param_shapes"]

@@ -20,7 +20,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from xbook.model.attention_mask import MASKED, attention_mask
+from xbook.model.attention_mask import MASKED_SCORE, attention_mask
 from xbook.model.blockwise_attention import blockwise_attention
 from xbook.model.ring_attention import ring_attention
 
@@ -34,7 +34,7 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, q_segment_ids: 
   scale = q.shape[-1] ** -0.5
   scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32) * scale
   mask = attention_mask(q_segment_ids, kv_segment_ids, q_positions, kv_positions, sliding_window)
-  scores = jnp.where(mask[:, None, None, :, :], scores, MASKED)
+  scores = jnp.where(mask[:, None, None, :, :], scores, MASKED_SCORE)
   probs = jax.nn.softmax(scores, axis=-1)
   # Rows with no visible key (padding queries) get zero output rather than a uniform average.
   probs = probs * jnp.any(mask, axis=-1)[:, None, None, :, None]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Finite stand-in for -inf on masked scores (keeps max/exp arithmetic free of NaNs).
-MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+# The score of a key a query may not see: a finite stand-in for -inf (keeps max/exp arithmetic free of NaNs).
+MASKED_SCORE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_positions: jax.Array,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from xbook.model import loops
-from xbook.model.attention_mask import MASKED, attention_mask
+from xbook.model.attention_mask import MASKED_SCORE, attention_mask
 
 Stats = tuple[jax.Array, jax.Array, jax.Array]
 
@@ -97,8 +97,9 @@ def blocks_fully_visible(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_
   return jnp.all(one_segment & causal)
 
 
-# What a block pair needs (the branch index of `_by_visibility`).
-_SKIP, _MASKED, _FULL = 0, 1, 2
+# What a block pair needs, the branch index of `_by_visibility`: nothing (no query sees a key), a mask
+# (some scores are hidden), or the plain computation (every query sees every key).
+_PAIR_SKIPPED, _PAIR_MASKED, _PAIR_FULL = 0, 1, 2
 
 
 def _by_visibility(q_segment_ids, kv_segment_ids, q_positions, kv_positions, skip, masked, full,
@@ -107,8 +108,8 @@ def _by_visibility(q_segment_ids, kv_segment_ids, q_positions, kv_positions, ski
   can see are skipped, pairs every query sees entirely run without building or applying a mask (the
   blocks below the causal diagonal of one long book), and the rest are masked."""
   ids = (q_segment_ids, kv_segment_ids, q_positions, kv_positions)
-  branch = jnp.where(blocks_fully_visible(*ids), _FULL,
-                     jnp.where(blocks_interact(*ids), _MASKED, _SKIP))
+  branch = jnp.where(blocks_fully_visible(*ids), _PAIR_FULL,
+                     jnp.where(blocks_interact(*ids), _PAIR_MASKED, _PAIR_SKIPPED))
   return jax.lax.switch(branch, [skip, lambda *xs: masked(_mask(*ids), *xs), full], *operands)
 
 
@@ -130,22 +131,22 @@ def init_stats(q: jax.Array) -> Stats:
   all float32.
   """
   acc = jnp.zeros(q.shape, jnp.float32)
-  row_max = jnp.full(q.shape[:-1], MASKED, jnp.float32)
+  row_max = jnp.full(q.shape[:-1], MASKED_SCORE, jnp.float32)
   row_sum = jnp.zeros(q.shape[:-1], jnp.float32)
   return acc, row_max, row_sum
 
 
-def _masked(mask: jax.Array | None, x: jax.Array, fill: float) -> jax.Array:
-  """x where the mask allows, `fill` elsewhere; x itself when there is no mask."""
+def _where_visible(mask: jax.Array | None, x: jax.Array, fill: float) -> jax.Array:
+  """x where the mask lets the query see the key, `fill` elsewhere; x itself when there is no mask."""
   return x if mask is None else jnp.where(mask, x, fill)
 
 
 def _update(mask: jax.Array | None, stats: Stats, q, k, v) -> Stats:
   """One online-softmax step of a query block against a key/value block (mask None: all visible)."""
   acc, row_max, row_sum = stats
-  scores = _masked(mask, _scores(q, k), MASKED)
+  scores = _where_visible(mask, _scores(q, k), MASKED_SCORE)
   new_max = jnp.maximum(row_max, jnp.max(scores, axis=-1))
-  probs = _masked(mask, jnp.exp(scores - new_max[..., None]), 0.0)
+  probs = _where_visible(mask, jnp.exp(scores - new_max[..., None]), 0.0)
   correction = jnp.exp(row_max - new_max)
   row_sum = row_sum * correction + jnp.sum(probs, axis=-1)
   pv = jnp.einsum("bhgqk,bhkd->bhgqd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
@@ -229,7 +230,7 @@ def _pair_grads(mask: jax.Array | None, q, k, v, d_out, lse, delta):
   halves the matmul rate).
   """
   scale = q.shape[-1] ** -0.5
-  probs = _masked(mask, jnp.exp(_scores(q, k) - lse[..., None]), 0.0)
+  probs = _where_visible(mask, jnp.exp(_scores(q, k) - lse[..., None]), 0.0)
   dv_t = jnp.einsum("bhgqd,bhgqk->bhdk", d_out, probs.astype(d_out.dtype),
                     preferred_element_type=jnp.float32)
   d_probs = jnp.einsum("bhgqd,bhkd->bhgqk", d_out, v, preferred_element_type=jnp.float32)

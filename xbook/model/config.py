@@ -39,7 +39,7 @@ class DecoderConfig:
       the largest divisor of its per-device chunk not above it); dense attention has no blocks.
     remat: rematerialization policy per layer (REMAT_POLICIES).
     sliding_window: each query sees at most this many keys (itself included); None: all before it.
-      Supported by the dense attention implementation only, so far.
+      Only the dense attention implementation supports it.
     attention_bias: learned biases on the query, key and value projections (Qwen2).
     scan_layers: run the layers under `nn.scan` (one compiled layer body, params stacked on `layers`).
   """

@@ -1,13 +1,19 @@
-"""The decoder-only language model: embeddings, a stack of DecoderLayers (scanned), final norm, logits."""
+"""The decoder-only language model: embeddings, a stack of DecoderLayers (scanned), final norm, logits;
+and its parameter tree without allocating it (`param_shapes`, `abstract_params`), the one place every
+restore and sharding of parameters takes it from."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from xbook.model.config import DecoderConfig
-from xbook.model.layers import BATCH_LENGTH_EMBED, DecoderLayer, LayerCache, RMSNorm
+from xbook.model.axes import BATCH_LENGTH_EMBED, BATCH_LENGTH_VOCAB, LogicalRules
+from xbook.model.layers import DecoderLayer, LayerCache, RMSNorm
 
 
 def _remat_policy(name: str):
@@ -80,8 +86,7 @@ class Decoder(nn.Module):
               nn.initializers.normal(stddev=cfg.d_model ** -0.5), ("embed", "vocab")),
           name="lm_head")(x)
     logits = logits.astype(jnp.float32)
-    logits = nn.with_logical_constraint(
-        logits, ("activation_batch", "activation_length", "activation_vocab"))
+    logits = nn.with_logical_constraint(logits, BATCH_LENGTH_VOCAB)
     return logits if cache is None else (logits, new_kv)
 
   def _cached_layers(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array, cache: LayerCache):
@@ -106,3 +111,41 @@ class Decoder(nn.Module):
       keys.append(k)
       values.append(v)
     return x, (tuple(keys), tuple(values))
+
+
+def param_shapes(config: DecoderConfig) -> Any:
+  """Decoder(config)'s parameter tree without allocating it: jax.ShapeDtypeStruct leaves, each in an
+  nn.Partitioned box that holds its logical axis names (`nn.get_partition_spec` reads them, `nn.unbox`
+  drops them).
+
+  Parameters do not depend on the attention implementation, so the tree is traced with dense attention:
+  it needs no mesh and no logical axis rules, whatever `config.attention` is.
+  """
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  model = Decoder(dataclasses.replace(config, attention="dense"))
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens + 1, tokens))["params"]
+
+
+def abstract_params(config: DecoderConfig, sharding: jax.sharding.Sharding | None = None, *,
+                    mesh: jax.sharding.Mesh | None = None, rules: LogicalRules | None = None,
+                    dtype: Any = None) -> Any:
+  """Decoder(config)'s parameters as unboxed jax.ShapeDtypeStruct leaves, the target Orbax restores into.
+
+  Args:
+    config: the model.
+    sharding: one sharding for every leaf (e.g. a SingleDeviceSharding); or
+    mesh, rules: shard each leaf by its logical axis names under these logical axis rules.
+    dtype: the floating leaves' dtype (default: as the model stores them, config.param_dtype).
+  """
+  if mesh is not None and (sharding is not None or rules is None):
+    raise ValueError("abstract_params takes either `sharding`, or `mesh` with `rules`")
+  boxed = param_shapes(config)
+
+  def abstract(leaf: jax.ShapeDtypeStruct, leaf_sharding: Any) -> jax.ShapeDtypeStruct:
+    cast = dtype is not None and jnp.issubdtype(leaf.dtype, jnp.floating)
+    return jax.ShapeDtypeStruct(leaf.shape, dtype if cast else leaf.dtype, sharding=leaf_sharding)
+
+  if mesh is None:
+    return jax.tree.map(lambda leaf: abstract(leaf, sharding), nn.unbox(boxed))
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+  return jax.tree.map(abstract, nn.unbox(boxed), shardings)

@@ -1,11 +1,12 @@
 """Decoder building blocks: RMSNorm, rotary embeddings, GQA attention, SwiGLU MLP.
 
 Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`);
-activations are constrained to `activation_*` names. Rules in xbook.train.partitioning map both to mesh axes.
+activations are constrained to the `activation_*` names of xbook.model.axes. The logical axis rules in force
+(xbook.train.partitioning) map both to mesh axes.
 
 Decoding (xbook.infer.decode) runs the same modules with a `LayerCache`: the keys and values of the tokens
 seen before, which the new tokens' queries attend to beside their own. Without one (training, evaluation)
-every module computes exactly what it did before caches existed.
+the tokens given attend only to each other, with `config.attention`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from xbook.model import attention as attention_lib
-from xbook.model.attention_mask import MASKED, attention_mask
+from xbook.model.attention_mask import MASKED_SCORE, attention_mask
+from xbook.model.axes import BATCH_LENGTH_EMBED, BATCH_LENGTH_MLP, KEY_VALUE, QUERY
 from xbook.model.config import DecoderConfig
 from xbook.model.rope import apply_rope
-
-BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
-
 
 class LayerCache(NamedTuple):
   """The keys and values of the tokens decoded so far, and where the new tokens' go (one layer's view;
@@ -79,7 +78,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     scores = jnp.einsum("bhqd,bhdk->bhqk", queries, keys.astype(q.dtype), preferred_element_type=jnp.float32)
   mask = attention_mask(segment_ids, cache.segment_ids.astype(segment_ids.dtype), positions,
                         cache.positions.astype(positions.dtype), sliding_window)  # [batch, length, cache_len]
-  scores = jnp.where(mask[:, None, None], scores.reshape(batch, n_kv, group, length, -1), MASKED)
+  scores = jnp.where(mask[:, None, None], scores.reshape(batch, n_kv, group, length, -1), MASKED_SCORE)
   # Queries with no visible key (padding) get zero output rather than a uniform average.
   probs = jax.nn.softmax(scores, axis=-1) * jnp.any(mask, axis=-1)[:, None, None, :, None]
   probs = probs.reshape(batch, n_kv, group * length, -1)
@@ -172,13 +171,9 @@ class Attention(nn.Module):
     if cfg.query_scale_beta:
       scale = query_scale(positions, cfg.query_scale_beta, cfg.query_scale_period)
       q = q * scale.astype(q.dtype)[:, :, None, None, None]
-    q = nn.with_logical_constraint(
-        q, ("activation_batch", "activation_length", "activation_kv_heads", "activation_heads", None))
-    k = nn.with_logical_constraint(
-        apply_rope(k, positions, cfg.rope_theta, cfg.rope),
-        ("activation_batch", "activation_length", "activation_kv_heads", None))
-    v = nn.with_logical_constraint(
-        v, ("activation_batch", "activation_length", "activation_kv_heads", None))
+    q = nn.with_logical_constraint(q, QUERY)
+    k = nn.with_logical_constraint(apply_rope(k, positions, cfg.rope_theta, cfg.rope), KEY_VALUE)
+    v = nn.with_logical_constraint(v, KEY_VALUE)
     if cache is not None:
       out, cache = cached_attention(q, k, v, segment_ids, positions, cache, cfg.sliding_window)
       out = jnp.einsum("blkgd,kgde->ble", out, wo)
@@ -205,8 +200,7 @@ class SwiGLU(nn.Module):
     up_init = _init(nn.initializers.normal(stddev=cfg.d_model ** -0.5), ("embed", "mlp"))
     gate = nn.Dense(cfg.mlp_dim, kernel_init=up_init, name="gate", **kw)(x)
     up = nn.Dense(cfg.mlp_dim, kernel_init=up_init, name="up", **kw)(x)
-    hidden = nn.with_logical_constraint(
-        nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    hidden = nn.with_logical_constraint(nn.silu(gate) * up, BATCH_LENGTH_MLP)
     down_init = _init(nn.initializers.normal(stddev=cfg.mlp_dim ** -0.5), ("mlp", "embed"))
     out = nn.Dense(cfg.d_model, kernel_init=down_init, name="down", **kw)(hidden)
     return nn.with_logical_constraint(out, BATCH_LENGTH_EMBED)

@@ -24,6 +24,7 @@ import os
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +36,7 @@ from xbook.figures import print_figures
 from xbook.model.attention import ATTENTION_IMPLS, dense_attention
 from xbook.model.blockwise_attention import block_size
 from xbook.train.mesh import MeshConfig, make_mesh
+from xbook.train.partitioning import DEFAULT_RULES
 
 SWEEP_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072, 262144)
 SWEEP_DEVICES = 8
@@ -82,6 +84,13 @@ def _ring_mesh(devices: int):
                    jax.devices()[:devices])
 
 
+@contextlib.contextmanager
+def _on_mesh(mesh):
+  """The mesh and the default logical axis rules, from which ring attention takes its sharding."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+    yield
+
+
 def _shardings(mesh, x: dict[str, np.ndarray]) -> dict[str, NamedSharding]:
   """Length over `sequence`, everything else whole."""
   return {name: NamedSharding(mesh, P(None, "sequence")) for name in x}
@@ -113,7 +122,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, float | int | None]:
   if args.impl == "ring":
     mesh = _ring_mesh(args.devices)
     x = jax.device_put(x, _shardings(mesh, x))
-    context = jax.set_mesh(mesh)
+    context = _on_mesh(mesh)
   with context:
     compiled = jax.jit(step).lower(x).compile()
     (out, grads), seconds = _timed(compiled, x, args.repeats)
@@ -147,7 +156,7 @@ def memory_sweep(args: argparse.Namespace) -> list[dict[str, int | str | None]]:
         shape, jnp.int32 if len(shape) == 2 else jnp.float32,
         sharding=NamedSharding(mesh, P(None, "sequence"))) for name, shape in shapes.items()}
     step = _forward_backward(ATTENTION_IMPLS[impl], None if impl == "dense" else args.block)
-    with jax.set_mesh(mesh):
+    with _on_mesh(mesh):
       return _temp_bytes(jax.jit(step).lower(abstract).compile())
 
   for seq in SWEEP_LENGTHS:

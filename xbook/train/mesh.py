@@ -8,6 +8,7 @@ Put only axes with little traffic (usually `data`, sometimes `fsdp`) across slic
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import gin
@@ -15,6 +16,8 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
@@ -73,7 +76,8 @@ def make_mesh(config: MeshConfig, devices: list[jax.Device] | None = None) -> Me
   """A Mesh over `devices` (default: all) with MESH_AXES, laid out for the interconnect.
 
   Devices without a `slice_index` (CPU, a single GPU host) form simulated slices of consecutive
-  devices, so multi-slice configs can be exercised anywhere.
+  devices, so multi-slice configs can be exercised anywhere. When jax cannot lay the axis sizes onto
+  the chips' physical topology, the devices are taken in `jax.devices()` order, with a warning.
   """
   devices = list(devices if devices is not None else jax.devices())
   ici, dcn = config.ici_shape(len(devices)), config.dcn_shape
@@ -86,6 +90,11 @@ def make_mesh(config: MeshConfig, devices: list[jax.Device] | None = None) -> Me
   else:
     try:
       device_array = mesh_utils.create_device_mesh(ici, devices=devices)
-    except (AssertionError, NotImplementedError, ValueError):
+    except (AssertionError, NotImplementedError, ValueError) as error:
+      log.warning(
+          "mesh %s cannot be laid out on the physical topology of %d %s devices (%s: %s); using the "
+          "devices in jax.devices() order instead. Results are the same, but an axis's neighbours may "
+          "be chips far apart, so its collectives can be slower; axis sizes that fit the topology avoid it",
+          dict(zip(MESH_AXES, ici)), len(devices), devices[0].platform, type(error).__name__, error)
       device_array = np.asarray(devices).reshape(ici)
   return Mesh(device_array, MESH_AXES)

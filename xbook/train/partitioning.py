@@ -1,18 +1,25 @@
-"""Logical axis rules: how parameter and activation axis names map onto the mesh."""
+"""Logical axis rules: how parameter and activation axis names map onto the mesh.
+
+The rules enter at the entry points (gin: `logical_axis_rules.rules`) and are in force, through
+`flax.linen.logical_axis_rules`, while a step is traced: the layers' sharding constraints and ring
+attention's `shard_map` specs (xbook.model.ring_attention.ring_specs) both come from them.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import gin
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-LogicalRules = Sequence[tuple[str, Any]]
+from xbook.model import axes
+from xbook.model.axes import LogicalRules
 
 # Parameters are sharded by FSDP on `embed` and by tensor parallelism on heads / MLP / vocab;
-# activations are [batch, length, ...] sharded (data+fsdp, sequence, ...).
+# activations (xbook.model.axes) are [batch, length, ...] sharded (data+fsdp, sequence, ...), the length
+# over `sequence` being ring attention's ring.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", "sequence"),
@@ -30,9 +37,6 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
 )
 
-BATCH_SPEC = ("activation_batch", "activation_length")
-
-
 @gin.configurable
 def logical_axis_rules(rules: LogicalRules = DEFAULT_RULES) -> tuple[tuple[str, Any], ...]:
   """The rules in force; override in gin with `logical_axis_rules.rules = [...]`."""
@@ -47,7 +51,7 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: LogicalRules) -> Any:
 
 def batch_sharding(mesh: Mesh, rules: LogicalRules) -> NamedSharding:
   """Sharding of every [batch, length] input feature."""
-  spec = nn.logical_to_mesh_axes(BATCH_SPEC, rules)
+  spec = nn.logical_to_mesh_axes(axes.BATCH_LENGTH, rules)
   return NamedSharding(mesh, spec)
 
 

@@ -24,13 +24,12 @@ import json
 import logging
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
-from xbook.model import Decoder, DecoderConfig
+from xbook.model import DecoderConfig, abstract_params
 
 log = logging.getLogger(__name__)
 
@@ -164,19 +163,6 @@ def check_resume(run_dir: str, target: DecoderConfig, has_checkpoints: bool) -> 
     log.info("resuming with %s=%r (the run had %r)", name, now, was)
 
 
-def _abstract_params(config: DecoderConfig, mesh: jax.sharding.Mesh, rules: Any) -> Any:
-  """The parameter tree of Decoder(config) as sharded jax.ShapeDtypeStruct leaves (no allocation)."""
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(
-        lambda: Decoder(config).init(jax.random.key(0), tokens, tokens + 1, tokens))["params"]
-  specs = nn.get_partition_spec(boxed)
-  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-  return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                                                  sharding=sharding),
-                      nn.unbox(boxed), shardings)
-
-
 def _relayout(scanned: bool, n_layers: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
   """A function from the parameter tree in the source's layer layout to the other layout: stacked
   `layers` [n_layers, ...] when `scanned`, else `layers_0` ... `layers_{n-1}`."""
@@ -211,8 +197,8 @@ def restore_params(source: InitSource, target: DecoderConfig, mesh: jax.sharding
   """
   same_layout = source.config.scan_layers == target.scan_layers
   # Read in the layout the source was saved in, sharded by the run's rules and cast to its dtype.
-  stored = target_params if same_layout else _abstract_params(
-      dataclasses.replace(target, scan_layers=source.config.scan_layers), mesh, rules)
+  stored = target_params if same_layout else abstract_params(
+      dataclasses.replace(target, scan_layers=source.config.scan_layers), mesh=mesh, rules=rules)
   checkpointer = ocp.StandardCheckpointer()
   try:
     params = checkpointer.restore(epath.Path(source.params_dir), stored)

@@ -14,15 +14,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from xbook.atomic import atomic_open
 from xbook.model.config import DecoderConfig
-from xbook.model.decoder import Decoder
+from xbook.model.decoder import abstract_params
 
 
 def save_params(out_dir: str | os.PathLike[str], config: DecoderConfig, params: dict[str, Any], *,
@@ -44,18 +42,8 @@ def save_params(out_dir: str | os.PathLike[str], config: DecoderConfig, params: 
     json.dump(info, f, indent=2)
 
 
-def _abstract_params(config: DecoderConfig, device: jax.Device) -> dict[str, Any]:
-  """The parameter tree of Decoder(config) as jax.ShapeDtypeStruct leaves placed on `device`."""
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  shapes = jax.eval_shape(
-      lambda: Decoder(config).init(jax.random.key(0), tokens, tokens + 1, tokens))["params"]
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      nn.unbox(shapes))
-
-
 def load_info(params_dir: str | os.PathLike[str]) -> dict[str, Any]:
-  """The model.json of a folder written by `save_params` ("hf_config" is {} in folders written before it)."""
+  """The model.json of a folder written by `save_params` ("hf_config" is {} when the file has none)."""
   path = Path(params_dir) / "model.json"
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: is {params_dir} a folder written by `xbook weights import`?")
@@ -74,6 +62,7 @@ def load_params(params_dir: str | os.PathLike[str]) -> tuple[DecoderConfig, dict
   info = load_info(params_dir)
   config = DecoderConfig(**info["model"])
   checkpointer = ocp.StandardCheckpointer()
-  params = checkpointer.restore(params_dir / "params", _abstract_params(config, jax.devices("cpu")[0]))
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  params = checkpointer.restore(params_dir / "params", abstract_params(config, cpu))
   checkpointer.close()
   return config, jax.tree.map(np.asarray, params), info["hf_model_type"]
