@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import shutil
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import gin
 import jax
@@ -26,9 +28,13 @@ from xbook.model import DecoderConfig
 from xbook.scaffold import write_scaffolds
 from xbook.train import trainer as trainer_lib
 from xbook.train.checkpoints import RunCheckpoints
+from xbook.train.eval_input import ValidationSet
+from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.mesh import MeshConfig, make_mesh
 from xbook.train.optimizer import OptimizerConfig, learning_rate_schedule
 from xbook.train.metrics import read_metrics
+from xbook.train.preemption import PreemptionGuard
+from xbook.train.profiling import StepProfiler
 
 MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
                       mlp_dim=128)
@@ -118,6 +124,7 @@ def test_training_lowers_the_loss_and_writes_metrics_and_checkpoints(trained_run
   assert "eval/loss" not in records[4]
   assert records[5]["eval/perplexity/text"] == pytest.approx(np.exp(records[5]["eval/loss/text"]), rel=1e-6)
   assert records[11]["eval/loss"] < records[5]["eval/loss"] + 0.5
+  assert records[5]["eval/windows"] == records[11]["eval/windows"] > 100  # the whole validation book
   assert "MeshConfig.tensor = 2" in (trained_run / "config.gin").read_text()
   assert list((trained_run / "profile").rglob("*.xplane.pb"))
 
@@ -166,6 +173,106 @@ def test_non_finite_gradients_stop_the_run_naming_the_tensor():
   trainer_lib.check_finite(7, metrics)
   with pytest.raises(FloatingPointError, match="loss nan"):
     trainer_lib.check_finite(8, dict(metrics, loss=np.float32("nan")))
+
+
+class _FakeTrainer:
+  """Stands in for Trainer in TrainLoop: step n yields losses[n - 1] and logs its dispatch."""
+
+  batch_size, seq_len, model_config = 2, 4, MODEL
+  mesh = types.SimpleNamespace(size=1)
+
+  def __init__(self, losses, on_dispatch=lambda step: None):
+    self.losses, self.on_dispatch, self.dispatched = losses, on_dispatch, []
+
+  def step(self, state, batch):
+    step = int(state.step) + 1
+    self.dispatched.append(step)
+    self.on_dispatch(step)
+    loss = np.float32(self.losses[step - 1])
+    kinds = len(trainer_lib.trajectory.SEGMENT_KINDS)
+    return trainer_lib.TrainState(step=step, params=f"params {step}", opt_state=None), {
+        "loss": loss, "grad_norm": np.float32(1), "lr": np.float32(0.1), "weighted_tokens": np.float32(8),
+        "real_tokens": np.float32(8), "kind_nll": np.zeros(kinds), "kind_count": np.zeros(kinds),
+        "finite_grads": {"w": np.bool_(np.isfinite(loss))}}
+
+
+def _fake_loop(tmp_path, trainer, steps, checkpoint_every):
+  """Run TrainLoop over a fake trainer; (the saved steps, the recorded steps, the error if any)."""
+  saves, records = [], []
+  checkpoints = types.SimpleNamespace(save=lambda step, *args: saves.append(step))
+  writer = types.SimpleNamespace(write=lambda step, metrics: records.append(step), close=lambda: None)
+  with PreemptionGuard() as guard:
+    trainer.guard = guard
+    loop = trainer_lib.TrainLoop(trainer, trainer_lib.LoopPlan(steps, checkpoint_every),
+                                 checkpoints=checkpoints, writer=writer, guard=guard,
+                                 profiler=StepProfiler(tmp_path, None), validation=None, saved_progress={})
+    start = trainer_lib.Start(trainer_lib.TrainState(step=0, params=None, opt_state=None), 0, 0, None)
+    try:
+      loop.run(start, itertools.repeat({}))
+    except FloatingPointError as error:
+      return saves, records, error
+  return saves, records, None
+
+
+def test_the_loop_reads_metrics_a_step_late_but_never_saves_a_non_finite_step(tmp_path):
+  # Saves at every multiple of checkpoint_every and at the end; every step recorded once, in order.
+  trainer = _FakeTrainer([3.0] * 5)
+  assert _fake_loop(tmp_path, trainer, steps=5, checkpoint_every=2) == ([2, 4, 5], [1, 2, 3, 4, 5], None)
+  # Step 2 is not finite: it is found once step 3 is dispatched, before step 3 (which follows from it)
+  # is saved.
+  trainer = _FakeTrainer([3.0, float("nan"), 3.0])
+  saves, records, error = _fake_loop(tmp_path, trainer, steps=3, checkpoint_every=3)
+  assert trainer.dispatched == [1, 2, 3] and saves == [] and records == [1]
+  assert "step 2: loss nan" in str(error)
+
+
+def test_the_loop_stops_at_the_step_after_the_hosts_vote_and_saves_it(tmp_path):
+  def sigterm_during(step):
+    if step == 2:
+      trainer.guard.requested = True
+  trainer = _FakeTrainer([3.0] * 10, on_dispatch=sigterm_during)
+  # The vote after step 2 is read with step 2's metrics, once step 3 is dispatched: all stop after 3.
+  assert _fake_loop(tmp_path, trainer, steps=10, checkpoint_every=100) == ([3], [1, 2, 3], None)
+  assert trainer.dispatched == [1, 2, 3]
+
+
+def test_validation_batches_are_read_once_and_replayed():
+  reads = []
+
+  def read():
+    reads.append(1)
+    return iter([{"x": np.full((2, 3), i)} for i in range(5)])
+
+  validation = ValidationSet(read, max_batches=4)
+  for _ in range(3):
+    assert [int(b["x"][0, 0]) for b in validation.batches()] == [0, 1, 2, 3]
+  assert len(reads) == 1 and validation.steps == validation.local_batches == 4
+  # Over the memory budget: read again at every evaluation.
+  reads.clear()
+  validation = ValidationSet(read, cache_bytes=100)
+  for _ in range(2):
+    assert len(list(validation.batches())) == 5
+  assert len(reads) == 3 and validation.steps == 5
+
+
+def test_evaluation_pads_short_and_missing_batches_without_counting_them(trained_run, split_scaffold_file):
+  trainer = trainer_lib.Trainer(model_config=MODEL, optimizer_config=trainer_lib.OptimizerConfig(),
+                                mesh_config=MeshConfig(data=2, fsdp=2, sequence=1, tensor=2),
+                                batch_size=8, seq_len=128)
+  params = load_run(trained_run).params
+  with trainer.context():
+    params = jax.device_put(params, trainer.state_shardings.params)
+  windows = next(trajectory_batches("xbook_windows", split="validation", global_batch_size=20, seq_len=128,
+                                    seed=0, repeat=False, shuffle=False))
+  def rows(*bounds):
+    return [{k: v[a:b] for k, v in windows.items()} for a, b in zip(bounds, bounds[1:])]
+  full = trainer.evaluate(params, rows(0, 8, 16, 20))
+  ragged = trainer.evaluate(params, rows(0, 3, 11, 19, 20), num_batches=6)  # 2 all-padding batches
+  assert full["eval/windows"] == ragged["eval/windows"] == 20
+  assert ragged.keys() == full.keys()
+  for name, value in full.items():
+    assert ragged[name] == pytest.approx(value, rel=1e-5), name
+  assert trainer.evaluate(params, [], num_batches=0) == {}
 
 
 def test_linear_and_cosine_schedules_warm_up_then_decay_to_the_final_fraction():

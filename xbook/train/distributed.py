@@ -4,6 +4,10 @@ On a TPU pod slice every worker runs the same command and JAX finds its peers by
 (`auto=True`). Elsewhere (several local processes, CPU or GPU hosts) each process is given the
 coordinator's address, the number of processes and its own id, by flags or by the environment
 variables XBOOK_COORDINATOR_ADDRESS, XBOOK_NUM_PROCESSES and XBOOK_PROCESS_ID.
+
+`max_over_hosts` is the one blocking agreement between hosts outside the compiled steps (the number of
+eval steps, xbook.train.eval_input); the per-step stop vote rides on the device stream instead
+(xbook.train.preemption).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import logging
 import os
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
@@ -43,3 +49,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return
   log.info("process %d of %d joined the job: %d local of %d devices", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def max_over_hosts(value: int) -> int:
+  """The largest of every host's `value` (a blocking collective: every host must call it at the same
+  point of the program); `value` itself on a single process."""
+  if jax.process_count() == 1:
+    return int(value)
+  return int(np.max(multihost_utils.process_allgather(np.int32(value))))

@@ -7,18 +7,25 @@
   metrics.jsonl     one record per step
   tensorboard/      TensorBoard events
   checkpoints/      Orbax checkpoints; a rerun with the same run_dir resumes from the latest
+
+A session of `train()` has three parts, each its own function: `setup_data` (the vocabulary and the
+seqio task), `restore_or_init` (own checkpoint, else warm start, else random init) and `TrainLoop` (steps,
+metrics read one step late, evaluation, checkpoints, and a stop that every host agrees on). On several
+hosts every decision that ends in a collective is taken by all hosts together: when to stop after a
+SIGTERM (xbook.train.preemption) and how many eval steps to run (xbook.train.eval_input).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import inspect
 import itertools
-import statistics
 import json
 import logging
 import math
+import statistics
 import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -34,28 +41,25 @@ from etils import epath
 from tqdm import tqdm
 
 from xbook.atomic import atomic_open
+from xbook.data import cache as data_cache
+from xbook.data import features
 from xbook.data import paper_stages, tasks, trajectory, vocab
 from xbook.model import Decoder, DecoderConfig
 from xbook.train import flops, partitioning, warm_start
 from xbook.train.checkpoints import RunCheckpoints
+from xbook.train.eval_input import ValidationSet
 from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.loss import nll_by_kind, weighted_cross_entropy
 from xbook.train.mesh import MeshConfig, make_mesh
 from xbook.train.metrics import MetricsWriter, read_metrics
 from xbook.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from xbook.train.preemption import PreemptionGuard
+from xbook.train.preemption import PreemptionGuard, StopVote
 from xbook.train.profiling import StepProfiler
 
 log = logging.getLogger(__name__)
 
 gin.external_configurable(DecoderConfig, module="xbook.model")
 
-
-# The decoder example contract (DESIGN.md "Examples"): every feature is [batch, length].
-EXAMPLE_FEATURES: dict[str, Any] = {
-    "decoder_input_tokens": jnp.int32, "decoder_target_tokens": jnp.int32,
-    "decoder_loss_weights": jnp.float32, "decoder_segment_ids": jnp.int32,
-    "decoder_positions": jnp.int32, "decoder_segment_kinds": jnp.int32}
 
 
 @flax.struct.dataclass
@@ -179,6 +183,7 @@ class Trainer:
 
   def _eval_step(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     _, aux = self._loss_sums(params, batch)
+    aux["windows"] = jnp.sum(jnp.any(batch["decoder_segment_ids"] > 0, axis=1), dtype=jnp.float32)
     return aux
 
   @contextlib.contextmanager
@@ -200,24 +205,32 @@ class Trainer:
     with self.context():
       return self._step(state, partitioning.shard_batch(batch, self.batch_sharding))
 
-  def evaluate(self, params: Any, batches: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """Weighted loss over all `batches`, and the mean NLL of each segment kind, as `eval/...` metrics."""
+  def evaluate(self, params: Any, batches: Iterable[Mapping[str, Any]], num_batches: int | None = None
+               ) -> dict[str, float]:
+    """Weighted loss over all `batches`, the mean NLL of each segment kind and the number of windows
+    (rows with a real token), as `eval/...` metrics; {} when no batch was evaluated.
+
+    `batches` are this host's rows ([batch_size / process_count, seq_len] per feature; a short one is
+    padded with all-padding rows). With `num_batches`, exactly that many eval steps run, all-padding
+    batches following once `batches` run out: on several hosts every host must run the same number of
+    collective steps (xbook.train.eval_input.ValidationSet agrees on it); padding adds to no sum.
+    """
+    rows = self.batch_size // jax.process_count()
+    if num_batches is not None:
+      batches = itertools.islice(itertools.chain(batches, itertools.repeat(None)), num_batches)
     totals: dict[str, Any] = {}
+    in_flight: collections.deque = collections.deque()
     with self.context():
       for batch in batches:
-        batch = _pad_batch(batch, self.batch_size)
-        out = jax.device_get(self._eval(params, partitioning.shard_batch(batch, self.batch_sharding)))
-        totals = {k: totals.get(k, 0) + v for k, v in out.items()}
+        batch = _pad_batch(batch, rows, self.seq_len)
+        in_flight.append(self._eval(params, partitioning.shard_batch(batch, self.batch_sharding)))
+        if len(in_flight) > 2:  # a few steps in flight, not the whole validation set on the devices
+          totals = _add(totals, jax.device_get(in_flight.popleft()))
+      for out in in_flight:
+        totals = _add(totals, jax.device_get(out))
     if not totals:
       return {}
-    metrics = {"eval/loss": float(totals["nll_sum"] / max(totals["weight_sum"], 1e-8))}
-    for kind, total, count in zip(trajectory.SEGMENT_KINDS, totals["kind_nll"], totals["kind_count"]):
-      if count > 0:
-        metrics[f"eval/loss/{kind}"] = float(total / count)
-    # Per-token perplexity beside each loss (TensorBoard shows both; `xbook eval` adds per word and byte).
-    metrics.update({name.replace("eval/loss", "eval/perplexity"): math.exp(min(value, 80.0))
-                    for name, value in list(metrics.items())})
-    return metrics
+    return _eval_metrics(totals)
 
   def median_step_seconds(self, state: TrainState, batch: Mapping[str, Any], steps: int) -> float:
     """Median wall time of `steps` train steps on `batch`, after one warm-up step (for benchmarks)."""
@@ -247,7 +260,7 @@ class Trainer:
     """{feature: [batch_size, seq_len]} of the example contract, sharded like a real batch."""
     return {name: jax.ShapeDtypeStruct((self.batch_size, self.seq_len), dtype,
                                        sharding=self.batch_sharding)
-            for name, dtype in EXAMPLE_FEATURES.items()}
+            for name, dtype in features.EXAMPLE_FEATURES.items()}
 
 
 def _configured_trainer(model_config: DecoderConfig, **settings: Any) -> Trainer:
@@ -283,25 +296,30 @@ def trainer_from_gin(devices: Sequence[jax.Device] | None = None, **overrides: A
   return _configured_trainer(settings.pop("model_config"), devices=devices, **settings)
 
 
-def _validate(trainer: Trainer, params: Any, task_name: str, *, step: int, seed: int, layout: str,
-              max_batches: int | None, use_cached: bool) -> dict[str, float]:
-  """`eval/...` metrics on the validation windows of `task_name` (empty, with a warning, if none)."""
-  windows = trajectory_batches(task_name, split="validation", global_batch_size=trainer.batch_size,
-                               seq_len=trainer.seq_len, sequence_shards=trainer.mesh.shape["sequence"],
-                               layout=layout, seed=seed, repeat=False, shuffle=False,
-                               use_cached=use_cached)
-  metrics = trainer.evaluate(params, itertools.islice(windows, max_batches))
-  if metrics:
-    log.info("step %d: validation loss %.4f", step, metrics["eval/loss"])
-  else:
-    log.warning("step %d: no validation windows (no scaffold record with split 'validation')", step)
+def _add(totals: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: totals.get(k, 0) + v for k, v in out.items()}
+
+
+def _eval_metrics(totals: Mapping[str, Any]) -> dict[str, float]:
+  """`eval/...` metrics from the summed outputs of the eval steps."""
+  metrics = {"eval/loss": float(totals["nll_sum"] / max(totals["weight_sum"], 1e-8))}
+  for kind, total, count in zip(trajectory.SEGMENT_KINDS, totals["kind_nll"], totals["kind_count"]):
+    if count > 0:
+      metrics[f"eval/loss/{kind}"] = float(total / count)
+  # Per-token perplexity beside each loss (TensorBoard shows both; `xbook eval` adds per word and byte).
+  metrics.update({name.replace("eval/loss", "eval/perplexity"): math.exp(min(value, 80.0))
+                  for name, value in list(metrics.items())})
+  metrics["eval/windows"] = float(totals["windows"])
   return metrics
 
 
-def _pad_batch(batch: Mapping[str, Any], size: int) -> dict[str, Any]:
-  """Pad a short final batch with all-padding rows (segment id 0, weight 0) up to `size` rows."""
-  rows = next(iter(batch.values())).shape[0]
-  return {k: np.pad(v, [(0, size - rows)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
+def _pad_batch(batch: Mapping[str, Any] | None, rows: int, seq_len: int) -> dict[str, Any]:
+  """A short batch padded with all-padding rows (segment id 0, weight 0) up to `rows` rows; for None, a
+  batch of padding only."""
+  if batch is None:
+    return features.padding_batch(rows, seq_len)
+  have = next(iter(batch.values())).shape[0]
+  return {k: np.pad(v, [(0, rows - have)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
 
 
 def write_run_info(run_dir: epath.Path, model_config: DecoderConfig, vocabulary: vocab.Vocabulary,
@@ -337,6 +355,9 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           task_name: str = "xbook_windows") -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
 
+  SIGTERM (on any host) saves a checkpoint at a step all hosts agree on and returns early; rerunning the
+  same command resumes there.
+
   Args:
     run_dir: run directory (created if missing; resumed from its latest checkpoint if any).
     scaffold_files: scaffold JSONL file(s) or glob pattern(s); records of split "train" are used.
@@ -353,7 +374,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     keep_every: also keep every checkpoint whose step is a multiple of this (None: only the recent).
     log_every: log a summary line every N steps (metrics.jsonl gets every step).
     eval_every: evaluate on the records of split "validation" every N steps and at the end (0: never).
-    eval_batches: at most this many validation batches per evaluation (None: all of them).
+    eval_batches: at most this many validation batches per host and evaluation (None: all of them;
+      the batches are read once and replayed, xbook.train.eval_input).
     layout: order of the length axis, "contiguous" or "zigzag" (balances causal ring attention;
       seq_len must then be a multiple of twice the `sequence` axis).
     microbatches: accumulate gradients over this many microbatches of the global batch.
@@ -375,17 +397,49 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     task_name: seqio task (or mixture) name to register the scaffold files under.
   """
   run_path = epath.Path(run_dir)  # a local folder or gs://bucket/...
-  run_path.mkdir(parents=True, exist_ok=True)
   trainer = _configured_trainer(model_config, batch_size=batch_size, seq_len=seq_len, z_loss=z_loss,
                                 microbatches=microbatches)
   profiler = StepProfiler(run_path / "profile", profile_steps)
   log.info("mesh %s over %d devices; model of %.2fM parameters", dict(trainer.mesh.shape),
            trainer.mesh.size, model_config.num_params() / 1e6)
-  flops_per_token = flops.training_flops_per_token(model_config, seq_len, causal=True)
-  peak = flops.peak_flops_per_device()
-  log.info("training FLOPs per token: %.3g with the causal mask, %.3g counting full attention; MFU %s",
-           flops_per_token, flops.training_flops_per_token(model_config, seq_len, causal=False),
-           f"against {peak:.3g} FLOP/s per device" if peak else "not reported (unknown device peak)")
+  with PreemptionGuard(trainer.mesh) as guard:  # from the start: a notice during setup is kept too
+    vocabulary = setup_data(task_name, scaffold_files, vocab_path, model_config, seq_len=seq_len,
+                            trajectory_layout=trajectory_layout, loss_weights=loss_weights,
+                            repeat_weight=repeat_weight, view_rates=view_rates, cache_dir=cache_dir)
+    run_path.mkdir(parents=True, exist_ok=True)  # only once the data is found: a mistake leaves no folder
+    checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints, keep_every=keep_every)
+    try:
+      start = restore_or_init(trainer, checkpoints, run_path, seed=seed, init_from=init_from,
+                              init_from_step=init_from_step)
+      if jax.process_index() == 0:
+        profile = paper_stages.configured_profile() if trajectory_layout == trajectory.PAPER_LAYOUT else None
+        write_run_info(run_path, model_config, vocabulary, seq_len, start.started_from,
+                       {"layout": trajectory_layout, "profile": profile})
+      if start.step >= steps:
+        return _finished(run_path, start.step, steps)
+      read = dict(seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"], layout=layout,
+                  seed=seed, use_cached=bool(cache_dir))
+      batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
+                                   start_batch=start.batches_consumed, **read)
+      validation = ValidationSet.from_task(task_name, global_batch_size=batch_size,
+                                           max_batches=eval_batches, **read) if eval_every else None
+      loop = TrainLoop(trainer, LoopPlan(steps, checkpoint_every, log_every, eval_every),
+                       checkpoints=checkpoints, guard=guard, validation=validation, profiler=profiler,
+                       writer=MetricsWriter(run_path, resume_step=start.step),
+                       saved_progress={"seed": seed, "started_from": start.started_from})
+      return loop.run(start, batches)
+    finally:
+      checkpoints.wait()
+      checkpoints.close()
+
+
+def setup_data(task_name: str, scaffold_files: Sequence[str] | str, vocab_path: str,
+               model_config: DecoderConfig, *, seq_len: int, trajectory_layout: str,
+               loss_weights: Mapping[str, float] | None, repeat_weight: float,
+               view_rates: Mapping[str, float] | None, cache_dir: str | None) -> vocab.Vocabulary:
+  """Load the vocabulary (checking that the model covers it) and register the run's seqio task, or the
+  mixture of `view_rates`, under `task_name`; with `cache_dir`, read from its offline cache.
+  Arguments as train()'s; returns the vocabulary."""
   view_kwargs = dict(layout=trajectory_layout, loss_weights=loss_weights, repeat_weight=repeat_weight)
   if view_rates and cache_dir:
     raise ValueError("train.cache_dir caches the windows view only; unset train.view_rates")
@@ -402,91 +456,208 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     seqio.add_global_cache_dirs([cache_dir])
     if task.cache_dir is None:
       raise FileNotFoundError(f"no completed cache of task {task_name!r} in {cache_dir}: build it with "
-                              f"`xbook data cache --task {task_name} --seq_len {seq_len} --out {cache_dir}`")
+                              f"`{data_cache.rebuild_command(cache_dir)}`")
     log.info("reading the examples of %s from its offline cache %s", task_name, task.cache_dir)
-  checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints, keep_every=keep_every)
-  warm_start.check_resume(str(run_path), model_config, has_checkpoints=bool(checkpoints.all_steps()))
+  return vocabulary
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """Where a session starts: its state and step, the input batches the run has consumed, and where its
+  parameters started (model.json's `started_from`: None for random init)."""
+
+  state: TrainState
+  step: int
+  batches_consumed: int
+  started_from: Mapping[str, Any] | None
+
+
+def restore_or_init(trainer: Trainer, checkpoints: RunCheckpoints, run_path: epath.Path, *, seed: int,
+                    init_from: str | None = None, init_from_step: int | None = None) -> Start:
+  """The state a session starts from: the first that applies of, in this order (big_vision's),
+
+  1. the run's own latest readable checkpoint: an exact resume (`init_from` is never read again);
+  2. a warm start from `init_from` (xbook.train.warm_start): its parameters on this run's shardings,
+     a fresh optimizer state, step 0;
+  3. random parameters from `seed`, step 0.
+
+  A run directory whose checkpoints belong to another model is refused first, before any checkpoint is
+  read, moved aside or written (warm_start.check_resume).
+
+  Raises:
+    ValueError: another model's checkpoints, or a checkpoint trained with another seed.
+  """
+  warm_start.check_resume(str(run_path), trainer.model_config, has_checkpoints=bool(checkpoints.all_steps()))
   restored = checkpoints.restore_latest(trainer.abstract_state.params, trainer.abstract_state.opt_state)
-  if restored is None and init_from:
-    state, started_from = _warm_start(trainer, init_from, init_from_step)
-    start = consumed = 0
-  elif restored is None:
-    log.info("starting a new run in %s from random parameters (seed %d)", run_path, seed)
-    state, started_from = trainer.init_state(seed), None
-    start = consumed = 0
-  else:
-    start = int(restored["progress"]["step"])
-    consumed = int(restored["progress"].get("batches_consumed", start))
-    if restored["progress"].get("seed", seed) != seed:
-      raise ValueError(f"{run_path} was trained with seed {restored['progress']['seed']}, not {seed}: "
-                       "resuming with another seed would change the data order; use a new run_dir")
-    started_from = restored["progress"].get("started_from")
-    log.info("resuming %s from its checkpoint at step %d%s", run_path, start,
+  if restored is not None:
+    progress = restored["progress"]
+    step = int(progress["step"])
+    if progress.get("seed", seed) != seed:
+      raise ValueError(f"{run_path} was trained with seed {progress['seed']}, not {seed}: resuming with "
+                       "another seed would change the data order; use a new run_dir")
+    log.info("resuming %s from its checkpoint at step %d%s", run_path, step,
              f" (train.init_from={init_from!r} is not read again)" if init_from else "")
-    state = TrainState(step=jnp.asarray(start, jnp.int32), params=restored["params"],
+    state = TrainState(step=jnp.asarray(step, jnp.int32), params=restored["params"],
                        opt_state=restored["opt_state"])
-  if jax.process_index() == 0:
-    profile = paper_stages.configured_profile() if trajectory_layout == trajectory.PAPER_LAYOUT else None
-    write_run_info(run_path, model_config, vocabulary, seq_len, started_from,
-                   {"layout": trajectory_layout, "profile": profile})
-  if start >= steps:
-    checkpoints.close()
-    return _finished(run_path, start, steps)
+    return Start(state, step, int(progress.get("batches_consumed", step)), progress.get("started_from"))
+  if init_from:
+    state, started_from = _warm_start(trainer, init_from, init_from_step)
+    return Start(state, 0, 0, started_from)
+  log.info("starting a new run in %s from random parameters (seed %d)", run_path, seed)
+  return Start(trainer.init_state(seed), 0, 0, None)
 
-  batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
-                               seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"],
-                               layout=layout, seed=seed, start_batch=consumed,
-                               use_cached=bool(cache_dir))
-  writer = MetricsWriter(run_path, resume_step=start)
-  metrics: dict[str, float] = {}
-  progress = tqdm(range(start, steps), initial=start, total=steps, desc="train", unit="step",
-                  disable=jax.process_index() != 0)
 
-  with PreemptionGuard() as guard:
+@dataclasses.dataclass(frozen=True)
+class LoopPlan:
+  """Which steps the loop trains to, saves, logs and evaluates (train()'s arguments of these names)."""
+
+  steps: int
+  checkpoint_every: int
+  log_every: int = 10
+  eval_every: int = 0
+
+  def saves(self, step: int) -> bool:
+    return step % self.checkpoint_every == 0 or step == self.steps
+
+  def evaluates(self, step: int) -> bool:
+    return bool(self.eval_every) and (step % self.eval_every == 0 or step == self.steps)
+
+  def logs(self, step: int) -> bool:
+    return step % self.log_every == 0 or step == self.steps
+
+
+@dataclasses.dataclass
+class _InFlight:
+  """A dispatched train step whose metrics, and the hosts' stop vote after it, are not read yet."""
+
+  step: int
+  metrics: Any
+  vote: StopVote
+  dispatched: float
+
+
+class TrainLoop:
+  """The steps of a session: dispatch, metrics, evaluation, checkpoints, and an agreed stop.
+
+  Metrics one step late: step n's metrics are read after step n+1 is dispatched, so that the host
+  queues the next step while the devices run this one (reading them at once waits for the devices at
+  every step). A step that evaluates, saves or stops is a boundary: its state is needed before the next
+  step consumes it (the step donates it), so its metrics are read at once, and read first: check_finite
+  stops the run before a non-finite state is evaluated or saved.
+
+  Preemption: the hosts' stop vote after step n (PreemptionGuard.vote) is read with step n's metrics.
+  Every host reads the same vote at the same point, so all stop after the same step (n+1, already
+  dispatched; or n itself at a boundary), save it, and return normally.
+
+  Evaluation: every host runs `validation.steps` eval steps (xbook.train.eval_input).
+  """
+
+  def __init__(self, trainer: Trainer, plan: LoopPlan, *, checkpoints: RunCheckpoints,
+               writer: MetricsWriter, guard: PreemptionGuard, profiler: StepProfiler,
+               validation: ValidationSet | None, saved_progress: Mapping[str, Any]) -> None:
+    self.trainer, self.plan, self.checkpoints, self.writer = trainer, plan, checkpoints, writer
+    self.guard, self.profiler, self.validation = guard, profiler, validation
+    self.saved_progress = dict(saved_progress)
+    self.flops_per_token, self.peak = _log_flops(trainer)
+    self._last_ready = 0.0
+    self._progress = tqdm(total=plan.steps, desc="train", unit="step", disable=jax.process_index() != 0)
+
+  def run(self, start: Start, batches: Iterator[Mapping[str, Any]]) -> dict[str, float]:
+    """Train from `start` to plan.steps (or to the agreed stop); the last step's metrics."""
+    state, in_flight, metrics = start.state, None, {}
+    self._progress.update(start.step)
+    self._last_ready = time.perf_counter()
     try:
-      for step in progress:
-        try:
-          batch = next(batches)
-        except StopIteration:
-          raise RuntimeError(f"no training windows: no scaffold record with split 'train' in "
-                             f"{scaffold_files}") from None
-        profiler.before(step + 1)
-        began = time.perf_counter()
-        state, step_metrics = trainer.step(state, batch)
-        step_metrics = jax.device_get(step_metrics)
-        profiler.after(step + 1)
-        check_finite(step + 1, step_metrics)
-        metrics = scalar_metrics(step_metrics)
-        step_s = time.perf_counter() - began
-        # Real tokens only: padding rows and the padded tail of short windows do no useful work.
-        metrics.update(step_s=step_s, tokens_per_s=metrics["real_tokens"] / step_s,
-                       padding_fraction=1.0 - metrics["real_tokens"] / (batch_size * seq_len))
-        if peak:
-          metrics["mfu"] = flops.mfu(metrics["tokens_per_s"], flops_per_token, trainer.mesh.size, peak)
-        last = step + 1 == steps
-        if eval_every and ((step + 1) % eval_every == 0 or last):
-          metrics.update(_validate(trainer, state.params, task_name, step=step + 1, seed=seed,
-                                   layout=layout, max_batches=eval_batches,
-                                   use_cached=bool(cache_dir)))
-        writer.write(step + 1, metrics)
-        metrics["step"] = step + 1
-        progress.set_postfix(loss=f"{metrics['loss']:.3f}")
-        if (step + 1) % log_every == 0 or last:
-          log.info("step %d/%d: loss %.4f, grad norm %.3f, lr %.2e, %.0f tokens/s", step + 1, steps,
-                   metrics["loss"], metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
-        if (step + 1) % checkpoint_every == 0 or last or guard.requested:
-          checkpoints.save(step + 1, state.params, state.opt_state,
-                           {"step": step + 1, "batches_consumed": step + 1, "seed": seed,
-                            "started_from": started_from})
-        if guard.requested:
-          log.warning("stopped at step %d after SIGTERM; rerun the same command to resume", step + 1)
-          break
+      for step in range(start.step + 1, self.plan.steps + 1):
+        batch = _next_batch(batches)
+        self.profiler.before(step)
+        dispatched = time.perf_counter()
+        state, step_metrics = self.trainer.step(state, batch)
+        current, stop = _InFlight(step, step_metrics, self.guard.vote(), dispatched), False
+        if in_flight is not None:  # the previous step, read while this one runs
+          metrics, stop = self._read(in_flight)  # stop: the hosts voted to stop after this step
+          metrics = self._write(in_flight.step, metrics)
+        in_flight = current
+        if stop or self.plan.saves(step) or self.plan.evaluates(step):  # a boundary: read it now
+          metrics, stop_here = self._read(in_flight)
+          stop, in_flight = stop or stop_here, None
+          if self.plan.evaluates(step):
+            metrics.update(self._evaluate(state.params, step))
+          metrics = self._write(step, metrics)
+          if stop or self.plan.saves(step):
+            self._save(step, state)
+          if stop:
+            log.warning("stopped at step %d after SIGTERM%s; rerun the same command to resume", step,
+                        "" if self.guard.requested else " reached another host")
+            break
     finally:
-      profiler.stop()
-      checkpoints.wait()
-      checkpoints.close()
-      writer.close()
-  return metrics
+      self.profiler.stop()
+      self.writer.close()
+      self._progress.close()
+    return metrics
+
+  def _read(self, in_flight: _InFlight) -> tuple[dict[str, float], bool]:
+    """Wait for a dispatched step: its metrics (checked finite) and whether the hosts voted to stop."""
+    step_metrics = jax.device_get(in_flight.metrics)
+    ready = time.perf_counter()
+    self.profiler.after(in_flight.step)
+    check_finite(in_flight.step, step_metrics)
+    metrics = scalar_metrics(step_metrics)
+    # A step's time: from the previous step's result to its own, or from its dispatch when that came
+    # later (after a boundary, or waiting for input, which is not the step's). Real tokens only:
+    # padding rows and the padded tail of short windows do no useful work.
+    step_s = ready - max(in_flight.dispatched, self._last_ready)
+    self._last_ready = ready
+    real_tokens = metrics["real_tokens"]
+    metrics.update(step_s=step_s, tokens_per_s=real_tokens / step_s,
+                   padding_fraction=1.0 - real_tokens / (self.trainer.batch_size * self.trainer.seq_len))
+    if self.peak:
+      metrics["mfu"] = flops.mfu(metrics["tokens_per_s"], self.flops_per_token, self.trainer.mesh.size,
+                                 self.peak)
+    return metrics, in_flight.vote.agreed()
+
+  def _write(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+    """Record a step's metrics (metrics.jsonl, TensorBoard, progress bar, log); them with "step"."""
+    self.writer.write(step, metrics)
+    self._progress.update(step - self._progress.n)
+    self._progress.set_postfix(loss=f"{metrics['loss']:.3f}")
+    if self.plan.logs(step):
+      log.info("step %d/%d: loss %.4f, grad norm %.3f, lr %.2e, %.0f tokens/s", step, self.plan.steps,
+               metrics["loss"], metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
+    return {**metrics, "step": step}
+
+  def _evaluate(self, params: Any, step: int) -> dict[str, float]:
+    """`eval/...` metrics of the validation windows (empty, with a warning, if there are none)."""
+    batches = self.validation.batches()  # the first call agrees on validation.steps
+    metrics = self.trainer.evaluate(params, batches, num_batches=self.validation.steps)
+    if metrics:
+      log.info("step %d: validation loss %.4f over %d windows", step, metrics["eval/loss"],
+               metrics["eval/windows"])
+    else:
+      log.warning("step %d: no validation windows (no scaffold record with split 'validation')", step)
+    return metrics
+
+  def _save(self, step: int, state: TrainState) -> None:
+    self.checkpoints.save(step, state.params, state.opt_state,
+                          {"step": step, "batches_consumed": step, **self.saved_progress})
+
+
+def _next_batch(batches: Iterator[Mapping[str, Any]]) -> Mapping[str, Any]:
+  try:
+    return next(batches)
+  except StopIteration:
+    raise RuntimeError("no training windows: no scaffold record with split 'train' in train.scaffold_files"
+                       ) from None
+
+
+def _log_flops(trainer: Trainer) -> tuple[float, float | None]:
+  """The training FLOPs per token (with the causal mask) and the device's peak FLOP/s (None: unknown)."""
+  per_token = flops.training_flops_per_token(trainer.model_config, trainer.seq_len, causal=True)
+  peak = flops.peak_flops_per_device()
+  log.info("training FLOPs per token: %.3g with the causal mask, %.3g counting full attention; MFU %s",
+           per_token, flops.training_flops_per_token(trainer.model_config, trainer.seq_len, causal=False),
+           f"against {peak:.3g} FLOP/s per device" if peak else "not reported (unknown device peak)")
+  return per_token, peak
 
 
 def _warm_start(trainer: Trainer, init_from: str, init_from_step: int | None
