@@ -46,7 +46,10 @@ def _short(record, words=30):
   chapters = [{**c, "summary": cut(c["summary"]),
                "scenes": [{**s, "summary": cut(s["summary"])} for s in c["scenes"][:2]]}
               for c in record["chapters"][:2]]
-  return {**record, "split": "test", "synopsis": cut(record["synopsis"]), "chapters": chapters}
+  return {**record, "split": "test", "synopsis": cut(record["synopsis"]), "premise": cut(record["premise"]),
+          "chapters": chapters,
+          "book": {**record["book"], "n_chapters": len(chapters),
+                   "n_words": sum(s["n_words"] for c in chapters for s in c["scenes"])}}
 
 
 @pytest.fixture(scope="module")
