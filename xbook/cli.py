@@ -484,6 +484,22 @@ def _bench_decode(args: argparse.Namespace) -> int:
   return decode_bench.run(args)
 
 
+_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _benchmark(name: str):
+  """The module benchmarks/<name>.py of the source tree (its top level imports nothing heavy)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"xbook_benchmark_{name}", _BENCHMARKS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _bench_input(args: argparse.Namespace) -> int:
+  return _benchmark("input").run(args)
+
+
 # ----------------------------------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
   from xbook.train import distributed
@@ -783,6 +799,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            "xbook bench decode --run_dir runs/demo\nxbook bench decode --run_dir runs/demo --no_transformers --json",
            _bench_decode)
   deferred[("bench", "decode")] = (p, "xbook.infer.decode_bench")
+  if (_BENCHMARKS / "input.py").is_file():  # a source tree (benchmarks/ is not installed)
+    p = _add(bench, "input", "Input pipeline: seconds to the first batch of a fresh run and of runs resumed at "
+             "batch N (example counts unknown, then kept), batches/s after the first; on the scaffolds of real "
+             "corpus novels (built once with the extractive summarizer) or --scaffolds.",
+             "xbook bench input --seq_len 4096 --batch_size 8 --resume 1000 --resume 10000\n"
+             "xbook bench input --scaffolds out/scaffolds.jsonl --vocab out/vocab.model --json", _bench_input)
+    _benchmark("input").add_arguments(p)
 
   p = _add(commands, "train", "Train (or resume) a decoder on scaffold trajectories, configured by gin.",
            "xbook train --gin_file=configs/runs/demo.gin --run_dir=runs/demo --gin.train.steps=40",

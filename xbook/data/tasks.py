@@ -25,13 +25,16 @@ tokenizer.json or a Mistral tekken.json (markers are written as plain-text tags,
 The `targets` feature declares it as `Vocabulary.seqio_vocabulary()`, whose `bos_id` is the first input
 token of every sequence (xbook.data.feature_converter.task_bos_id reads it from there).
 
-Scaffold files are the unit of sharding across hosts (seqio shards file-based sources per host when there
-are at least as many files as hosts).
+Through seqio (`seqio.get_dataset`, the Beam cache build) scaffold files are the unit of sharding across
+hosts when there are at least as many files as hosts. Training and evaluation read an online task by its
+BookSource instead (xbook.train.input_pipeline): every host reads every file and keeps one record in N.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -118,6 +121,40 @@ def book_examples(view: str, vocabulary: Vocabulary, *, length: int, layout: str
     return stages.stage_examples(book, eos_id, length=length, weight_table=weight_table)
 
   return examples
+
+
+@dataclasses.dataclass(frozen=True)
+class BookSource:
+  """A task registered online, as a reader that builds its examples itself sees it: the scaffold files
+  and the function from one record to its examples (xbook.train.input_pipeline orders books and
+  examples by itself, so that it can start at any batch without building the books before it)."""
+
+  task: seqio.Task
+  scaffold_files: tuple[str, ...]
+  view: str
+  vocabulary: Vocabulary
+  view_kwargs: Mapping[str, Any]
+
+  def examples(self, length: int) -> BookExamples:
+    return book_examples(self.view, self.vocabulary, length=length, **self.view_kwargs)
+
+  def examples_key(self, length: int) -> str:
+    """A digest of everything that decides the examples of a record at `length` (not the record)."""
+    described = json.dumps([self.view, length, self.vocabulary.fingerprint, self.view_kwargs],
+                           sort_keys=True, default=str)
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+_BOOK_SOURCES: dict[str, BookSource] = {}
+
+
+def book_source(name: str) -> BookSource | None:
+  """The BookSource of task `name` if register_task registered it online (not for a cache) and it is
+  still the registered task of that name; else None."""
+  source = _BOOK_SOURCES.get(name)
+  if source is None or name not in seqio.TaskRegistry.names() or seqio.TaskRegistry.get(name) is not source.task:
+    return None
+  return source
 
 
 def _stacked(examples: list[pieces.Example]) -> list[np.ndarray]:
@@ -228,11 +265,16 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
     cached = dict(task_cls=cache.CachedTask, provenance=cache.provenance(
         name, view, cached_length, vocabulary, scaffold_files=scaffold_files, **view_kwargs))
   seqio.TaskRegistry.remove(name)
-  return seqio.TaskRegistry.add(
+  _BOOK_SOURCES.pop(name, None)
+  task = seqio.TaskRegistry.add(
       name, source=ScaffoldDataSource(scaffold_files), preprocessors=preprocessors,
       output_features={"targets": seqio.Feature(vocabulary.seqio_vocabulary(), add_eos=False,
                                                 dtype=tf.int32),
                        **passthrough}, **cached)
+  if cached_length is None:
+    files = (scaffold_files,) if isinstance(scaffold_files, (str, os.PathLike)) else tuple(scaffold_files)
+    _BOOK_SOURCES[name] = BookSource(task, tuple(map(os.fspath, files)), view, vocabulary, view_kwargs)
+  return task
 
 
 def register_mixture(name: str, scaffold_files: str | Sequence[str],

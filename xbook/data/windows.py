@@ -27,7 +27,7 @@ counted twice).
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from xbook.data import trajectory
 from xbook.data.pieces import Encode, EncodedSegment, Example, Piece, assemble, encode_segment, total_length
@@ -46,6 +46,34 @@ def _warn_once(book_id: str, what: str, length: int, message: str, *args: Any) -
   if (book_id, what, length) not in _WARNED:
     _WARNED.add((book_id, what, length))
     log.warning(message, *args)
+
+
+def _earliest_fitting(end: int, fits: Callable[[int], bool]) -> int | None:
+  """The smallest `first` in [0, end) with `fits(first)`, for a `fits` that holds from some point on
+  (fewer summaries take fewer tokens); None when not even `end - 1` fits.
+
+  Searched from the end, doubling the step, then bisected: a few encodings of texts about the size of
+  the answer, where trying `first` = 0, 1, ... would encode the whole outline once per chapter (the
+  windowing of a long book was quadratic in its chapters).
+  """
+  if end <= 0 or not fits(end - 1):
+    return None
+  good, step = end - 1, 1  # `good` fits
+  while good > 0:
+    candidate = max(0, good - step)
+    if not fits(candidate):
+      break
+    good, step = candidate, 2 * step
+  else:
+    return 0
+  bad = candidate  # does not fit; the answer is in (bad, good]
+  while good - bad > 1:
+    middle = (bad + good) // 2
+    if fits(middle):
+      good = middle
+    else:
+      bad = middle
+  return good
 
 
 class _Chapter:
@@ -89,6 +117,11 @@ class _WindowPlanner:
         self.chapters[s.segment.chapter].texts.append(s)
     self.windows: list[tuple[list[Piece], list[_Block]]] = []
     self.remaining = 0
+    # The closing marker (one symbol, or several ids of a pretrained tokenizer's tag), its newline and the
+    # EOS end the book's last text; a split of that text never separates them.
+    closing = trajectory.markers(marker_style)[1]
+    self.book_end = (book[-1] if book and book[-1].segment.kind == "text" else None,
+                     len(encode("\n" + closing)) + 1)
     self._previously_cache: dict[int, list[Piece]] = {}
     self.plan_tokens_cut = 0
 
@@ -113,13 +146,17 @@ class _WindowPlanner:
       return []
     if chapter not in self._previously_cache:
       room = self.prefix_budget - total_length(self.global_plan)
-      self._previously_cache[chapter] = []
-      for first in range(chapter):
+      encoded: dict[int, tuple[int, ...]] = {}
+
+      def fits(first: int) -> bool:
         body = "Previously:\n" + trajectory.outline_text(self.record["chapters"][first:chapter])
-        ids = encode_segment(self.encode, trajectory.make_segment(trajectory.PREVIOUSLY, body, self.marker_style))
-        if len(ids) <= room:
-          self._previously_cache[chapter] = [Piece(ids, trajectory.PREVIOUSLY, self.repeat_weight)]
-          break
+        encoded[first] = encode_segment(
+            self.encode, trajectory.make_segment(trajectory.PREVIOUSLY, body, self.marker_style))
+        return len(encoded[first]) <= room
+
+      first = _earliest_fitting(chapter, fits)
+      self._previously_cache[chapter] = (
+          [] if first is None else [Piece(encoded[first], trajectory.PREVIOUSLY, self.repeat_weight)])
     return self._previously_cache[chapter]
 
   def _open_window(self, chapter: int) -> None:
@@ -145,17 +182,23 @@ class _WindowPlanner:
     chapter_plan = chapter.plan.piece().cut(0, first_limit)
     block: _Block | None = None  # this chapter's block in the current window
     for scene_plan, text in zip(chapter.scene_plans, chapter.texts):
-      start = 0
+      start, opened = 0, False
       while start < len(text.ids):
         scene_context = scene_plan.piece().cut(0, first_limit if start == 0 else repeat_limit,
                                                scale=1.0 if start == 0 else self.repeat_weight)
         plans_cost = (len(chapter_plan) if block is None else 0) + len(scene_context)
         rest = len(text.ids) - start
         fits_fresh = rest <= fresh_budget - len(chapter_plan) - len(scene_context)
-        if plans_cost + rest > self.remaining and (fits_fresh or plans_cost >= self.remaining):
+        end = min(len(text.ids), start + self.remaining - plans_cost)
+        closing_start = len(text.ids) - self.book_end[1]
+        if text is self.book_end[0] and end > closing_start and end < len(text.ids) and (
+            closing_start > start or not opened):  # (a fresh window too small for them splits them)
+          end = closing_start  # the book's closing ids go whole into the next window
+        if (plans_cost + rest > self.remaining and (fits_fresh or plans_cost >= self.remaining)) or end <= start:
           self._open_window(c)
-          block = None
+          block, opened = None, True
           continue
+        opened = False
         if block is None:
           block = _Block()
           block.plans.append(chapter_plan)
@@ -164,7 +207,6 @@ class _WindowPlanner:
           self.windows[-1][1].append(block)
         block.plans.append(scene_context)
         self.remaining -= plans_cost
-        end = min(len(text.ids), start + self.remaining)
         block.texts.append(text.piece().cut(start, end))
         self.remaining -= end - start
         start = end
