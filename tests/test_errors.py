@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_cache_built_at_another_length_is_refused_naming_the_field_and_the_rebuild_command(
-    tmp_path, scaffold_file, vocab_path):
+    tmp_path, scaffold_file, vocab_path, monkeypatch):
   """A cache records what it was built from; a task at another seq_len refuses it before reading it."""
+  from xbook import gin_flags
+  monkeypatch.setattr(gin_flags, "_PARSED", ((), ()))  # no command line parsed gin in this process
   built = tasks.register_task("xbook_test_provenance", "windows", str(scaffold_file), str(vocab_path),
                               cached_length=64)
   folder = tmp_path / "cache" / "xbook_test_provenance"
