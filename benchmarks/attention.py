@@ -1,7 +1,7 @@
 """Attention accuracy, speed and memory: the same as `xbook bench attention` (xbook.train.attention_bench).
 
 Example:
-  .venv/bin/python benchmarks/attention.py --impl ring --seq 8192 --devices 8 --layout zigzag --json
+  .venv/bin/python benchmarks/attention.py --impl ring --seq 8192 --devices 8 --length_layout zigzag --json
   .venv/bin/python benchmarks/attention.py --memory_sweep
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import gin
 import pytest
 
-from xbook.gin_flags import parse_gin
+from xbook.gin_flags import configured, parse_gin
 from xbook.train import aot, flops
 from xbook.train import trainer as trainer_lib
 from xbook.train.tpu_topology import GIB, parse_slice, standard_shape, topology_devices
@@ -127,7 +127,7 @@ def test_paper_configs_fit_their_topology_scaled_down(gin_config, config):
   seq_len = gin.query_parameter("train.seq_len")
   gin.clear_config()
   gin_config([config], ["xbook.model.DecoderConfig.n_layers = 1", f"train.seq_len = {seq_len // 64}"])
-  target = aot.TpuTarget()
+  target = configured(aot.TpuTarget)
   tpu_slice = parse_slice(target.accelerator)
   trainer = trainer_lib.trainer_from_gin(topology_devices(tpu_slice, target.num_slices))
   program = (target.accelerator, target.num_slices, repr({field.name: getattr(trainer, field.name)

@@ -109,3 +109,24 @@ def test_a_mesh_that_cannot_follow_the_topology_says_so(monkeypatch, caplog):
     mesh = mesh_lib.make_mesh(mesh_lib.MeshConfig(data=1, fsdp=-1))
   assert mesh.devices.size == jax.device_count()
   assert "no torus layout for this shape" in caplog.text and "jax.devices() order" in caplog.text
+
+
+def test_a_config_reads_its_gin_bindings_only_where_an_entry_point_asks():
+  import gin
+
+  from xbook.gin_flags import configured
+  from xbook.train.aot import TpuTarget
+  from xbook.train.optimizer import OptimizerConfig
+
+  gin.clear_config()
+  try:
+    gin.parse_config(["OptimizerConfig.learning_rate = 0.5", "TpuTarget.accelerator = 'v6e-8'"])
+    assert OptimizerConfig().learning_rate == 3e-4  # library code: the plain defaults
+    assert configured(OptimizerConfig) == OptimizerConfig(learning_rate=0.5)
+    assert type(configured(OptimizerConfig)) is OptimizerConfig
+    # A flag over the binding; a flag that was not given (None) leaves the binding.
+    assert configured(TpuTarget, accelerator="v5p-64", num_slices=None) == TpuTarget(accelerator="v5p-64")
+    assert configured(TpuTarget, accelerator=None).accelerator == "v6e-8"
+    assert "OptimizerConfig.learning_rate = 0.5" in gin.operative_config_str()  # recorded in config.gin
+  finally:
+    gin.clear_config()

@@ -86,7 +86,7 @@ def test_plans_first_layout_puts_every_plan_before_any_text(scaffold_records):
   assert sorted(s.text for s in plans_first) == sorted(s.text for s in interleaved)
   texts = [s.text for s in plans_first if s.kind == "text"]
   assert texts == [s.text for s in interleaved if s.kind == "text"]  # the prose keeps its order
-  with pytest.raises(ValueError, match="unknown trajectory layout"):
+  with pytest.raises(ValueError, match="unknown plan order"):
     trajectory.scaffold_to_segments(record, "shuffled")
 
 
@@ -295,7 +295,7 @@ def test_data_inspect_shows_an_example_segment_by_segment(vocab_path, scaffold_f
 def test_plans_first_windows_put_their_plans_before_their_text(vocab_path, scaffold_records):
   vocabulary = vocab.load_vocabulary(vocab_path)
   record = scaffold_records[0]
-  windows = tasks.book_examples("windows", vocabulary, length=WINDOW_LEN, layout="plans_first")(record)
+  windows = tasks.book_examples("windows", vocabulary, length=WINDOW_LEN, plan_order="plans_first")(record)
   for window in windows:
     kinds = window["segment_kinds"]
     first_text = np.flatnonzero(kinds == TEXT)[0]

@@ -43,7 +43,7 @@ def test_a_cache_built_at_another_length_is_refused_naming_the_field_and_the_reb
     other.get_dataset({"targets": 128}, split="train", use_cached=True)
   message = str(error.value)
   assert "seq_len 64 in the cache, 128 here (train.seq_len)" in message
-  assert "train.loss_weights" in message and "trajectory_layout" not in message
+  assert "train.loss_weights" in message and "plan_order" not in message
   assert f"xbook data cache --gin_file=YOUR_CONFIG.gin --out {tmp_path / 'cache'} --overwrite" in message
 
   (folder / cache.PROVENANCE_FILE).unlink()  # a cache from before provenance was recorded

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ import pytest
 from xbook.data import tasks
 from xbook.train import input_pipeline
 from xbook.train.input_pipeline import host_books, trajectory_batches
+from xbook.train.trainer import INPUT_COUNTS_DIR
+
+from tiny_runs import train_tiny
 
 SEQ_LEN = 512
 BATCH = 8
@@ -126,6 +130,20 @@ def test_a_resume_builds_no_book_before_its_position(windows_task, builds, tmp_p
   input_pipeline._COUNTS.clear()
   del builds[:]
   assert _same(first(1000, count_cache=str(tmp_path)), cold) and len(builds) <= 2, builds  # kept counts
+
+
+def test_a_resumed_run_finds_its_position_from_the_counts_it_kept(tmp_path, scaffold_file, vocab_path, builds,
+                                                                  caplog):
+  """train() keeps its books' example counts in the run directory: a resume in a new process (no counts
+  in memory) counts no book again."""
+  run = tmp_path / "run"
+  train_tiny(run, scaffold_file, vocab_path, steps=2)
+  assert list((run / INPUT_COUNTS_DIR).glob("counts-*.json"))
+  input_pipeline._COUNTS.clear()  # as in a new process
+  with caplog.at_level(logging.INFO, logger=input_pipeline.__name__):
+    train_tiny(run, scaffold_file, vocab_path, steps=3)
+  assert "input pipeline: starting at batch 2" in caplog.text
+  assert "counting the examples of 0 of" in caplog.text, caplog.text
 
 
 def test_a_mixture_resumes_exactly_and_leaves_out_a_view_without_examples(scaffold_file, vocab_path):

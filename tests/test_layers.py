@@ -1,4 +1,5 @@
 """The import graph follows DESIGN.md's layer order: a package imports only the packages above it.
+Configuration enters at the entry points: library code never reads gin.
 
 Order (DESIGN.md "Layout"): books -> scaffold -> data -> model -> train -> infer / evals (side by side,
 evals may read infer), except that `model` knows nothing of `data` (train wires them together). `cli`
@@ -57,3 +58,51 @@ def test_shared_helpers_import_no_layer():
   wrong = [f"{path.relative_to(PACKAGE.parent)} imports {name}" for path in helpers
            for name in _imported(path) if name.split(".")[1] in RANK or name.split(".")[1] == "cli"]
   assert helpers and not wrong, "shared helpers importing a layer:\n" + "\n".join(sorted(wrong))
+
+
+# Configuration enters at the entry points: the commands (cli.py), `train()` (the gin entry of training)
+# and trainer_from_gin (the Trainer `train()` would build, for `xbook compile` and the benchmarks).
+# Library code takes its configs as arguments and never reads gin's global state.
+ENTRY_POINTS = {"xbook/cli.py": None,  # every function
+                "xbook/train/trainer.py": {"train", "trainer_from_gin", "train_setting", "_bound_setting"}}
+# What reads gin's global state when called: gin's own queries, xbook.gin_flags.configured (a config
+# dataclass with its bindings) and the configurable functions.
+READS_GIN = {"configured", "query_parameter", "logical_axis_rules", "configured_profile"}
+
+
+def _calls_by_function(tree: ast.Module):
+  """(enclosing top-level function or class, called name) for every call in a module."""
+  for top in tree.body:
+    for node in ast.walk(top):
+      if isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Attribute) and getattr(func.value, "id", None) == "nn":
+          continue  # flax's nn.logical_axis_rules(rules) context: the rules it is given
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        yield getattr(top, "name", None), name
+
+
+def test_library_code_never_reads_gin_global_state():
+  wrong = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    where = str(path.relative_to(PACKAGE.parent))
+    if where == "xbook/gin_flags.py" or path.stem.startswith("cli_"):  # the gin helpers themselves
+      continue
+    allowed = ENTRY_POINTS.get(where, set())
+    for function, name in _calls_by_function(ast.parse(path.read_text(encoding="utf-8"))):
+      if name in READS_GIN and allowed is not None and function not in allowed:
+        wrong.append(f"{where}: {function or 'module level'} calls {name}()")
+  assert not wrong, ("library code reading gin (build the config at the entry point and pass it down):\n"
+                     + "\n".join(wrong))
+
+
+def test_config_dataclasses_are_plain_classes_registered_for_gin():
+  """A class decorated with @gin.configurable reads gin whenever any code constructs it; registered with
+  gin.external_configurable, it reads gin only when an entry point asks (xbook.gin_flags.configured)."""
+  from xbook import cli_gin
+  decorated = [f"{path.relative_to(PACKAGE.parent)}: {node.name}" for path in sorted(PACKAGE.rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.ClassDef) and any("gin" in ast.unparse(d) for d in node.decorator_list)]
+  assert not decorated, "config classes decorated with gin:\n" + "\n".join(decorated)
+  registered = {c.name for c in cli_gin.configurables()}
+  assert {"OptimizerConfig", "MeshConfig", "TpuTarget", "ScaffoldTargets", "WriteConfig"} <= registered

@@ -570,7 +570,7 @@ def _train_paper(run_dir, scaffold_file, vocab_path, profile: str, steps: int = 
   try:
     return trainer_lib.train(str(run_dir), scaffold_files=str(scaffold_file), vocab_path=str(vocab_path),
                              model_config=MODEL, steps=steps, batch_size=8, seq_len=256, checkpoint_every=steps,
-                             log_every=1, trajectory_layout="paper_stages", task_name=f"paper_{profile}")
+                             log_every=1, plan_order="paper_stages", task_name=f"paper_{profile}")
   finally:
     gin.clear_config()
 
@@ -594,7 +594,7 @@ def test_a_tiny_model_trains_on_the_paper_stages_layout(tmp_path, paper_file, vo
 def test_data_inspect_shows_stages_and_the_raw_text_matches_the_rendered_stream(paper_file, vocab_path, tmp_path,
                                                                              capsys):
   common = ["data", "inspect", "--scaffolds", str(paper_file), "--vocab", str(vocab_path), "--seq_len", "65536",
-            "--layout", "paper_stages", "--profile", "24b_first_chapter"]
+            "--plan_order", "paper_stages", "--profile", "24b_first_chapter"]
   assert cli.main(common + ["--raw"]) == 0
   raw = capsys.readouterr().out
   assert cli.main(["scaffold", "show", str(paper_file), "--book", "pg46", "--profile", "24b_first_chapter"]) == 0

@@ -328,7 +328,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(trained_run,
 def test_ring_attention_on_a_zigzag_sequence_axis_trains_like_dense(tmp_path, scaffold_file, vocab_path):
   dense, ring = tmp_path / "dense", tmp_path / "ring"
   _train(dense, scaffold_file, vocab_path, steps=3, mesh=(1, 2, 2, 2))
-  _train(ring, scaffold_file, vocab_path, steps=3, mesh=(1, 2, 2, 2), layout="zigzag",
+  _train(ring, scaffold_file, vocab_path, steps=3, mesh=(1, 2, 2, 2), length_layout="zigzag",
          model_config=dataclasses.replace(MODEL, attention="ring"))
   want = [r["loss"] for r in read_metrics(dense)]
   got = [r["loss"] for r in read_metrics(ring)]

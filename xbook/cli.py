@@ -190,7 +190,8 @@ def _scaffold_build(args: argparse.Namespace) -> int:
   from xbook.books import split_for_author
   from xbook.books.io import read_books
   from xbook.scaffold import ExtractiveSummarizer, SummaryCache
-  from xbook.scaffold.build import format_reports, run_scaffold_build
+  from xbook.gin_flags import configured
+  from xbook.scaffold.build import ScaffoldTargets, format_reports, run_scaffold_build
   books = list(read_books(args.books))
   splits = {book.id: split_for_author(book.author) for book in books}
   for book in books:
@@ -202,7 +203,8 @@ def _scaffold_build(args: argparse.Namespace) -> int:
       summarizer = _openai_summarizer(args, stack)
     cache = stack.enter_context(SummaryCache(args.cache))
     build = run_scaffold_build(books, summarizer, out_path=args.out, cache=cache, splits=splits,
-                               concurrent_books=args.concurrent_books, plan_format=args.format)
+                               targets=configured(ScaffoldTargets), concurrent_books=args.concurrent_books,
+                               plan_format=args.format)
     print(format_reports(build.reports, build.seconds))
     print(f"scaffolds: {args.out} ({len(build.records)} records); summary cache {args.cache}: "
           f"{cache.hits} hits, {cache.misses} misses")
@@ -316,13 +318,14 @@ def _vocab_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ data
 def _data_cache(args: argparse.Namespace) -> int:
-  from xbook.data import cache, tasks
+  from xbook.data import cache, paper_stages, tasks, trajectory
   from xbook.train.trainer import train_setting
 
-  task_name, seq_len = train_setting("task_name"), train_setting("seq_len")
+  task_name, seq_len, plan_order = train_setting("task_name"), train_setting("seq_len"), train_setting("plan_order")
   task = tasks.register_task(
       task_name, "windows", train_setting("scaffold_files"), train_setting("vocab_path"),
-      layout=train_setting("trajectory_layout"), loss_weights=train_setting("loss_weights"),
+      plan_order=plan_order, loss_weights=train_setting("loss_weights"),
+      profile=paper_stages.configured_profile() if plan_order == trajectory.PAPER_STAGES else None,
       repeat_weight=train_setting("repeat_weight"), cached_length=seq_len)
   out = cache.cache_task(task, args.out, num_shards=args.num_shards, splits=args.split or None,
                          pipeline_args=args.beam_args or ("--runner=DirectRunner",), overwrite=args.overwrite)
@@ -339,12 +342,12 @@ def _data_inspect(args: argparse.Namespace) -> int:
   from xbook.data import inspection, tasks, trajectory, vocab
   from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
   vocabulary = vocab.load_vocabulary(args.vocab)
-  paper = args.layout == trajectory.PAPER_LAYOUT
+  paper = args.plan_order == trajectory.PAPER_STAGES
   if paper and args.task == "stages":
-    raise SystemExit(f"error: --layout {args.layout} has the tasks windows and full (and their mixture); the "
-                     "stages task is xbook's short one-step examples of its own layouts")
+    raise SystemExit(f"error: --plan_order {args.plan_order} has the tasks windows and full (and their mixture); "
+                     "the stages task is xbook's short one-step examples of its own plan orders")
   mixture = tasks.register_mixture("xbook_inspect", args.scaffolds, vocabulary,
-                                   layout=args.layout, repeat_weight=args.repeat_weight,
+                                   plan_order=args.plan_order, repeat_weight=args.repeat_weight,
                                    **({"profile": args.profile} if paper else {}))
   task_name = mixture.name if args.task == "mixture" else f"xbook_inspect_{args.task}"
   converter = TrajectoryFeatureConverter(bos_id=vocabulary.bos_id, length_multiple=args.sequence_shards)
@@ -383,7 +386,7 @@ def _data_inspect(args: argparse.Namespace) -> int:
              "plan_repeat_share": {"mean": float(np.mean(repeat_shares)), "max": float(np.max(repeat_shares)),
                                    "ngram": inspection.REPEAT_NGRAM}}
   if paper_example is not None:
-    summary.update(layout=args.layout, profile=args.profile, stages=inspection.paper_stage_spans(paper_example),
+    summary.update(plan_order=args.plan_order, profile=args.profile, stages=inspection.paper_stage_spans(paper_example),
                    dropped_tokens=paper_example.dropped_tokens,
                    dropped_chapters=[c + 1 for c in paper_example.dropped_chapters])
   if args.json:
@@ -515,9 +518,12 @@ def _train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- compile
 def _compile(args: argparse.Namespace) -> int:
+  from xbook.gin_flags import configured
   from xbook.train import aot
-  report = aot.compile_for_tpu(args.topology, args.num_slices, args.assumed_mfu,
-                               count_flops=not args.memory_only)
+  from xbook.train.trainer import trainer_from_gin
+  target = configured(aot.TpuTarget, accelerator=args.topology, num_slices=args.num_slices,
+                      assumed_mfu=args.assumed_mfu)
+  report = aot.compile_for_tpu(target, trainer_from_gin, count_flops=not args.memory_only)
   print(json.dumps(report.to_json()) if args.json else aot.format_report(report))
   if not report.fits:
     print(f"error: the step needs {report.total_bytes_per_chip / 2**30:.2f} GiB per chip but a "
@@ -539,8 +545,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _write(args: argparse.Namespace) -> int:
-  from xbook.infer.writer import write_book
-  book = write_book(args.run_dir, args.prompt, args.out, seed=args.seed, step=args.step, profile=args.profile)
+  from xbook.gin_flags import configured
+  from xbook.infer.writer import WriteConfig, write_book
+  book = write_book(args.run_dir, args.prompt, args.out, seed=args.seed, step=args.step, profile=args.profile,
+                    config=configured(WriteConfig))
   words = sum(len(t.split()) for c in book["chapters"] for t in c["texts"])
   summary = {"markdown": book["markdown"], "json": book["json"], "chapters": len(book["chapters"]),
              "scenes": sum(len(c["texts"]) for c in book["chapters"]), "words": words,
@@ -702,11 +710,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   data = _group(commands, "data", "Trajectory examples from the seqio tasks.",
                 "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model")
   p = _add(data, "inspect", "Build the examples of one book view (seqio task) and show one segment by segment "
-           "(stage by stage for the paper_stages layout), or (--raw) print its text exactly.",
+           "(stage by stage for the paper_stages plan order), or (--raw) print its text exactly.",
            "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab out/vocab.model --seq_len 2048 \\\n"
            "  --task stages --index 3\n"
            "xbook data inspect --scaffolds out/paper.jsonl --vocab out/vocab.model --seq_len 32768 \\\n"
-           "  --layout paper_stages --profile 24b_first_chapter --raw > example0.txt\n"
+           "  --plan_order paper_stages --profile 24b_first_chapter --raw > example0.txt\n"
            "xbook data inspect --scaffolds out/scaffolds.jsonl --vocab ~/models/Mistral-Small-24B/tekken.json \\\n"
            "  --seq_len 8192 --json",
            _data_inspect)
@@ -721,8 +729,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--task", default="windows", choices=("windows", "full", "stages", "mixture"),
                  help="book view to show, or the mixture of all three (paper_stages: windows, full, mixture)")
   p.add_argument("--index", type=int, default=0, help="which example of the task to show")
-  p.add_argument("--layout", default="interleaved", choices=("interleaved", "plans_first", "paper_stages"),
-                 help="trajectory layout; paper_stages: the stage stream of the paper's released models "
+  p.add_argument("--plan_order", "--layout", default="interleaved", choices=("interleaved", "plans_first", "paper_stages"),
+                 help="order of plans and text in a trajectory (--layout: its old name); paper_stages: the "
+                      "stage stream of the paper's released models "
                       "(records with a paper field, `xbook scaffold build --format paper`)")
   p.add_argument("--profile", default="14b_full_book", choices=("24b_first_chapter", "14b_full_book"),
                  help="paper_stages: the released model's profile (24b: one example per book to the end of "
@@ -789,9 +798,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
   bench = _group(commands, "bench", "Speed, memory and accuracy figures.",
-                 "xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag")
+                 "xbook bench attention --impl ring --seq 8192 --devices 8 --length_layout zigzag")
   p = _add(bench, "attention", "Attention vs dense: max errors of out and dq/dk/dv, time, memory, balance.",
-           "xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag --json", _bench_attention)
+           "xbook bench attention --impl ring --seq 8192 --devices 8 --length_layout zigzag --json", _bench_attention)
   deferred[("bench", "attention")] = (p, "xbook.train.attention_bench")
   p = _add(bench, "decode", "KV-cache decoding speed of a trained run: prefill tokens/s, decode tokens/s at batch 1 "
            "and 8, ms per token at contexts of 256, 1k and 4k, compiles; beside transformers' generate on the same "

@@ -150,7 +150,7 @@ def configurables() -> tuple[Configurable, ...]:
         if "name" in kwargs and isinstance(kwargs["name"], ast.Constant):
           name = kwargs["name"].value
         where = kwargs["module"].value if isinstance(kwargs.get("module"), ast.Constant) else module
-        definition = None
+        definition = _definitions(tree).get(ast.unparse(target))  # defined in this module, or imported
         for imported in ast.walk(tree):
           if isinstance(imported, ast.ImportFrom) and imported.module and \
               any(a.name == ast.unparse(target) for a in imported.names):

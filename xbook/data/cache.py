@@ -38,7 +38,7 @@ PROVENANCE_SCHEMA = "xbook.cache/1"
 # The provenance fields two caches must agree on, and the setting each comes from (for the message).
 COMPARED_FIELDS: dict[str, str] = {
     "task": "train.task_name", "view": "the task's view", "seq_len": "train.seq_len",
-    "trajectory_layout": "train.trajectory_layout", "profile": "paper_stages.profile",
+    "plan_order": "train.plan_order", "profile": "paper_stages.profile",
     "loss_weights": "train.loss_weights", "repeat_weight": "train.repeat_weight",
     "vocabulary": "train.vocab_path"}
 
@@ -47,7 +47,7 @@ class CacheMismatchError(ValueError):
   """An offline cache that was built for another configuration than the one reading it (or for none)."""
 
 
-def provenance(task_name: str, view: str, length: int, vocabulary: Any, *, layout: str,
+def provenance(task_name: str, view: str, length: int, vocabulary: Any, *, plan_order: str,
                loss_weights: Mapping[str, float] | None, repeat_weight: float, profile: str | None,
                scaffold_files: str | Sequence[str]) -> dict[str, Any]:
   """What the examples of a cached task are built from (COMPARED_FIELDS, plus recorded-only fields).
@@ -56,13 +56,13 @@ def provenance(task_name: str, view: str, length: int, vocabulary: Any, *, layou
   unset weight and its default compare equal; the vocabulary by its content fingerprint (its path is
   recorded but not compared: a copy elsewhere is the same vocabulary).
   """
-  if layout == trajectory.PAPER_LAYOUT:
+  if plan_order == trajectory.PAPER_STAGES:
     weights = paper_stages.role_weights(loss_weights)
   else:
     weights = dict(zip(trajectory.SEGMENT_KINDS, trajectory.loss_weight_table(loss_weights)))
   files = [scaffold_files] if isinstance(scaffold_files, str) else [os.fspath(f) for f in scaffold_files]
-  return {"task": task_name, "view": view, "seq_len": int(length), "trajectory_layout": layout,
-          "profile": profile if layout == trajectory.PAPER_LAYOUT else None,
+  return {"task": task_name, "view": view, "seq_len": int(length), "plan_order": plan_order,
+          "profile": profile if plan_order == trajectory.PAPER_STAGES else None,
           "loss_weights": weights, "repeat_weight": float(repeat_weight),
           "vocabulary": vocabulary.fingerprint,
           # Recorded, not compared:
@@ -76,7 +76,10 @@ def read_provenance(task_cache_dir: str) -> dict[str, Any] | None:
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+    recorded = json.load(f)
+  if "trajectory_layout" in recorded:  # a cache built before plan_order was renamed: the same field
+    recorded.setdefault("plan_order", recorded.pop("trajectory_layout"))
+  return recorded
 
 
 def _shown(field: str, value: Any) -> str:

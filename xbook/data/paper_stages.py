@@ -1,11 +1,11 @@
-"""The `paper_stages` trajectory layout: a record's stage stream in a profile of the paper's protocol,
+"""The `paper_stages` plan order: a record's stage stream in a profile of the paper's protocol,
 cut into training examples.
 
 A scaffold record with a `paper` field renders, in a profile of xbook.scaffold.stage_protocol, to the stream
 its released model reads (framing byte for byte). This module tokenizes that stream stage by stage and
-makes the examples of one book (the layout is `train.trajectory_layout = 'paper_stages'`, the profile
+makes the examples of one book (the plan order is `train.plan_order = 'paper_stages'`, the profile
 `paper_stages.profile` in gin or `--profile` on the command line; not to be confused with the `stages`
-*view* of xbook.data.tasks, short one-step examples of xbook's own layouts):
+*view* of xbook.data.tasks, short one-step examples of xbook's own plan orders):
 
   24b_first_chapter  one example per book: prompt, book plan, first chapter plan, its scene breakdown
                      and text, up to the end of the first chapter. A stream longer than the sequence
@@ -32,7 +32,7 @@ Loss weights are per stage role: a role's weight is `loss_weights[role]` when gi
 `loss_weights[kind]` of its segment kind (stage_protocol.StageSpec.kind), else 0 for the prompt and 1
 for every other role; header and `<|eot_id|>` tokens take their stage's weight (the model learns to end
 a stage). Tokens carry their stage's segment kind, so the trainer reports `loss/book_plan`,
-`loss/chapter_plan`, `loss/text`, ... for this layout too.
+`loss/chapter_plan`, `loss/text`, ... for this plan order too.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ VIEWS = ("windows", "full")
 
 @gin.configurable("paper_stages")
 def configured_profile(profile: str = sp.DEFAULT_PROFILE) -> str:
-  """The profile of the `paper_stages` layout when none is passed: gin `paper_stages.profile`."""
+  """The profile gin binds as `paper_stages.profile` (checked); for entry points, which pass it down."""
   sp.get_profile(profile)
   return profile
 
@@ -298,14 +298,14 @@ def book_examples(record: Mapping[str, Any], encode: Encode, *, profile: str | s
   """
   profile = sp.get_profile(profile)
   if view not in VIEWS:
-    raise ValueError(f"the {trajectory.PAPER_LAYOUT} layout has the views {VIEWS}, not {view!r} (the "
-                     "`stages` view is xbook's short one-step examples of its own layouts)")
+    raise ValueError(f"the {trajectory.PAPER_STAGES} plan order has the views {VIEWS}, not {view!r} (the "
+                     "`stages` view is xbook's short one-step examples of its own plan orders)")
   weights = role_weights(loss_weights)
   stages = encode_stages(sp.render_stages(record, profile), encode, profile)
   book_id = record["book"]["id"]
   if view == "full":
     if sum(len(s) for s in stages) > length:
-      log.warning("%s full view: skipped book %s: its %s stream has %d tokens, more than %d", trajectory.PAPER_LAYOUT,
+      log.warning("%s full view: skipped book %s: its %s stream has %d tokens, more than %d", trajectory.PAPER_STAGES,
                   book_id, profile.name, sum(len(s) for s in stages), length)
       return []
     return [PaperExample(tuple(_whole(stages, weights)))]
@@ -315,7 +315,7 @@ def book_examples(record: Mapping[str, Any], encode: Encode, *, profile: str | s
   if dropping:
     chapters = sorted({c for e in examples for c in e.dropped_chapters})
     log.warning("%s (%s): book %s: %d of its %d examples leave out part of the stream before them to fit "
-                "%d tokens (up to %d tokens each%s)", trajectory.PAPER_LAYOUT, profile.name, book_id,
+                "%d tokens (up to %d tokens each%s)", trajectory.PAPER_STAGES, profile.name, book_id,
                 len(dropping), len(examples), length, max(dropping),
                 f"; the text of chapters {chapters[0] + 1}-{chapters[-1] + 1} from some contexts"
                 if chapters else "")

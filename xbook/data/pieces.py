@@ -65,7 +65,7 @@ def encode_segment(encode: Encode, segment: trajectory.Segment) -> tuple[int, ..
   return tuple(encode(marker)) + tuple(encode(rest))
 
 
-def encode_book(record: Mapping[str, Any], encode: Encode, eos_id: int, *, layout: str = "interleaved",
+def encode_book(record: Mapping[str, Any], encode: Encode, eos_id: int, *, plan_order: str = "interleaved",
                 marker_style: str = "symbols") -> list[EncodedSegment]:
   """Tokenize every trajectory segment of one scaffold record once (encode_segment); EOS, once, closes
   the last one (the end of the book).
@@ -73,7 +73,7 @@ def encode_book(record: Mapping[str, Any], encode: Encode, eos_id: int, *, layou
   Each segment is one call of `encode`; the longest are scene texts, which the books segmenter bounds,
   so a book costs time linear in its length (xbook.data.hf_vocab, "Speed"; tests/test_vocab.py).
   """
-  segments = trajectory.scaffold_to_segments(record, layout, marker_style)
+  segments = trajectory.scaffold_to_segments(record, plan_order, marker_style)
   encoded = [EncodedSegment(s, encode_segment(encode, s)) for s in segments]
   encoded[-1] = dataclasses.replace(encoded[-1], ids=encoded[-1].ids + (eos_id,))
   return encoded

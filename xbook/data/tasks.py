@@ -7,12 +7,13 @@ Views (each a seqio Task over scaffold JSONL; one scaffold record is one book):
            (xbook.data.windows)
   stages   short one-step examples of the plan hierarchy, packed (xbook.data.stages)
 
-Layouts: xbook's own (`interleaved`, `plans_first`; xbook.data.trajectory), or `paper_stages`, the
+Plan orders: xbook's own (`interleaved`, `plans_first`; xbook.data.trajectory), or `paper_stages`, the
 stage stream of the paper's released models in a profile of xbook.scaffold.stage_protocol (records with a
 `paper` field; xbook.data.paper_stages): its `windows` view is the profile's examples (24b: one per book
 up to the end of the first chapter; 14b: the whole book, or a head and one per later chapter), its
 `full` view the whole stream when it fits; it has no `stages` view (that name is xbook's short one-step
-examples). The profile is `register_task(profile=...)`, else gin's `paper_stages.profile`.
+examples). The profile is `register_task(profile=...)` (the entry points pass gin's `paper_stages.profile`),
+else xbook.scaffold.stage_protocol.DEFAULT_PROFILE.
 
 Pipeline: ScaffoldDataSource (the records of a split) -> one Python call per book that tokenizes each
 segment once with the vocabulary and builds the view's examples -> examples with the task features of
@@ -45,6 +46,7 @@ import tensorflow as tf
 
 from xbook.data import cache, paper_stages, pieces, records, stages, trajectory, windows
 from xbook.books.splits import SPLITS
+from xbook.scaffold import stage_protocol as sp
 from xbook.data.features import TASK_FEATURES
 from xbook.data.vocab import Vocabulary, load_vocabulary
 
@@ -86,7 +88,7 @@ class ScaffoldDataSource(seqio.FileDataSource):
 BookExamples = Callable[[Mapping[str, Any]], list[pieces.Example]]
 
 
-def book_examples(view: str, vocabulary: Vocabulary, *, length: int, layout: str = "interleaved",
+def book_examples(view: str, vocabulary: Vocabulary, *, length: int, plan_order: str = "interleaved",
                   loss_weights: Mapping[str, float] | None = None,
                   repeat_weight: float = 0.0, profile: str | None = None) -> BookExamples:
   """A function from one scaffold record to the examples of `view` (in plain Python).
@@ -95,28 +97,28 @@ def book_examples(view: str, vocabulary: Vocabulary, *, length: int, layout: str
     view: one of VIEWS.
     vocabulary: the vocabulary (xbook.data.vocab.load_vocabulary).
     length: the sequence length.
-    layout: trajectory layout (xbook.data.trajectory.LAYOUTS).
+    plan_order: plan order (xbook.data.trajectory.PLAN_ORDERS).
     loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS.
     repeat_weight: windows only: factor on the weight of repeated plans (xbook.data.windows).
-    profile: paper_stages only: the stage-protocol profile (None: gin's `paper_stages.profile`).
+    profile: paper_stages only: the stage-protocol profile (None: stage_protocol.DEFAULT_PROFILE).
   """
   if view not in VIEWS:
     raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
-  if layout == trajectory.PAPER_LAYOUT:
+  if plan_order == trajectory.PAPER_STAGES:
     return paper_stages.examples_fn(vocabulary, view=view, length=length,
-                                    profile=profile or paper_stages.configured_profile(),
+                                    profile=profile or sp.DEFAULT_PROFILE,
                                     loss_weights=loss_weights)
   weight_table = trajectory.loss_weight_table(loss_weights)
   style, eos_id, encode = vocabulary.marker_style, vocabulary.eos_id, vocabulary.encode
 
   def examples(record: Mapping[str, Any]) -> list[pieces.Example]:
-    book = pieces.encode_book(record, encode, eos_id, layout=layout, marker_style=style)
+    book = pieces.encode_book(record, encode, eos_id, plan_order=plan_order, marker_style=style)
     if view == "full":
       return pieces.full_examples(book, length=length, weight_table=weight_table,
                                   book_id=record["book"]["id"])
     if view == "windows":
       return windows.window_examples(record, book, encode, length=length,
-                                     weight_table=weight_table, layout=layout, marker_style=style,
+                                     weight_table=weight_table, plan_order=plan_order, marker_style=style,
                                      repeat_weight=repeat_weight)
     return stages.stage_examples(book, eos_id, length=length, weight_table=weight_table)
 
@@ -211,7 +213,7 @@ def fixed_length_view_preprocessor(view: str, vocabulary: Vocabulary, length: in
 
 def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
                   vocabulary: str | os.PathLike[str] | Vocabulary, *,
-                  layout: str = "interleaved", loss_weights: Mapping[str, float] | None = None,
+                  plan_order: str = "interleaved", loss_weights: Mapping[str, float] | None = None,
                   repeat_weight: float = 0.0, cached_length: int | None = None,
                   profile: str | None = None) -> seqio.Task:
   """Register (or re-register) one view of scaffold JSONL files as a seqio Task.
@@ -224,12 +226,12 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
       for a task built online, and when the files are read, for one built into a cache.
     vocabulary: a Vocabulary, or the path of one for xbook.data.vocab.load_vocabulary (an xbook
       vocabulary, a tokenizer.model, tokenizer.json, tekken.json or a model folder holding one).
-    layout: trajectory layout (xbook.data.trajectory.ALL_LAYOUTS: interleaved, plans_first, paper_stages).
+    plan_order: plan order (xbook.data.trajectory.ALL_PLAN_ORDERS: interleaved, plans_first, paper_stages).
     loss_weights: {segment kind: weight}; kinds not named keep DEFAULT_LOSS_WEIGHTS (paper_stages: keys
       may also be stage roles, xbook.data.paper_stages.role_weights).
     repeat_weight: windows only: factor on the weight of repeated plans (xbook.data.windows).
-    profile: paper_stages only: "24b_first_chapter" or "14b_full_book" (None: gin's
-      `paper_stages.profile`, default 14b_full_book), resolved now.
+    profile: paper_stages only: "24b_first_chapter" or "14b_full_book" (None:
+      stage_protocol.DEFAULT_PROFILE, 14b_full_book; entry points pass gin's `paper_stages.profile`).
     cached_length: build the examples at this length, before a seqio cache placeholder, so that the
       task can be cached offline (xbook.data.cache) and read with `use_cached=True`; None: at the
       length the reader asks for, never cached.
@@ -239,13 +241,13 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
   """
   if view not in VIEWS:
     raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
-  if layout not in trajectory.ALL_LAYOUTS:
-    raise ValueError(f"unknown trajectory layout {layout!r}; expected one of {trajectory.ALL_LAYOUTS}")
-  if layout == trajectory.PAPER_LAYOUT:
-    profile = profile or paper_stages.configured_profile()
+  if plan_order not in trajectory.ALL_PLAN_ORDERS:
+    raise ValueError(f"unknown plan order {plan_order!r}; expected one of {trajectory.ALL_PLAN_ORDERS}")
+  if plan_order == trajectory.PAPER_STAGES:
+    profile = profile or sp.DEFAULT_PROFILE
     paper_stages.role_weights(loss_weights)  # fail now, not inside tf.data
     if view not in paper_stages.VIEWS:
-      raise ValueError(f"layout {layout!r} has the views {paper_stages.VIEWS}, not {view!r}")
+      raise ValueError(f"plan order {plan_order!r} has the views {paper_stages.VIEWS}, not {view!r}")
   else:
     trajectory.loss_weight_table(loss_weights)  # fail now, not inside tf.data, on an unknown kind
   if not isinstance(vocabulary, Vocabulary):
@@ -253,7 +255,7 @@ def register_task(name: str, view: str, scaffold_files: str | Sequence[str],
   passthrough = {name: seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=dtype,
                                      required=False)
                  for name, dtype in _FEATURE_DTYPES.items() if name != "targets"}
-  view_kwargs = dict(layout=layout, loss_weights=loss_weights, repeat_weight=repeat_weight, profile=profile)
+  view_kwargs = dict(plan_order=plan_order, loss_weights=loss_weights, repeat_weight=repeat_weight, profile=profile)
   cached: dict[str, Any] = {}
   if cached_length is None:
     records.validate_files_to_read(scaffold_files)  # a bad record is named now, before anything is trained
@@ -287,9 +289,9 @@ def register_mixture(name: str, scaffold_files: str | Sequence[str],
     scaffold_files, vocabulary: as for register_task (a path is loaded once, for every task).
     rates: {view: sampling rate}; views left out (or at rate 0) are not mixed. Default: windows 1,
       stages 1, full 1 (paper_stages: windows 1, full 1).
-    **task_kwargs: layout, loss_weights, repeat_weight, profile for every task.
+    **task_kwargs: plan_order, loss_weights, repeat_weight, profile for every task.
   """
-  views = paper_stages.VIEWS if task_kwargs.get("layout") == trajectory.PAPER_LAYOUT else VIEWS
+  views = paper_stages.VIEWS if task_kwargs.get("plan_order") == trajectory.PAPER_STAGES else VIEWS
   rates = dict(rates if rates is not None else {view: 1.0 for view in views})
   unknown = sorted(set(rates) - set(VIEWS))
   if unknown:

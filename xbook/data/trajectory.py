@@ -10,9 +10,9 @@ Layouts:
   plans_first: prompt, premise, synopsis, outline, every chapter's plan and scene plans, then the whole
     text, scene after scene.
 
-  paper_stages (PAPER_LAYOUT): the paper's stage protocol (xbook.scaffold.stage_protocol), for records with a
+  paper_stages (PAPER_STAGES): the paper's stage protocol (xbook.scaffold.stage_protocol), for records with a
     `paper` field; its examples are built by xbook.data.paper_stages, not from segments. (Not to be
-    confused with the `stages` *view* of xbook.data.tasks: short one-step examples of xbook's layouts.)
+    confused with the `stages` *view* of xbook.data.tasks: short one-step examples of xbook's plan orders.)
 
 Marker styles:
   symbols: `<|premise|>`, ... are user-defined symbols of an xbook vocabulary (one token each).
@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-# Segment kinds of xbook's own layouts, in the order they first appear in a trajectory.
+# Segment kinds of xbook's own plan orders, in the order they first appear in a trajectory.
 XBOOK_KINDS: tuple[str, ...] = (
     "prompt", "premise", "synopsis", "outline", "chapter_plan", "scene_plan", "text")
 # Kinds only the paper's stage protocol has (xbook.scaffold.stage_protocol maps each stage role to a kind:
@@ -41,7 +41,7 @@ PREVIOUSLY = "previously"
 SEGMENT_KINDS: tuple[str, ...] = XBOOK_KINDS + PAPER_KINDS + (PREVIOUSLY,)
 KIND_ID: dict[str, int] = {kind: i for i, kind in enumerate(SEGMENT_KINDS)}
 
-# One marker per kind of xbook's layouts (SentencePiece user-defined symbols), plus one that closes the
+# One marker per kind of xbook's plan orders (SentencePiece user-defined symbols), plus one that closes the
 # book. The paper's kinds have none: its stages are framed by role headers instead.
 MARKERS: dict[str, str] = {kind: f"<|{kind}|>" for kind in XBOOK_KINDS}
 # Kinds written under another kind's marker.
@@ -63,10 +63,10 @@ DEFAULT_LOSS_WEIGHTS: dict[str, float] = {
     "chapter_plan": 1.0, "scene_plan": 1.0, "text": 1.0,
     "book_preview": 1.0, "book_plan": 1.0, "characters": 1.0, PREVIOUSLY: 1.0}
 
-# xbook's own layouts (built from segments here), and the paper's stage stream.
-LAYOUTS = ("interleaved", "plans_first")
-PAPER_LAYOUT = "paper_stages"
-ALL_LAYOUTS = LAYOUTS + (PAPER_LAYOUT,)
+# xbook's own plan orders (built from segments here), and the paper's stage stream.
+PLAN_ORDERS = ("interleaved", "plans_first")
+PAPER_STAGES = "paper_stages"
+ALL_PLAN_ORDERS = PLAN_ORDERS + (PAPER_STAGES,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,22 +116,22 @@ def outline_text(chapters: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(f"{c['index'] + 1}. {c['title']}: {c['summary']}".strip() for c in chapters)
 
 
-def scaffold_to_segments(record: Mapping[str, Any], layout: str = "interleaved",
+def scaffold_to_segments(record: Mapping[str, Any], plan_order: str = "interleaved",
                          marker_style: str = "symbols") -> list[Segment]:
   """The trajectory of one scaffold record (schema `xbook.scaffold/1`).
 
   Args:
     record: a validated scaffold record.
-    layout: one of LAYOUTS.
+    plan_order: one of PLAN_ORDERS.
     marker_style: one of MARKER_STYLES.
 
   Returns:
     Segments in reading order; the last `text` segment ends with END_OF_BOOK.
   """
-  if layout == PAPER_LAYOUT:
-    raise ValueError(f"layout {PAPER_LAYOUT!r} is not made of segments: use xbook.data.paper_stages")
-  if layout not in LAYOUTS:
-    raise ValueError(f"unknown trajectory layout {layout!r}; expected one of {LAYOUTS}")
+  if plan_order == PAPER_STAGES:
+    raise ValueError(f"plan order {PAPER_STAGES!r} is not made of segments: use xbook.data.paper_stages")
+  if plan_order not in PLAN_ORDERS:
+    raise ValueError(f"unknown plan order {plan_order!r}; expected one of {PLAN_ORDERS}")
   chapters = record["chapters"]
   segments = [make_segment(kind, body, marker_style) for kind, body in (
       ("prompt", record["prompt"]), ("premise", record["premise"]),
@@ -143,7 +143,7 @@ def scaffold_to_segments(record: Mapping[str, Any], layout: str = "interleaved",
     chapter_plans += [make_segment("scene_plan", scene["summary"], marker_style, c)
                       for scene in chapter["scenes"]]
     chapter_texts = [make_segment("text", scene["text"], marker_style, c) for scene in chapter["scenes"]]
-    if layout == "interleaved":
+    if plan_order == "interleaved":
       segments += chapter_plans + chapter_texts
     else:
       plans += chapter_plans

@@ -297,11 +297,11 @@ def _restore(path: str, fingerprint: str) -> Vocabulary:
   return _LOADED[(path, fingerprint)]
 
 
-def training_sentences(records: Iterable[Mapping[str, Any]], layout: str = "interleaved"
+def training_sentences(records: Iterable[Mapping[str, Any]], plan_order: str = "interleaved"
                        ) -> Iterator[str]:
   """Paragraph-sized pieces of every trajectory segment, markers included."""
   for record in records:
-    for segment in trajectory.scaffold_to_segments(record, layout):
+    for segment in trajectory.scaffold_to_segments(record, plan_order):
       for paragraph in segment.text.split("\n\n"):
         if paragraph.strip():
           yield paragraph

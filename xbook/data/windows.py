@@ -9,7 +9,7 @@ Every window reads
                 window that starts at chapter 1, and when the whole outline is in the global plan
                 (it would only repeat summaries the window already holds)
   body          a span of chapters: their chapter plans, scene plans and scene texts, in the trajectory
-                layout (`plans_first` holds within each window)
+                plan_order (`plans_first` holds within each window)
 
 Chapters are packed greedily, whole, while they fit. A chapter longer than a fresh window's body is split
 at scene boundaries, each part repeating the chapter plan; a scene longer than that is split into
@@ -100,9 +100,9 @@ class _WindowPlanner:
   """Greedy packing of one book's chapters into windows (see the module docstring)."""
 
   def __init__(self, record: Mapping[str, Any], book: Sequence[EncodedSegment], encode: Encode, *,
-               length: int, layout: str, marker_style: str, repeat_weight: float) -> None:
+               length: int, plan_order: str, marker_style: str, repeat_weight: float) -> None:
     self.record, self.encode, self.length = record, encode, length
-    self.layout, self.marker_style, self.repeat_weight = layout, marker_style, repeat_weight
+    self.plan_order, self.marker_style, self.repeat_weight = plan_order, marker_style, repeat_weight
     self.prefix_budget = length // 2
     self.global_budget = 3 * length // 8
     self.outline_cut = False
@@ -233,7 +233,7 @@ class _WindowPlanner:
     return [self._render(prefix, blocks) for prefix, blocks in self.windows if blocks]
 
   def _render(self, prefix: list[Piece], blocks: list[_Block]) -> list[Piece]:
-    if self.layout == "plans_first":
+    if self.plan_order == "plans_first":
       body = [p for b in blocks for p in b.plans] + [p for b in blocks for p in b.texts]
     else:
       body = [p for b in blocks for p in b.plans + b.texts]
@@ -241,17 +241,17 @@ class _WindowPlanner:
 
 
 def window_examples(record: Mapping[str, Any], book: Sequence[EncodedSegment], encode: Encode, *,
-                    length: int, weight_table: Sequence[float], layout: str = "interleaved",
+                    length: int, weight_table: Sequence[float], plan_order: str = "interleaved",
                     marker_style: str = "symbols", repeat_weight: float = 0.0) -> list[Example]:
   """The `windows` view of one book.
 
   Args:
     record: the scaffold record (for its chapter summaries and id).
-    book: its tokenized trajectory (xbook.data.pieces.encode_book with the same layout and style).
+    book: its tokenized trajectory (xbook.data.pieces.encode_book with the same plan_order and style).
     encode: text -> token ids of the same vocabulary.
     length: the sequence length; every window has at most this many tokens.
     weight_table: loss weight per kind id (xbook.data.trajectory.loss_weight_table).
-    layout, marker_style: as the trajectory's.
+    plan_order, marker_style: as the trajectory's.
     repeat_weight: factor on the loss weight of repeated plans (module docstring).
 
   Returns:
@@ -259,6 +259,6 @@ def window_examples(record: Mapping[str, Any], book: Sequence[EncodedSegment], e
   """
   if length < 8:
     raise ValueError(f"windows need a sequence length of at least 8 tokens, got {length}")
-  planner = _WindowPlanner(record, book, encode, length=length, layout=layout,
+  planner = _WindowPlanner(record, book, encode, length=length, plan_order=plan_order,
                            marker_style=marker_style, repeat_weight=repeat_weight)
   return [assemble(pieces, weight_table) for pieces in planner.plan()]

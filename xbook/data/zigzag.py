@@ -2,7 +2,7 @@
 
 The length is cut into 2N equal chunks and shard i (of N along the `sequence` mesh axis) holds chunks
 i and 2N-1-i, pairing an early chunk (few visible keys) with a late one (many). Causality is decided
-by positions, so the layout is a permutation of the length axis applied to every [batch, length]
+by positions, so a length layout is a permutation of the length axis applied to every [batch, length]
 feature together (tokens, targets, weights, segment ids, positions): attention, RoPE and the loss
 are unchanged by it.
 """
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-LAYOUTS = ("contiguous", "zigzag")
+LENGTH_LAYOUTS = ("contiguous", "zigzag")
 
 
 def zigzag_permutation(length: int, n_shards: int) -> np.ndarray:
@@ -29,13 +29,13 @@ def zigzag_permutation(length: int, n_shards: int) -> np.ndarray:
   return chunks[order].reshape(-1)
 
 
-def layout_permutation(layout: str, length: int, n_shards: int) -> np.ndarray:
-  """Index array [length] of `layout` ("contiguous": identity, "zigzag": `zigzag_permutation`)."""
-  if layout == "contiguous":
+def layout_permutation(length_layout: str, length: int, n_shards: int) -> np.ndarray:
+  """Index array [length] of `length_layout` ("contiguous": identity, "zigzag": `zigzag_permutation`)."""
+  if length_layout == "contiguous":
     return np.arange(length)
-  if layout == "zigzag":
+  if length_layout == "zigzag":
     return zigzag_permutation(length, n_shards)
-  raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+  raise ValueError(f"unknown length_layout {length_layout!r}; expected one of {LENGTH_LAYOUTS}")
 
 
 def apply_layout(features: Mapping[str, np.ndarray], n_shards: int) -> dict[str, np.ndarray]:
@@ -53,7 +53,7 @@ def _permute(x: np.ndarray, n_shards: int, inverse: bool) -> np.ndarray:
   return np.take(x, np.argsort(perm) if inverse else perm, axis=1)
 
 
-def ring_balance(layout: str, n_shards: int, blocks_per_shard: int = 2) -> float:
+def ring_balance(length_layout: str, n_shards: int, blocks_per_shard: int = 2) -> float:
   """Structural load balance of causal ring attention: mean over max of per-device work.
 
   Each device's length chunk is cut into `blocks_per_shard` blocks; over the N ring steps a device
@@ -62,7 +62,7 @@ def ring_balance(layout: str, n_shards: int, blocks_per_shard: int = 2) -> float
   Contiguous gives about (N + 1) / (2N), zig-zag 1.
 
   Args:
-    layout: "contiguous" or "zigzag".
+    length_layout: "contiguous" or "zigzag".
     n_shards: N, the size of the `sequence` mesh axis.
     blocks_per_shard: blocks per device chunk; even for zig-zag so no block straddles its halves.
 
@@ -70,7 +70,7 @@ def ring_balance(layout: str, n_shards: int, blocks_per_shard: int = 2) -> float
     mean(per-device active pairs) / max(per-device active pairs), in (0, 1].
   """
   length = 2 * n_shards * blocks_per_shard
-  positions = layout_permutation(layout, length, n_shards).reshape(n_shards * blocks_per_shard, -1)
+  positions = layout_permutation(length_layout, length, n_shards).reshape(n_shards * blocks_per_shard, -1)
   active = positions.min(axis=1)[None, :] <= positions.max(axis=1)[:, None]  # [q block, kv block]
   per_device = active.reshape(n_shards, blocks_per_shard, -1).sum(axis=(1, 2))
   return float(per_device.mean() / per_device.max())

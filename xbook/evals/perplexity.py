@@ -2,7 +2,7 @@
 
 Two kinds of held-out books:
   scaffolds  the `split` records (default "test") of scaffold JSONL files, cut into windows exactly as
-             training cuts them (the `windows` view at the run's sequence length and layout), with
+             training cuts them (the `windows` view at the run's sequence length and plan order), with
              every kind weighted 1 and repeats weighted 0 (`repeat_weight=0`): a token's weight is 1 at
              its first occurrence and 0 where a window repeats it (the global plan of later windows,
              "Previously", a continued chapter's plan), so the tokens of weight > 0 are every token of
@@ -31,7 +31,6 @@ import functools
 import json
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -132,61 +131,61 @@ def split_records(scaffold_files: Sequence[str | Path], split: str) -> list[dict
   return records
 
 
-def segment_text_sizes(records: Sequence[Mapping[str, Any]], layout: str, marker_style: str
+def segment_text_sizes(records: Sequence[Mapping[str, Any]], plan_order: str, marker_style: str
                        ) -> dict[str, tuple[int, int]]:
   """{kind: (words, UTF-8 bytes)} of the segment bodies (markers left out) of the records' trajectories."""
   sizes = {kind: [0, 0] for kind in trajectory.SEGMENT_KINDS}
   end = trajectory.markers(marker_style)[1]
   for record in records:
-    for segment in trajectory.scaffold_to_segments(record, layout, marker_style):
+    for segment in trajectory.scaffold_to_segments(record, plan_order, marker_style):
       body = trajectory.split_marker(segment)[1].replace(end, "")
       sizes[segment.kind][0] += len(body.split())
       sizes[segment.kind][1] += len(body.strip().encode("utf-8"))
   return {kind: (w, b) for kind, (w, b) in sizes.items()}
 
 
-def trajectory_tokens(records: Sequence[Mapping[str, Any]], vocabulary: Any, layout: str
+def trajectory_tokens(records: Sequence[Mapping[str, Any]], vocabulary: Any, plan_order: str
                       ) -> dict[str, int]:
   """{kind: tokens} of the records' trajectories, each token once (xbook.data.pieces.encode_book)."""
   counts = {kind: 0 for kind in trajectory.SEGMENT_KINDS}
   for record in records:
-    for encoded in pieces.encode_book(record, vocabulary.encode, vocabulary.eos_id, layout=layout,
+    for encoded in pieces.encode_book(record, vocabulary.encode, vocabulary.eos_id, plan_order=plan_order,
                                       marker_style=vocabulary.marker_style):
       counts[encoded.segment.kind] += len(encoded.ids)
   return counts
 
 
 def eval_batches(scaffold_files: Sequence[str | Path], vocabulary: Any, *, split: str, seq_len: int,
-                 batch_size: int, layout: str = "interleaved") -> Iterator[Mapping[str, np.ndarray]]:
+                 batch_size: int, plan_order: str = "interleaved") -> Iterator[Mapping[str, np.ndarray]]:
   """Batches of the windows view of the `split` records, every kind weighted 1 and repeats 0, in book
   order, each window once (the task TASK_NAME, registered anew)."""
   from xbook.data.tasks import register_task
   from xbook.train.input_pipeline import trajectory_batches
-  register_task(TASK_NAME, "windows", [str(f) for f in scaffold_files], vocabulary, layout=layout,
+  register_task(TASK_NAME, "windows", [str(f) for f in scaffold_files], vocabulary, plan_order=plan_order,
                 loss_weights={kind: 1.0 for kind in trajectory.SEGMENT_KINDS}, repeat_weight=0.0)
   return trajectory_batches(TASK_NAME, split=split, global_batch_size=batch_size, seq_len=seq_len, seed=0,
                             repeat=False, shuffle=False)
 
 
 def scaffold_perplexity(model: Decoder, params: Any, vocabulary: Any, scaffold_files: Sequence[str | Path],
-                        *, split: str, seq_len: int, batch_size: int, layout: str = "interleaved"
+                        *, split: str, seq_len: int, batch_size: int, plan_order: str = "interleaved"
                         ) -> dict[str, dict[str, Any]]:
   """{"scaffolds/<kind>": figures, "scaffolds/all": figures} of the `split` records (module docstring).
 
   Raises:
-    ValueError: when the files hold no record of `split`, or the layout has no segments.
+    ValueError: when the files hold no record of `split`, or the plan order has no segments.
   """
-  if layout not in trajectory.LAYOUTS:
-    raise ValueError(f"held-out perplexity scores xbook's layouts {trajectory.LAYOUTS}, not {layout!r}")
+  if plan_order not in trajectory.PLAN_ORDERS:
+    raise ValueError(f"held-out perplexity scores xbook's plan orders {trajectory.PLAN_ORDERS}, not {plan_order!r}")
   records = split_records(scaffold_files, split)
   if not records:
     raise ValueError(f"--scaffolds {', '.join(map(str, scaffold_files))}: no record of split {split!r}; "
                      "choose another --split (train, validation, test)")
   batches = eval_batches(scaffold_files, vocabulary, split=split, seq_len=seq_len, batch_size=batch_size,
-                         layout=layout)
+                         plan_order=plan_order)
   sums = score_batches(model, params, batches, batch_size, desc=f"perplexity {split}")
-  sizes = segment_text_sizes(records, layout, vocabulary.marker_style)
-  expected = trajectory_tokens(records, vocabulary, layout)
+  sizes = segment_text_sizes(records, plan_order, vocabulary.marker_style)
+  expected = trajectory_tokens(records, vocabulary, plan_order)
   results = {}
   for k, kind in enumerate(trajectory.SEGMENT_KINDS):
     if sums["count"][k] or expected[kind]:
@@ -254,15 +253,6 @@ def novel_perplexity(model: Decoder, params: Any, vocabulary: Any, path: str | P
 
 # A run.
 
-def run_layout(run_dir: str | Path) -> str:
-  """The trajectory layout a run trained with: `train.trajectory_layout` in its config.gin, else
-  "interleaved" (the default)."""
-  path = Path(run_dir) / "config.gin"
-  text = path.read_text(encoding="utf-8") if path.is_file() else ""
-  match = re.search(r"^train\.trajectory_layout\s*=\s*['\"](\w+)['\"]\s*$", text, re.MULTILINE)
-  return match.group(1) if match else "interleaved"
-
-
 def run_perplexity(run_dir: str | Path, *, scaffold_files: Sequence[str | Path] = (),
                    novels: Sequence[str | Path] = (), split: str = "test", step: int | None = None,
                    batch_size: int = 8, seq_len: int | None = None) -> dict[str, Any]:
@@ -278,13 +268,13 @@ def run_perplexity(run_dir: str | Path, *, scaffold_files: Sequence[str | Path] 
     seq_len: window length (None: the run's training length, xbook.infer.generate.run_seq_len).
 
   Returns:
-    {"run_dir", "step", "seq_len", "layout", "split", "results": {name: figures}}; names are
+    {"run_dir", "step", "seq_len", "plan_order", "split", "results": {name: figures}}; names are
     "scaffolds/<kind>", "scaffolds/all" and "novel/<file stem>".
 
   Raises:
     ValueError: nothing to score, or no sequence length known for the run.
   """
-  from xbook.infer.generate import load_run, run_seq_len
+  from xbook.infer.generate import load_run, run_plan_order, run_seq_len
   novel_paths = [p for n in novels for p in (sorted(Path(n).glob("*.txt")) if Path(n).is_dir() else [Path(n)])]
   if not scaffold_files and not novel_paths:
     raise ValueError("held-out perplexity needs books: give --scaffolds FILE (scaffold JSONL) and/or "
@@ -293,13 +283,13 @@ def run_perplexity(run_dir: str | Path, *, scaffold_files: Sequence[str | Path] 
   if not seq_len:
     raise ValueError(f"{run_dir}: neither model.json nor config.gin records the sequence length; pass it")
   run = load_run(run_dir, step)
-  layout = run_layout(run_dir)
+  plan_order, _ = run_plan_order(run_dir)
   results: dict[str, Any] = {}
   if scaffold_files:
     results.update(scaffold_perplexity(run.model, run.params, run.vocabulary, scaffold_files, split=split,
-                                       seq_len=seq_len, batch_size=batch_size, layout=layout))
+                                       seq_len=seq_len, batch_size=batch_size, plan_order=plan_order))
   for path in novel_paths:
     results[f"novel/{path.stem}"] = novel_perplexity(run.model, run.params, run.vocabulary, path,
                                                      seq_len=seq_len, batch_size=batch_size)
-  return {"run_dir": str(run_dir), "step": run.step, "seq_len": seq_len, "layout": layout, "split": split,
+  return {"run_dir": str(run_dir), "step": run.step, "seq_len": seq_len, "plan_order": plan_order, "split": split,
           "results": results}

@@ -66,6 +66,32 @@ def run_seq_len(run_dir: str | Path, info: Mapping[str, Any] | None = None) -> i
   return int(match.group(1)) if match else None
 
 
+def run_plan_order(run_dir: str | Path, info: Mapping[str, Any] | None = None) -> tuple[str, str | None]:
+  """(plan order, paper profile or None): the trajectory format a run trained on.
+
+  Read from model.json's `trajectory` ({"plan_order", "profile"}; runs written before the rename
+  recorded the order as "layout"), else, for runs written before it was recorded at all, from
+  `train.plan_order` (or its old name `train.trajectory_layout`) and `paper_stages.profile` in the
+  run's config.gin; "interleaved" when neither says.
+  """
+  run_dir = epath.Path(run_dir)
+  if info is None:
+    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+  recorded = info.get("trajectory") or {}
+  plan_order = recorded.get("plan_order") or recorded.get("layout")
+  if plan_order:
+    return plan_order, (recorded.get("profile") if plan_order == trajectory.PAPER_STAGES else None)
+  path = run_dir / "config.gin"
+  text = path.read_text(encoding="utf-8") if path.is_file() else ""
+  match = re.search(r"^train\.(?:plan_order|trajectory_layout)\s*=\s*['\"](\w+)['\"]", text, re.MULTILINE)
+  plan_order = match.group(1) if match else "interleaved"
+  if plan_order != trajectory.PAPER_STAGES:
+    return plan_order, None
+  from xbook.scaffold import stage_protocol  # noqa: PLC0415
+  match = re.search(r"^paper_stages\.profile\s*=\s*['\"](\w+)['\"]", text, re.MULTILINE)
+  return plan_order, match.group(1) if match else stage_protocol.DEFAULT_PROFILE
+
+
 def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
   """Restore the parameters of `run_dir` (its latest checkpoint unless `step` is given) and load the
   vocabulary its model.json names (`vocab_path`; relative to the run directory unless absolute)."""

@@ -1,5 +1,5 @@
 """The book writer in the paper's stage protocol (xbook.scaffold.stage_protocol), for runs trained on the
-`paper_stages` trajectory layout.
+`paper_stages` plan order.
 
 Stages follow the profile's order (`24b_first_chapter`: book plan, first chapter plan, its scene
 breakdown and text; `14b_full_book`: preview, book plan, first chapter plan and text, the later

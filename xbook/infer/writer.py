@@ -1,6 +1,6 @@
 """The staged book writer: a whole book from a prompt, plans first, then the text, chapter by chapter.
 
-In xbook's own trajectory format (xbook.data.trajectory, layout `interleaved`) a book is written in the
+In xbook's own trajectory format (xbook.data.trajectory, plan order `interleaved`) a book is written in the
 order training showed it:
 
   premise -> synopsis -> outline (numbered chapters "N. Title: summary")
@@ -57,7 +57,6 @@ JOURNAL = "journal.jsonl"
 OUTLINE_LINE = re.compile(r"^\s*(\d+)\.\s*(.*?)\s*:\s+(.*\S)\s*$")
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class WriteConfig:
   """How `xbook write` samples and bounds a book (gin: `WriteConfig.text_temperature = 0.7`, ...).
@@ -102,6 +101,11 @@ class WriteConfig:
     temperature = self.text_temperature if kind == "text" else self.plan_temperature
     return SamplingParams(temperature=temperature, top_k=self.top_k, top_p=self.top_p,
                           min_p=self.min_p, seed=seed, max_tokens=budgets[kind])
+
+
+# `WriteConfig.<field> = ...` in gin; entry points build it with xbook.gin_flags.configured(WriteConfig),
+# and `WriteConfig()` here or in any library code is the plain defaults.
+gin.external_configurable(WriteConfig, module=__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,19 +429,11 @@ def decoder_completer(params: Any, config: Any, vocabulary: Vocabulary) -> Compl
 
 
 def run_trajectory_format(run_dir: str) -> tuple[str, str | None]:
-  """("xbook", None) or ("paper", profile): the trajectory format a run trained on (model.json's
-  `trajectory`; for runs written before it was recorded, their config.gin)."""
-  info = json.loads((Path(run_dir) / "model.json").read_text(encoding="utf-8"))
-  recorded = info.get("trajectory") or {}
-  if recorded.get("layout"):
-    return ("paper", recorded.get("profile")) if recorded["layout"] == "paper_stages" else ("xbook", None)
-  path = Path(run_dir) / "config.gin"
-  text = path.read_text(encoding="utf-8") if path.is_file() else ""
-  if not re.search(r"^train\.trajectory_layout\s*=\s*['\"]paper_stages['\"]", text, re.MULTILINE):
-    return "xbook", None
-  from xbook.scaffold import stage_protocol  # noqa: PLC0415
-  match = re.search(r"^paper_stages\.profile\s*=\s*['\"]([\w]+)['\"]", text, re.MULTILINE)
-  return "paper", match.group(1) if match else stage_protocol.DEFAULT_PROFILE
+  """("xbook", None) or ("paper", profile): the book format of the plan order a run trained on
+  (xbook.infer.generate.run_plan_order)."""
+  from xbook.infer.generate import run_plan_order  # noqa: PLC0415 (jax is imported only to write)
+  plan_order, profile = run_plan_order(run_dir)
+  return ("paper", profile) if plan_order == trajectory.PAPER_STAGES else ("xbook", None)
 
 
 def write_book(run_dir: str, prompt: str, out_dir: str | os.PathLike[str], *, seed: int = 0,
@@ -446,6 +442,7 @@ def write_book(run_dir: str, prompt: str, out_dir: str | os.PathLike[str], *, se
   """Write a whole book from `prompt` with the run at `run_dir` into `out_dir` (book.md, book.json,
   journal.jsonl); continues a killed write of the same book in the same folder. The format is the
   one the run trained on (xbook's, or the paper's stage protocol in the run's profile, or `profile`).
+  `config`: sampling, budgets and retries (None: WriteConfig's defaults; `xbook write` passes gin's).
 
   Returns:
     The book (what book.json holds), with "markdown" and "json" naming the files written.

@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 PLAN_FORMATS = ("xbook", "paper")
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ScaffoldTargets:
   """Target lengths, in words, of each scaffold level. No summary is asked to be longer than its input.
@@ -77,6 +76,11 @@ class ScaffoldTargets:
   def scene_words(self, scene_n_words: int) -> int:
     """Target of the summary of a scene of `scene_n_words` words."""
     return min(scene_n_words, max(self.scene_min_words, round(self.scene_fraction * scene_n_words)))
+
+
+# `ScaffoldTargets.<field> = ...` in gin; entry points build it with xbook.gin_flags.configured(ScaffoldTargets),
+# and `ScaffoldTargets()` here or in any library code is the plain defaults.
+gin.external_configurable(ScaffoldTargets, module=__name__)
 
 
 def record_summarizer(summarizer: Summarizer, targets: ScaffoldTargets) -> dict[str, Any]:
@@ -344,7 +348,7 @@ def build_scaffold(book: Book, summarizer: Summarizer, cache: SummaryCache | Non
     summarizer: the backend that writes every summary.
     cache: where summarizer calls are looked up first and stored after (None: no caching).
     split: the book's split ("train", "validation" or "test"), decided by the caller.
-    targets: target lengths per level (None: `ScaffoldTargets()`, with any gin bindings).
+    targets: target lengths per level (None: the defaults; `xbook scaffold build` passes gin's).
     plan_format: "xbook", or "paper" to add the `paper` field (module docstring).
 
   Returns:
@@ -406,7 +410,7 @@ def run_scaffold_build(books: Sequence[Book], summarizer: Summarizer, out_path: 
     out_path: the scaffold JSONL file (created if missing).
     cache: summarizer call cache (None: no caching).
     splits: split of each book by id (None: every book is "train"); a book missing from it is an error.
-    targets: target lengths per level (None: `ScaffoldTargets()`, with any gin bindings).
+    targets: target lengths per level (None: the defaults; `xbook scaffold build` passes gin's).
     concurrent_books: books built at the same time.
     progress: show a progress bar over the summaries on stderr.
     plan_format: "xbook", or "paper" to add each record's `paper` field (module docstring); a record

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from xbook.books import BookError, load_book, parse_header, split_for_author
-from xbook.scaffold.build import build_scaffold
+from xbook.scaffold.build import ScaffoldTargets, build_scaffold
 from xbook.scaffold.schema import SPLITS, validate_scaffold
 from xbook.scaffold.summarizer import ExtractiveSummarizer, Summarizer
 
@@ -74,12 +74,13 @@ def header_split(path: str) -> str | None:
   return split_for_author(author)
 
 
-def scaffold_example(path: str, split: str, summarizer: Summarizer) -> Iterator[tuple[str, dict[str, Any]]]:
+def scaffold_example(path: str, split: str, summarizer: Summarizer, targets: ScaffoldTargets | None = None
+                     ) -> Iterator[tuple[str, dict[str, Any]]]:
   """The (key, example) of the novel at `path`, which `header_split` put in `split`.
 
   A file that cannot be read or built as a book is skipped with a warning, as `xbook books segment`
   does; so is one whose whole text gives another author split than its head did (a file that mixes
-  encodings), so that no author crosses splits.
+  encodings), so that no author crosses splits. `targets`: the summaries' lengths (None: the defaults).
   """
   try:
     book = load_book(path)
@@ -91,7 +92,7 @@ def scaffold_example(path: str, split: str, summarizer: Summarizer) -> Iterator[
                 path, book.author, split_for_author(book.author), HEADER_BYTES, split)
     return
   try:
-    record = build_scaffold(book, summarizer, split=split)
+    record = build_scaffold(book, summarizer, split=split, targets=targets)
   except ValueError as error:  # a book without chapters or with an empty scene
     log.warning("skipping %s: %s", path, error)
     return
@@ -121,10 +122,13 @@ them) in one directory and pass it as the manual directory:
 `tfds.download.DownloadConfig(manual_dir=DIR)`. Every `*.txt` file there is one book.
 """
 
-  def __init__(self, *, summarizer: Summarizer | None = None, **kwargs: Any) -> None:
-    """Args: summarizer: the backend of every summary (default: `ExtractiveSummarizer()`); under Beam
-    it is pickled to the workers. kwargs: `tfds.core.GeneratorBasedBuilder` arguments (data_dir ...)."""
+  def __init__(self, *, summarizer: Summarizer | None = None, targets: ScaffoldTargets | None = None,
+               **kwargs: Any) -> None:
+    """Args: summarizer: the backend of every summary (default: `ExtractiveSummarizer()`); targets: the
+    summaries' lengths (default: ScaffoldTargets' defaults); both are pickled to the Beam workers, which
+    see no gin config of their own. kwargs: `tfds.core.GeneratorBasedBuilder` arguments (data_dir ...)."""
     self._summarizer = summarizer or ExtractiveSummarizer()
+    self._targets = targets or ScaffoldTargets()
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -156,11 +160,11 @@ them) in one directory and pass it as the manual directory:
     beam = tfds.core.lazy_imports.apache_beam
     return (f"Novels {split}" >> beam.Create(paths)
             | f"Scaffolds {split}" >> beam.FlatMap(scaffold_example, split=split,
-                                                   summarizer=self._summarizer))
+                                                   summarizer=self._summarizer, targets=self._targets))
 
 
 def prepare(manual_dir: str, data_dir: str, beam_args: Sequence[str] = ("--runner=DirectRunner",),
-            summarizer: Summarizer | None = None) -> XbookScaffolds:
+            summarizer: Summarizer | None = None, targets: ScaffoldTargets | None = None) -> XbookScaffolds:
   """Build `xbook_scaffolds` from the novels in `manual_dir` into `data_dir` with Beam.
 
   Args:
@@ -168,12 +172,13 @@ def prepare(manual_dir: str, data_dir: str, beam_args: Sequence[str] = ("--runne
     data_dir: the TFDS data directory (local or gs://) that receives `xbook_scaffolds/<version>/`.
     beam_args: Beam pipeline options, e.g. `["--runner=DataflowRunner", "--project=P", ...]`.
     summarizer: the summary backend (default: `ExtractiveSummarizer()`).
+    targets: the summaries' lengths (default: ScaffoldTargets' defaults).
 
   Returns:
     The prepared builder (an existing, complete dataset is kept as it is).
   """
   from apache_beam.options.pipeline_options import PipelineOptions
-  builder = XbookScaffolds(data_dir=data_dir, summarizer=summarizer)
+  builder = XbookScaffolds(data_dir=data_dir, summarizer=summarizer, targets=targets)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, beam_options=PipelineOptions(list(beam_args))))
   return builder

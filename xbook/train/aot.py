@@ -21,7 +21,7 @@ import logging
 import math
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 import gin
 import jax
@@ -29,7 +29,7 @@ import jax
 from xbook.model import loops
 from xbook.train import flops
 from xbook.train.tpu_topology import TpuSlice, parse_slice, topology_devices
-from xbook.train.trainer import Trainer, trainer_from_gin
+from xbook.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ def probe_blocks_per_chunk(ring_steps: int) -> int:
 RATIO_TOLERANCE = 0.10
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TpuTarget:
   """The TPU a config is meant for: `xbook compile` uses it unless --topology says otherwise.
@@ -74,6 +73,11 @@ class TpuTarget:
   accelerator: str = "v5p-8"
   num_slices: int = 1
   assumed_mfu: float = 0.4
+
+
+# `TpuTarget.<field> = ...` in gin; entry points build it with xbook.gin_flags.configured(TpuTarget),
+# and `TpuTarget()` here or in any library code is the plain defaults.
+gin.external_configurable(TpuTarget, module=__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,8 +198,8 @@ def compiler_flops_per_step(trainer: Trainer, devices: list[jax.Device]) -> floa
   for n_layers in (1, 2):
     config = dataclasses.replace(trainer.model_config, n_layers=n_layers, scan_layers=False,
                                  attention_block=probe_block)
-    probe = trainer_from_gin(devices, model_config=config, microbatches=1,
-                             batch_size=trainer.batch_size // trainer.microbatches)
+    probe = dataclasses.replace(trainer, model_config=config, microbatches=1, devices=devices,
+                                batch_size=trainer.batch_size // trainer.microbatches)
     with loops.fully_unrolled():
       lowered = probe.lower_abstract_step()
     compiled = lowered.compile(compiler_options=COUNTING_OPTIONS if _is_tpu(devices) else None)
@@ -205,23 +209,22 @@ def compiler_flops_per_step(trainer: Trainer, devices: list[jax.Device]) -> floa
   return (one + per_layer * (trainer.model_config.n_layers - 1)) * trainer.microbatches
 
 
-def compile_for_tpu(accelerator: str | None = None, num_slices: int | None = None,
-                    assumed_mfu: float | None = None, count_flops: bool = True) -> CompileReport:
-  """Compile the gin-configured train step for a TPU slice on this host and report on it.
+def compile_for_tpu(target: TpuTarget, make_trainer: Callable[[list[jax.Device]], Trainer],
+                    count_flops: bool = True) -> CompileReport:
+  """Compile a train step for a TPU slice on this host and report on it.
 
   Args:
-    accelerator: accelerator type or topology; default `TpuTarget.accelerator` from gin.
-    num_slices: default `TpuTarget.num_slices`.
-    assumed_mfu: default `TpuTarget.assumed_mfu`.
+    target: the slice (accelerator type or topology), the number of slices and the assumed MFU
+      (`xbook compile` passes gin's TpuTarget with its flags over it).
+    make_trainer: the Trainer over the slice's topology devices (`xbook compile`:
+      xbook.train.trainer.trainer_from_gin, the step `train()` would run).
     count_flops: count the compiler's FLOPs on unrolled probes (minutes at paper scale); False stops
       after the memory verdict (compiler_flops is then None).
   """
-  target = TpuTarget()
-  tpu_slice: TpuSlice = parse_slice(accelerator or target.accelerator)
-  num_slices = num_slices or target.num_slices
-  assumed_mfu = assumed_mfu or target.assumed_mfu
+  tpu_slice: TpuSlice = parse_slice(target.accelerator)
+  num_slices, assumed_mfu = target.num_slices, target.assumed_mfu
   devices = topology_devices(tpu_slice, num_slices)
-  trainer = trainer_from_gin(devices)
+  trainer = make_trainer(devices)
   log.info("compiling the train step for %s x %d (%d chips), mesh %s, %s parameters",
            tpu_slice.accelerator_type, num_slices, len(devices), dict(trainer.mesh.shape),
            _count(trainer.model_config.num_params()))

@@ -3,7 +3,7 @@
 On random float32 inputs (one causal sequence, laid out contiguous or zig-zag over the devices),
 prints the max abs error against dense attention of the outputs and of dq/dk/dv, the median wall time
 of a jitted forward + backward, per-device compiled temporary bytes (`compiled.memory_analysis()`) and,
-for ring attention, the structural load balance of the layout (xbook.data.zigzag.ring_balance).
+for ring attention, the structural load balance of the length layout (xbook.data.zigzag.ring_balance).
 `ring` shards the length over `--devices` devices (mesh axis `sequence`); `blockwise` and `dense`
 run on one device. `--memory_sweep` compiles, without running, ring at 4k to 256k tokens on 8
 devices and dense at 8k on one, and prints per-device temporary bytes.
@@ -11,7 +11,7 @@ devices and dense at 8k on one, and prints per-device temporary bytes.
 Simulated CPU devices are requested automatically (XLA_FLAGS) when the flag is not already set.
 
 Example:
-  xbook bench attention --impl ring --seq 8192 --devices 8 --layout zigzag --json
+  xbook bench attention --impl ring --seq 8192 --devices 8 --length_layout zigzag --json
   xbook bench attention --memory_sweep
 """
 
@@ -61,7 +61,7 @@ def _inputs(args: argparse.Namespace) -> dict[str, np.ndarray]:
       "segment_ids": np.ones((args.batch, args.seq), np.int32),
       "positions": np.tile(np.arange(args.seq, dtype=np.int32), (args.batch, 1)),
   }
-  if args.layout == "zigzag":
+  if args.length_layout == "zigzag":
     features = zigzag.apply_layout(features, args.devices)
   return features
 
@@ -130,13 +130,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, float | int | None]:
   blocks_per_shard = local // block_size(local, args.block)
   return {
       "impl": args.impl, "seq": args.seq, "devices": args.devices if args.impl == "ring" else 1,
-      "layout": args.layout,
+      "length_layout": args.length_layout,
       "max_err_out": float(jnp.max(jnp.abs(out - want_out))),
       "max_err_grad": max(float(jnp.max(jnp.abs(g - w))) for g, w in zip(grads, want_grads)),
       "max_err_dq_dk_dv": [float(jnp.max(jnp.abs(g - w))) for g, w in zip(grads, want_grads)],
       "seconds": seconds,
       "temp_bytes_per_device": _temp_bytes(compiled),
-      "balance": (zigzag.ring_balance(args.layout, args.devices, blocks_per_shard)
+      "balance": (zigzag.ring_balance(args.length_layout, args.devices, blocks_per_shard)
                   if args.impl == "ring" else None),
   }
 
@@ -172,7 +172,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--impl", choices=("ring", "blockwise", "dense"), default="ring")
   parser.add_argument("--seq", type=int, default=8192, help="sequence length S")
   parser.add_argument("--devices", type=int, default=8, help="ring size (mesh axis `sequence`)")
-  parser.add_argument("--layout", choices=zigzag.LAYOUTS, default="zigzag")
+  parser.add_argument("--length_layout", "--layout", choices=zigzag.LENGTH_LAYOUTS, default="zigzag",
+                      help="order of the length axis (--layout: its old name)")
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--kv_heads", type=int, default=1)
   parser.add_argument("--group", type=int, default=2, help="query heads per kv head")

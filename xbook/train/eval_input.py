@@ -57,11 +57,11 @@ class ValidationSet:
 
   @classmethod
   def from_task(cls, task_name: str, *, global_batch_size: int, seq_len: int, sequence_shards: int,
-                layout: str, seed: int, use_cached: bool, max_batches: int | None) -> "ValidationSet":
+                length_layout: str, seed: int, use_cached: bool, max_batches: int | None) -> "ValidationSet":
     """The `validation` split of a registered task, in book order, each window once."""
     return cls(functools.partial(trajectory_batches, task_name, split="validation",
                                  global_batch_size=global_batch_size, seq_len=seq_len,
-                                 sequence_shards=sequence_shards, layout=layout, seed=seed,
+                                 sequence_shards=sequence_shards, length_layout=length_layout, seed=seed,
                                  repeat=False, shuffle=False, use_cached=use_cached),
                max_batches=max_batches)
 

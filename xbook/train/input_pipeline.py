@@ -63,7 +63,7 @@ _COUNTS_FLUSH_S = 60.0
 
 
 def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, seq_len: int, seed: int,
-                       sequence_shards: int = 1, layout: str = "contiguous", start_batch: int = 0,
+                       sequence_shards: int = 1, length_layout: str = "contiguous", start_batch: int = 0,
                        repeat: bool = True, shuffle: bool = True, use_cached: bool = False,
                        shuffle_books: int = DEFAULT_SHUFFLE_BOOKS, count_cache: str | None = None,
                        process_index: int | None = None, process_count: int | None = None
@@ -77,7 +77,7 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
   Args:
     sequence_shards: size of the `sequence` mesh axis; `seq_len` must be a multiple of it (of twice
       it for the zig-zag layout).
-    layout: "contiguous" or "zigzag" (xbook.data.zigzag.LAYOUTS).
+    length_layout: "contiguous" or "zigzag" (xbook.data.zigzag.LENGTH_LAYOUTS).
     use_cached: read the task's offline cache (xbook.data.cache) instead of building examples.
     shuffle_books: books whose examples are shuffled together (module docstring); more mixes more,
       and costs more time before the first batch and more host memory.
@@ -85,8 +85,8 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
       resumed run counts no book again; None: counts are kept in this process only.
     process_index, process_count: this host and the number of hosts (default: jax's).
   """
-  if layout not in zigzag.LAYOUTS:
-    raise ValueError(f"unknown layout {layout!r}; expected one of {zigzag.LAYOUTS}")
+  if length_layout not in zigzag.LENGTH_LAYOUTS:
+    raise ValueError(f"unknown length_layout {length_layout!r}; expected one of {zigzag.LENGTH_LAYOUTS}")
   if shuffle_books < 1:
     raise ValueError(f"shuffle_books must be >= 1, got {shuffle_books}")
   num_hosts = jax.process_count() if process_count is None else process_count
@@ -94,7 +94,7 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
   if global_batch_size % num_hosts:
     raise ValueError(f"global batch {global_batch_size} is not divisible by {num_hosts} hosts")
   host_batch = global_batch_size // num_hosts
-  length_multiple = sequence_shards * (2 if layout == "zigzag" else 1)
+  length_multiple = sequence_shards * (2 if length_layout == "zigzag" else 1)
   converter = TrajectoryFeatureConverter(bos_id=task_bos_id(task_name), pack=False,
                                          length_multiple=length_multiple)
   sources = None if use_cached else _book_sources(task_name)
@@ -133,7 +133,7 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
     ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
     ds = converter(ds, task_feature_lengths(seq_len)).batch(host_batch, drop_remainder=repeat)
   batches = ds.prefetch(2).as_numpy_iterator()
-  if layout == "zigzag":
+  if length_layout == "zigzag":
     return (zigzag.apply_layout(batch, sequence_shards) for batch in batches)
   return batches
 

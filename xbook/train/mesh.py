@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
   """Size of each mesh axis within a slice (one may be -1: the devices of a slice left over), and how
@@ -70,6 +69,11 @@ class MeshConfig:
   def shape(self, num_devices: int) -> tuple[int, ...]:
     """The mesh shape: per axis, the per-slice size times the number of slices it spans."""
     return tuple(i * d for i, d in zip(self.ici_shape(num_devices), self.dcn_shape))
+
+
+# `MeshConfig.<field> = ...` in gin; entry points build it with xbook.gin_flags.configured(MeshConfig),
+# and `MeshConfig()` here or in any library code is the plain defaults.
+gin.external_configurable(MeshConfig, module=__name__)
 
 
 def make_mesh(config: MeshConfig, devices: list[jax.Device] | None = None) -> Mesh:

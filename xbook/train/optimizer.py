@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import optax
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """Hyperparameters of the optimizer and its learning-rate schedule, and the dtype of its state."""
@@ -28,6 +27,11 @@ class OptimizerConfig:
   # Storage dtype of Adam's first moment (None: the parameters' dtype). The second moment keeps the
   # parameters' dtype (optax.adamw's `mu_dtype`; bf16 squared gradients lose too much range).
   mu_dtype: str | None = None
+
+
+# `OptimizerConfig.<field> = ...` in gin; entry points build it with xbook.gin_flags.configured(OptimizerConfig),
+# and `OptimizerConfig()` here or in any library code is the plain defaults.
+gin.external_configurable(OptimizerConfig, module=__name__)
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:

@@ -7,6 +7,7 @@
   metrics.jsonl     one record per step
   tensorboard/      TensorBoard events
   checkpoints/      Orbax checkpoints; a rerun with the same run_dir resumes from the latest
+  input_counts/     the example count of each book this host reads, so that a resume skips them unbuilt
 
 A session of `train()` has three parts, each its own function: `setup_data` (the vocabulary and the
 seqio task), `restore_or_init` (own checkpoint, else warm start, else random init) and `TrainLoop` (steps,
@@ -27,6 +28,7 @@ import logging
 import math
 import statistics
 import time
+import warnings
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import flax.linen as nn
@@ -41,6 +43,7 @@ from etils import epath
 from tqdm import tqdm
 
 from xbook.atomic import atomic_open
+from xbook.gin_flags import configured
 from xbook.data import cache as data_cache
 from xbook.data import features
 from xbook.data import paper_stages, tasks, trajectory, vocab
@@ -263,15 +266,42 @@ class Trainer:
             for name, dtype in features.EXAMPLE_FEATURES.items()}
 
 
-def _configured_trainer(model_config: DecoderConfig, **settings: Any) -> Trainer:
-  """A Trainer with the optimizer, mesh and logical rules of the operative gin config."""
-  return Trainer(model_config=model_config, optimizer_config=OptimizerConfig(),
-                 mesh_config=MeshConfig(), rules=partitioning.logical_axis_rules(), **settings)
+# Where a run keeps its books' example counts (xbook.train.input_pipeline.ExampleCounts), so that a resumed
+# run finds its input position without building the books it has already read.
+INPUT_COUNTS_DIR = "input_counts"
+
+# train() arguments renamed in this release, old name -> new name. The old gin names still work for one
+# release: their value is used, with a warning that names the new one.
+RENAMED_ARGUMENTS = {"layout": "length_layout", "trajectory_layout": "plan_order"}
+
+
+def _renamed_argument(old_name: str, old_value: Any, value: Any) -> Any:
+  """`value`, or the value bound under the argument's old name (with a deprecation warning)."""
+  if old_value is None:
+    return value
+  new_name = RENAMED_ARGUMENTS[old_name]
+  default = inspect.signature(train).parameters[new_name].default
+  if value != default and value != old_value:
+    raise ValueError(f"train.{old_name} ({old_value!r}) and train.{new_name} ({value!r}) are both bound: "
+                     f"train.{old_name} is the old name of train.{new_name}; keep train.{new_name} only")
+  message = (f"train.{old_name} is deprecated and will stop working in the next release: bind "
+             f"train.{new_name} = {old_value!r} instead")
+  log.warning(message)
+  warnings.warn(message, DeprecationWarning, stacklevel=3)
+  return old_value
 
 
 def train_setting(name: str) -> Any:
   """`train.<name>` as the operative gin config binds it (the default of `train` when unbound), with a
-  configurable reference such as @DecoderConfig() evaluated."""
+  configurable reference such as @DecoderConfig() evaluated; for a renamed argument, a value bound under
+  its old name (RENAMED_ARGUMENTS) counts, with a warning."""
+  old_names = [old for old, new in RENAMED_ARGUMENTS.items() if new == name]
+  if old_names:
+    return _renamed_argument(old_names[0], _bound_setting(old_names[0]), _bound_setting(name))
+  return _bound_setting(name)
+
+
+def _bound_setting(name: str) -> Any:
   try:
     value = gin.query_parameter(f"train.{name}")
   except ValueError:
@@ -284,16 +314,19 @@ def train_setting(name: str) -> Any:
 
 
 def trainer_from_gin(devices: Sequence[jax.Device] | None = None, **overrides: Any) -> Trainer:
-  """The Trainer that `train()` would build from the operative gin config, over `devices`.
+  """The Trainer that `train()` would build from the operative gin config, over `devices` (for entry
+  points: `xbook compile`, the benchmarks).
 
   Reads `train.model_config`, `train.batch_size`, `train.seq_len`, `train.z_loss` and
-  `train.microbatches` (their defaults when unbound); `overrides` replace any of them (e.g.
-  `model_config=dataclasses.replace(config, n_layers=1)`).
+  `train.microbatches` (their defaults when unbound), OptimizerConfig, MeshConfig and the logical axis
+  rules; `overrides` replace any of the train settings (e.g. `model_config=dataclasses.replace(config,
+  n_layers=1)`).
   """
   settings = {name: train_setting(name)
               for name in ("model_config", "batch_size", "seq_len", "z_loss", "microbatches")}
   settings.update(overrides)
-  return _configured_trainer(settings.pop("model_config"), devices=devices, **settings)
+  return Trainer(optimizer_config=configured(OptimizerConfig), mesh_config=configured(MeshConfig),
+                 rules=partitioning.logical_axis_rules(), devices=devices, **settings)
 
 
 def _add(totals: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,7 +361,7 @@ def write_run_info(run_dir: epath.Path, model_config: DecoderConfig, vocabulary:
   """The run's vocabulary files (copied into `vocab/`), model.json (what inference needs: the model,
   the vocabulary's path relative to the run directory and the path it was copied from, the sequence
   length the run trains at (what generation may use as its context), the trajectory format it learns
-  ({"layout", "profile"}: what `xbook write` writes), and where the
+  ({"plan_order", "profile"}: what `xbook write` writes), and where the
   parameters started: None for random init, else xbook.train.warm_start.InitSource.describe()) and
   config.gin (the operative gin config), each written atomically."""
   copy = epath.Path(vocabulary.save(run_dir / "vocab"))
@@ -346,13 +379,15 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           steps: int = 100, batch_size: int = 8, seq_len: int = 512, seed: int = 0,
           checkpoint_every: int = 50, keep_checkpoints: int = 3, keep_every: int | None = None,
           log_every: int = 10, eval_every: int = 0, eval_batches: int | None = None,
-          layout: str = "contiguous", microbatches: int = 1, z_loss: float = 0.0,
+          length_layout: str = "contiguous", microbatches: int = 1, z_loss: float = 0.0,
           profile_steps: Sequence[int] | None = None,
-          loss_weights: Mapping[str, float] | None = None, trajectory_layout: str = "interleaved",
+          loss_weights: Mapping[str, float] | None = None, plan_order: str = "interleaved",
           repeat_weight: float = 0.0, view_rates: Mapping[str, float] | None = None,
           cache_dir: str | None = None, init_from: str | None = None,
           init_from_step: int | None = None,
-          task_name: str = "xbook_windows") -> dict[str, float]:
+          task_name: str = "xbook_windows", optimizer_config: OptimizerConfig | None = None,
+          mesh_config: MeshConfig | None = None,
+          layout: str | None = None, trajectory_layout: str | None = None) -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
 
   SIGTERM (on any host) saves a checkpoint at a step all hosts agree on and returns early; rerunning the
@@ -376,13 +411,14 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     eval_every: evaluate on the records of split "validation" every N steps and at the end (0: never).
     eval_batches: at most this many validation batches per host and evaluation (None: all of them;
       the batches are read once and replayed, xbook.train.eval_input).
-    layout: order of the length axis, "contiguous" or "zigzag" (balances causal ring attention;
+    length_layout: order of the length axis, "contiguous" or "zigzag" (balances causal ring attention;
       seq_len must then be a multiple of twice the `sequence` axis).
     microbatches: accumulate gradients over this many microbatches of the global batch.
     z_loss: coefficient of the log(Z)^2 penalty on the softmax normaliser.
     profile_steps: (first, last) steps to record a profiler trace of, into <run_dir>/profile.
     loss_weights: {segment kind: weight}; defaults in xbook.data.trajectory.DEFAULT_LOSS_WEIGHTS.
-    trajectory_layout: order of plans and text in a trajectory (xbook.data.trajectory.LAYOUTS).
+    plan_order: order of plans and text in a trajectory (xbook.data.trajectory.ALL_PLAN_ORDERS:
+      interleaved, plans_first, paper_stages).
     repeat_weight: factor on the loss weight of plans a window repeats from an earlier window
       (xbook.data.windows; 0: each plan is learned where it first appears).
     view_rates: None to train on the `windows` view; else {view: rate} of a seqio Mixture of the views
@@ -395,16 +431,25 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       its own: a resumed run never reads it again.
     init_from_step: the checkpoint step of an `init_from` run (default: its latest).
     task_name: seqio task (or mixture) name to register the scaffold files under.
+    optimizer_config: the optimizer (None: OptimizerConfig with its gin bindings).
+    mesh_config: the mesh (None: MeshConfig with its gin bindings).
+    layout, trajectory_layout: deprecated: the old names of `length_layout` and `plan_order`
+      (RENAMED_ARGUMENTS), still read, with a warning, for one release.
   """
+  # Configuration enters here (gin's bindings, or the caller's arguments) and goes down as arguments.
+  length_layout = _renamed_argument("layout", layout, length_layout)
+  plan_order = _renamed_argument("trajectory_layout", trajectory_layout, plan_order)
+  profile = paper_stages.configured_profile() if plan_order == trajectory.PAPER_STAGES else None
+  trainer = Trainer(model_config=model_config, optimizer_config=optimizer_config or configured(OptimizerConfig),
+                    mesh_config=mesh_config or configured(MeshConfig), rules=partitioning.logical_axis_rules(),
+                    batch_size=batch_size, seq_len=seq_len, z_loss=z_loss, microbatches=microbatches)
   run_path = epath.Path(run_dir)  # a local folder or gs://bucket/...
-  trainer = _configured_trainer(model_config, batch_size=batch_size, seq_len=seq_len, z_loss=z_loss,
-                                microbatches=microbatches)
   profiler = StepProfiler(run_path / "profile", profile_steps)
   log.info("mesh %s over %d devices; model of %.2fM parameters", dict(trainer.mesh.shape),
            trainer.mesh.size, model_config.num_params() / 1e6)
   with PreemptionGuard(trainer.mesh) as guard:  # from the start: a notice during setup is kept too
     vocabulary = setup_data(task_name, scaffold_files, vocab_path, model_config, seq_len=seq_len,
-                            trajectory_layout=trajectory_layout, loss_weights=loss_weights,
+                            plan_order=plan_order, profile=profile, loss_weights=loss_weights,
                             repeat_weight=repeat_weight, view_rates=view_rates, cache_dir=cache_dir)
     run_path.mkdir(parents=True, exist_ok=True)  # only once the data is found: a mistake leaves no folder
     checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints, keep_every=keep_every)
@@ -412,15 +457,16 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       start = restore_or_init(trainer, checkpoints, run_path, seed=seed, init_from=init_from,
                               init_from_step=init_from_step)
       if jax.process_index() == 0:
-        profile = paper_stages.configured_profile() if trajectory_layout == trajectory.PAPER_LAYOUT else None
         write_run_info(run_path, model_config, vocabulary, seq_len, start.started_from,
-                       {"layout": trajectory_layout, "profile": profile})
+                       {"plan_order": plan_order, "profile": profile})
       if start.step >= steps:
         return _finished(run_path, start.step, steps)
-      read = dict(seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"], layout=layout,
+      read = dict(seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"],
+                  length_layout=length_layout,
                   seed=seed, use_cached=bool(cache_dir))
       batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
-                                   start_batch=start.batches_consumed, **read)
+                                   start_batch=start.batches_consumed,
+                                   count_cache=str(run_path / INPUT_COUNTS_DIR), **read)
       validation = ValidationSet.from_task(task_name, global_batch_size=batch_size,
                                            max_batches=eval_batches, **read) if eval_every else None
       loop = TrainLoop(trainer, LoopPlan(steps, checkpoint_every, log_every, eval_every),
@@ -434,13 +480,14 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
 
 
 def setup_data(task_name: str, scaffold_files: Sequence[str] | str, vocab_path: str,
-               model_config: DecoderConfig, *, seq_len: int, trajectory_layout: str,
+               model_config: DecoderConfig, *, seq_len: int, plan_order: str, profile: str | None,
                loss_weights: Mapping[str, float] | None, repeat_weight: float,
                view_rates: Mapping[str, float] | None, cache_dir: str | None) -> vocab.Vocabulary:
   """Load the vocabulary (checking that the model covers it) and register the run's seqio task, or the
   mixture of `view_rates`, under `task_name`; with `cache_dir`, read from its offline cache.
   Arguments as train()'s; returns the vocabulary."""
-  view_kwargs = dict(layout=trajectory_layout, loss_weights=loss_weights, repeat_weight=repeat_weight)
+  view_kwargs = dict(plan_order=plan_order, profile=profile, loss_weights=loss_weights,
+                     repeat_weight=repeat_weight)
   if view_rates and cache_dir:
     raise ValueError("train.cache_dir caches the windows view only; unset train.view_rates")
   vocabulary = vocab.load_vocabulary(vocab_path)
