@@ -185,7 +185,7 @@ def paper_run(tmp_path_factory, corpus_dir, vocab_path):
   write_scaffolds(scaffolds, records)
   run = tmp_path_factory.mktemp("paper_run")
   train_tiny(run, scaffolds, vocab_path, steps=2, seq_len=SEQ_LEN, learning_rate=3e-4,
-             gin_bindings=["paper_stages.profile = '14b_full_book'"], trajectory_layout="paper_stages",
+             gin_bindings=["paper_stages.profile = '14b_full_book'"], plan_order="paper_stages",
              task_name="paper_write")
   return run
 
