@@ -461,8 +461,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
                        {"plan_order": plan_order, "profile": profile})
       if start.step >= steps:
         return _finished(run_path, start.step, steps)
-      read = dict(seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"],
-                  length_layout=length_layout,
+      read = dict(seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"], length_layout=length_layout,
                   seed=seed, use_cached=bool(cache_dir))
       batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
                                    start_batch=start.batches_consumed,
