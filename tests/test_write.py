@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import gin
 import pytest
 
 from xbook.data import trajectory, vocab
+from xbook.gin_flags import configured
 from xbook.infer import writer as writer_lib
 
 from tiny_runs import train_tiny
@@ -42,10 +42,11 @@ def run_dir(tmp_path_factory, scaffold_file, vocab_path):
 
 
 def _config(**changes) -> writer_lib.WriteConfig:
+  """WriteConfig as `xbook write --gin.<SMALL>` builds it, with `changes` over it."""
   gin.clear_config()
   gin.parse_config(SMALL)
   try:
-    return writer_lib.WriteConfig(**changes)
+    return configured(writer_lib.WriteConfig, **changes)
   finally:
     gin.clear_config()
 
@@ -68,9 +69,37 @@ def test_a_run_writes_a_complete_book(run_dir, tmp_path):
   assert markdown.startswith(f"# {PROMPT}") and markdown.count("\n## Chapter ") == len(book["chapters"])
 
 
-def _xbook_write(run_dir, out, *extra) -> subprocess.Popen:
+# `python -m xbook.cli` (the program: stderr filter, error lines and all), made to stop mid-book: once the
+# outline's journal line is fsynced it writes its pid to $XBOOK_TEST_PAUSED and sleeps until it is killed.
+# Killing it as soon as the journal shows the outline raced the end of the book: the stages after the outline
+# take ~15 ms each on the CPU (the decoder is compiled during the premise), so the book was done ~35 ms
+# after the outline line, and a poller held up for longer killed too late. The process then spends ~1.3 s
+# in interpreter teardown after book.json, so that late SIGKILL still ended it with -9.
+_PAUSE_AFTER_OUTLINE = """
+import os, sys, time
+from xbook import cli
+from xbook.infer import writer
+append = writer.Journal.append
+def append_then_pause(journal, entry):
+  append(journal, entry)
+  if entry["stage"] == "outline":
+    with open(os.environ["XBOOK_TEST_PAUSED"] + ".tmp", "w") as f:
+      f.write(str(os.getpid()))
+    os.replace(f.name, os.environ["XBOOK_TEST_PAUSED"])
+    time.sleep(600)
+writer.Journal.append = append_then_pause
+sys.exit(cli.main())
+"""
+
+
+def _xbook_write(run_dir, out, *extra, paused: Path | None = None) -> subprocess.Popen:
+  """`xbook write` of PROMPT into `out`; with `paused`, it stops after the outline (_PAUSE_AFTER_OUTLINE)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  args = [sys.executable, "-m", "xbook.cli", "write", "--run_dir", str(run_dir), "--prompt", PROMPT,
+  program = ["-m", "xbook.cli"]
+  if paused is not None:
+    env["XBOOK_TEST_PAUSED"] = str(paused)
+    program = ["-c", _PAUSE_AFTER_OUTLINE]
+  args = [sys.executable, *program, "write", "--run_dir", str(run_dir), "--prompt", PROMPT,
           "--out", str(out), "--seed", "3", *[f"--gin.{b.replace(' ', '')}" for b in SMALL], *extra]
   return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
@@ -80,20 +109,17 @@ def test_a_killed_write_continues_to_the_same_book(run_dir, tmp_path):
   straight = _xbook_write(run_dir, tmp_path / "straight")
   _, err = straight.communicate(timeout=600)
   assert straight.returncode == 0, err[-3000:]
-  for attempt in range(3):  # a tiny book can outrun the kill; then kill the next write sooner
-    shutil.rmtree(tmp_path / "killed", ignore_errors=True)
-    killed = _xbook_write(run_dir, tmp_path / "killed")
-    journal = tmp_path / "killed" / writer_lib.JOURNAL
-    deadline = time.monotonic() + 600
-    while killed.poll() is None and time.monotonic() < deadline:  # kill mid-book: after the outline, or sooner
-      if journal.is_file() and len(journal.read_text().splitlines()) >= 4 - attempt:  # header, premise, ...
-        killed.send_signal(signal.SIGKILL)
-        break
-      time.sleep(0.02)
-    killed.wait(timeout=60)
-    assert killed.returncode == -signal.SIGKILL, "the write ended before it could be killed"
-    if not (tmp_path / "killed" / "book.json").exists():
-      break
+  paused = tmp_path / "paused"
+  killed = _xbook_write(run_dir, tmp_path / "killed", paused=paused)
+  deadline = time.monotonic() + 600
+  while not paused.is_file() and killed.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  killed.send_signal(signal.SIGKILL)  # mid-book: the outline is journaled, no later stage is begun
+  _, err = killed.communicate(timeout=60)
+  assert killed.returncode == -signal.SIGKILL, f"the write ended before it could be killed: {err[-3000:]}"
+  assert int(paused.read_text()) == killed.pid  # the process killed is the one writing the book
+  journal = (tmp_path / "killed" / writer_lib.JOURNAL).read_text().splitlines()
+  assert [json.loads(line)["stage"] for line in journal] == ["header", "premise", "synopsis", "outline"]
   assert not (tmp_path / "killed" / "book.json").exists()
   resumed = _xbook_write(run_dir, tmp_path / "killed", "--json")
   out, err = resumed.communicate(timeout=600)
