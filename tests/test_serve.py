@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -198,6 +199,25 @@ def test_a_client_leaving_mid_stream_frees_its_row(url, name, client):
     lines = answer.iter_lines()
     first = next(line for line in lines if line.startswith("data: "))
     assert json.loads(first.removeprefix("data: "))["choices"][0]["finish_reason"] is None
+  deadline = time.monotonic() + 20
+  while (health := _health(url))["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert health["cancelled"] == before["cancelled"] + 1, health
+  assert client.completions.create(model=name, prompt=PROMPT, max_tokens=2, temperature=0).choices
+
+
+def test_a_client_leaving_before_its_whole_answer_frees_its_row(url, name, client):
+  """A request that is not streamed is cancelled too when its client disconnects while it is decoded."""
+  before = _health(url)
+  body = json.dumps({"model": name, "prompt": PROMPT, "max_tokens": 900, "temperature": 0,
+                     "ignore_eos": True}).encode()
+  host, port = url.removeprefix("http://").split("/")[0].split(":")
+  with socket.create_connection((host, int(port)), timeout=30) as connection:
+    connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+    deadline = time.monotonic() + 20
+    while _health(url)["running"] == 0 and time.monotonic() < deadline:  # its batch is being decoded
+      time.sleep(0.01)
   deadline = time.monotonic() + 20
   while (health := _health(url))["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
     time.sleep(0.05)

@@ -25,8 +25,8 @@ Batching. A single decode worker thread takes every waiting request (at most `--
 with the same stop tokens as the first; after waiting `--batch_window_ms` for more) and decodes them
 together in one `decode.generate` call; requests arriving meanwhile wait for the next batch. Streams
 are fed by generate's `on_tokens` every `--sync_every` decode steps; a stream's last text (up to a stop
-string) and its finish reason are sent when its batch ends. A client that disconnects mid-stream
-cancels its request (on_tokens returns False), which frees its row. `/health` counts the batches by
+string) and its finish reason are sent when its batch ends. A client that disconnects, mid-stream or
+while waiting for a whole answer, cancels its request (on_tokens returns False), which frees its row. `/health` counts the batches by
 size, the requests and the cancelled ones.
 
 `start_server_process` runs `xbook serve` as a child process on a free port of 127.0.0.1, for a
@@ -401,6 +401,19 @@ async def stream_events(job: Job, name: str) -> AsyncIterator[bytes]:
     job.cancelled = True  # a no-op once done; else the client left: free the row
 
 
+async def _final_event(job: Job) -> tuple[str, Any]:
+  """The ("done", Completion) or ("error", exception) event of a request that is not streamed."""
+  while (event := await job.events.get())[0] == "text":
+    pass
+  return event
+
+
+async def _client_left(http_request: Any) -> None:
+  """Returns once the client of a request whose body has been read disconnects (ASGI `http.disconnect`)."""
+  while (await http_request.receive())["type"] != "http.disconnect":
+    pass
+
+
 # ------------------------------------------------------------------------------------------------- app
 def _error_body(error: Exception) -> dict[str, Any]:
   status = getattr(error, "status", 500)
@@ -420,7 +433,7 @@ def make_app(model: ServedModel, *, max_batch: int = 8, batch_window_s: float = 
   lifespan and stops with it. `on_ready()` is called once the app accepts requests."""
   from starlette.applications import Starlette  # noqa: PLC0415
   from starlette.exceptions import HTTPException  # noqa: PLC0415
-  from starlette.responses import JSONResponse, StreamingResponse  # noqa: PLC0415
+  from starlette.responses import JSONResponse, Response, StreamingResponse  # noqa: PLC0415
   from starlette.routing import Route  # noqa: PLC0415
   state: dict[str, Batcher] = {}
 
@@ -438,12 +451,17 @@ def make_app(model: ServedModel, *, max_batch: int = 8, batch_window_s: float = 
     if request.stream:
       return StreamingResponse(stream_events(job, model.name), media_type="text/event-stream",
                                headers={"Cache-Control": "no-cache"})
+    answered = asyncio.ensure_future(_final_event(job))
+    left = asyncio.ensure_future(_client_left(http_request))
     try:
-      while (event := await job.events.get())[0] == "text":
-        pass
+      await asyncio.wait({answered, left}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-      job.cancelled = True
-    kind_, value = event
+      job.cancelled = True  # a no-op once answered; else the client left: free the row
+      left.cancel()
+    if not answered.done():
+      answered.cancel()
+      return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
+    kind_, value = answered.result()
     if kind_ == "error":
       return JSONResponse({"error": _error_body(value)}, status_code=getattr(value, "status", 500))
     return JSONResponse(answer(request, value, model.name))
