@@ -729,7 +729,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--task", default="windows", choices=("windows", "full", "stages", "mixture"),
                  help="book view to show, or the mixture of all three (paper_stages: windows, full, mixture)")
   p.add_argument("--index", type=int, default=0, help="which example of the task to show")
-  p.add_argument("--plan_order", "--layout", default="interleaved", choices=("interleaved", "plans_first", "paper_stages"),
+  p.add_argument("--plan_order", "--layout", default="interleaved",
+                 choices=("interleaved", "plans_first", "paper_stages"),
                  help="order of plans and text in a trajectory (--layout: its old name); paper_stages: the "
                       "stage stream of the paper's released models "
                       "(records with a paper field, `xbook scaffold build --format paper`)")
