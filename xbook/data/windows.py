@@ -120,8 +120,8 @@ class _WindowPlanner:
     # The closing marker (one symbol, or several ids of a pretrained tokenizer's tag), its newline and the
     # EOS end the book's last text; a split of that text never separates them.
     closing = trajectory.markers(marker_style)[1]
-    self.book_end = (book[-1] if book and book[-1].segment.kind == "text" else None,
-                     len(encode("\n" + closing)) + 1)
+    self.last_text = book[-1] if book and book[-1].segment.kind == "text" else None
+    self.closing_length = len(encode("\n" + closing)) + 1
     self._previously_cache: dict[int, list[Piece]] = {}
     self.plan_tokens_cut = 0
 
@@ -190,8 +190,8 @@ class _WindowPlanner:
         rest = len(text.ids) - start
         fits_fresh = rest <= fresh_budget - len(chapter_plan) - len(scene_context)
         end = min(len(text.ids), start + self.remaining - plans_cost)
-        closing_start = len(text.ids) - self.book_end[1]
-        if text is self.book_end[0] and end > closing_start and end < len(text.ids) and (
+        closing_start = len(text.ids) - self.closing_length
+        if text is self.last_text and end > closing_start and end < len(text.ids) and (
             closing_start > start or not opened):  # (a fresh window too small for them splits them)
           end = closing_start  # the book's closing ids go whole into the next window
         if (plans_cost + rest > self.remaining and (fits_fresh or plans_cost >= self.remaining)) or end <= start:
