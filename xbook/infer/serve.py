@@ -26,8 +26,8 @@ with the same stop tokens as the first; after waiting `--batch_window_ms` for mo
 together in one `decode.generate` call; requests arriving meanwhile wait for the next batch. Streams
 are fed by generate's `on_tokens` every `--sync_every` decode steps; a stream's last text (up to a stop
 string) and its finish reason are sent when its batch ends. A client that disconnects, mid-stream or
-while waiting for a whole answer, cancels its request (on_tokens returns False), which frees its row. `/health` counts the batches by
-size, the requests and the cancelled ones.
+while waiting for a whole answer, cancels its request (on_tokens returns False), which frees its row.
+`/health` counts the batches by size, the requests and the cancelled ones.
 
 `start_server_process` runs `xbook serve` as a child process on a free port of 127.0.0.1, for a
 caller (a scaffold build with `--backend xbook`, a test) that needs an endpoint for a run directory.
