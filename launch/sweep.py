@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 from tqdm import tqdm
 
 from launch import pod
+from xbook import paths
 from xbook.gin_flags import split_gin_bindings
 from xbook.train.metrics import read_metrics
 
@@ -365,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, cli_bindings: list[str]) -> int:
+  if not args.tpu_name:  # local runs: their run directories absolute, whatever folder `summary` runs in
+    args.out = paths.absolute(args.out)
   try:
     sweep = expand(load_sweep_config(args.sweep_file), args.out, args.gin_file)
   except SweepError as error:

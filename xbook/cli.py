@@ -752,6 +752,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            "  --num_shards 64 -- --runner=DataflowRunner --project=P --region=R --temp_location=gs://BUCKET/tmp",
            _data_cache, gin_modules=("xbook.train.trainer",))
   p.add_argument("--out", required=True, help="cache folder (local or gs://); the task goes in OUT/TASK")
+  p.set_defaults(path_flags=("out",))
   p.add_argument("--num_shards", type=int, default=8,
                  help="TFRecord files per split: at least the number of hosts that will train")
   p.add_argument("--split", action="append", choices=SPLITS,
@@ -776,6 +777,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            "xbook weights import --hf ~/models/Qwen2.5-7B --out weights/qwen2.5-7b", _weights_import)
   p.add_argument("--hf", required=True, help="folder with config.json and model.safetensors (or shards)")
   p.add_argument("--out", required=True, help="new folder for model.json and the Orbax params")
+  p.set_defaults(path_flags=("out",))
   p = _add(weights, "export",
            "Write a trained run (--run_dir) or imported weights (--params) as a Hugging Face checkpoint: "
            "sharded safetensors with model.safetensors.index.json, config.json, generation_config.json "
@@ -787,6 +789,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--step", type=int, default=None, help="checkpoint step of --run_dir (default: the latest)")
   p.add_argument("--params", default=None, help="folder written by `xbook weights import`")
   p.add_argument("--out", required=True, help="new (or empty) local folder for the checkpoint")
+  p.set_defaults(path_flags=("out",))
   p.add_argument("--dtype", choices=DTYPES, default=None,
                  help="tensor dtype (default: bfloat16 for a run, the parameters' own for --params)")
   p.add_argument("--model_type", choices=SUPPORTED_MODEL_TYPES, default=None,
@@ -870,6 +873,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--run_dir", required=True)
   p.add_argument("--prompt", required=True, help="what book to write (the trajectory's prompt)")
   p.add_argument("--out", required=True, help="output folder (book.md, book.json, journal.jsonl)")
+  p.set_defaults(path_flags=("out",))
   p.add_argument("--seed", type=int, default=0, help="the book's seed (each stage derives its own)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--profile", default=None, choices=("24b_first_chapter", "14b_full_book"),
@@ -877,8 +881,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                       "profile the run trained on, recorded in its model.json)")
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-  p = _add(commands, "eval", "Evaluate books and runs into --out (eval.json with every figure, and a "
-           "self-contained report.html): text metrics of --books (repetition, lexical diversity, "
+  p = _add(commands, "eval", "Evaluate books and runs into --out, each into its own files (books: eval.json "
+           "and report.html; --run_dir: perplexity.json and perplexity.html; --judge: judges.json and "
+           "judges.html; an earlier evaluation's files are replaced only with --overwrite): text metrics of "
+           "--books (repetition, lexical diversity, "
            "over-represented phrases, sentence and paragraph shape, dialogue, readability, structure, plan "
            "adherence) placed in the distribution of held-out human novels (--baseline); held-out perplexity "
            "of --run_dir per segment kind, per token, word and byte; pairwise LLM judges (--judge NAME=PATH "
@@ -887,7 +893,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            "xbook eval --run_dir runs/demo --scaffolds out/scaffolds.jsonl --heldout ../shared/corpus/gutenberg/pg43.txt --out eval/\n"
            "OPENAI_API_KEY=... xbook eval --judge runA=runs/a/book --judge runB=runs/b/book \\\n"
            "    --judge_url https://api.openai.com/v1 --judge_model gpt-4.1-mini --out eval/", _eval)
-  p.add_argument("--out", required=True, help="output folder (eval.json, report.html, judge_cache.sqlite)")
+  p.add_argument("--out", required=True, help="output folder (eval.json and report.html, perplexity.json "
+                 "and perplexity.html, judges.json, judges.html and judge_cache.sqlite)")
+  p.add_argument("--overwrite", action="store_true", help="replace the files an earlier evaluation of the "
+                 "same kind wrote in --out (the judge cache is always reused)")
   p.add_argument("--books", default=None, help="book.json/book.md of `xbook write`, a .txt novel, books "
                  "JSONL of `xbook books segment`, or a folder of them")
   p.add_argument("--baseline", default=None, help="folder of human Gutenberg novels (default: "
@@ -950,6 +959,19 @@ def _check_run_dir(args: argparse.Namespace) -> None:
                                  "one for a new run)")
 
 
+# The flags that name folders (or files) which Orbax, a child process or a Beam worker reads or writes: made
+# absolute against the current directory once, here (xbook.paths), so that `--run_dir runs/demo` works as
+# written. A subcommand names more with set_defaults(path_flags=...); gs:// paths are left as they are.
+_PATH_FLAGS = ("run_dir", "params")
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+  from xbook import paths
+  for flag in (*_PATH_FLAGS, *getattr(args, "path_flags", ())):
+    if getattr(args, flag, None) is not None:
+      setattr(args, flag, paths.absolute(getattr(args, flag)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Run the `xbook` command line `argv` (default: sys.argv[1:]) and return its exit status.
 
@@ -989,6 +1011,7 @@ def _run(argv: list[str]) -> int:
     return 2
   cli_errors.setup_logging()
   _check_run_dir(args)
+  _absolute_paths(args)
   if args.gin_modules:
     # Mistakes in the gin files and flags are found before the heavy imports and before any file is written.
     cli_gin.precheck(args.gin_file, bindings)

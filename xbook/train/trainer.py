@@ -42,6 +42,7 @@ import seqio
 from etils import epath
 from tqdm import tqdm
 
+from xbook import paths
 from xbook.atomic import atomic_open
 from xbook.gin_flags import configured
 from xbook.data import cache as data_cache
@@ -437,6 +438,9 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       (RENAMED_ARGUMENTS), still read, with a warning, for one release.
   """
   # Configuration enters here (gin's bindings, or the caller's arguments) and goes down as arguments.
+  # Relative paths (the README's runs/demo, a gin BASE) are made absolute once, here (Orbax needs them so).
+  run_dir, init_from, cache_dir = paths.absolute(run_dir), paths.absolute(init_from), paths.absolute(cache_dir)
+  vocab_path, scaffold_files = paths.absolute(vocab_path), paths.absolute_all(scaffold_files)
   length_layout = _renamed_argument("layout", layout, length_layout)
   plan_order = _renamed_argument("trajectory_layout", trajectory_layout, plan_order)
   profile = paper_stages.configured_profile() if plan_order == trajectory.PAPER_STAGES else None
