@@ -565,11 +565,35 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-  from xbook.infer.serve import serve
+  from xbook.infer.serve import BatchingConfig, serve
+  batching = BatchingConfig(batching=args.batching, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
+                            sync_every=args.sync_every, max_waiting=args.max_waiting,
+                            prefill_chunk=args.prefill_chunk, prefix_reuse=not args.no_prefix_reuse)
   return serve(args.run_dir, host=args.host, port=args.port, step=args.step, name=args.model_name,
                max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
-               context_len=args.context_len, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
-               sync_every=args.sync_every)
+               context_len=args.context_len, batching=batching, mesh_config=_mesh_config(args),
+               shard_cache_length=args.shard_cache_length)
+
+
+def _add_mesh_flags(p: argparse.ArgumentParser) -> None:
+  """--mesh and --shard_cache_length: decoding on a device mesh (xbook.infer.placement)."""
+  p.add_argument("--mesh", default=None, metavar="AXIS=N,...",
+                 help="decode on a device mesh, e.g. --mesh tensor=4,sequence=2 (axes data, fsdp, sequence, "
+                      "tensor; unnamed ones 1, one may be -1): parameters sharded over tensor (heads, MLP) and "
+                      "fsdp, the KV cache over kv heads; default: one device, or MeshConfig in gin if bound")
+  p.add_argument("--shard_cache_length", action="store_true",
+                 help="also shard the KV cache's length over the mesh's sequence axis (long contexts)")
+
+
+def _mesh_config(args: argparse.Namespace):
+  """The MeshConfig of --mesh (None: decode on one device)."""
+  if getattr(args, "mesh", None) is None:
+    return None
+  from xbook.infer.placement import parse_mesh_flag
+  try:
+    return parse_mesh_flag(args.mesh)
+  except ValueError as error:
+    raise cli_gin.GinConfigError(str(error)) from None
 
 
 def _selects(argv: Sequence[str], path: tuple[str, ...]) -> bool:
@@ -945,6 +969,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                  help="how long the decode worker waits for more requests before starting a batch")
   p.add_argument("--sync_every", type=int, default=16,
                  help="decode steps between streamed chunks (and stop-string checks)")
+  p.add_argument("--batching", default="continuous", choices=("continuous", "static"),
+                 help="continuous (default): a request joins the running ones at the next decode step and "
+                      "leaves when done; static: a batch runs to its end before the next starts")
+  p.add_argument("--max_waiting", type=int, default=256,
+                 help="continuous: the most requests waiting for a slot; beyond it, 503 with Retry-After")
+  p.add_argument("--prefill_chunk", type=int, default=512,
+                 help="continuous: the most prompt tokens of a request prefilled per step (running requests "
+                      "decode between a long prompt's chunks)")
+  p.add_argument("--no_prefix_reuse", action="store_true",
+                 help="continuous: prefill every prompt whole (default: a prompt's longest prefix already in "
+                      "the cache is reused)")
+  _add_mesh_flags(p)
   for path, (subparser, module) in deferred.items():
     if argv is None or _selects(argv, path):
       importlib.import_module(module).add_arguments(subparser)

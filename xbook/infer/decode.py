@@ -63,7 +63,7 @@ _COMPILES: collections.Counter[str] = collections.Counter()
 
 def compile_counts() -> dict[str, int]:
   """How many times each jitted decode function was traced (= compiled) in this process."""
-  return {name: _COMPILES[name] for name in ("prefill", "decode", "grow", "sample")}
+  return {name: _COMPILES[name] for name in ("prefill", "decode", "grow", "sample", "engine_segment", "truncate")}
 
 
 def bucket(n: int, cap: int | None = None, minimum: int = MIN_BUCKET) -> int:
@@ -72,12 +72,15 @@ def bucket(n: int, cap: int | None = None, minimum: int = MIN_BUCKET) -> int:
   return size if cap is None else min(size, cap)
 
 
-def inference_rules(rules: LogicalRules = DEFAULT_RULES) -> tuple[tuple[str, Any], ...]:
+def inference_rules(rules: LogicalRules = DEFAULT_RULES, *,
+                    shard_cache_length: bool = False) -> tuple[tuple[str, Any], ...]:
   """Training's logical axis rules for decoding: parameters sharded as in training (fsdp on `embed`,
-  tensor on heads, MLP and vocab) and the cache's kv heads as the parameters'; activations and the
-  cache not sharded on batch or length (decode batches are small; rows are replicated over `data`)."""
+  tensor on heads, MLP and vocab) and the cache's kv heads as the parameters'; activations not sharded
+  on batch or length (decode batches are small; rows are replicated over `data`); the cache's length
+  over the `sequence` axis when `shard_cache_length` (a cache too long for the chips that hold its kv
+  heads: attention's scores and softmax then reduce over the `sequence` axis), else not sharded."""
   replaced = {"activation_batch": None, "activation_length": None, "cache_batch": None,
-              "cache_length": None}
+              "cache_length": "sequence" if shard_cache_length else None}
   return tuple((name, axes) for name, axes in rules if name not in replaced) + tuple(replaced.items())
 
 
@@ -546,6 +549,8 @@ class Completion:
     prompt_tokens: the prompt's length.
     prefill_s, decode_s: wall seconds of the batch's prefill and decode (shared by its rows; a first
       call of a shape includes compiling).
+    cached_tokens: prompt tokens served from the cache rather than prefilled (xbook.infer.engine's
+      prefix reuse; 0 for generate).
   """
 
   token_ids: list[int]
@@ -555,6 +560,7 @@ class Completion:
   prompt_tokens: int
   prefill_s: float
   decode_s: float
+  cached_tokens: int = 0
 
 
 class StopStrings:

@@ -92,9 +92,14 @@ def run_plan_order(run_dir: str | Path, info: Mapping[str, Any] | None = None) -
   return plan_order, match.group(1) if match else stage_protocol.DEFAULT_PROFILE
 
 
-def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
+def load_run(run_dir: str | Path, step: int | None = None, *, mesh: jax.sharding.Mesh | None = None,
+             rules: Any = None) -> LoadedRun:
   """Restore the parameters of `run_dir` (its latest checkpoint unless `step` is given) and load the
-  vocabulary its model.json names (`vocab_path`; relative to the run directory unless absolute)."""
+  vocabulary its model.json names (`vocab_path`; relative to the run directory unless absolute).
+
+  With a `mesh`, every parameter is restored straight onto it, sharded by its logical axes and `rules`
+  (decoding's: xbook.infer.decode.inference_rules), so no host or device ever holds the whole model;
+  else onto the first device."""
   run_dir = epath.Path(run_dir)  # a local folder or gs://bucket/...
   info_path = run_dir / "model.json"
   if not info_path.is_file():
@@ -110,8 +115,16 @@ def load_run(run_dir: str | Path, step: int | None = None) -> LoadedRun:
   step = step if step is not None else checkpoints.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  params = checkpoints.restore(step, abstract_params(config, device))["params"]
+  if mesh is None:
+    target = abstract_params(config, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  else:
+    target = abstract_params(config, mesh=mesh, rules=rules)
+  if config.lora is not None:  # a LoRA run: its adapters merged into its base once, here
+    from xbook.train import adapters  # noqa: PLC0415
+    params, config = adapters.load_merged(run_dir, info, checkpoints, step, config, target)
+    model = Decoder(config)
+  else:
+    params = checkpoints.restore(step, target)["params"]
   checkpoints.close()
   log.info("loaded %s at step %d", run_dir, step)
   return LoadedRun(model=model, params=params, vocabulary=vocabulary, step=step)

@@ -87,21 +87,33 @@ class ServedModel:
   context_len: int
   max_prompt_tokens: int
   max_tokens: int
+  mesh: Any = None
+  rules: Any = None
+  _llg_tokenizer: Any = None
+
+  def llg_tokenizer(self) -> Any:
+    """The vocabulary as llguidance sees it (built on first use, about a second; then kept)."""
+    if self._llg_tokenizer is None:
+      from xbook.infer.guidance import llg_tokenizer  # noqa: PLC0415 - only structured outputs need it
+      self._llg_tokenizer = llg_tokenizer(self.vocabulary)
+    return self._llg_tokenizer
 
 
 def load_model(run_dir: str | os.PathLike[str], *, step: int | None = None, name: str | None = None,
-               max_prompt_tokens: int = 1024, max_tokens: int = 256,
-               context_len: int | None = None) -> ServedModel:
+               max_prompt_tokens: int = 1024, max_tokens: int = 256, context_len: int | None = None,
+               mesh: Any = None, rules: Any = None) -> ServedModel:
   """Load and place the run in `run_dir` (context_len None: its trained sequence length, else
-  max_prompt_tokens + max_tokens)."""
+  max_prompt_tokens + max_tokens), sharded over `mesh` by `rules` when given (xbook.infer.placement)."""
   from xbook.infer import decode  # noqa: PLC0415 - jax loads only once the port is known to be free
   from xbook.infer.generate import load_run, run_seq_len  # noqa: PLC0415
-  run = load_run(run_dir, step=step)
+  rules = rules or decode.inference_rules()
+  run = load_run(run_dir, step=step, mesh=mesh, rules=rules)
   context_len = context_len or run_seq_len(run_dir) or max_prompt_tokens + max_tokens
+  params = decode.place_params(run.params, run.model.config, mesh=mesh, rules=rules)
   return ServedModel(name=name or f"{Path(run_dir).resolve().name}@{run.step}", step=run.step,
-                     config=run.model.config, params=decode.place_params(run.params, run.model.config),
-                     vocabulary=run.vocabulary, context_len=int(context_len),
-                     max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens)
+                     config=run.model.config, params=params, vocabulary=run.vocabulary,
+                     context_len=int(context_len), max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens,
+                     mesh=mesh, rules=rules)
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -140,6 +152,7 @@ class Request:
   stream: bool
   include_usage: bool
   stop_token_ids: tuple[int, ...]
+  grammar: str | None = None  # llguidance's serialized grammar (xbook.infer.structured), or None
 
 
 def parse_request(kind: str, body: Any, model: ServedModel) -> Request:
@@ -157,7 +170,11 @@ def parse_request(kind: str, body: Any, model: ServedModel) -> Request:
     raise RequestError(400, f"the prompt has {len(ids)} tokens but the model's context is {model.context_len} "
                             "tokens, with room for at least one answer token; shorten the prompt", "prompt")
   if _field(body, "n", (int,), 1, "an integer") != 1:
-    raise RequestError(400, "n: only n=1 is served (one choice per request)", "n")
+    raise RequestError(400, "n: only n=1 is served (one choice per request); send n requests with their "
+                            "own seeds instead", "n")
+  for unsupported in ("logprobs", "top_logprobs", "echo", "best_of", "suffix"):
+    if body.get(unsupported) not in (None, False, 0) and not (unsupported == "best_of" and body[unsupported] == 1):
+      raise RequestError(400, f"{unsupported}: not supported by xbook serve; leave it out", unsupported)
   field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
   max_tokens = _field(body, field, (int,), model.max_tokens, "an integer")
   _in_range(field, max_tokens, 1, 2**31 - 1, "give at least 1")
@@ -180,7 +197,17 @@ def parse_request(kind: str, body: Any, model: ServedModel) -> Request:
   eos = model.vocabulary.eos_id
   return Request(kind=kind, ids=ids, sampling=sampling, stream=stream,
                  include_usage=bool(options.get("include_usage")),
-                 stop_token_ids=() if ignore_eos or eos is None else (eos,))
+                 stop_token_ids=() if ignore_eos or eos is None else (eos,), grammar=_grammar(body, model))
+
+
+def _grammar(body: dict[str, Any], model: ServedModel) -> str | None:
+  """The request's structured-outputs grammar, compiled for the model's vocabulary (None: none asked)."""
+  from xbook.infer import structured  # noqa: PLC0415
+  try:
+    spec = structured.spec_from_request(body)
+    return None if spec is None else structured.compile_grammar(spec, model.llg_tokenizer())
+  except structured.GrammarError as error:
+    raise RequestError(400, f"invalid grammar: {error}", "structured_outputs") from error
 
 
 def _completion_ids(body: dict[str, Any], model: ServedModel) -> list[int]:
@@ -217,9 +244,20 @@ class Job:
   def __init__(self, request: Request, loop: asyncio.AbstractEventLoop) -> None:
     self.request, self.loop = request, loop
     self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    self.cancelled = False
+    self._cancelled = False
+    self.handle: Any = None  # the engine's Handle (continuous batching)
     self.ids: list[int] = []
     self.text = ""
+
+  @property
+  def cancelled(self) -> bool:
+    return self._cancelled
+
+  @cancelled.setter
+  def cancelled(self, value: bool) -> None:
+    self._cancelled = value
+    if value and self.handle is not None:
+      self.handle.cancel()
 
   def post(self, kind: str, value: Any) -> None:
     with contextlib.suppress(RuntimeError):  # the request's loop has closed (server shutting down)
@@ -248,6 +286,7 @@ class Batcher:
     self.running: list[Job] = []
     self.batch_sizes: collections.Counter[int] = collections.Counter()
     self.requests = self.cancelled = 0
+    self.metrics: Any = None  # ServeMetrics, set by make_batcher
     self.stopping = False
     self.condition = threading.Condition()
     self.thread = threading.Thread(target=self._work, name="xbook-decode", daemon=True)
@@ -324,10 +363,12 @@ class Batcher:
       return
     with self.condition:
       self.cancelled += sum(c.finish_reason == "cancelled" for c in completions)
+    elapsed = time.perf_counter() - started
     log.info("batch of %d: %d prompt tokens, %d generated, %.2f s", len(batch),
-             sum(c.prompt_tokens for c in completions), sum(len(c.token_ids) for c in completions),
-             time.perf_counter() - started)
+             sum(c.prompt_tokens for c in completions), sum(len(c.token_ids) for c in completions), elapsed)
     for job, completion in zip(batch, completions):
+      if self.metrics is not None:
+        self.metrics.record(completion, None, elapsed)
       job.post("done", completion)
 
 
@@ -427,15 +468,63 @@ def _error(status: int, message: str, param: str | None = None) -> Any:
   return JSONResponse({"error": _error_body(RequestError(status, message, param))}, status_code=status)
 
 
-def make_app(model: ServedModel, *, max_batch: int = 8, batch_window_s: float = 0.0,
-             sync_every: int = 16, on_ready: Any = None) -> Any:
+@dataclasses.dataclass(frozen=True)
+class BatchingConfig:
+  """How the server batches requests (`xbook serve` flags of the same names).
+
+  Attributes:
+    batching: "continuous" (xbook.infer.engine: a request joins the running rows at the next step) or
+      "static" (one decode.generate per batch; a batch runs to its end before the next starts).
+    max_batch: the most requests decoded together (the engine's slots).
+    batch_window_ms: static: how long the worker waits for more requests before a batch.
+    sync_every: decode steps between the host's looks at the rows (streamed chunks, stop strings).
+    max_waiting: continuous: the most requests waiting for a slot; beyond it, 503 with Retry-After.
+    prefill_chunk: continuous: the most prompt tokens of a request prefilled per engine step.
+    prefix_reuse: continuous: serve a prompt's longest cached prefix from the cache.
+  """
+
+  batching: str = "continuous"
+  max_batch: int = 8
+  batch_window_ms: float = 0.0
+  sync_every: int = 16
+  max_waiting: int = 256
+  prefill_chunk: int = 512
+  prefix_reuse: bool = True
+
+  def __post_init__(self) -> None:
+    if self.batching not in ("continuous", "static"):
+      raise ValueError(f"batching={self.batching!r}: expected 'continuous' or 'static'")
+
+
+def make_batcher(model: ServedModel, batching: BatchingConfig) -> Any:
+  """The decode worker of `batching.batching` kind, started, with its /metrics."""
+  from xbook.infer.serve_metrics import ServeMetrics  # noqa: PLC0415
+  if batching.batching == "static":
+    batcher = Batcher(model, max_batch=batching.max_batch, batch_window_s=batching.batch_window_ms / 1000,
+                      sync_every=batching.sync_every)
+    batcher.metrics = ServeMetrics(batcher.stats)
+    return batcher
+  from xbook.infer.engine import Engine  # noqa: PLC0415
+  from xbook.infer.serve_engine import ContinuousBatcher  # noqa: PLC0415
+  engine = Engine(model.params, model.config, slots=batching.max_batch, max_len=model.context_len,
+                  mesh=model.mesh, rules=model.rules, vocab_size_limit=model.vocabulary.size,
+                  decode=model.vocabulary.decode, prefill_chunk=batching.prefill_chunk,
+                  sync_every=batching.sync_every, prefix_reuse=batching.prefix_reuse,
+                  max_waiting=batching.max_waiting)
+  holder: dict[str, Any] = {}
+  metrics = ServeMetrics(lambda: holder["batcher"].stats())
+  holder["batcher"] = ContinuousBatcher(model, engine, metrics)
+  return holder["batcher"]
+
+
+def make_app(model: ServedModel, batching: BatchingConfig = BatchingConfig(), *, on_ready: Any = None) -> Any:
   """The Starlette app serving `model` (see the module docstring); its decode worker starts with the app's
   lifespan and stops with it. `on_ready()` is called once the app accepts requests."""
   from starlette.applications import Starlette  # noqa: PLC0415
   from starlette.exceptions import HTTPException  # noqa: PLC0415
   from starlette.responses import JSONResponse, Response, StreamingResponse  # noqa: PLC0415
   from starlette.routing import Route  # noqa: PLC0415
-  state: dict[str, Batcher] = {}
+  state: dict[str, Any] = {}
 
   async def complete(kind: str, http_request: Any) -> Any:
     try:
@@ -444,10 +533,17 @@ def make_app(model: ServedModel, *, max_batch: int = 8, batch_window_s: float = 
       return _error(400, f"the request body is not valid JSON ({error}); send a JSON object")
     try:
       request = parse_request(kind, body, model)
+      if request.grammar is not None and batching.batching == "static":
+        raise RequestError(400, "structured outputs need the continuous batcher: restart xbook serve without "
+                                "--batching static", "structured_outputs")
       job = Job(request, asyncio.get_running_loop())
       state["batcher"].submit(job)
-    except (RequestError, ValueError) as error:
-      return _error(getattr(error, "status", 400), str(error), getattr(error, "param", None))
+    except (RequestError, ValueError, RuntimeError) as error:
+      status = getattr(error, "status", 400 if isinstance(error, ValueError) else 500)
+      response = _error(status, str(error), getattr(error, "param", None))
+      if getattr(error, "retry_after", None):
+        response.headers["Retry-After"] = str(error.retry_after)
+      return response
     if request.stream:
       return StreamingResponse(stream_events(job, model.name), media_type="text/event-stream",
                                headers={"Cache-Control": "no-cache"})
@@ -480,12 +576,16 @@ def make_app(model: ServedModel, *, max_batch: int = 8, batch_window_s: float = 
     return JSONResponse({"status": "ok", "model": model.name, "step": model.step,
                          "context_len": model.context_len, **state["batcher"].stats()})
 
+  async def metrics(_: Any) -> Any:
+    from xbook.infer.serve_metrics import CONTENT_TYPE  # noqa: PLC0415
+    return Response(state["batcher"].metrics.exposition(), media_type=CONTENT_TYPE)
+
   async def http_error(http_request: Any, error: HTTPException) -> Any:
     return _error(error.status_code, f"{error.detail}: {http_request.method} {http_request.url.path}")
 
   @contextlib.asynccontextmanager
   async def lifespan(_: Any) -> AsyncIterator[None]:
-    state["batcher"] = Batcher(model, max_batch=max_batch, batch_window_s=batch_window_s, sync_every=sync_every)
+    state["batcher"] = make_batcher(model, batching)
     if on_ready is not None:
       on_ready()
     try:
@@ -495,7 +595,8 @@ def make_app(model: ServedModel, *, max_batch: int = 8, batch_window_s: float = 
 
   routes = [Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]), Route("/health", health, methods=["GET"])]
+            Route("/v1/models", models, methods=["GET"]), Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"])]
   return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
 
 
@@ -515,12 +616,22 @@ def bind(host: str, port: int) -> socket.socket:
   return sock
 
 
-def warm_up(model: ServedModel, max_batch: int) -> None:
-  """Compile the prefill and decode programs of every batch size a batch of up to `max_batch` requests
-  pads to (powers of two), at the smallest cache length, before the first request: so that no client
-  times out on a compile. Longer contexts compile on first use."""
+def warm_up(model: ServedModel, batching: BatchingConfig) -> None:
+  """Compile the programs the first requests need before they come, so that no client times out on a
+  compile: static batching, the prefill and decode of every batch size a batch of up to `max_batch`
+  requests pads to (powers of two), at the smallest cache length; continuous, the engine's at its
+  smallest cache (its programs do not depend on how many requests run). Longer contexts compile on
+  first use."""
   from xbook.infer import decode  # noqa: PLC0415
-  started, batch = time.perf_counter(), 1
+  started, batch, max_batch = time.perf_counter(), 1, batching.max_batch
+  if batching.batching == "continuous":
+    from xbook.infer.engine import Engine, EngineRequest  # noqa: PLC0415
+    engine = Engine(model.params, model.config, slots=max_batch, max_len=model.context_len, mesh=model.mesh,
+                    rules=model.rules, vocab_size_limit=model.vocabulary.size,
+                    prefill_chunk=batching.prefill_chunk, sync_every=batching.sync_every)
+    engine.generate([EngineRequest([model.vocabulary.bos_id], decode.SamplingParams(temperature=0.0, max_tokens=2))])
+    log.info("compiled the engine's programs in %.1f s", time.perf_counter() - started)
+    return
   while True:
     decode.generate(model.params, model.config, [[model.vocabulary.bos_id]] * batch, decode.GREEDY,
                     max_tokens=2, vocab_size_limit=model.vocabulary.size, on_tokens=lambda *_: True)
@@ -531,9 +642,11 @@ def warm_up(model: ServedModel, max_batch: int) -> None:
 
 
 def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000,
-          max_batch: int = 8, batch_window_ms: float = 0.0, sync_every: int = 16, **model_args: Any) -> int:
+          batching: BatchingConfig = BatchingConfig(), mesh_config: Any = None, shard_cache_length: bool = False,
+          **model_args: Any) -> int:
   """Serve the run in `run_dir` until SIGTERM or Ctrl-C; returns the exit status (2: the port is taken,
-  reported before the model loads). `model_args` go to `load_model`."""
+  reported before the model loads). `model_args` go to `load_model`; with a `mesh_config`
+  (xbook.train.mesh.MeshConfig) the model and cache are sharded over its mesh (xbook.infer.placement)."""
   try:
     sock = bind(host, port)
   except OSError as error:
@@ -545,14 +658,17 @@ def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int
   bound_host, bound_port = sock.getsockname()[:2]
   try:
     with _stop_on_sigterm():  # until uvicorn takes the signals over: a stop while loading is clean too
+      if mesh_config is not None:
+        from xbook.infer.placement import inference_mesh  # noqa: PLC0415
+        model_args["mesh"], model_args["rules"] = inference_mesh(mesh_config, shard_cache_length)
       model = load_model(run_dir, **model_args)
-      warm_up(model, max_batch)
+      warm_up(model, batching)
   except _Stopped:
     sock.close()
     log.info("stopped by SIGTERM before the server was ready")
     return 0
   sock.listen(128)
-  app = make_app(model, max_batch=max_batch, batch_window_s=batch_window_ms / 1000, sync_every=sync_every,
+  app = make_app(model, batching,
                  on_ready=lambda: print(f"{READY_LINE}http://{bound_host}:{bound_port}/v1", flush=True))
   config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on")
   _quiet_server(config).run(sockets=[sock])
