@@ -8,6 +8,8 @@
   tensorboard/      TensorBoard events
   checkpoints/      Orbax checkpoints; a rerun with the same run_dir resumes from the latest
   input_counts/     the example count of each book this host reads, so that a resume skips them unbuilt
+  data_history.jsonl  the data the run trains on (xbook.train.data_identity): a rerun on other data is
+                    refused unless train.allow_data_change=True, which appends the change here
 
 A session of `train()` has three parts, each its own function: `setup_data` (the vocabulary and the
 seqio task), `restore_or_init` (own checkpoint, else warm start, else random init) and `TrainLoop` (steps,
@@ -48,8 +50,9 @@ from xbook.gin_flags import configured
 from xbook.data import cache as data_cache
 from xbook.data import features
 from xbook.data import paper_stages, tasks, trajectory, vocab
-from xbook.model import Decoder, DecoderConfig
-from xbook.train import flops, partitioning, warm_start
+from xbook.model import Decoder, DecoderConfig, LoraConfig
+from xbook.model import lora as lora_lib
+from xbook.train import adapters, data_identity, flops, partitioning, warm_start
 from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.eval_input import ValidationSet
 from xbook.train.input_pipeline import trajectory_batches
@@ -63,6 +66,7 @@ from xbook.train.profiling import StepProfiler
 log = logging.getLogger(__name__)
 
 gin.external_configurable(DecoderConfig, module="xbook.model")
+gin.external_configurable(LoraConfig, module="xbook.model")
 
 
 
@@ -86,6 +90,7 @@ class Trainer:
   z_loss: float = 0.0
   microbatches: int = 1
   devices: Sequence[jax.Device] | None = None  # default: all devices; TPU topology devices to compile AOT
+  seed: int = 0  # of LoRA dropout's masks (with the step)
 
   def __post_init__(self) -> None:
     self.mesh = make_mesh(self.mesh_config, self.devices)
@@ -124,18 +129,38 @@ class Trainer:
 
   def _init_boxed(self, rng: jax.Array) -> TrainState:
     params = self.model.init(rng, *self._dummy_inputs())["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(self.split(params)[0]))
 
   def _state_from_params(self, params: Any) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(self.split(params)[0]))
 
-  def _loss_sums(self, params: Any, batch: Mapping[str, jax.Array]
+  def split(self, params: Any) -> tuple[Any, Any]:
+    """(trainable, frozen) parameters: with LoRA the adapters and the base (xbook.model.lora), else all
+    and nothing. Gradients and the optimizer state exist for the trainable part only."""
+    return lora_lib.split_params(params) if self.model_config.lora is not None else (params, {})
+
+  def merge(self, trainable: Any, frozen: Any) -> Any:
+    return lora_lib.merge_params(trainable, frozen) if self.model_config.lora is not None else trainable
+
+  def init_trainable(self, seed: int) -> Any:
+    """Fresh trainable parameters from `seed` on their shardings (LoRA: the adapters, B at zero); the
+    frozen part is not computed."""
+    shardings = self.split(self.state_shardings.params)[0]
+    with self.context():
+      return jax.jit(lambda rng: self.split(nn.unbox(self._init_boxed(rng).params))[0],
+                     out_shardings=shardings)(jax.random.key(seed))
+
+  def _loss_sums(self, params: Any, batch: Mapping[str, jax.Array], dropout_rng: jax.Array | None = None
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The batch's objective summed over weighted tokens (its gradient is the sum of token gradients),
     with the weight sum, the weighted NLL sum (the objective without the z-loss term), the number of
-    real (non-padding) tokens, and the NLL sums and token counts of each segment kind."""
+    real (non-padding) tokens, and the NLL sums and token counts of each segment kind. `dropout_rng`
+    turns LoRA dropout on (training steps)."""
+    rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
     logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
-                              batch["decoder_segment_ids"], batch["decoder_positions"])
+                              batch["decoder_segment_ids"], batch["decoder_positions"], rngs=rngs)
     loss, aux = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
                                        batch["decoder_loss_weights"], self.z_loss)
     kind_nll, kind_count = nll_by_kind(aux["nll"], batch["decoder_segment_kinds"],
@@ -146,38 +171,46 @@ class Trainer:
                            "real_tokens": jnp.sum(batch["decoder_segment_ids"] > 0, dtype=jnp.float32),
                            "kind_nll": kind_nll, "kind_count": kind_count}
 
-  def _summed_grads(self, params: Any, batch: Mapping[str, jax.Array]):
-    """Gradient of the summed objective over the batch, accumulated over `microbatches` in float32.
+  def _summed_grads(self, params: Any, frozen: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None):
+    """Gradient (with respect to the trainable `params` only; `frozen` is the rest) of the summed
+    objective over the batch, accumulated over `microbatches` in float32.
 
     Microbatch j takes rows j, j + k, j + 2k, ... so that every device keeps its share of each.
     """
-    grad_fn = jax.value_and_grad(self._loss_sums, has_aux=True)
+    grad_fn = jax.value_and_grad(lambda trainable, batch, rng: self._loss_sums(
+        self.merge(trainable, frozen), batch, rng), has_aux=True)
     if self.microbatches == 1:
-      return grad_fn(params, batch)
+      return grad_fn(params, batch, rng)
     k = self.microbatches
 
     def split(x):
       return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
 
-    def accumulate(carry, microbatch):
+    def accumulate(carry, microbatch_and_index):
+      microbatch, index = microbatch_and_index
       microbatch = {name: jax.lax.with_sharding_constraint(x, self.batch_sharding)
                     for name, x in microbatch.items()}
-      (objective, aux), grads = grad_fn(params, microbatch)
+      micro_rng = None if rng is None else jax.random.fold_in(rng, index)
+      (objective, aux), grads = grad_fn(params, microbatch, micro_rng)
       return jax.tree.map(jnp.add, carry, ((objective, aux), grads)), None
 
     split_batch = {name: split(x) for name, x in batch.items()}
     first = jax.tree.map(lambda x: x[0], split_batch)
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), jax.eval_shape(grad_fn, params, first))
-    total, _ = jax.lax.scan(accumulate, zeros, split_batch)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), jax.eval_shape(grad_fn, params, first, rng))
+    total, _ = jax.lax.scan(accumulate, zeros, (split_batch, jnp.arange(k)))
     return total
 
   def _train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
-    (objective_sum, aux), summed_grads = self._summed_grads(state.params, batch)
+    trainable, frozen = self.split(state.params)
+    lora = self.model_config.lora
+    rng = jax.random.fold_in(jax.random.key(self.seed), state.step) if lora and lora.dropout else None
+    (objective_sum, aux), summed_grads = self._summed_grads(trainable, frozen, batch, rng)
     denominator = jnp.maximum(aux["weight_sum"], 1e-8)
     extra = {"objective": objective_sum / denominator} if self.z_loss else {}
-    grads = jax.tree.map(lambda g, p: (g / denominator).astype(p.dtype), summed_grads, state.params)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    grads = jax.tree.map(lambda g, p: (g / denominator).astype(p.dtype), summed_grads, trainable)
+    updates, opt_state = self.tx.update(grads, state.opt_state, trainable)
+    params = self.merge(optax.apply_updates(trainable, updates), frozen)
+    extra.update(trainable_params=float(lora_lib.count(trainable)), frozen_params=float(lora_lib.count(frozen)))
     metrics = {"loss": aux["nll_sum"] / denominator, "grad_norm": optax.tree.norm(grads),
                "lr": self.lr_schedule(state.step), "weighted_tokens": aux["weight_sum"],
                "real_tokens": aux["real_tokens"],
@@ -356,6 +389,12 @@ def _pad_batch(batch: Mapping[str, Any] | None, rows: int, seq_len: int) -> dict
   return {k: np.pad(v, [(0, rows - have)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
 
 
+def _has_checkpoints(run_path: epath.Path) -> bool:
+  """Whether the run directory holds a saved step (checkpoints/<step>), without opening Orbax on it."""
+  folder = run_path / "checkpoints"
+  return folder.is_dir() and any(child.name.isdigit() for child in folder.iterdir())
+
+
 def write_run_info(run_dir: epath.Path, model_config: DecoderConfig, vocabulary: vocab.Vocabulary,
                    seq_len: int, started_from: Mapping[str, Any] | None = None,
                    trajectory_format: Mapping[str, Any] | None = None) -> None:
@@ -387,7 +426,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           cache_dir: str | None = None, init_from: str | None = None,
           init_from_step: int | None = None,
           task_name: str = "xbook_windows", optimizer_config: OptimizerConfig | None = None,
-          mesh_config: MeshConfig | None = None,
+          mesh_config: MeshConfig | None = None, allow_data_change: bool = False,
           layout: str | None = None, trajectory_layout: str | None = None) -> dict[str, float]:
   """Train (or resume) a run until `steps`; returns the last step's metrics.
 
@@ -434,6 +473,10 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     task_name: seqio task (or mixture) name to register the scaffold files under.
     optimizer_config: the optimizer (None: OptimizerConfig with its gin bindings).
     mesh_config: the mesh (None: MeshConfig with its gin bindings).
+    allow_data_change: resume a run whose data (vocabulary, scaffold files, plan order, profile, seq_len,
+      loss weights) differs from what its checkpoints were trained on, on purpose; the change is
+      appended to <run_dir>/data_history.jsonl (xbook.train.data_identity). Without it such a rerun is
+      refused before anything is written.
     layout, trajectory_layout: deprecated: the old names of `length_layout` and `plan_order`
       (RENAMED_ARGUMENTS), still read, with a warning, for one release.
   """
@@ -446,7 +489,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   profile = paper_stages.configured_profile() if plan_order == trajectory.PAPER_STAGES else None
   trainer = Trainer(model_config=model_config, optimizer_config=optimizer_config or configured(OptimizerConfig),
                     mesh_config=mesh_config or configured(MeshConfig), rules=partitioning.logical_axis_rules(),
-                    batch_size=batch_size, seq_len=seq_len, z_loss=z_loss, microbatches=microbatches)
+                    batch_size=batch_size, seq_len=seq_len, z_loss=z_loss, microbatches=microbatches, seed=seed)
   run_path = epath.Path(run_dir)  # a local folder or gs://bucket/...
   profiler = StepProfiler(run_path / "profile", profile_steps)
   log.info("mesh %s over %d devices; model of %.2fM parameters", dict(trainer.mesh.shape),
@@ -455,12 +498,18 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
     vocabulary = setup_data(task_name, scaffold_files, vocab_path, model_config, seq_len=seq_len,
                             plan_order=plan_order, profile=profile, loss_weights=loss_weights,
                             repeat_weight=repeat_weight, view_rates=view_rates, cache_dir=cache_dir)
+    data = data_identity.identity(vocabulary, scaffold_files, plan_order=plan_order, profile=profile,
+                                  seq_len=seq_len, loss_weights=loss_weights)
+    data_change = data_identity.check(run_path, data, has_checkpoints=_has_checkpoints(run_path),
+                                      allow_change=allow_data_change)  # refused here: nothing written yet
     run_path.mkdir(parents=True, exist_ok=True)  # only once the data is found: a mistake leaves no folder
     checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints, keep_every=keep_every)
     try:
       start = restore_or_init(trainer, checkpoints, run_path, seed=seed, init_from=init_from,
                               init_from_step=init_from_step)
       if jax.process_index() == 0:
+        if data_change is not None:
+          data_identity.append(run_path, data_change, start.step)
         write_run_info(run_path, model_config, vocabulary, seq_len, start.started_from,
                        {"plan_order": plan_order, "profile": profile})
       if start.step >= steps:
@@ -538,6 +587,11 @@ def restore_or_init(trainer: Trainer, checkpoints: RunCheckpoints, run_path: epa
     ValueError: another model's checkpoints, or a checkpoint trained with another seed.
   """
   warm_start.check_resume(str(run_path), trainer.model_config, has_checkpoints=bool(checkpoints.all_steps()))
+  if trainer.model_config.lora is not None:  # adapters on a frozen base: the same order (xbook.train.adapters)
+    start = adapters.restore_or_init(trainer, checkpoints, run_path, seed=seed, init_from=init_from,
+                                     init_from_step=init_from_step)
+    return Start(TrainState(step=jnp.asarray(start.step, jnp.int32), params=start.params,
+                            opt_state=start.opt_state), start.step, start.batches_consumed, start.started_from)
   restored = checkpoints.restore_latest(trainer.abstract_state.params, trainer.abstract_state.opt_state)
   if restored is not None:
     progress = restored["progress"]
@@ -688,7 +742,7 @@ class TrainLoop:
     return metrics
 
   def _save(self, step: int, state: TrainState) -> None:
-    self.checkpoints.save(step, state.params, state.opt_state,
+    self.checkpoints.save(step, adapters.saved_params(self.trainer.model_config, state.params), state.opt_state,
                           {"step": step, "batches_consumed": step, **self.saved_progress})
 
 
