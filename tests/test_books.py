@@ -879,7 +879,9 @@ def test_front_and_back_matter_are_a_small_share(corpus_dir):
 
 
 def test_unheaded_prologue_is_kept_and_front_matter_dropped(tmp_path):
-  prose = lambda tag, n: "\n".join(" ".join([tag] * 12) for _ in range(n))
+  told = "{} walked down to the old harbour when the bell had rung."  # 12 words, a story's past tense
+  about = "This {} is about the book the reader has in hand now."  # 12 words, an author's present
+  prose = lambda tag, n: "\n".join((about if tag == "preface" else told).format(tag.capitalize()) for _ in range(n))
   text = "\n\n".join(["THE BOOK", "by Someone", "PREFACE", prose("preface", 20), "THE BOOK",
                       prose("frame", 10), prose("frame", 10), "CHAPTER I", prose("one", 30),
                       "CHAPTER II", prose("two", 30)])

@@ -116,17 +116,20 @@ def _book_files(folder: str, ids: str | None) -> list[Path]:
 
 def _books_segment(args: argparse.Namespace) -> int:
   from tqdm import tqdm
-  from xbook.books import BookError, load_book
+  from xbook.books import BookError, load_book_with_report
   from xbook.books.io import write_books
   files = _book_files(args.books, args.ids)
-  books, skipped = [], []
+  books, skipped, too_much = [], [], []
   for path in tqdm(files, desc="segment", unit="book"):
     try:
-      book = load_book(path, scene_target_words=args.scene_words)
+      book, report = load_book_with_report(path, scene_target_words=args.scene_words)
     except BookError as error:
       skipped.append(str(error))
       continue
     books.append(book)
+    if report.drops_too_much:
+      too_much.append(f"{book.id} ({report.front_matter_words + report.back_matter_words:,} words, "
+                      f"{report.dropped_share:.1%}; front: {report.prose.front_rule})")
     n_scenes = sum(len(c.scenes) for c in book.chapters)
     tqdm.write(f"{book.id:>8}  {book.title[:40]:<40} {len(book.chapters):>4} chapters {n_scenes:>5} scenes "
                f"{book.n_words:>8,} words{'  (chapters cut by length)' if book.chapters_by_length else ''}")
@@ -135,9 +138,24 @@ def _books_segment(args: argparse.Namespace) -> int:
           file=sys.stderr)
   if not books:
     raise SystemExit(f"error: no usable book among the {len(files)} files; {args.out} not written")
+  _check_dropped(too_much, len(books), args)
   write_books(args.out, books)
   print(f"books: {args.out} ({len(books)} books)")
   return 0
+
+
+def _check_dropped(too_much: list[str], n_books: int, args: argparse.Namespace) -> None:
+  """Warn about (with --strict, refuse) books that drop more than MAX_DROPPED_SHARE as front/back matter."""
+  if not too_much:
+    return
+  from xbook.books.load import MAX_DROPPED_SHARE
+  summary = (f"{len(too_much)} of {n_books} books drop more than {MAX_DROPPED_SHARE:.0%} of their body as front "
+             f"and back matter")
+  if args.strict:
+    raise SystemExit(f"error: {summary}: {'; '.join(too_much)}; check them with `xbook books inspect FILE` "
+                     f"(story text taken as front matter?) or leave out --strict; {args.out} not written")
+  print(f"warning: {summary} (check them with `xbook books inspect FILE`; --strict makes this an error):\n"
+        + "\n".join(f"  {line}" for line in too_much), file=sys.stderr)
 
 
 def _books_inspect(args: argparse.Namespace) -> int:
@@ -172,6 +190,7 @@ def _books_inspect(args: argparse.Namespace) -> int:
         f"  dropped    {report.front_matter_words:,} words front matter, {report.back_matter_words:,} "
         f"back matter ({report.dropped_share:.2%} of the body"
         f"{'; TOO MUCH: check for story text taken as front/back matter' if report.drops_too_much else ''})\n"
+        f"  front      {prose.front_rule}\n"
         f"  paragraphs {prose.paragraphs:,} ({prose.prose_paragraphs:,} unwrapped at width {prose.wrap_width}, "
         f"{prose.lines_joined:,} line breaks joined; {prose.kept_line_paragraphs:,} keep their lines)\n"
         f"  markup     {prose.italic_spans:,} _italic_ spans, {prose.illustrations_removed} illustrations "
@@ -642,13 +661,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--min_interval_s", type=float, default=2.0,
                  help="least seconds between two requests (keep the default for gutenberg.org)")
   p = _add(books, "segment", "Clean Gutenberg .txt files and split them into chapters and scenes (JSONL); unusable "
-           "files are skipped and listed on stderr (exit status 1, no output, if none was usable).",
+           "files are skipped and listed on stderr (exit status 1, no output, if none was usable); a book that drops "
+           "more than 5 percent of its body as front and back matter is listed as a warning (--strict: an error).",
            "xbook books segment --books ../shared/corpus/gutenberg --ids pg46,pg35 --out out/books.jsonl",
            _books_segment)
   p.add_argument("--books", required=True, help="folder of Gutenberg .txt files")
   p.add_argument("--ids", default=None, help="comma-separated file stems (default: every .txt file)")
   p.add_argument("--out", required=True, help="output books JSONL")
   p.add_argument("--scene_words", type=int, default=1200, help="target scene size in words")
+  p.add_argument("--strict", action="store_true",
+                 help="a book that drops more than 5%% of its body as front and back matter is an error "
+                      "(exit 1, nothing written), not a warning; for corpus builds")
   p = _add(books, "inspect", "Show one Gutenberg file's metadata, cleaning report and chapters.",
            "xbook books inspect ../shared/corpus/gutenberg/pg98.txt", _books_inspect)
   p.add_argument("file")

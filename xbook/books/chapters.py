@@ -38,6 +38,7 @@ import dataclasses
 import re
 
 from xbook.books import scenes
+from xbook.books.front import MAX_DROPPED_SHARE, FrontReading, read_front
 
 _ROMAN = r"(?=[IVXLC])C{0,3}(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})"
 _ARABIC = r"\d{1,3}"
@@ -99,14 +100,8 @@ _DATE = re.compile(rf"(?:\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTHS}|\b{_M
                    rf"(?:st|nd|rd|th)?\b)")
 _SALUTATION = re.compile(r"^\W*(?:(?:My\s+)?(?:dear|dearest|Dear|Dearest)\s+\S.*|Sir|Madam|Dear Sir|"
                          r"Gentlemen)[,:—–-]+\s*$")
-# An unheaded prologue needs this many words; a front-matter line at most this many.
-_MIN_PROLOGUE_WORDS = 150
-_MAX_FRONT_LINE_WORDS = 12
-_FRONT_HEADING = re.compile(
-    r"^\W*(?:PREFACE|Preface|INTRODUCTION|Introduction|FOREWORD|Foreword|DEDICATION|Dedication|"
-    r"CONTENTS|Contents|ILLUSTRATIONS|Illustrations|LIST OF|List of|ADVERTISEMENT|Advertisement|"
-    r"PREFATORY|Prefatory|(?:THE )?(?:AUTHOR|EDITOR|TRANSLATOR|TRANSCRIBER)|"
-    r"(?:The )?(?:Author|Editor|Translator|Transcriber)|NOTE|Note)\b")
+_VALEDICTION = re.compile(r"^\W*(?:Yours|Your|Ever|Adieu|Farewell|Believe me|I am|I remain)\b")
+_MAX_SIGNATURE_WORDS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,12 +129,15 @@ class Segmentation:
     units: the units in reading order.
     by_length: no usable headings were found; the units were cut by length.
     front_matter_words: words before the first unit (or its parent heading) left out as front
-      matter (title page, contents, preface, dedication); an unheaded prologue is a unit instead.
+      matter (title page, contents, preface, dedication); story text there is a prologue unit instead.
+    front: how the text before the first heading was read, section by section, and which rule
+      decided (`xbook.books.front.FrontReading`); None when the units were cut by length.
   """
 
   units: tuple[Unit, ...]
   by_length: bool
   front_matter_words: int = 0
+  front: FrontReading | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,14 +193,16 @@ class _Heading:
     return (self.role, self.label, self.numeral, self.inline_title)
 
 
-def segment_chapters(text: str, length_target_words: int = 4000,
-                     length_max_words: int = 5000) -> Segmentation:
+def segment_chapters(text: str, length_target_words: int = 4000, length_max_words: int = 5000,
+                     dropped_budget_words: int | None = None) -> Segmentation:
   """Split a cleaned book into units by its headings, or by length when it has none.
 
   Args:
     text: the book's text with the Gutenberg header and footer removed.
     length_target_words: preferred unit size when cutting by length.
     length_max_words: largest unit when cutting by length (unless one paragraph is larger).
+    dropped_budget_words: words of front matter that may be dropped before segmentation re-examines
+      its choice (`xbook.books.front`); default `MAX_DROPPED_SHARE` of the text's words.
 
   Returns:
     The units in reading order; `by_length` is True when no usable headings were found.
@@ -214,15 +214,14 @@ def segment_chapters(text: str, length_target_words: int = 4000,
   candidates = _absorb_titles(candidates, paragraphs)
   parents = [h for h in candidates if h.role == "parent"]
   units = _numbered_units([h for h in candidates if h.role == "unit"], parents)
+  units = sorted(units + _entries_under_bare_parents(paragraphs, parents, units), key=lambda h: h.paragraph)
   if len(units) < 2:
     titled = [h for i, p in enumerate(paragraphs) if (h := _recognise_titled(p, i)) is not None]
     units = [h for h in titled if _words_after(h, titled, paragraphs) >= _MIN_TITLED_WORDS]
   if len(units) < 2:
-    dated = [h for i, p in enumerate(paragraphs) if (h := _recognise_dated(p, i, paragraphs)) is not None]
-    dated = [h for h in dated if _words_after(h, dated + parents, paragraphs) >= _MIN_EXTRA_WORDS]
-    lead = sum(p.n_words for p in paragraphs[:dated[0].paragraph]) if dated else 0
-    if len(dated) >= _MIN_UNANCHORED_RUN and lead <= _MAX_DATED_LEAD * sum(p.n_words for p in paragraphs):
-      units = dated
+    units = _dated_entries(paragraphs, parents, 0, len(paragraphs), _MAX_DATED_LEAD * _n_words(paragraphs))
+  if len(units) < 2:
+    units, parents = _parents_as_units(parents, paragraphs), []
   if len(units) < 2:
     return Segmentation(_units_by_length(lines, paragraphs, length_target_words, length_max_words),
                         by_length=True)
@@ -231,39 +230,35 @@ def segment_chapters(text: str, length_target_words: int = 4000,
   valid_parents = _valid_parents(parents, headed, paragraphs)
   assembled = _assemble(lines, paragraphs, headed, valid_parents)
   first = min(h.paragraph for h in headed + valid_parents)
-  prologue = _unheaded_prologue(lines, paragraphs[:first])
-  front_words = sum(p.n_words for p in paragraphs[:first])
-  if prologue is not None:
-    front_words -= len(prologue.text.split())
-    assembled = (prologue,) + assembled
-  return Segmentation(assembled, by_length=False, front_matter_words=front_words)
+  if dropped_budget_words is None:
+    dropped_budget_words = int(MAX_DROPPED_SHARE * _n_words(paragraphs))
+  reading = read_front(paragraphs[:first], dropped_budget_words, _is_heading_line)
+  opening = _opening_unit(lines, paragraphs, reading.kept_paragraphs)
+  if opening is not None:
+    assembled = (opening,) + assembled
+  return Segmentation(assembled, by_length=False, front_matter_words=reading.dropped_words, front=reading)
 
 
-def _unheaded_prologue(lines: list[str], front: list[_Paragraph]) -> Unit | None:
-  """Story text before the first heading, as a unit of kind prologue, or None.
+def _n_words(paragraphs: list[_Paragraph]) -> int:
+  return sum(p.n_words for p in paragraphs)
 
-  The front of a book is read backwards from the first heading: the run of paragraphs after its last
-  short one-line paragraph (a title, "CONTENTS", "PREFACE", a dedication's heading) is a prologue
-  when it holds at least `_MIN_PROLOGUE_WORDS` words, most of them in paragraphs of several lines
-  (prose, not a title page or a list), and the line above it is not a front-matter heading.
+
+def _opening_unit(lines: list[str], paragraphs: list[_Paragraph], kept: tuple[int, ...]) -> Unit | None:
+  """The story before the first heading (the kept paragraphs) as a unit of kind prologue, or None.
+
+  Runs of adjacent kept paragraphs keep their lines (and the blank lines between them) as printed;
+  runs apart are joined by one blank line.
   """
-  start = len(front)
-  while start > 0 and not _is_front_line(front[start - 1]):
-    start -= 1
-  run = front[start:]
-  words = sum(p.n_words for p in run)
-  prose_words = sum(p.n_words for p in run if len(p.lines) > 1)
-  if words < _MIN_PROLOGUE_WORDS or 2 * prose_words < words:
+  if not kept:
     return None
-  if start > 0 and _FRONT_HEADING.match(front[start - 1].text):
-    return None
-  body = "\n".join(lines[run[0].first_line:run[-1].end_line])
+  runs: list[list[int]] = []
+  for index in kept:
+    if runs and runs[-1][-1] == index - 1:
+      runs[-1].append(index)
+    else:
+      runs.append([index])
+  body = "\n\n".join("\n".join(lines[paragraphs[run[0]].first_line:paragraphs[run[-1]].end_line]) for run in runs)
   return Unit(title="", path=(), kind="prologue", text=body)
-
-
-def _is_front_line(paragraph: _Paragraph) -> bool:
-  """A short one-line paragraph: a title-page line or a heading of the front matter."""
-  return len(paragraph.lines) == 1 and paragraph.n_words <= _MAX_FRONT_LINE_WORDS
 
 
 # ------------------------------------------------------------------------------------ recognition
@@ -336,6 +331,66 @@ def _recognise(paragraph: _Paragraph, index: int) -> _Heading | None:
   return None
 
 
+def _dated_entries(paragraphs: list[_Paragraph], parents: list[_Heading], start: int, end: int,
+                   max_lead_words: float) -> list[_Heading]:
+  """The headings of the letters or diary entries that make up paragraphs[start:end], or [].
+
+  They are the structure where there are at least `_MIN_UNANCHORED_RUN` of them, the first within
+  `max_lead_words` of `start`, and (for letters) a signature closes at least one of them; diary
+  entries need only their dates.
+  """
+  dated = [h for i in range(start, end) if (h := _recognise_dated(paragraphs[i], i, paragraphs)) is not None]
+  dated = [h for h in dated if _words_after(h, dated + parents, paragraphs) >= _MIN_EXTRA_WORDS]
+  if len(dated) < _MIN_UNANCHORED_RUN or _n_words(paragraphs[start:dated[0].paragraph]) > max_lead_words:
+    return []
+  if any(h.label == "letter" for h in dated) and not any(
+      _closes_with_signature(h, dated + parents, paragraphs, end) for h in dated):
+    return []
+  return dated
+
+
+def _closes_with_signature(heading: _Heading, boundaries: list[_Heading], paragraphs: list[_Paragraph],
+                           end: int) -> bool:
+  """True when the entry's last paragraph is a signature: a valediction ("Yours ever,") or a short name."""
+  following = [h.paragraph for h in boundaries if h.paragraph > heading.paragraph]
+  last = paragraphs[min(following + [end]) - 1]
+  if last is paragraphs[heading.last_paragraph] or len(last.lines) > _MAX_HEADING_LINES:
+    return False
+  if _VALEDICTION.match(last.text):
+    return True
+  name = last.lines[-1].strip().rstrip(".")
+  return 0 < len(name.split()) <= _MAX_SIGNATURE_WORDS and all(w[:1].isupper() for w in name.split())
+
+
+def _entries_under_bare_parents(paragraphs: list[_Paragraph], parents: list[_Heading],
+                                units: list[_Heading]) -> list[_Heading]:
+  """Letters or diary entries under parent headings (BOOK, PART, VOLUME) that hold no unit heading.
+
+  Each such division is read on its own: its entries must start within `_MAX_PARENT_INTRO_WORDS`
+  of its heading. A division that has chapter headings keeps them, whatever letters they contain.
+  """
+  entries = []
+  ordered = sorted(parents, key=lambda h: h.paragraph)
+  for parent, following in zip(ordered, ordered[1:] + [None]):
+    end = following.paragraph if following is not None else len(paragraphs)
+    if any(parent.paragraph < u.paragraph < end for u in units):
+      continue
+    entries += _dated_entries(paragraphs, parents, parent.last_paragraph + 1, end, _MAX_PARENT_INTRO_WORDS)
+  return entries
+
+
+def _parents_as_units(parents: list[_Heading], paragraphs: list[_Paragraph]) -> list[_Heading]:
+  """Parent headings numbered 1, 2, ... as units, where they are the book's only division."""
+  families: dict[tuple[str, str], list[_Heading]] = {}
+  for parent in parents:
+    families.setdefault((parent.label, parent.numeral), []).append(parent)
+  for family in families.values():
+    if len(family) >= 2 and [p.number for p in family] == list(range(1, len(family) + 1)) and all(
+        _words_after(p, parents, paragraphs) >= _MIN_TITLED_WORDS for p in family):
+      return [dataclasses.replace(p, role="unit") for p in family]
+  return []
+
+
 def _recognise_dated(paragraph: _Paragraph, index: int,
                      paragraphs: list[_Paragraph]) -> _Heading | None:
   """A letter's or diary entry's heading: a short line holding a date ("3 May", "March 3rd, 1790"),
@@ -363,6 +418,8 @@ def _recognise_dated(paragraph: _Paragraph, index: int,
 def _recognise_titled(paragraph: _Paragraph, index: int) -> _Heading | None:
   """A title-only heading: one upper-case line of a few words after a wide gap."""
   text = paragraph.text
+  if (match := _LABELED.match(text)) and match.group("label").lower().rstrip(".") in _PARENT_LABELS:
+    return None  # "BOOK I" is a parent division, never a title-only unit
   if (len(paragraph.lines) != 1 or paragraph.blank_lines_before < _MIN_TITLED_BLANK_LINES
       or len(text.split()) > _MAX_TITLED_WORDS_IN_HEADING or text[-1] in ",;:"
       or sum(c.isalpha() for c in text) < 2 or text != text.upper()):
@@ -397,8 +454,9 @@ def _title_paragraph(heading: _Heading, paragraphs: list[_Paragraph], taken: set
                      strict: bool) -> _Paragraph | None:
   """The short paragraph right after a bare heading, if it can be a title.
 
-  Strict checking (for headings without a family to compare with) refuses quotations, which open
-  epigraphs ("AND I ONLY AM ESCAPED ALONE TO TELL THEE") rather than titles.
+  A dateline or a salutation opens a letter or diary entry, never a title. Strict checking (for
+  headings without a family to compare with) also refuses quotations, which open epigraphs ("AND I
+  ONLY AM ESCAPED ALONE TO TELL THEE") rather than titles.
   """
   index = heading.paragraph + 1
   if index >= len(paragraphs) or index in taken:
@@ -407,9 +465,10 @@ def _title_paragraph(heading: _Heading, paragraphs: list[_Paragraph], taken: set
   if (len(paragraph.lines) > _MAX_HEADING_LINES or len(paragraph.text) > _MAX_HEADING_CHARS
       or scenes.is_break_marker("\n".join(paragraph.lines))):
     return None
-  if strict and (paragraph.text[0] in _QUOTES or _DATE.search(paragraph.text)
-                 or _SALUTATION.match(paragraph.text)):
-    return None  # an epigraph, or the heading of the first letter or diary entry
+  if _DATE.search(paragraph.text) or _SALUTATION.match(paragraph.text):
+    return None  # the heading of a letter or diary entry that opens the chapter
+  if strict and paragraph.text[0] in _QUOTES:
+    return None  # an epigraph
   return paragraph
 
 

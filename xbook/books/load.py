@@ -15,6 +15,7 @@ from pathlib import Path
 
 from xbook.books.chapters import segment_chapters
 from xbook.books.errors import BookError
+from xbook.books.front import MAX_DROPPED_SHARE
 from xbook.books.gutenberg import CleaningReport, clean_gutenberg, parse_header
 from xbook.books.prose import ProseOptions, ProseReport, clean_prose, wrap_width
 from xbook.books.scenes import split_scenes
@@ -23,8 +24,8 @@ from xbook.books.types import Book, Chapter, Scene, text_sha256
 _log = logging.getLogger(__name__)
 
 _UNKNOWN = "unknown"
-# A book dropping more than this share of its body as front and back matter is flagged (and logged).
-MAX_DROPPED_SHARE = 0.05
+# A book dropping more than MAX_DROPPED_SHARE (xbook.books.front) of its body as front and back matter
+# is flagged (and logged); segmentation re-examines its front matter before dropping that much.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,8 @@ def read_book_text(path: str | os.PathLike[str]) -> tuple[str, str]:
 
 def segment_text(text: str, scene_target_words: int = 1200, scene_min_words: int = 500,
                  scene_max_words: int = 2500, options: ProseOptions | None = None,
-                 report: ProseReport | None = None) -> tuple[tuple[Chapter, ...], bool]:
+                 report: ProseReport | None = None,
+                 dropped_budget_words: int | None = None) -> tuple[tuple[Chapter, ...], bool]:
   """The chapters of a cleaned book, each cut into scenes, and whether they were cut by length.
 
   Chapters are found on the text as wrapped; each chapter's text is then unwrapped into one line
@@ -118,13 +120,17 @@ def segment_text(text: str, scene_target_words: int = 1200, scene_min_words: int
     text: the book's text with the Gutenberg header and footer removed (`clean_gutenberg`).
     scene_target_words, scene_min_words, scene_max_words: scene sizes (see `split_scenes`).
     options: markup conventions (`ProseOptions`; the defaults keep italics and dashes as printed).
-    report: where given, the prose counts are added to it (its `wrap_width` is set).
+    report: where given, the prose counts are added to it (its `wrap_width` is set, and the rule that
+      decided the text before the first heading, `front_rule`).
+    dropped_budget_words: front-matter words segmentation may drop before it re-examines its choice
+      (`segment_chapters`).
   """
-  segmentation = segment_chapters(text)
+  segmentation = segment_chapters(text, dropped_budget_words=dropped_budget_words)
   width = wrap_width(text)
   if report is not None:
     report.wrap_width = width
     report.front_matter_words += segmentation.front_matter_words
+    report.front_rule = segmentation.front.summary() if segmentation.front else "none (cut by length)"
   chapters = []
   for unit in segmentation.units:
     body = clean_prose(unit.text, width, options, report)
@@ -169,8 +175,10 @@ def load_book_with_report(path: str | os.PathLike[str], book_id: str | None = No
     _log.warning("%s: no Project Gutenberg header (START marker); read as plain text", path)
   header = parse_header(raw)
   prose = ProseReport()
+  already_dropped = cleaning.front_matter_words + cleaning.back_matter_words + cleaning.notes_words
+  budget = max(0, int(MAX_DROPPED_SHARE * cleaning.body_words) - already_dropped)
   chapters, by_length = segment_text(text, scene_target_words, scene_min_words, scene_max_words,
-                                     options, prose)
+                                     options, prose, dropped_budget_words=budget)
   number = header["ebook_number"]
   book = Book(id=book_id or (f"pg{number}" if number is not None else path.stem),
               title=header["title"] or path.stem, author=header["author"] or _UNKNOWN,

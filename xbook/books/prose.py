@@ -95,6 +95,8 @@ class ProseReport:
     dashes_normalised: `--` turned into `—` (0 unless `ProseOptions.dashes == "em"`).
     front_matter_words: words before the first unit left out by segmentation (title page,
       contents, preface; `Segmentation.front_matter_words`).
+    front_rule: which rule decided the text before the first heading, and each of its sections'
+      kind, words and fate (`xbook.books.front.FrontReading.summary`).
   """
 
   wrap_width: int = _DEFAULT_WIDTH
@@ -110,6 +112,7 @@ class ProseReport:
   footnote_words: int = 0
   dashes_normalised: int = 0
   front_matter_words: int = 0
+  front_rule: str = ""
 
 
 def wrap_width(text: str) -> int:
