@@ -106,7 +106,8 @@ def _words(blocks: list[str]) -> int:
 # ------------------------------------------------------------------------------ front matter and story
 def test_unheaded_frame_narrative_is_kept_whole_as_the_prologue(tmp_path):
   rng = random.Random(28)
-  title_page = ["THE HARBOUR LIGHTS", "A TALE", "by Ann Example"]
+  title_page = ["THE HARBOUR LIGHTS", "A TALE", "by Ann Example",
+                "Copyright, 1897, by Ann Example. All rights reserved.\nPrinted in London by the Harbour Press."]
   contents = ["CONTENTS", "    CHAPTER I\n    CHAPTER II\n    CHAPTER III\n    CHAPTER IV"]
   frame = _narrative(rng, 5000)
   path = _gutenberg_file(tmp_path, 9001, "The Harbour Lights", title_page + contents + frame + _chapters(rng, 4))
@@ -116,8 +117,20 @@ def test_unheaded_frame_narrative_is_kept_whole_as_the_prologue(tmp_path):
   assert prologue.path == () and prologue.title == ""
   assert prologue.text.split() == "\n\n".join(frame).split() and prologue.n_words == _words(frame) >= 5000
   assert report.prose.front_matter_words == _words(title_page + contents)
-  assert report.prose.front_rule == f"story kept (title page 8 dropped, contents 9 dropped, story {_words(frame):,} kept)"
+  assert report.prose.front_rule == (f"story kept (title page {_words(title_page)} dropped, contents 9 dropped, "
+                                     f"story {_words(frame):,} kept)")
   assert not report.drops_too_much
+
+
+def test_introductory_letter_of_the_fiction_is_kept_whole(tmp_path):
+  rng = random.Random(37)
+  letter = ["                                        London, 3rd May 1890.", "My dear Harris,"]
+  letter += _narrative(rng, 600) + ["Yours ever,\n        J."]
+  blocks = ["THE HARBOUR LIGHTS", "by Ann Example"] + letter + _chapters(rng, 3)
+  book, report = load_book_with_report(_gutenberg_file(tmp_path, 9008, "The Harbour Lights", blocks))
+  assert [c.kind for c in book.chapters] == ["prologue"] + ["chapter"] * 3
+  assert book.chapters[0].n_words == _words(letter) and book.chapters[0].text.startswith("London, 3rd May 1890.")
+  assert report.prose.front_rule == f"story kept (title page 6 dropped, story {_words(letter):,} kept)"
 
 
 def test_authors_headed_introduction_is_dropped_as_front_matter(tmp_path):

@@ -38,6 +38,7 @@ import dataclasses
 import re
 
 from xbook.books import scenes
+from xbook.books.front import DATE as _DATE
 from xbook.books.front import MAX_DROPPED_SHARE, FrontReading, read_front
 
 _ROMAN = r"(?=[IVXLC])C{0,3}(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})"
@@ -94,10 +95,6 @@ _MIN_TITLED_BLANK_LINES = 2
 _QUOTES = "\"'“‘"
 # Dated entries make the book's units only where they start within this share of its words.
 _MAX_DATED_LEAD = 0.1
-_MONTHS = (r"(?:January|February|March|April|May|June|July|August|September|October|November|"
-           r"December|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)\.?")
-_DATE = re.compile(rf"(?:\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTHS}|\b{_MONTHS}\s+\d{{1,2}}"
-                   rf"(?:st|nd|rd|th)?\b)")
 _SALUTATION = re.compile(r"^\W*(?:(?:My\s+)?(?:dear|dearest|Dear|Dearest)\s+\S.*|Sir|Madam|Dear Sir|"
                          r"Gentlemen)[,:—–-]+\s*$")
 _VALEDICTION = re.compile(r"^\W*(?:Yours|Your|Ever|Adieu|Farewell|Believe me|I am|I remain)\b")

@@ -12,10 +12,10 @@ How it works (`read_front`):
    quote, no trailing comma) and runs to the next heading line after its body.
 2. A section is front matter of a kind when one of its heading lines names that kind ("CONTENTS",
    "PREFACE", "INTRODUCTION", "DEDICATION", "LIST OF ILLUSTRATIONS", "TRANSLATOR'S NOTE", ...) or
-   opens a dedication ("TO MY DEAR FRIEND"), when its first paragraph dedicates the book, or when its
-   body is not prose (title-page lines, a list of headings, an indented or quoted epigraph). Any other
-   section is story. The heading lines that open the first story section (the title printed again
-   over the opening) are dropped with the title page.
+   opens a dedication ("TO MY DEAR FRIEND"), when its first paragraph dedicates the book, when its
+   prose is all imprint (copyright, printer, publisher), or when its body is not prose (title-page
+   lines, a list of headings, an indented or quoted epigraph). Any other section is story. The heading lines that open the first story section (the title printed again
+   over the opening) are dropped with the title page, up to a dateline (a letter of the story opens).
 3. When the words dropped pass the budget (the share of the body the load report flags), every dropped
    section is read again and kept where it reads as narrative (`reads_as_narrative`: sentences, past
    tense over present, dialogue). `FrontReading.rule` says which rule decided.
@@ -24,6 +24,7 @@ How it works (`read_front`):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from typing import Callable, Protocol, Sequence
 
@@ -48,6 +49,13 @@ _FRONT_KINDS = (
     ("epigraph", r"EPIGRAPH"),
 )
 _FRONT_HEADING = [(kind, re.compile(rf"^\W*(?:{pattern})(?:\W|$)")) for kind, pattern in _FRONT_KINDS]
+# A date as letters and diaries print it: "3 May", "March 3rd", "12th of April".
+_MONTHS = (r"(?:January|February|March|April|May|June|July|August|September|October|November|"
+           r"December|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)\.?")
+DATE = re.compile(rf"(?:\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTHS}|\b{_MONTHS}\s+\d{{1,2}}"
+                   rf"(?:st|nd|rd|th)?\b)")
+_IMPRINT = re.compile(r"\b(?:copyright|all rights reserved|printed (?:in|by)|published by|publishers?|"
+                      r"entered according to act of congress)\b", re.IGNORECASE)
 _LIST_KINDS = ("contents", "illustrations")
 _DEDICATES = re.compile(r"\bdedicat(?:ed|e|es|ion)\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[a-z][.!?][\"'”’)]*(?:\s|$)")
@@ -84,8 +92,8 @@ class FrontSection:
       "illustrations" or "story".
     words: its words (heading lines included).
     kept: whether it is part of the book's opening unit.
-    rule: which rule decided ("heading", "dedication", "not prose", "story: prose", "re-examined: narrative",
-      "re-examined: not narrative").
+    rule: which rule decided ("heading", "dedication", "imprint", "not prose", "story: prose",
+      "re-examined: narrative", "re-examined: not narrative", "re-examined: heading").
     paragraphs: its paragraphs' indices in the front; body: those after its heading lines.
   """
 
@@ -216,8 +224,10 @@ def _classify(front: Sequence[Paragraph], headings: list[int], body: list[int],
       return kind, "heading"
   if body and _DEDICATES.search(front[body[0]].text) and front[body[0]].text[:3].lower() == "to ":
     return "dedication", "dedication"
-  prose_words = sum(front[i].n_words for i in body if _is_prose(front[i], is_heading_entry))
-  if 2 * prose_words > sum(front[i].n_words for i in body):
+  prose = [front[i] for i in body if _is_prose(front[i], is_heading_entry)]
+  if prose and all(_IMPRINT.search(p.text) for p in prose):
+    return "title page", "imprint"  # copyright, printer and publisher lines
+  if 2 * sum(p.n_words for p in prose) > sum(front[i].n_words for i in body):
     return "story", "story: prose"
   if not body:
     return "title page", "not prose"
@@ -243,9 +253,11 @@ def read_front(front: Sequence[Paragraph], budget_words: int,
   sections: list[FrontSection] = []
   for headings, body in _sections(front, is_heading_entry):
     kind, rule = _classify(front, headings, body, is_heading_entry)
-    if kind == "story" and headings and not any(s.kept for s in sections):
-      sections.append(_section(front, "title page", headings, [], False, "not prose"))  # the title again
-      headings = []
+    if kind == "story" and not any(s.kept for s in sections):
+      title = list(itertools.takewhile(lambda i: not DATE.search(front[i].text), headings))
+      if title:  # the title printed again over the opening; a letter's dateline is the story's
+        sections.append(_section(front, "title page", title, [], False, "not prose"))
+        headings = headings[len(title):]
     sections.append(_section(front, kind, headings, body, kind == "story", rule))
   reading = FrontReading(tuple(sections), "story kept" if any(s.kept for s in sections) else "front matter by kind")
   if reading.dropped_words > budget_words:
