@@ -157,6 +157,16 @@ def test_narrative_under_a_front_heading_is_kept_on_reexamination(tmp_path):
   assert report.prose.front_matter_words == 5 and not report.drops_too_much
 
 
+def test_a_dedication_stays_dropped_even_when_it_tells_a_story(tmp_path):
+  rng = random.Random(38)
+  dedication = ["TO", "THOMAS ARTHUR NELSON", "My dear Tommy,"] + _narrative(rng, 900) + ["J. B."]
+  blocks = ["THE HARBOUR LIGHTS"] + dedication + _chapters(rng, 4)
+  book, report = load_book_with_report(_gutenberg_file(tmp_path, 9009, "The Harbour Lights", blocks))
+  assert [c.kind for c in book.chapters] == ["chapter"] * 4 and report.drops_too_much
+  assert report.prose.front_rule == (f"re-examined: still too much (title page 3 dropped, "
+                                     f"dedication {_words(dedication) - 2} dropped, title page 2 dropped)")
+
+
 def test_reads_as_narrative():
   rng = random.Random(31)
   assert reads_as_narrative("\n\n".join(_narrative(rng, 300)))
@@ -241,7 +251,8 @@ def two_books(tmp_path) -> Path:
   folder = tmp_path / "books"
   folder.mkdir()
   rng = random.Random(36)
-  _gutenberg_file(folder, 9011, "The Harbour Lights", ["THE HARBOUR LIGHTS"] + _narrative(rng, 2000) + _chapters(rng, 3))
+  _gutenberg_file(folder, 9011, "The Harbour Lights",
+                  ["THE HARBOUR LIGHTS"] + _narrative(rng, 2000) + _chapters(rng, 3))
   _gutenberg_file(folder, 9012, "An Introduction", ["AN INTRODUCTION", "INTRODUCTION"] + _about_the_book(rng, 800)
                   + _chapters(rng, 5))
   return folder

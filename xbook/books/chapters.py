@@ -21,14 +21,19 @@ How it works:
    where it continues another shape's run ("ADVENTURE VI." then "VII. THE ...") or is long enough to
    stand alone (a lost first heading); a run lying inside one unit of a longer run of another shape
    is a set of sub-parts and stays body text.
-5. Parent headings count only where units follow them, numbered from the first.
-   Prose before the first heading that is not under a front-matter heading (an unheaded prologue,
-   a frame narrative) is a unit of kind prologue; the rest of the front is dropped and counted.
+5. Parent headings count only where units follow them, numbered from the first. Under a parent
+   heading (BOOK, PART, VOLUME) with no unit heading of its own, letters or diary entries (step 7)
+   that start within `_MAX_PARENT_INTRO_WORDS` of it are its units; divisions with chapters keep them.
+   The text before the first heading is read by `xbook.books.front`: front matter is dropped for what
+   it is (title page, contents, dedication, epigraph, notes, a headed preface or introduction), story
+   text (an unheaded frame narrative, a prologue) is kept whole as a unit of kind prologue.
 6. Without numbered units, short upper-case lines after a wide gap ("STORY OF THE DOOR") are tried
-   as title-only headings.
-7. Else letters and diary entries (at least three, the first within the book's first tenth) headed by a date ("3 May. Bistritz.",
-   "London, March 3rd, 1790") or a salutation ("My dear Sister,") are units ("letter" where a
-   salutation opens them, else "diary"), under their parent divisions.
+   as title-only headings (never a parent heading such as "BOOK I.").
+7. Else letters and diary entries headed by a date ("3 May. Bistritz.", "London, March 3rd, 1790")
+   or a salutation ("My dear Sister,") are units ("letter" where a salutation opens them, else
+   "diary"), under their parent divisions: decided by the shape of the entries (at least three, the
+   first within the book's first tenth, and a signature closing at least one of the letters).
+8. Else parent headings numbered 1, 2, ... are the units, where they are the only division.
    Without any of these, the text is cut by length at paragraph boundaries.
 """
 

@@ -14,11 +14,13 @@ How it works (`read_front`):
    "PREFACE", "INTRODUCTION", "DEDICATION", "LIST OF ILLUSTRATIONS", "TRANSLATOR'S NOTE", ...) or
    opens a dedication ("TO MY DEAR FRIEND"), when its first paragraph dedicates the book, when its
    prose is all imprint (copyright, printer, publisher), or when its body is not prose (title-page
-   lines, a list of headings, an indented or quoted epigraph). Any other section is story. The heading lines that open the first story section (the title printed again
-   over the opening) are dropped with the title page, up to a dateline (a letter of the story opens).
+   lines, a list of headings, an indented or quoted epigraph). Any other section is story. The
+   heading lines that open the first story section (the title printed again over the opening) are
+   dropped with the title page, up to a dateline (a letter of the story opens there).
 3. When the words dropped pass the budget (the share of the body the load report flags), every dropped
-   section is read again and kept where it reads as narrative (`reads_as_narrative`: sentences, past
-   tense over present, dialogue). `FrontReading.rule` says which rule decided.
+   section but a dedication is read again, and its prose is kept where it reads as narrative
+   (`reads_as_narrative`: sentences, past tense over present, dialogue). `FrontReading.rule` says
+   which rule decided.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def reads_as_narrative(text: str) -> bool:
   words = _WORD.findall(text.lower())
   past = sum(1 for w in words if w in _PAST or (w.endswith("ed") and len(w) > 4 and w not in _NOT_PAST))
   present = sum(1 for w in words if w in _PRESENT)
-  dialogue = sum(1 for line in text.split("\n") if line.lstrip()[:1] in _QUOTES)
+  dialogue = sum(1 for line in text.split("\n") if line.strip() and line.lstrip()[0] in _QUOTES)
   return past > present or (dialogue >= 2 and 2 * past >= present)
 
 
@@ -163,7 +165,7 @@ def is_heading_line(paragraph: Paragraph) -> bool:
     return False
   if text[0] in _QUOTES or text[-1] in ",;:":
     return False
-  words = [w for w in re.findall(r"[^\W\d_][\w'’-]*", text)]
+  words = re.findall(r"[^\W\d_][\w'’-]*", text)
   return all(w[0].isupper() or w.lower() in _SMALL_WORDS for w in words)
 
 
@@ -183,7 +185,7 @@ def _is_prose(paragraph: Paragraph, is_heading_entry: Callable[[str], bool]) -> 
   Title-page lines have no sentence; an epigraph or verse is indented (set off).
   """
   lines = paragraph.lines
-  if is_heading_entry(lines[0].strip()) or paragraph.text[:1] in "[(":
+  if is_heading_entry(lines[0].strip()) or paragraph.text.startswith(("[", "(")):
     return False
   if min(len(line) - len(line.lstrip()) for line in lines) >= _SET_OFF_INDENT:
     return False
@@ -273,11 +275,15 @@ def _section(front: Sequence[Paragraph], kind: str, headings: list[int], body: l
 
 def _reexamine(front: Sequence[Paragraph], reading: FrontReading,
                is_heading_entry: Callable[[str], bool]) -> FrontReading:
-  """Keep every dropped section whose prose reads as narrative (module docstring, step 3)."""
+  """Keep every dropped section whose prose reads as narrative (module docstring, step 3).
+
+  A dedication stays dropped whatever it tells ("During an illness last winter I ..."): it is what it is.
+  """
   sections = []
   for section in reading.sections:
     prose = [front[i] for i in section.body if _is_prose(front[i], is_heading_entry)]
-    if section.kept or not prose or not reads_as_narrative("\n".join("\n".join(p.lines) for p in prose)):
+    narrative = bool(prose) and reads_as_narrative("\n".join("\n".join(p.lines) for p in prose))
+    if section.kept or section.kind == "dedication" or not narrative:
       sections.append(section if section.kept else dataclasses.replace(section, rule="re-examined: not narrative"))
       continue
     headings = [i for i in section.paragraphs if i not in section.body]

@@ -156,7 +156,8 @@ def load_book_with_report(path: str | os.PathLike[str], book_id: str | None = No
     options: markup conventions (`ProseOptions`).
 
   Returns:
-    The `Book` and a `LoadReport`. Chapter texts have one line per paragraph (see `segment_text`). The book's sha256 is that of the cleaned text (header, footer and
+    The `Book` and a `LoadReport`. Chapter texts have one line per paragraph (see `segment_text`).
+    The book's sha256 is that of the cleaned text (header, footer and
     licence removed). Title, author and language come from the header ("unknown" where it has none;
     the title then falls back to the file stem).
 
