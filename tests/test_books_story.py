@@ -236,6 +236,16 @@ def test_diary_entries_under_volume_parents(tmp_path):
   assert [(c.kind, c.path[0]) for c in book.chapters] == [("diary", "VOLUME I.")] * 4 + [("diary", "VOLUME II.")] * 3
 
 
+def test_numbered_parts_are_the_units_where_they_are_the_only_division(tmp_path):
+  rng = random.Random(39)
+  blocks = ["THE HARBOUR LIGHTS"]
+  for numeral in ["I", "II", "III"]:
+    blocks += [f"Part {numeral}"] + _narrative(rng, 700)
+  book, _ = load_book_with_report(_gutenberg_file(tmp_path, 9010, "The Harbour Lights", blocks))
+  assert not book.chapters_by_length
+  assert [(c.kind, c.path) for c in book.chapters] == [("chapter", (f"Part {n}",)) for n in ["I", "II", "III"]]
+
+
 # ------------------------------------------------------------------------------ the shared novels
 def test_no_shared_novel_drops_more_than_before(corpus_dir):
   for path in sorted(corpus_dir.glob("pg*.txt")):
