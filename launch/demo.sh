@@ -26,14 +26,14 @@ if [[ ! -d "$BOOKS" ]]; then
   "$XBOOK" books fetch --ids 46,35,43 --cache "$OUT/gutenberg"
   BOOKS="$OUT/gutenberg"
 fi
-"$XBOOK" books segment --books "$BOOKS" --ids "$IDS" --out "$OUT/books.jsonl"
+"$XBOOK" books segment --books "$BOOKS" --ids "$IDS" --out "$OUT/books.jsonl" --overwrite  # a rerun replaces it
 
 echo "== 2. planning scaffolds (extractive summarizer)"
 "$XBOOK" scaffold build --books "$OUT/books.jsonl" --out "$OUT/scaffolds.jsonl" \
   --cache "$OUT/summaries.sqlite"
 
 echo "== 3. SentencePiece vocabulary with segment markers"
-"$XBOOK" vocab train --scaffolds "$OUT/scaffolds.jsonl" --out "$OUT/vocab.model" --vocab_size 2048
+"$XBOOK" vocab train --scaffolds "$OUT/scaffolds.jsonl" --out "$OUT/vocab.model" --vocab_size 2048 --overwrite
 
 echo "== 4. trajectories through the seqio task and feature converter"
 "$XBOOK" data inspect --scaffolds "$OUT/scaffolds.jsonl" --vocab "$OUT/vocab.model" --seq_len 256

@@ -114,7 +114,18 @@ def _book_files(folder: str, ids: str | None) -> list[Path]:
   return files
 
 
+def _refuse_overwrite(path: str, overwrite: bool, flag: str = "--out") -> None:
+  """A command's output file that exists and is not empty is replaced only with --overwrite."""
+  if "://" in path or overwrite or not Path(path).exists():
+    return
+  if Path(path).is_dir():
+    raise SystemExit(f"error: {flag} {path} is a folder: pass a file name")
+  if Path(path).stat().st_size:
+    raise SystemExit(f"error: {flag} {path} exists already: pass --overwrite to replace it, or another {flag}")
+
+
 def _books_segment(args: argparse.Namespace) -> int:
+  _refuse_overwrite(args.out, args.overwrite)
   from tqdm import tqdm
   from xbook.books import BookError, load_book_with_report
   from xbook.books.io import write_books
@@ -292,6 +303,7 @@ def _scaffold_show(args: argparse.Namespace) -> int:
 def _scaffold_import(args: argparse.Namespace) -> int:
   from xbook.scaffold import write_scaffolds
   from xbook.scaffold.longpage import import_longpage
+  _refuse_overwrite(args.out, args.overwrite)
   try:
     records, report = import_longpage(args.longpage, limit=args.limit)
   except (OSError, ValueError) as error:
@@ -319,6 +331,7 @@ def _scaffold_tfds(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- vocab
 def _vocab_train(args: argparse.Namespace) -> int:
+  _refuse_overwrite(args.out, args.overwrite)
   from xbook.data import vocab
   from xbook.scaffold import read_scaffolds
   records = list(read_scaffolds(args.scaffolds))
@@ -567,7 +580,7 @@ def _write(args: argparse.Namespace) -> int:
   from xbook.gin_flags import configured
   from xbook.infer.writer import WriteConfig, write_book
   book = write_book(args.run_dir, args.prompt, args.out, seed=args.seed, step=args.step, profile=args.profile,
-                    config=configured(WriteConfig))
+                    config=configured(WriteConfig), overwrite=args.overwrite)
   words = sum(len(t.split()) for c in book["chapters"] for t in c["texts"])
   summary = {"markdown": book["markdown"], "json": book["json"], "chapters": len(book["chapters"]),
              "scenes": sum(len(c["texts"]) for c in book["chapters"]), "words": words,
@@ -669,6 +682,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--ids", default=None, help="comma-separated file stems (default: every .txt file)")
   p.add_argument("--out", required=True, help="output books JSONL")
   p.add_argument("--scene_words", type=int, default=1200, help="target scene size in words")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
   p.add_argument("--strict", action="store_true",
                  help="a book that drops more than 5%% of its body as front and back matter is an error "
                       "(exit 1, nothing written), not a warning; for corpus builds")
@@ -734,6 +748,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="scaffold JSONL to write")
   p.add_argument("--limit", type=int, default=None, help="read at most this many rows")
   p.add_argument("--json", action="store_true", help="print the report as JSON")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
   p = _add(scaffold, "tfds", "Build the xbook_scaffolds TFDS dataset with Apache Beam (Beam options after --).",
            "xbook scaffold tfds --manual_dir gutenberg/ --data_dir tfds/ -- --runner=DirectRunner "
            "--direct_num_workers=2", _scaffold_tfds)
@@ -752,6 +767,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output .model path")
   p.add_argument("--vocab_size", type=int, default=8000)
   p.add_argument("--model_type", choices=("unigram", "bpe"), default="unigram")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --out vocabulary (runs trained "
+                 "on it keep their own copy in RUN/vocab/)")
   p.add_argument("--json", action="store_true", help="print a JSON summary")
 
   data = _group(commands, "data", "Trajectory examples from the seqio tasks.",
@@ -927,6 +944,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                  help="write in this profile of the paper's stage protocol (default: the format and "
                       "profile the run trained on, recorded in its model.json)")
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
+  p.add_argument("--overwrite", action="store_true",
+                 help="write into an --out folder that holds files but no journal of a write (replaces book.md and "
+                      "book.json)")
 
   p = _add(commands, "eval", "Evaluate books and runs into --out, each into its own files (books: eval.json "
            "and report.html; --run_dir: perplexity.json and perplexity.html; --judge: judges.json and "

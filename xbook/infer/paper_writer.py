@@ -25,18 +25,16 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tqdm import tqdm
 
 from xbook.data import paper_stages
 from xbook.scaffold import stage_protocol as sp
 from xbook.data.vocab import Vocabulary
 from xbook.infer.decode import SamplingParams
-from xbook.infer.writer import (JOURNAL, Completer, Journal, WriteConfig, sample_stage, stage_entry,
-                                stage_seed)
+from xbook.infer.writer import (JOURNAL, Completer, Journal, StageProgress, WriteConfig, sample_stage,
+                                stage_entry, stage_seed)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +80,7 @@ class PaperBookWriter:
       entry = stage_entry(name, text, result, sampling, len(ids), i, role=spec.role, kind=spec.kind)
       return entry, sp.check_stage(spec.role, text, sp.context_from_stages(stages, self.profile))
 
+    self.progress.before(name)
     return sample_stage(journal, name, self.config.retries, attempt)
 
   def _later_chapters(self, stages: Sequence[tuple[str, str]]) -> int:
@@ -102,22 +101,18 @@ class PaperBookWriter:
     stages: list[tuple[str, str]] = [("prompt", prompt.strip())]
     once = [s for s in self.profile.stages[1:] if not s.per_chapter]
     per_chapter = [s for s in self.profile.stages if s.per_chapter]
-    progress = tqdm(total=len(once), desc="write", unit="stage")
-    began, tokens = time.perf_counter(), 0
+    self.progress = progress = StageProgress(journal, total=len(once))
     plan: list[tuple[str, sp.StageSpec]] = [(s.role, s) for s in once]
     i = 0
     while i < len(plan):
       name, spec = plan[i]
       entry = self._stage(journal, stages, name, spec, seed)
       stages.append((spec.role, entry["text"]))
-      tokens += entry["tokens"]
-      progress.update(1)
-      progress.set_postfix_str(f"{name}, {tokens:,} tokens, "
-                               f"{tokens / max(time.perf_counter() - began, 1e-9):.1f} tokens/s")
+      progress.done(entry, name)
       if i == len(once) - 1 and per_chapter:  # the plans are done: the later chapters follow
         later = self._later_chapters(stages)
         plan += [(f"chapter/{c + 2}/{s.role}", s) for c in range(later) for s in per_chapter]
-        progress.total = len(plan)
+        progress.bar.total = len(plan)
       i += 1
     progress.close()
     book = {"prompt": prompt.strip(), "profile": self.profile.name,

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -93,6 +94,9 @@ class WriteConfig:
   paper_temperature_scale: float = 1.0
   paper_max_tokens: int = 0
 
+  def __post_init__(self) -> None:
+    check_write_config(self)
+
   def sampling(self, kind: str, seed: int) -> SamplingParams:
     """The SamplingParams of a stage of `kind` (a segment kind) with its seed and budget."""
     budgets = {"premise": self.premise_tokens, "synopsis": self.synopsis_tokens,
@@ -101,6 +105,27 @@ class WriteConfig:
     temperature = self.text_temperature if kind == "text" else self.plan_temperature
     return SamplingParams(temperature=temperature, top_k=self.top_k, top_p=self.top_p,
                           min_p=self.min_p, seed=seed, max_tokens=budgets[kind])
+
+
+# The valid range of each WriteConfig number: (least, most, whether the least is excluded); None: no bound.
+_WRITE_CONFIG_RANGES = {
+    "context_len": (0, None, False), "plan_temperature": (0, None, False), "text_temperature": (0, None, False),
+    "top_p": (0, 1, True), "min_p": (0, 1, False), "top_k": (0, None, False),
+    **{name: (1, None, False) for name in ("premise_tokens", "synopsis_tokens", "outline_tokens",
+                                          "scene_plans_tokens", "text_tokens", "max_chapters", "max_scenes")},
+    "retries": (0, None, False), "paper_temperature_scale": (0, None, False), "paper_max_tokens": (0, None, False)}
+
+
+def check_write_config(config: WriteConfig) -> None:
+  """ValueError naming the first WriteConfig field outside its range (before anything is written)."""
+  for name, (least, most, open_below) in _WRITE_CONFIG_RANGES.items():
+    value = getattr(config, name)
+    low = value <= least if open_below else value < least
+    if low or (most is not None and value > most):
+      bound = f"> {least}" if open_below else f">= {least}"
+      shown = f"{bound} and <= {most}" if most is not None else bound
+      raise ValueError(f"WriteConfig.{name} = {value!r}: expected a number {shown} "
+                       f"(--gin.WriteConfig.{name}=...)")
 
 
 # `WriteConfig.<field> = ...` in gin; entry points build it with xbook.gin_flags.configured(WriteConfig),
@@ -240,6 +265,62 @@ class Journal:
     self.stages[entry["stage"]] = dict(entry)
 
 
+class StageProgress:
+  """The progress bar of a write. Stages replayed from the journal are left out of its tokens/s, and a
+  resumed write says so, once, before its first new stage: "resuming: N of M stages done" (M: the stages
+  known by then; a chapter's scenes are known once its scene plans are)."""
+
+  def __init__(self, journal: Journal, total: int) -> None:
+    self.journal = journal
+    self.replayed = {name for name in journal.stages if name != "header"}
+    self.pending_note = bool(self.replayed)
+    self.bar = tqdm(total=total, desc="write", unit="stage")
+    self.tokens, self.began = 0, None
+
+  def before(self, name: str) -> None:
+    """Called before stage `name` is run (replayed from the journal, or generated)."""
+    if name not in self.journal.stages:
+      self._note()
+      if self.began is None:
+        self.began = time.perf_counter()
+
+  def _note(self) -> None:
+    if self.pending_note:
+      self.pending_note = False
+      complete = " (the book is complete)" if self.bar.n == self.bar.total else ""
+      tqdm.write(f"resuming: {self.bar.n} of {self.bar.total} stages done{complete}, from {self.journal.path}",
+                 file=sys.stderr)
+
+  def done(self, entry: Mapping[str, Any], label: str) -> None:
+    self.bar.update(1)
+    if entry["stage"] in self.replayed:
+      self.bar.set_postfix_str(f"{label} (from the journal)")
+      return
+    self.tokens += entry["tokens"]
+    elapsed = time.perf_counter() - (self.began or time.perf_counter())
+    self.bar.set_postfix_str(f"{label}, {self.tokens:,} new tokens, {self.tokens / max(elapsed, 1e-9):.1f} tokens/s")
+
+  def close(self) -> None:
+    self._note()
+    self.bar.close()
+
+
+def check_out_folder(out_dir: Path, overwrite: bool) -> None:
+  """Refuse an output folder that holds files but no journal of a write (so not this command's own
+  resumable work: book.md and book.json would be replaced), unless `overwrite`. A journal is continued
+  (Journal.check_header refuses one of another book)."""
+  if not out_dir.exists() or (out_dir / JOURNAL).is_file():
+    return
+  if not out_dir.is_dir():
+    raise ValueError(f"--out {out_dir} is a file: pass a folder for book.md, book.json and {JOURNAL}")
+  present = sorted(p.name for p in out_dir.iterdir())
+  if present and not overwrite:
+    shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+    raise ValueError(f"--out {out_dir} holds {shown} but no {JOURNAL} of a write to continue: pass "
+                     "--overwrite to write this book over them (book.md and book.json are replaced), or "
+                     "give an empty or new --out folder")
+
+
 class BookWriter:
   """Writes one book in xbook's format with a completer (xbook.infer.decode behind it, or a test's).
 
@@ -323,6 +404,7 @@ class BookWriter:
   # ------------------------------------------------------------------------------------------- stages
   def _run_stage(self, journal: Journal, name: str, kind: str, context: Callable[[], list[int]],
                  seed: int, problems: Callable[[str], list[str]]) -> dict[str, Any]:
+    self.progress.before(name)
     ids = context() if name not in journal.stages else []
 
     def attempt(i: int) -> tuple[dict[str, Any], list[str]]:
@@ -340,16 +422,8 @@ class BookWriter:
     journal.check_header({"prompt": prompt, "seed": seed, **header})
     book: dict[str, Any] = {"prompt": prompt.strip()}
     nonempty = lambda text: [] if text.strip() else ["it is empty"]  # noqa: E731
-    progress = tqdm(total=3, desc="write", unit="stage", initial=0)
-    began, tokens = time.perf_counter(), 0
-
-    def done(entry: Mapping[str, Any], label: str) -> None:
-      nonlocal tokens
-      tokens += entry["tokens"]
-      progress.update(1)
-      elapsed = time.perf_counter() - began
-      progress.set_postfix_str(f"{label}, {tokens:,} tokens, {tokens / max(elapsed, 1e-9):.1f} tokens/s")
-
+    self.progress = progress = StageProgress(journal, total=3)
+    done = progress.done
     for kind in ("premise", "synopsis"):
       entry = self._run_stage(journal, kind, kind, lambda k=kind: self.context(book, k), seed, nonempty)
       book[kind] = entry["text"]
@@ -359,7 +433,7 @@ class BookWriter:
     book["outline"] = entry["text"]
     book["chapters"] = outline_chapters(entry["text"], self.config.max_chapters)
     done(entry, "outline")
-    progress.total = 3 + 2 * len(book["chapters"])
+    progress.bar.total = 3 + 2 * len(book["chapters"])
     for c, chapter in enumerate(book["chapters"]):
       name = f"chapter {c + 1}"
       entry = self._run_stage(
@@ -368,7 +442,7 @@ class BookWriter:
       chapter["scene_plans"] = (split_scene_plans(entry["text"], self.style)
                                 or [entry["text"]])[:self.config.max_scenes]
       chapter["texts"] = []
-      progress.total += len(chapter["scene_plans"]) - 1
+      progress.bar.total += len(chapter["scene_plans"]) - 1
       done(entry, f"{name}: scene plans")
       for s in range(len(chapter["scene_plans"])):
         entry = self._run_stage(
@@ -438,9 +512,10 @@ def run_trajectory_format(run_dir: str) -> tuple[str, str | None]:
 
 def write_book(run_dir: str, prompt: str, out_dir: str | os.PathLike[str], *, seed: int = 0,
                step: int | None = None, config: WriteConfig | None = None,
-               profile: str | None = None) -> dict[str, Any]:
+               profile: str | None = None, overwrite: bool = False) -> dict[str, Any]:
   """Write a whole book from `prompt` with the run at `run_dir` into `out_dir` (book.md, book.json,
-  journal.jsonl); continues a killed write of the same book in the same folder. The format is the
+  journal.jsonl); continues a killed write of the same book in the same folder; a folder holding other
+  files and no journal is refused unless `overwrite` (check_out_folder). The format is the
   one the run trained on (xbook's, or the paper's stage protocol in the run's profile, or `profile`).
   `config`: sampling, budgets and retries (None: WriteConfig's defaults; `xbook write` passes gin's).
 
@@ -451,6 +526,7 @@ def write_book(run_dir: str, prompt: str, out_dir: str | os.PathLike[str], *, se
   config = config or WriteConfig()
   if not prompt.strip():
     raise ValueError("the prompt is empty: say what book to write, e.g. --prompt 'Write a ghost story'")
+  check_out_folder(Path(out_dir), overwrite)
   run = load_run(run_dir, step)
   context_len = config.context_len or run_seq_len(run_dir)
   if not context_len:
