@@ -51,3 +51,17 @@ def scaffold_file(scaffold_records, tmp_path_factory):
 def vocab_path(scaffold_records, tmp_path_factory):
   from xbook.data.vocab import train_vocab
   return train_vocab(scaffold_records, tmp_path_factory.mktemp("vocab") / "vocab.model", vocab_size=1024)
+
+
+# Every novel of the shared corpus, and its paper-format scaffold record built with the extractive summarizer
+# (about 45 s on one core): the paper-format tests and the stage-grammar tests share them.
+@pytest.fixture(scope="session")
+def novels(corpus_dir):
+  from xbook.books import load_book
+  return [load_book(path) for path in sorted(corpus_dir.glob("*.txt"))]
+
+
+@pytest.fixture(scope="session")
+def paper_records(novels):
+  from xbook.scaffold import ExtractiveSummarizer, build_scaffold
+  return {book.id: build_scaffold(book, ExtractiveSummarizer(), plan_format="paper") for book in novels}

@@ -25,7 +25,7 @@ from xbook.books.io import write_books
 from xbook.data import paper_stages, trajectory
 from xbook.scaffold import stage_protocol as sp
 from xbook.data.vocab import load_vocabulary
-from xbook.scaffold import ExtractiveSummarizer, ScaffoldError, SummaryCache, build_scaffold, validate_scaffold
+from xbook.scaffold import ScaffoldError, SummaryCache, validate_scaffold
 from xbook.scaffold import measures, paper as paper_lib
 from xbook.scaffold.build import run_scaffold_build
 from xbook.scaffold.longpage import import_longpage
@@ -289,14 +289,7 @@ def test_the_record_validator_names_the_paper_field_path():
 
 
 # ---------------------------------------------------------------------------------- the shared novels
-@pytest.fixture(scope="module")
-def novels(corpus_dir):
-  return [load_book(path) for path in sorted(corpus_dir.glob("*.txt"))]
-
-
-@pytest.fixture(scope="module")
-def paper_records(novels):
-  return {book.id: build_scaffold(book, ExtractiveSummarizer(), plan_format="paper") for book in novels}
+# (`novels` and `paper_records` are session fixtures of conftest.py: tests/test_stage_grammar.py reads them too)
 
 
 def test_every_shared_novel_builds_a_valid_paper_record_with_measured_counts(novels, paper_records):

@@ -737,6 +737,9 @@ def _read_word_count(reader: _Reader, value: str | None) -> int | None:
   if not re.fullmatch(r"[0-9]{2,5}", value):
     reader.problem(f"a word count is 2-5 digits, got {value!r}")
     return None
+  if bin_word_count(int(value)) != int(value):
+    reader.problem(f"a word count is a bin value (tens below 100, fifties below 1,000, hundreds below 10,000, "
+                   f"five hundreds above), got {value!r}; the nearest is {bin_word_count(int(value))}")
   return int(value)
 
 
