@@ -35,6 +35,8 @@ from xbook.infer.generate import run_seq_len, run_vocab_path
 from xbook.model import DecoderConfig, abstract_params
 from xbook.model.hf import (DTYPES, check_out_dir, default_max_position, default_model_type,
                             write_hf_checkpoint)
+from xbook.model.hf.adapter import write_peft_adapter
+from xbook.train import adapters
 from xbook.train.checkpoints import RunCheckpoints
 
 log = logging.getLogger(__name__)
@@ -61,10 +63,15 @@ def _read_run_info(run_dir: epath.Path) -> dict[str, Any]:
   return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _restore_params(run_dir: epath.Path, config: DecoderConfig, step: int | None, dtype: str
-                    ) -> tuple[dict[str, Any], int]:
-  """The parameters of checkpoint `step` (default the latest) on the host CPU, cast by Orbax on read to
-  `dtype` where that is narrower than the parameters' own."""
+def _restore_params(run_dir: epath.Path, info: dict[str, Any], step: int | None, dtype: str, *,
+                    adapters_only: bool = False) -> tuple[dict[str, Any], int, DecoderConfig]:
+  """(parameters, step, their DecoderConfig) of checkpoint `step` (default the latest) on the host CPU,
+  cast by Orbax on read to `dtype` where that is narrower than the parameters' own.
+
+  A LoRA run's are its adapters merged into its base (xbook.train.adapters, read in the base's own
+  dtype, which its fingerprint is checked in), with the base's DecoderConfig; with `adapters_only`, its
+  adapters and its own DecoderConfig."""
+  config = DecoderConfig(**info["model"])
   checkpoints = RunCheckpoints(str(run_dir))
   try:
     steps = checkpoints.all_steps()
@@ -74,12 +81,18 @@ def _restore_params(run_dir: epath.Path, config: DecoderConfig, step: int | None
     if step not in steps:
       raise FileNotFoundError(f"--step {step}: {checkpoints.directory} has the steps {steps}")
     stored, wanted = jnp.dtype(config.param_dtype), jnp.dtype(dtype)
-    read_as = wanted if wanted.itemsize < stored.itemsize else stored
+    read_as = wanted if wanted.itemsize < stored.itemsize and config.lora is None else stored
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    params = checkpoints.restore(step, abstract_params(config, cpu, dtype=read_as))["params"]
+    target = abstract_params(config, cpu, dtype=read_as)
+    if config.lora is None:
+      params = checkpoints.restore(step, target)["params"]
+    elif adapters_only:
+      params = adapters.restore_adapters(checkpoints, step, target)
+    else:
+      params, config = adapters.load_merged(run_dir, info, checkpoints, step, config, target)
   finally:
     checkpoints.close()
-  return params, step
+  return params, step, config
 
 
 def _tokenizer_files(vocab: epath.Path) -> dict[str, bytes]:
@@ -142,8 +155,11 @@ def _sentencepiece_tokenizer_config(data: bytes) -> bytes:
 
 def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, step: int | None = None,
                dtype: str = "bfloat16", model_type: str | None = None, max_shard_size: str | int = "5GB",
-               max_position_embeddings: int | None = None, overwrite: bool = False) -> RunExport:
-  """Write a trained run as a Hugging Face checkpoint folder with its tokenizer.
+               max_position_embeddings: int | None = None, overwrite: bool = False,
+               adapter: bool = False) -> RunExport:
+  """Write a trained run as a Hugging Face checkpoint folder with its tokenizer; a LoRA run's adapters
+  merged into its base (the base read from the folder its model.json records), or with `adapter`, its
+  adapters alone as a peft adapter folder (xbook.model.hf.adapter; no tokenizer, no base weights).
 
   Args:
     run_dir: a run directory written by `xbook train` (local or gs://): model.json, checkpoints/.
@@ -157,6 +173,8 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     max_position_embeddings: config.json's context; default the scaled RoPE's context (yarn, llama3),
       else the run's training length (`train.seq_len` in its config.gin).
     overwrite: replace a non-empty `out_dir`.
+    adapter: write a LoRA run's adapters as a peft folder (adapter_config.json,
+      adapter_model.safetensors) that peft.PeftModel.from_pretrained loads onto the base.
 
   Raises:
     FileNotFoundError: no model.json, no checkpoint (or not `step`), or no tokenizer file.
@@ -169,6 +187,9 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
   run = epath.Path(run_dir)
   info = _read_run_info(run)
   config = DecoderConfig(**info["model"])
+  if adapter:
+    return _export_adapter(run, info, out_dir, step=step, dtype=dtype, overwrite=overwrite)
+  config = adapters.base_config(config)
   # The architecture the run's weights were imported from, when it was warm-started from imported weights.
   model_type = (model_type or (info.get("started_from") or {}).get("hf_model_type")
                 or default_model_type(config))
@@ -178,9 +199,25 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     files["tokenizer_config.json"] = _sentencepiece_tokenizer_config(files["tokenizer.model"])
   token_ids = _token_ids(vocab, files)
   length = max_position_embeddings or default_max_position(config) or run_seq_len(run, info)
-  params, step = _restore_params(run, config, step, dtype)
+  params, step, config = _restore_params(run, info, step, dtype)
   log.info("exporting %s step %d as %s (%s)", run, step, model_type, dtype)
   written = write_hf_checkpoint(out_dir, config, params, model_type=model_type, dtype=dtype,
                                 max_shard_size=max_shard_size, max_position_embeddings=length,
                                 token_ids=token_ids, extra_files=files, overwrite=overwrite)
   return RunExport(out_dir=os.fspath(out_dir), step=step, model_type=model_type, dtype=dtype, files=written)
+
+
+def _export_adapter(run: epath.Path, info: dict[str, Any], out_dir: str | os.PathLike[str], *, step: int | None,
+                    dtype: str, overwrite: bool) -> RunExport:
+  """export_run(adapter=True): a LoRA run's adapters as a peft adapter folder."""
+  config = DecoderConfig(**info["model"])
+  if config.lora is None:
+    raise ValueError(f"--adapter: {run} is a full fine-tune (its model.json has no DecoderConfig.lora); "
+                     "export it without --adapter")
+  params, step, config = _restore_params(run, info, step, dtype, adapters_only=True)
+  base = (info.get("started_from") or {})
+  files = write_peft_adapter(out_dir, config, params, dtype=dtype, base_model=base.get("path"),
+                             overwrite=overwrite)
+  model_type = base.get("hf_model_type") or default_model_type(adapters.base_config(config))
+  log.info("exported the adapters of %s step %d (base %s)", run, step, base.get("path"))
+  return RunExport(out_dir=os.fspath(out_dir), step=step, model_type=model_type, dtype=dtype, files=files)

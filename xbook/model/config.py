@@ -6,6 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from xbook.model.lora import LoraConfig
 from xbook.model.rope import RopeScaling
 
 REMAT_POLICIES = ("none", "save_dots", "save_attention_out", "full")
@@ -42,6 +43,8 @@ class DecoderConfig:
       Only the dense attention implementation supports it.
     attention_bias: learned biases on the query, key and value projections (Qwen2).
     scan_layers: run the layers under `nn.scan` (one compiled layer body, params stacked on `layers`).
+    lora: low-rank adapters on the projections (xbook.model.lora.LoraConfig), trained while the base
+      weights stay frozen; None: none (a dict, as model.json stores it, is read as a LoraConfig).
   """
 
   vocab_size: int
@@ -72,8 +75,10 @@ class DecoderConfig:
   scan_layers: bool = True
   sliding_window: int | None = None
   attention_bias: bool = False
+  lora: LoraConfig | None = None
 
   def __post_init__(self) -> None:
+    object.__setattr__(self, "lora", LoraConfig.from_json(self.lora))
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
     if self.head_dim % 2:
@@ -113,3 +118,14 @@ class DecoderConfig:
     per_layer = attn + mlp + 2 * self.d_model
     head = 0 if self.tie_embeddings else self.vocab_size * self.d_model
     return self.vocab_size * self.d_model + self.n_layers * per_layer + self.d_model + head
+
+  def lora_params(self) -> int:
+    """Parameter count of the LoRA adapters (0 without `lora`): rank x (in + out) per target and layer."""
+    if self.lora is None:
+      return 0
+    q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+    shapes = {"q": (self.d_model, q_width), "k": (self.d_model, kv_width), "v": (self.d_model, kv_width),
+              "o": (q_width, self.d_model), "gate": (self.d_model, self.mlp_dim),
+              "up": (self.d_model, self.mlp_dim), "down": (self.mlp_dim, self.d_model)}
+    per_layer = sum(self.lora.rank * sum(shapes[target]) for target in self.lora.targets)
+    return self.n_layers * per_layer

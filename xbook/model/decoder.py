@@ -42,7 +42,9 @@ class Decoder(nn.Module):
     logits_index: None, or [batch] int: compute the logits of only that token of each row.
     returns (logits [batch, length or 1, vocab] float32, (keys, values)): the layers' updated keys and
       values, tuples of n_layers arrays.
-  Both compute with the same parameters and the same layer code.
+  Both compute with the same parameters and the same layer code. With `config.lora`, the targeted
+  projections add their adapters' term (xbook.model.lora); its dropout applies only when apply() is
+  given a `dropout` rng.
   """
 
   config: DecoderConfig
@@ -66,7 +68,8 @@ class Decoder(nn.Module):
       if cfg.remat != "none":
         layer = nn.remat(layer, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
       if cfg.scan_layers:
-        stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+        # Each layer its own dropout mask (LoRA dropout, when the call has a `dropout` rng).
+        stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                         in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
                         metadata_params={nn.PARTITION_NAME: "layers"})
         x, _ = stack(cfg, name="layers")(x, segment_ids, positions)

@@ -22,6 +22,7 @@ from xbook.model import attention as attention_lib
 from xbook.model.attention_mask import MASKED_SCORE, attention_mask
 from xbook.model.axes import BATCH_LENGTH_EMBED, BATCH_LENGTH_MLP, KEY_VALUE, QUERY
 from xbook.model.config import DecoderConfig
+from xbook.model.lora import BASE_PARAMS
 from xbook.model.rope import apply_rope
 
 class LayerCache(NamedTuple):
@@ -94,6 +95,48 @@ def _init(init_fn, names: tuple[str, ...]):
   return nn.with_logical_partitioning(init_fn, names)
 
 
+def lora_delta(module: nn.Module, cfg: DecoderConfig, target: str, x: jax.Array,
+               in_axes: tuple[tuple[int, str], ...], out_axes: tuple[tuple[int, str], ...]) -> jax.Array | None:
+  """The LoRA term of projection `target` (xbook.model.lora): (alpha / rank) dropout(x) A B, or None when
+  the config gives `target` no adapter.
+
+  Creates the adapters in `module`: `<base>_lora_a` [*in, rank] and `<base>_lora_b` [rank, *out] (B
+  zero-initialised), named by the base kernel's logical axes plus `lora_rank`. Dropout applies only when
+  the call has a `dropout` rng (training steps), never in evaluation or decoding.
+
+  Args:
+    x: [..., *in] in the compute dtype; in_axes, out_axes: (size, logical name) of the base kernel's
+      input and output axes.
+
+  Returns:
+    [..., *out] in the compute dtype.
+  """
+  lora = cfg.lora
+  if lora is None or target not in lora.targets:
+    return None
+  name = BASE_PARAMS[target]
+  in_shape, in_names = tuple(size for size, _ in in_axes), tuple(axis for _, axis in in_axes)
+  out_shape, out_names = tuple(size for size, _ in out_axes), tuple(axis for _, axis in out_axes)
+  fan_in = 1
+  for size in in_shape:
+    fan_in *= size
+  a = module.param(f"{name}_lora_a", _init(nn.initializers.normal(stddev=fan_in ** -0.5), in_names + ("lora_rank",)),
+                   in_shape + (lora.rank,), lora.weights_dtype)
+  b = module.param(f"{name}_lora_b", _init(nn.initializers.zeros, ("lora_rank",) + out_names),
+                   (lora.rank,) + out_shape, lora.weights_dtype)
+  if lora.dropout and module.has_rng("dropout"):
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - lora.dropout, x.shape)
+    x = jnp.where(keep, x / (1.0 - lora.dropout), 0).astype(x.dtype)
+  n_in = len(in_shape)
+  hidden = jnp.tensordot(x, a.astype(cfg.compute_dtype), axes=(tuple(range(x.ndim - n_in, x.ndim)),
+                                                              tuple(range(n_in))))
+  return jnp.tensordot(hidden * jnp.asarray(lora.scale, hidden.dtype), b.astype(cfg.compute_dtype), axes=1)
+
+
+def _plus(y: jax.Array, delta: jax.Array | None) -> jax.Array:
+  return y if delta is None else y + delta.astype(y.dtype)
+
+
 class RMSNorm(nn.Module):
   """Root-mean-square norm over the last axis, statistics in float32. x: [..., embed]."""
 
@@ -158,9 +201,15 @@ class Attention(nn.Module):
                 ("embed", "kv_heads", "head_dim"), cfg.d_model)
     wo = kernel("out", (cfg.n_kv_heads, group, cfg.head_dim, cfg.d_model),
                 ("kv_heads", "heads", "head_dim", "embed"), cfg.n_heads * cfg.head_dim)
-    q = jnp.einsum("ble,ekgd->blkgd", x, wq)
-    k = jnp.einsum("ble,ekd->blkd", x, wk)
-    v = jnp.einsum("ble,ekd->blkd", x, wv)
+    embed = ((cfg.d_model, "embed"),)
+    kv_out = ((cfg.n_kv_heads, "kv_heads"), (cfg.head_dim, "head_dim"))
+    q_out = ((cfg.n_kv_heads, "kv_heads"), (group, "heads"), (cfg.head_dim, "head_dim"))
+    q = _plus(jnp.einsum("ble,ekgd->blkgd", x, wq), lora_delta(self, cfg, "q", x, embed, q_out))
+    k = _plus(jnp.einsum("ble,ekd->blkd", x, wk), lora_delta(self, cfg, "k", x, embed, kv_out))
+    v = _plus(jnp.einsum("ble,ekd->blkd", x, wv), lora_delta(self, cfg, "v", x, embed, kv_out))
+
+    def project_out(out: jax.Array) -> jax.Array:
+      return _plus(jnp.einsum("blkgd,kgde->ble", out, wo), lora_delta(self, cfg, "o", out, q_out, embed))
     if cfg.attention_bias:
       bias = lambda name, shape, names: self.param(  # noqa: E731
           name, _init(nn.initializers.zeros, names), shape, cfg.weights_dtype).astype(cfg.compute_dtype)
@@ -176,7 +225,7 @@ class Attention(nn.Module):
     v = nn.with_logical_constraint(v, KEY_VALUE)
     if cache is not None:
       out, cache = cached_attention(q, k, v, segment_ids, positions, cache, cfg.sliding_window)
-      out = jnp.einsum("blkgd,kgde->ble", out, wo)
+      out = project_out(out)
       return nn.with_logical_constraint(out, BATCH_LENGTH_EMBED), cache
     options = {} if cfg.sliding_window is None else {"sliding_window": cfg.sliding_window}
     if cfg.attention != "dense":
@@ -184,7 +233,7 @@ class Attention(nn.Module):
     out = attention_lib.get_attention(cfg.attention)(
         q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids, q_positions=positions,
         kv_positions=positions, **options)
-    out = jnp.einsum("blkgd,kgde->ble", out, wo)
+    out = project_out(out)
     return nn.with_logical_constraint(out, BATCH_LENGTH_EMBED)
 
 
@@ -198,11 +247,16 @@ class SwiGLU(nn.Module):
     cfg = self.config
     kw = dict(use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype)
     up_init = _init(nn.initializers.normal(stddev=cfg.d_model ** -0.5), ("embed", "mlp"))
-    gate = nn.Dense(cfg.mlp_dim, kernel_init=up_init, name="gate", **kw)(x)
-    up = nn.Dense(cfg.mlp_dim, kernel_init=up_init, name="up", **kw)(x)
+    embed, mlp = ((cfg.d_model, "embed"),), ((cfg.mlp_dim, "mlp"),)
+    x = x.astype(cfg.compute_dtype)
+    gate = _plus(nn.Dense(cfg.mlp_dim, kernel_init=up_init, name="gate", **kw)(x),
+                 lora_delta(self, cfg, "gate", x, embed, mlp))
+    up = _plus(nn.Dense(cfg.mlp_dim, kernel_init=up_init, name="up", **kw)(x),
+               lora_delta(self, cfg, "up", x, embed, mlp))
     hidden = nn.with_logical_constraint(nn.silu(gate) * up, BATCH_LENGTH_MLP)
     down_init = _init(nn.initializers.normal(stddev=cfg.mlp_dim ** -0.5), ("mlp", "embed"))
-    out = nn.Dense(cfg.d_model, kernel_init=down_init, name="down", **kw)(hidden)
+    out = _plus(nn.Dense(cfg.d_model, kernel_init=down_init, name="down", **kw)(hidden),
+                lora_delta(self, cfg, "down", hidden, mlp, embed))
     return nn.with_logical_constraint(out, BATCH_LENGTH_EMBED)
 
 

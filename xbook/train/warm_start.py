@@ -42,7 +42,9 @@ MAY_DIFFER: tuple[str, ...] = (
     "dtype", "param_dtype", "remat", "attention", "attention_block", "scan_layers",
     # Context extension: a longer context than the source's, by scaling its rotary embeddings.
     "rope_scaling", "rope_factor", "rope_original_max_position", "rope_low_freq_factor",
-    "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow", "rope_attention_factor")
+    "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow", "rope_attention_factor",
+    # LoRA adapters on the source as a frozen base (xbook.train.adapters).
+    "lora")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +127,12 @@ def check_compatible(source: InitSource, target: DecoderConfig) -> dict[str, tup
   Raises:
     ValueError: naming every differing structural field with both values.
   """
+  if source.config.lora is not None:
+    flag = "--run_dir" if source.kind == "run" else "--params"
+    raise ValueError(
+        f"train.init_from={source.path!r} holds LoRA adapters; start from its merged weights: `xbook weights "
+        f"export {flag} {source.path} --out HF_DIR`, then `xbook weights import --hf HF_DIR --out DIR` and "
+        "train.init_from=DIR")
   differences = config_differences(source.config, target)
   structural = {name: values for name, values in differences.items() if name not in MAY_DIFFER}
   if structural:
@@ -163,7 +171,7 @@ def check_resume(run_dir: str, target: DecoderConfig, has_checkpoints: bool) -> 
     log.info("resuming with %s=%r (the run had %r)", name, now, was)
 
 
-def _relayout(scanned: bool, n_layers: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def relayout(scanned: bool, n_layers: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
   """A function from the parameter tree in the source's layer layout to the other layout: stacked
   `layers` [n_layers, ...] when `scanned`, else `layers_0` ... `layers_{n-1}`."""
 
@@ -180,6 +188,16 @@ def _relayout(scanned: bool, n_layers: int) -> Callable[[dict[str, Any]], dict[s
     return out
 
   return unstack if scanned else stack
+
+
+def read_params(source: InitSource, stored: Any) -> Any:
+  """The source's parameter tree read onto `stored` (abstract leaves: shapes, shardings, dtypes to cast to),
+  in the source's layer layout."""
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    return checkpointer.restore(epath.Path(source.params_dir), stored)
+  finally:
+    checkpointer.close()
 
 
 def restore_params(source: InitSource, target: DecoderConfig, mesh: jax.sharding.Mesh, rules: Any,
@@ -199,11 +217,7 @@ def restore_params(source: InitSource, target: DecoderConfig, mesh: jax.sharding
   # Read in the layout the source was saved in, sharded by the run's rules and cast to its dtype.
   stored = target_params if same_layout else abstract_params(
       dataclasses.replace(target, scan_layers=source.config.scan_layers), mesh=mesh, rules=rules)
-  checkpointer = ocp.StandardCheckpointer()
-  try:
-    params = checkpointer.restore(epath.Path(source.params_dir), stored)
-  finally:
-    checkpointer.close()
+  params = read_params(source, stored)
   if same_layout:
     return params
   log.info("converting the source's %s layers to this run's %s layers", 
@@ -211,5 +225,5 @@ def restore_params(source: InitSource, target: DecoderConfig, mesh: jax.sharding
            "scanned" if target.scan_layers else "unrolled")
   shardings = jax.tree.map(lambda leaf: leaf.sharding, target_params)
   with jax.set_mesh(mesh):
-    return jax.jit(_relayout(source.config.scan_layers, target.n_layers),
+    return jax.jit(relayout(source.config.scan_layers, target.n_layers),
                    out_shardings=shardings)(params)

@@ -20,6 +20,7 @@ import numpy as np
 from safetensors import safe_open
 
 from xbook.model.config import DecoderConfig
+from xbook.model.lora import merged_params, split_params
 from xbook.model.hf.checkpoint import load_info, load_params, save_params
 from xbook.model.hf.config import config_from_hf, text_config
 from xbook.model.hf.layout import TensorMap, tensor_maps
@@ -187,8 +188,10 @@ def import_hf_checkpoint(hf_dir: str | os.PathLike[str], out_dir: str | os.PathL
 def export_hf_checkpoint(params_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                          model_type: str | None = None, *, dtype: str | None = None,
                          max_shard_size: str | int = "5GB", max_position_embeddings: int | None = None,
-                         overwrite: bool = False) -> list[str]:
-  """Write an xbook parameter folder as a Hugging Face checkpoint (xbook.model.hf.writer's layout).
+                         overwrite: bool = False, adapter: bool = False) -> list[str]:
+  """Write an xbook parameter folder as a Hugging Face checkpoint (xbook.model.hf.writer's layout); one
+  that holds LoRA adapters (`xbook weights import --adapter`) merged into its base, or with `adapter`
+  its adapters alone as a peft adapter folder (xbook.model.hf.adapter).
 
   The host holds the parameters, plus one shard of converted tensors while it is written.
 
@@ -200,13 +203,22 @@ def export_hf_checkpoint(params_dir: str | os.PathLike[str], out_dir: str | os.P
     max_shard_size: the most bytes per safetensors file ("5GB", "500MB", or an int).
     max_position_embeddings: config.json's context; default the imported checkpoint's.
     overwrite: replace a non-empty `out_dir`.
+    adapter: write the folder's LoRA adapters as a peft adapter folder.
 
   Returns:
     The names of the files written.
   """
+  from xbook.model.hf.adapter import write_peft_adapter  # noqa: PLC0415 - adapter imports this module's peers
   info = load_info(params_dir)
   config, params, hf_model_type = load_params(params_dir)
   hf_config = info["hf_config"]
+  if adapter:
+    if config.lora is None:
+      raise ValueError(f"--adapter: {params_dir} holds no LoRA adapters (its model.json has no lora)")
+    return write_peft_adapter(out_dir, config, split_params(params)[0], dtype=dtype or config.lora.param_dtype,
+                              base_model=None, overwrite=overwrite)
+  if config.lora is not None:
+    params, config = merged_params(params, config.lora), dataclasses.replace(config, lora=None)
   return write_hf_checkpoint(
       out_dir, config, params, model_type=model_type or hf_model_type, dtype=dtype or config.param_dtype,
       max_shard_size=max_shard_size,

@@ -142,7 +142,7 @@ def _is_empty_folder(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _staged_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+def staged_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
   """A fresh hidden folder beside `out_dir`, renamed to `out_dir` when the block succeeds (a non-empty
   `out_dir` is replaced only when `overwrite`), removed when it fails."""
   staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -226,7 +226,7 @@ def write_hf_checkpoint(out_dir: str | os.PathLike[str], config: DecoderConfig, 
   config_json.update(torch_dtype=dtype, dtype=dtype, **ids)
   if max_position_embeddings is not None:
     config_json["max_position_embeddings"] = int(max_position_embeddings)
-  with _staged_folder(out, overwrite) as staging:
+  with staged_folder(out, overwrite) as staging:
     index = _write_shards(staging, config, params, jnp.dtype(dtype), max_bytes)
     for name, content in (extra_files or {}).items():
       with open(staging / name, "xb") as f:
