@@ -463,6 +463,11 @@ def _paper_example(args: argparse.Namespace, vocabulary):
 
 # --------------------------------------------------------------------------------------------- weights
 def _weights_import(args: argparse.Namespace) -> int:
+  if args.adapter is not None:
+    return _adapter_import(args)
+  if args.hf is None:
+    raise SystemExit("error: xbook weights import: give --hf HF_DIR (a Hugging Face model folder), or --adapter "
+                     "PEFT_DIR with --base DIR (a peft adapter on imported weights)")
   hf = Path(args.hf)
   if "://" not in args.hf and not (hf / "config.json").is_file():
     what = "is not a folder" if not hf.is_dir() else "has no config.json"
@@ -486,6 +491,19 @@ def _weights_import(args: argparse.Namespace) -> int:
   return 0
 
 
+def _adapter_import(args: argparse.Namespace) -> int:
+  """`weights import --adapter PEFT --base DIR`: a peft adapter on imported base weights, as one xbook
+  parameter folder (base and adapters) that export, warm starts and inference read."""
+  if args.base is None:
+    raise SystemExit("error: xbook weights import --adapter PEFT_DIR needs --base DIR, the base's weights as "
+                     "`xbook weights import --hf` wrote them")
+  from xbook.model.hf.adapter import import_peft_adapter
+  config = import_peft_adapter(args.adapter, args.base, args.out)
+  print(f"imported the adapter {args.adapter} on {args.base} -> {args.out}: rank {config.lora.rank}, alpha "
+        f"{config.lora.alpha:g}, targets {', '.join(config.lora.targets)}; {config.lora_params()} adapter parameters")
+  return 0
+
+
 def _weights_export(args: argparse.Namespace) -> int:
   if (args.params is None) == (args.run_dir is None):
     raise SystemExit("error: xbook weights export: give exactly one of --params DIR (imported weights) "
@@ -496,13 +514,15 @@ def _weights_export(args: argparse.Namespace) -> int:
     from xbook.model.hf import export_hf_checkpoint
     files = export_hf_checkpoint(args.params, args.out, model_type=args.model_type, dtype=args.dtype,
                                  max_shard_size=args.max_shard_size,
-                                 max_position_embeddings=args.max_position_embeddings, overwrite=args.overwrite)
+                                 max_position_embeddings=args.max_position_embeddings, overwrite=args.overwrite,
+                                 adapter=args.adapter)
     source = args.params
   else:
     from xbook.infer.export import export_run
     result = export_run(args.run_dir, args.out, step=args.step, dtype=args.dtype or "bfloat16",
                         model_type=args.model_type, max_shard_size=args.max_shard_size,
-                        max_position_embeddings=args.max_position_embeddings, overwrite=args.overwrite)
+                        max_position_embeddings=args.max_position_embeddings, overwrite=args.overwrite,
+                        adapter=args.adapter)
     files, source = result.files, f"{args.run_dir} (step {result.step}, {result.model_type}, {result.dtype})"
   print(f"exported {source} -> {args.out}: {', '.join(files)}")
   return 0
@@ -838,9 +858,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            f"{architectures}; multimodal {', '.join(MULTIMODAL_MODEL_TYPES)} checkpoints (Ministral 3, "
            "Mistral Small 3.x) give their language model, the vision tower is skipped.",
            "xbook weights import --hf ~/models/Ministral-3-14B-Base-2512 --out weights/ministral3-14b\n"
-           "xbook weights import --hf ~/models/Qwen2.5-7B --out weights/qwen2.5-7b", _weights_import)
-  p.add_argument("--hf", required=True, help="folder with config.json and model.safetensors (or shards)")
+           "xbook weights import --hf ~/models/Qwen2.5-7B --out weights/qwen2.5-7b\n"
+           "xbook weights import --adapter exported/books-lora --base weights/ministral3-14b --out weights/books-lora",
+           _weights_import)
+  p.add_argument("--hf", default=None, help="folder with config.json and model.safetensors (or shards)")
   p.add_argument("--out", required=True, help="new folder for model.json and the Orbax params")
+  p.add_argument("--adapter", default=None,
+                 help="a peft LoRA adapter folder (adapter_config.json, adapter_model.safetensors) to import on "
+                      "--base: the folder written holds the base and the adapters")
+  p.add_argument("--base", default=None, help="with --adapter: the base's folder from `xbook weights import --hf`")
   p.set_defaults(path_flags=("out",))
   p = _add(weights, "export",
            "Write a trained run (--run_dir) or imported weights (--params) as a Hugging Face checkpoint: "
@@ -848,7 +874,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            "and, for a run, its tokenizer files; loadable by transformers and vLLM as it is.",
            "xbook weights export --run_dir runs/ministral3-books --out exported/ministral3-books\n"
            "xbook weights export --run_dir runs/demo --step 200 --dtype float32 --out exported/demo\n"
-           "xbook weights export --params weights/tiny-llama --out exported/tiny-llama", _weights_export)
+           "xbook weights export --params weights/tiny-llama --out exported/tiny-llama\n"
+           "xbook weights export --run_dir runs/books-lora --adapter --out exported/books-lora", _weights_export)
+  p.add_argument("--adapter", action="store_true",
+                 help="a LoRA run's adapters alone, as a peft adapter folder (adapter_config.json, "
+                      "adapter_model.safetensors) that peft and vLLM load onto the base; without it a LoRA run "
+                      "is written merged into its base")
   p.add_argument("--run_dir", default=None, help="a run directory written by `xbook train` (local or gs://)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step of --run_dir (default: the latest)")
   p.add_argument("--params", default=None, help="folder written by `xbook weights import`")
