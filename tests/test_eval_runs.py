@@ -8,9 +8,11 @@ import math
 
 import gin
 import jax
+import numpy as np
 import pytest
 
-from xbook.data import trajectory
+from xbook import cli_errors
+from xbook.data import pieces, trajectory
 from xbook.evals import perplexity
 from xbook.infer import load_run
 from xbook.model import DecoderConfig
@@ -104,28 +106,126 @@ def test_every_token_of_the_held_out_books_is_scored_once(tiny_run, test_split_f
   assert results["scaffolds/all"]["coverage"] == 1.0 and results["scaffolds/all"]["books"] == 2
   for kind in trajectory.SEGMENT_KINDS:
     assert results.get(f"scaffolds/{kind}", {"tokens": 0})["tokens"] == expected[kind], kind
-  ids, words, _ = perplexity.novel_stream(short_novel, run.vocabulary)
+  # Every token scored: the words and bytes of the scored tokens' text are those of the segment bodies.
+  sizes = perplexity.segment_text_sizes(records, "interleaved", run.vocabulary.marker_style)
+  for kind, (words, n_bytes) in sizes.items():
+    figures = results.get(f"scaffolds/{kind}", {"words": 0, "bytes": 0})
+    assert (figures["words"], figures["bytes"]) == (words, n_bytes), kind
+  ids, words, n_bytes = perplexity.novel_stream(short_novel, run.vocabulary)
   novel = results["novel/jekyll"]
-  assert novel["tokens"] == len(ids) and novel["words"] == words
+  assert novel["tokens"] == len(ids) and (novel["words"], novel["bytes"]) == (words, n_bytes)
   for name, figures in results.items():
     assert figures["ppl_per_token"] == pytest.approx(math.exp(figures["nll_per_token"])), name
     assert figures["nll_sum"] == pytest.approx(figures["nll_per_token"] * figures["tokens"], rel=1e-6)
     assert figures["bits_per_byte"] == pytest.approx(figures["nll_sum"] / figures["bytes"] / math.log(2))
+    assert figures["nll_per_word"] == pytest.approx(figures["nll_sum"] / figures["words"], rel=1e-6)
     # Four training steps: better than uniform over the vocabulary, far from fluent.
     assert 1.0 < figures["nll_per_token"] < math.log(MODEL.vocab_size) + 0.5, name
   print(json.dumps({k: {f: v[f] for f in ("tokens", "nll_per_token", "ppl_per_token", "ppl_per_word",
                                           "bits_per_byte")} for k, v in results.items()}, indent=1))
 
 
-def test_xbook_eval_run_dir_writes_perplexity(tiny_run, test_split_file, tmp_path):
+SHORT_WINDOW = 64  # tokens: a global plan of 3/8 of it, 24 tokens, cuts the 30-word plans of test_split_file
+
+
+def _first_windows(batches):
+  """The rows (each {feature: [length]}) that open a book: those whose prompt is scored (later windows
+  repeat the global plan with weight 0), in book order."""
+  rows = [{k: v[r] for k, v in b.items()} for b in batches for r in range(len(b["decoder_target_tokens"]))]
+  prompt = trajectory.KIND_ID["prompt"]
+  return [row for row in rows if ((row["decoder_segment_kinds"] == prompt) & (row["decoder_loss_weights"] > 0)).any()]
+
+
+def _scored_prefix(row, kind, vocabulary, record, plan_order="interleaved"):
+  """(mask of the scored tokens of `kind` in a book's first window, words and UTF-8 bytes of their text
+  with the marker left out, words of the whole segment body); the scored ids are checked to be a prefix
+  of the kind's segment in `record` (the global plan is cut at its end)."""
+  k = trajectory.KIND_ID[kind]
+  scored = (row["decoder_segment_kinds"] == k) & (row["decoder_loss_weights"] > 0)
+  ids = row["decoder_target_tokens"][scored].tolist()
+  [segment] = [s for s in trajectory.scaffold_to_segments(record, plan_order, vocabulary.marker_style)
+               if s.kind == kind]
+  marker, body = trajectory.split_marker(segment)
+  marker_ids = vocabulary.encode(marker)
+  assert ids == list(pieces.encode_segment(vocabulary.encode, segment))[:len(ids)], "a prefix of the segment"
+  text = vocabulary.decode(ids[len(marker_ids):]).strip()
+  assert body.strip().startswith(text), (text, body)
+  return scored, len(text.split()), len(text.encode("utf-8")), len(body.split())
+
+
+def test_per_word_and_per_byte_figures_are_of_the_scored_tokens(tiny_run, test_split_file):
+  """Windows too short for the plans (coverage < 1): a plan cut in the global plan counts the words and
+  bytes of its scored prefix, computed here by hand from the first window of each book; a kind with no
+  token scored is "not scored", every figure None."""
+  run = load_run(tiny_run)
+  result = perplexity.run_perplexity(tiny_run, scaffold_files=[test_split_file], seq_len=SHORT_WINDOW,
+                                     batch_size=4)["results"]
+  assert result["scaffolds/all"]["coverage"] < 1
+  records = perplexity.split_records([test_split_file], "test")
+  batches = list(perplexity.eval_batches([test_split_file], run.vocabulary, split="test", seq_len=SHORT_WINDOW,
+                                         batch_size=4))
+  first = _first_windows(batches)
+  assert len(first) == len(records) == 2
+  cut = [kind for kind in ("prompt", "premise", "synopsis", "outline") if 0 < result[f"scaffolds/{kind}"]["coverage"] < 1]
+  assert cut, {k: v["coverage"] for k, v in result.items()}
+  for kind in cut:
+    nll = words = n_bytes = whole_words = 0
+    for row, record in zip(first, records):
+      scored, w, b, whole = _scored_prefix(row, kind, run.vocabulary, record)
+      words, n_bytes, whole_words = words + w, n_bytes + b, whole_words + whole
+      # The NLL of those tokens, from the model's logits on this window.
+      batch = {k: v[None] for k, v in row.items()}
+      logits = run.model.apply({"params": run.params}, batch["decoder_input_tokens"],
+                               batch["decoder_segment_ids"], batch["decoder_positions"])
+      logp = jax.nn.log_softmax(np.asarray(logits[0], np.float64), axis=-1)
+      nll -= float(logp[np.arange(SHORT_WINDOW), row["decoder_target_tokens"]][scored].sum())
+    figures = result[f"scaffolds/{kind}"]
+    assert 0 < words < whole_words  # the scored part of the plan, not the whole plan
+    assert (figures["words"], figures["bytes"]) == (words, n_bytes), kind
+    assert figures["nll_sum"] == pytest.approx(nll, rel=1e-4)
+    assert figures["nll_per_word"] == pytest.approx(nll / words, rel=1e-4)
+    assert figures["ppl_per_word"] == pytest.approx(math.exp(nll / words), rel=1e-3)
+    assert figures["bits_per_byte"] == pytest.approx(nll / n_bytes / math.log(2), rel=1e-4)
+  missing = [name for name, f in result.items() if f["tokens"] == 0]
+  assert missing, "a kind with no token in windows of 64"
+  for name in missing:
+    figures = result[name]
+    assert figures["scored"] is False and figures["expected_tokens"] > 0 and figures["coverage"] == 0
+    assert all(figures[f] is None for f in ("nll_per_token", "ppl_per_token", "nll_per_word", "ppl_per_word",
+                                            "bits_per_byte")), figures
+  from xbook.evals.report import perplexity_table
+  page = perplexity_table({"results": result})
+  assert page.count("not scored") == len(missing)
+  print(json.dumps({k: {f: v[f] for f in ("tokens", "coverage", "words", "ppl_per_word", "bits_per_byte")}
+                    for k, v in result.items()}, indent=1))
+
+
+def test_xbook_eval_run_dir_and_books_keep_their_own_files(tiny_run, test_split_file, corpus_dir, tmp_path):
+  """The README sends both evaluations to eval/: the perplexity one writes perplexity.json and
+  perplexity.html beside the books' eval.json and report.html, replacing nothing; a second one is refused
+  (one error line, files unchanged) unless --overwrite."""
   from xbook.cli import main
   out = tmp_path / "eval"
-  assert main(["eval", "--run_dir", str(tiny_run), "--scaffolds", str(test_split_file), "--out", str(out)]) == 0
-  record = json.loads((out / "eval.json").read_text())
+  books = ["eval", "--books", str(corpus_dir / "pg46.txt"), "--baseline", str(corpus_dir), "--baseline_limit", "1",
+           "--out", str(out)]
+  assert main(books) == 0
+  report = {name: (out / name).read_bytes() for name in ("eval.json", "report.html")}
+  perplexity_args = ["eval", "--run_dir", str(tiny_run), "--scaffolds", str(test_split_file), "--out", str(out)]
+  assert main(perplexity_args) == 0
+  assert {name: (out / name).read_bytes() for name in report} == report
+  record = json.loads((out / "perplexity.json").read_text())
   assert record["perplexity"]["seq_len"] == 128 and record["perplexity"]["split"] == "test"
   assert record["perplexity"]["results"]["scaffolds/text"]["tokens"] > 0
-  page = (out / "report.html").read_text()
-  assert "Held-out perplexity" in page and "scaffolds/text" in page
+  page = (out / "perplexity.html").read_text()
+  assert "Held-out perplexity" in page and "scaffolds/text" in page and "Human baseline" not in page
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  with pytest.raises(ValueError) as refused:  # as a program: this one `error:` line, exit 1
+    main(perplexity_args)
+  line = cli_errors.user_message(refused.value)
+  assert "\n" not in line and "perplexity.json" in line and "--overwrite" in line, line
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  assert main(perplexity_args + ["--overwrite"]) == 0
+  assert {name: (out / name).read_bytes() for name in report} == report
 
 
 # Judges: a local judge server with deterministic answers.
@@ -240,9 +340,10 @@ def test_xbook_eval_judge_writes_the_ranking(judge_server, tmp_path):
   for name, path in systems.items():
     args += ["--judge", f"{name}={path}"]
   assert main(args) == 0
-  judges = json.loads((out / "eval.json").read_text())["judges"]
+  judges = json.loads((out / "judges.json").read_text())["judges"]
   assert [r["system"] for r in judges["ranking"]][0] == "GOOD"
   assert {c["chapter"] for c in judges["comparisons"]} == {1, 3, 4, 6}
-  page = (out / "report.html").read_text()
+  assert not (out / "eval.json").exists()  # the books' file is theirs alone
+  page = (out / "judges.html").read_text()
   assert "judge ranking" in page and "<h2>Judges</h2>" in page
   assert (out / "judge_cache.sqlite").is_file()

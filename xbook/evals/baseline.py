@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from xbook.books import load_book, read_manifest, split_for_author
 from xbook.evals import overrep
-from xbook.evals.metrics import METRICS, book_metrics, words
+from xbook.evals.metrics import METRICS, book_metrics, too_short, words
 from xbook.evals.texts import EvalBook, from_book
 
 log = logging.getLogger(__name__)
@@ -107,16 +107,19 @@ class HumanBaseline:
     return cls(books, pooled)
 
   def distribution(self, metric: str) -> list[float]:
-    return [b.figures[metric] for b in self.books if b.figures.get(metric) is not None]
+    """The human novels' values of `metric`, those too short to measure it left out."""
+    return [b.figures[metric] for b in self.books
+            if b.figures.get(metric) is not None and not too_short(metric, b.figures)]
 
   def summary(self) -> dict[str, Any]:
-    """{"books": [...], "metrics": {metric: {"values", "median", "p10", "p90"}}} for eval.json."""
+    """{"books": [...], "metrics": {metric: {"values", "median", "p5", "p10", "p90", "p95"}}} for eval.json."""
     import numpy as np
     out = {}
     for metric in METRICS:
       values = self.distribution(metric)
       if values:
-        out[metric] = {"values": {b.book.name: b.figures[metric] for b in self.books},
-                       "median": float(np.median(values)), "p10": float(np.percentile(values, 10)),
-                       "p90": float(np.percentile(values, 90))}
+        out[metric] = {"values": {b.book.name: b.figures[metric] for b in self.books
+                                  if not too_short(metric, b.figures)},
+                       "median": float(np.median(values)),
+                       **{f"p{q}": float(np.percentile(values, q)) for q in (5, 10, 90, 95)}}
     return {"books": [b.book.name for b in self.books], "metrics": out}

@@ -60,27 +60,72 @@ def _system(spec: str) -> tuple[str, str]:
   return name, path
 
 
-def run(args: argparse.Namespace) -> int:
-  """Evaluate what the arguments name into `--out` (eval.json, report.html); prints a summary."""
+# What each part writes into --out: its record and its page, never another part's.
+OUTPUTS = {"books": ("eval.json", "report.html"), "perplexity": ("perplexity.json", "perplexity.html"),
+           "judges": ("judges.json", "judges.html")}
+FLAGS = {"books": "--books", "perplexity": "--run_dir", "judges": "--judge"}
+
+
+def parts(args: argparse.Namespace) -> list[str]:
+  """The parts the arguments ask for, in OUTPUTS order."""
+  asked = {"books": args.books, "perplexity": args.run_dir, "judges": args.judge}
+  return [part for part in OUTPUTS if asked[part]]
+
+
+def refuse_overwrite(out: Path, wanted: list[str], overwrite: bool) -> None:
+  """Raise ValueError, before any work, when a file these parts write is in `out` already (an earlier
+  evaluation's) and `overwrite` is not set. judge_cache.sqlite is resumable work: always reused."""
+  if overwrite:
+    return
+  found = [out / name for part in wanted for name in OUTPUTS[part] if (out / name).exists()]
+  if found:
+    raise ValueError(f"--out {out}: {', '.join(str(f) for f in found)} exists already (an earlier `xbook eval`); "
+                     "pass --overwrite to replace it, or choose another --out")
+
+
+def _write_part(out: Path, part: str, record: dict[str, Any]) -> tuple[Path, Path]:
+  """Write one part's record and its page; returns their paths."""
   from xbook.evals.report import write_report
-  if not (args.books or args.run_dir or args.judge):
+  json_name, page_name = OUTPUTS[part]
+  with atomic_open(out / json_name, "w") as f:
+    json.dump(record, f, indent=1, ensure_ascii=False)
+  return out / json_name, write_report(record, out / page_name)
+
+
+def _record(part: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+  began = time.perf_counter()
+  if part == "books":
+    record = _books_part(args)
+  elif part == "perplexity":
+    record = {"schema": "xbook.eval.perplexity/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "perplexity": _perplexity_part(args)}
+  else:
+    record = {"schema": "xbook.eval.judges/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "judges": _judges_part(args, out)}
+  record["seconds"] = round(time.perf_counter() - began, 1)
+  return record
+
+
+def run(args: argparse.Namespace) -> int:
+  """Evaluate what the arguments name into `--out`, each part into its own files (OUTPUTS: books
+  eval.json and report.html, a run's perplexity.json and perplexity.html, judges judges.json and
+  judges.html), refusing to replace an earlier evaluation's files without --overwrite; prints a summary."""
+  wanted = parts(args)
+  if not wanted:
     raise SystemExit("xbook eval: nothing to evaluate; give --books PATH, --run_dir DIR or --judge NAME=PATH")
   out = Path(args.out)
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"--out {out}: a file, not a folder; name a folder for the evaluation's files")
+  refuse_overwrite(out, wanted, getattr(args, "overwrite", False))
   out.mkdir(parents=True, exist_ok=True)
-  began = time.perf_counter()
-  record: dict[str, Any] = {"schema": "xbook.eval/1", "books": {}, "metrics": {}}
-  if args.books:
-    record.update(_books_part(args))
-  if args.run_dir:
-    record["perplexity"] = _perplexity_part(args)
-  if args.judge:
-    record["judges"] = _judges_part(args, out)
-  record["seconds"] = round(time.perf_counter() - began, 1)
-  with atomic_open(out / "eval.json", "w") as f:
-    json.dump(record, f, indent=1, ensure_ascii=False)
-  report = write_report(record, out / "report.html")
-  summary = {"eval_json": str(out / "eval.json"), "report": str(report), "books": list(record["books"]),
-             "seconds": record["seconds"]}
+  summary: dict[str, Any] = {"books": [], "files": [], "seconds": 0.0}
+  for part in wanted:
+    record = _record(part, args, out)
+    summary["files"] += [str(p) for p in _write_part(out, part, record)]
+    summary["books"] += list(record.get("books", {}))
+    summary["seconds"] = round(summary["seconds"] + record["seconds"], 1)
+  if "books" in wanted:
+    summary.update(eval_json=str(out / "eval.json"), report=str(out / "report.html"))
   print(json.dumps(summary) if args.json else
-        f"evaluated {len(record['books'])} book(s) in {record['seconds']} s: {out / 'eval.json'}, {report}")
+        f"evaluated {', '.join(FLAGS[p] for p in wanted)} in {summary['seconds']} s: {', '.join(summary['files'])}")
   return 0

@@ -42,28 +42,57 @@ such than that the their theirs them themselves then there these they this those
 up very was we were what when where which while who whom why will with would you your yours yourself
 yourselves said one upon""".split())
 
-# name -> (label, which direction is worse: +1 higher is worse, -1 lower is worse, 0 neither)
+# Which side of the human distribution is bad: a value beyond the 95th percentile on that side is marked.
+HIGHER_WORSE, LOWER_WORSE, BOTH_WORSE = +1, -1, 2
+# name -> (label, which side is worse: HIGHER_WORSE, LOWER_WORSE, or BOTH_WORSE where either extreme is
+# unlike a novel: 2 chapters, a book that is 93% dialogue, 6-word or 60-word sentences).
 METRICS: dict[str, tuple[str, int]] = {
-    "repeat_rate_within": ("repeated 4-grams within a chapter (share)", +1),
-    "repeat_rate_across": ("8-grams repeated across chapters (share)", +1),
-    "longest_repeat": ("longest repeated span (words)", +1),
-    "mtld": ("MTLD (lexical diversity, 1,000-word windows)", -1),
-    "distinct_1": ("distinct-1 (1,000-word windows)", -1),
-    "distinct_2": ("distinct-2 (1,000-word windows)", -1),
-    "cohesion": ("adjacent-sentence content-word overlap", -1),
-    "overrep_index": ("over-represented phrases per 1,000 words", +1),
-    "sentence_mean": ("sentence length mean (words)", 0),
-    "sentence_sd": ("sentence length spread (s.d., words)", 0),
-    "dialogue_share": ("dialogue share (words in quotes)", 0),
-    "paragraph_mean": ("paragraph length mean (words)", 0),
-    "flesch": ("Flesch reading ease", 0),
-    "chapters": ("chapters", 0),
-    "chapter_words_mean": ("chapter length mean (words)", 0),
-    "chapter_words_cv": ("chapter length variation (s.d./mean)", 0),
-    "scene_words_mean": ("scene length mean (words)", 0),
+    "repeat_rate_within": ("repeated 4-grams within a chapter (share)", HIGHER_WORSE),
+    "repeat_rate_across": ("8-grams repeated across chapters (share)", HIGHER_WORSE),
+    "longest_repeat": ("longest repeated span (words)", HIGHER_WORSE),
+    "mtld": ("MTLD (lexical diversity, 1,000-word windows)", LOWER_WORSE),
+    "distinct_1": ("distinct-1 (1,000-word windows)", LOWER_WORSE),
+    "distinct_2": ("distinct-2 (1,000-word windows)", LOWER_WORSE),
+    "cohesion": ("adjacent-sentence content-word overlap", LOWER_WORSE),
+    "overrep_index": ("over-represented phrases per 1,000 words", HIGHER_WORSE),
+    "sentence_mean": ("sentence length mean (words)", BOTH_WORSE),
+    "sentence_sd": ("sentence length spread (s.d., words)", BOTH_WORSE),
+    "dialogue_share": ("dialogue share (words in quotes)", BOTH_WORSE),
+    "paragraph_mean": ("paragraph length mean (words)", BOTH_WORSE),
+    "flesch": ("Flesch reading ease", BOTH_WORSE),
+    "chapters": ("chapters", BOTH_WORSE),
+    "chapter_words_mean": ("chapter length mean (words)", BOTH_WORSE),
+    "chapter_words_cv": ("chapter length variation (s.d./mean)", BOTH_WORSE),
+    "scene_words_mean": ("scene length mean (words)", BOTH_WORSE),
+}
+# What a figure needs before it means what it means for the human novels: {metric: (count, minimum)},
+# the count being the book's (or chapter's) "words" or "chapters". Below it the figure is still
+# computed (on the whole text, as one short window) but flagged and never placed among the human novels.
+MINIMUM: dict[str, tuple[str, int]] = {
+    "mtld": ("words", WINDOW_WORDS), "distinct_1": ("words", WINDOW_WORDS), "distinct_2": ("words", WINDOW_WORDS),
+    "repeat_rate_across": ("chapters", 2), "chapter_words_cv": ("chapters", 2),
+}
+# Decimals a figure is shown with (default 3): counts as whole numbers, word lengths to one decimal.
+DECIMALS: dict[str, int] = {
+    "chapters": 0, "longest_repeat": 0, "words": 0, "scenes_planned": 0, "scenes_written": 0,
+    "mtld": 1, "overrep_index": 1, "sentence_mean": 1, "sentence_sd": 1, "paragraph_mean": 1, "flesch": 1,
+    "chapter_words_mean": 0, "scene_words_mean": 0,
 }
 CHAPTER_METRICS = ("repeat_rate_within", "mtld", "distinct_2", "cohesion", "sentence_mean",
                    "dialogue_share", "overrep_index")
+
+
+def too_short(metric: str, figures: dict[str, float]) -> str | None:
+  """Why `figures` (a book's or a chapter's, with its "words" and "chapters") are too short for
+  `metric` (MINIMUM), e.g. "too short to measure: 150 words < 1,000"; None when long enough."""
+  if metric not in MINIMUM:
+    return None
+  count, minimum = MINIMUM[metric]
+  have = figures.get(count)
+  if have is None or have >= minimum:
+    return None
+  unit = count if have != 1 else count[:-1]
+  return f"too short to measure: {have:,.0f} {unit} < {minimum:,}"
 
 
 def words(text: str) -> list[str]:

@@ -15,13 +15,17 @@ Two kinds of held-out books:
 Figures of a book set (eval.json `perplexity.results[name]`):
   tokens         tokens scored;   nll_sum  their total NLL (nats)
   nll_per_token  nll_sum / tokens, ppl_per_token = exp of it
-  words, bytes   whitespace words and UTF-8 bytes of the scored text (segment bodies, markers left out)
+  words, bytes   whitespace words and UTF-8 bytes of the text of the tokens scored (ScoredText: the
+                 scored tokens of each kind decoded in stream order, markers and EOS left out), so a plan
+                 cut by the windows view counts only the part that was scored
   nll_per_word   nll_sum / words, ppl_per_word = exp of it
   bits_per_byte  nll_sum / bytes / ln 2
+  scored         False for a kind of which no token was scored: every figure above is then None
+                 ("not scored"), never a perplexity of 1
   expected_tokens, coverage   scaffolds only: tokens of the trajectories encoded once
                  (xbook.data.pieces.encode_book) and tokens / expected_tokens (below 1 when the windows
                  view had to cut long plans; the figures are then of the tokens scored)
-The per-word and per-byte figures divide a total over the same text, so runs with different
+The per-word and per-byte figures divide a total over the same tokens' text, so runs with different
 tokenizers compare on them; per-token figures compare runs that share a vocabulary.
 """
 
@@ -31,6 +35,7 @@ import functools
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -78,12 +83,55 @@ def _padded(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]
   return {k: np.concatenate([v, padding[k]]) for k, v in batch.items()}
 
 
+class ScoredText:
+  """The scored tokens of each kind, in stream order, and the words and bytes of their text.
+
+  `add` keeps the target ids of weight > 0 of a batch (rows in order, so a scene cut across consecutive
+  windows joins up again); `sizes` decodes each kind's ids at once and splits the text at the segment
+  markers: words and UTF-8 bytes of each stripped part, markers and EOS left out (as the plain text of
+  a segment body counts them). A plan the windows view cut counts only its scored prefix.
+  """
+
+  def __init__(self, vocabulary: Any) -> None:
+    self.vocabulary = vocabulary
+    self.ids: list[list[np.ndarray]] = [[] for _ in range(N_KINDS)]
+    kind_markers, end = trajectory.markers(vocabulary.marker_style)
+    names = sorted({*kind_markers.values(), end}, key=len, reverse=True)
+    self._markers = re.compile("|".join(re.escape(m) for m in names))
+
+  def add(self, batch: Mapping[str, np.ndarray]) -> None:
+    scored = (np.asarray(batch["decoder_loss_weights"]) > 0) & (np.asarray(batch["decoder_segment_ids"]) > 0)
+    kinds = np.asarray(batch["decoder_segment_kinds"])
+    targets = np.asarray(batch["decoder_target_tokens"])
+    for k in np.unique(kinds[scored]):
+      self.ids[int(k)].append(targets[scored & (kinds == k)])
+
+  def text_sizes(self, text: str) -> tuple[int, int]:
+    """(words, UTF-8 bytes) of decoded text, its markers left out."""
+    parts = [p.strip() for p in self._markers.split(text)]
+    return sum(len(p.split()) for p in parts), sum(len(p.encode("utf-8")) for p in parts)
+
+  def sizes(self) -> tuple[np.ndarray, np.ndarray]:
+    """([n_kinds] words, [n_kinds] bytes) of the text of the scored tokens."""
+    words, n_bytes = np.zeros(N_KINDS, np.int64), np.zeros(N_KINDS, np.int64)
+    for k, chunks in enumerate(self.ids):
+      ids = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+      ids = ids[ids != self.vocabulary.eos_id]
+      if len(ids):
+        words[k], n_bytes[k] = self.text_sizes(self.vocabulary.decode(ids.tolist()))
+    return words, n_bytes
+
+
 def score_batches(model: Decoder, params: Any, batches: Iterable[Mapping[str, np.ndarray]],
-                  batch_size: int, desc: str = "perplexity") -> dict[str, np.ndarray]:
-  """The SUMS (each [n_kinds] float64) over `batches` ({feature: [rows <= batch_size, length]})."""
+                  batch_size: int, desc: str = "perplexity", text: ScoredText | None = None
+                  ) -> dict[str, np.ndarray]:
+  """The SUMS (each [n_kinds] float64) over `batches` ({feature: [rows <= batch_size, length]}); the
+  scored tokens go to `text` too when given."""
   totals = {name: np.zeros(N_KINDS, np.float64) for name in SUMS}
   for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
     batch = _padded({k: np.asarray(batch[k], dtype) for k, dtype in EXAMPLE_FEATURES.items()}, batch_size)
+    if text is not None:
+      text.add(batch)
     out = jax.device_get(_batch_sums(model, params, batch))
     for name in SUMS:
       totals[name] += np.asarray(out[name], np.float64)
@@ -91,13 +139,16 @@ def score_batches(model: Decoder, params: Any, batches: Iterable[Mapping[str, np
 
 
 def figures(nll_sum: float, tokens: float, words: int, n_bytes: int) -> dict[str, Any]:
-  """The figures of one book set (module docstring) from its totals."""
+  """The figures of one book set (module docstring) from its totals: None where nothing was scored
+  (no token, or no word or byte of text in the tokens scored)."""
+  nll_sum, tokens, words, n_bytes = float(nll_sum), float(tokens), int(words), int(n_bytes)
   per_token = nll_sum / tokens if tokens else None
-  per_word = nll_sum / words if words else None
-  return {"tokens": int(tokens), "nll_sum": round(nll_sum, 4), "words": words, "bytes": n_bytes,
+  per_word = nll_sum / words if tokens and words else None
+  return {"tokens": int(tokens), "nll_sum": round(nll_sum, 4) if tokens else None, "words": words,
+          "bytes": n_bytes, "scored": bool(tokens),
           "nll_per_token": per_token, "ppl_per_token": _exp(per_token),
           "nll_per_word": per_word, "ppl_per_word": _exp(per_word),
-          "bits_per_byte": nll_sum / n_bytes / math.log(2) if n_bytes else None}
+          "bits_per_byte": nll_sum / n_bytes / math.log(2) if tokens and n_bytes else None}
 
 
 def _exp(value: float | None) -> float | None:
@@ -183,16 +234,16 @@ def scaffold_perplexity(model: Decoder, params: Any, vocabulary: Any, scaffold_f
                      "choose another --split (train, validation, test)")
   batches = eval_batches(scaffold_files, vocabulary, split=split, seq_len=seq_len, batch_size=batch_size,
                          plan_order=plan_order)
-  sums = score_batches(model, params, batches, batch_size, desc=f"perplexity {split}")
-  sizes = segment_text_sizes(records, plan_order, vocabulary.marker_style)
+  text = ScoredText(vocabulary)
+  sums = score_batches(model, params, batches, batch_size, desc=f"perplexity {split}", text=text)
+  words, n_bytes = text.sizes()
   expected = trajectory_tokens(records, vocabulary, plan_order)
   results = {}
   for k, kind in enumerate(trajectory.SEGMENT_KINDS):
     if sums["count"][k] or expected[kind]:
-      results[f"scaffolds/{kind}"] = {**figures(sums["nll"][k], sums["count"][k], *sizes[kind]),
+      results[f"scaffolds/{kind}"] = {**figures(sums["nll"][k], sums["count"][k], words[k], n_bytes[k]),
                                       **_coverage(sums["count"][k], expected[kind])}
-  words, n_bytes = (sum(s[i] for s in sizes.values()) for i in (0, 1))
-  results["scaffolds/all"] = {**figures(sums["nll"].sum(), sums["count"].sum(), words, n_bytes),
+  results["scaffolds/all"] = {**figures(sums["nll"].sum(), sums["count"].sum(), words.sum(), n_bytes.sum()),
                               **_coverage(sums["count"].sum(), sum(expected.values())),
                               "books": len(records)}
   if results["scaffolds/all"]["coverage"] < 1:
@@ -245,10 +296,12 @@ def stream_batches(ids: Sequence[int], *, bos_id: int, seq_len: int, batch_size:
 def novel_perplexity(model: Decoder, params: Any, vocabulary: Any, path: str | Path, *, seq_len: int,
                      batch_size: int) -> dict[str, Any]:
   """The figures of one plain novel's prose (module docstring)."""
-  ids, words, n_bytes = novel_stream(path, vocabulary)
+  ids, _, _ = novel_stream(path, vocabulary)
   batches = stream_batches(ids, bos_id=vocabulary.bos_id, seq_len=seq_len, batch_size=batch_size)
-  sums = score_batches(model, params, batches, batch_size, desc=f"perplexity {Path(path).stem}")
-  return figures(float(sums["nll"].sum()), float(sums["count"].sum()), words, n_bytes)
+  text = ScoredText(vocabulary)
+  sums = score_batches(model, params, batches, batch_size, desc=f"perplexity {Path(path).stem}", text=text)
+  words, n_bytes = text.sizes()
+  return figures(sums["nll"].sum(), sums["count"].sum(), words.sum(), n_bytes.sum())
 
 
 # A run.
