@@ -101,3 +101,11 @@ def test_a_local_sweep_gives_its_runs_absolute_run_dirs(tmp_path, monkeypatch, c
   assert sweep.main(["run", str(sweep_file), "--out", "sweeps/lr", "--dry_run"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines and all(f"--run_dir {tmp_path}/sweeps/lr/" in line for line in lines)
+
+
+def test_generate_refuses_a_prompt_longer_than_the_run_trained_at(relative_run, monkeypatch):
+  """Nothing is cut silently: a prompt that, with --max_new_tokens, exceeds the trained length is refused."""
+  cwd, run = relative_run
+  monkeypatch.chdir(cwd)
+  with pytest.raises(ValueError, match=r"more than the 256 tokens .* trained at; shorten the prompt or lower"):
+    cli.main(["generate", "--run_dir", run, "--prompt", "word " * 400, "--max_new_tokens", "8"])

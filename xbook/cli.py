@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
 
-from xbook import __version__, cli_errors, cli_gin
+from xbook import __version__, cli_checks, cli_errors, cli_gin
 from xbook.gin_flags import split_gin_bindings
 
 log = logging.getLogger("xbook")
@@ -170,6 +170,10 @@ def _check_dropped(too_much: list[str], n_books: int, args: argparse.Namespace) 
 
 
 def _books_inspect(args: argparse.Namespace) -> int:
+  path = Path(args.file)
+  if path.is_file() and (path.suffix in (".jsonl", ".json") or path.open("rb").read(1) == b"{"):
+    raise SystemExit(f"error: {args.file} is JSON (a books JSONL of `xbook books segment`?); `xbook books inspect` "
+                     "reads one Gutenberg .txt novel, e.g. ../shared/corpus/gutenberg/pg46.txt")
   from xbook.books import BookError, load_book_with_report
   try:
     book, report = load_book_with_report(args.file)
@@ -217,6 +221,10 @@ def _books_inspect(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- scaffold
 def _scaffold_build(args: argparse.Namespace) -> int:
+  args.cache = args.cache or str(Path(args.out).parent / "summaries.sqlite")
+  if Path(args.cache).is_dir():
+    raise SystemExit(f"error: --cache {args.cache} is a folder: pass the SQLite file that keeps the summaries, "
+                     "e.g. out/summaries.sqlite")
   from xbook.books import split_for_author
   from xbook.books.io import read_books
   from xbook.scaffold import ExtractiveSummarizer, SummaryCache
@@ -586,9 +594,21 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------- generate
+def _check_prompt_fits(args: argparse.Namespace, run) -> None:
+  """Refuse a prompt that, with --max_new_tokens, does not fit the length the run trained at (nothing is cut)."""
+  from xbook.infer.generate import prompt_ids, run_seq_len
+  limit = run_seq_len(args.run_dir)
+  needed = 1 + len(prompt_ids(args.prompt, run.vocabulary))  # BOS, the prompt segment, the premise marker
+  if limit and needed + args.max_new_tokens > limit:
+    raise ValueError(f"--prompt is {needed} tokens (with its markers) and --max_new_tokens {args.max_new_tokens}: "
+                     f"{needed + args.max_new_tokens} in all, more than the {limit} tokens {args.run_dir} "
+                     f"trained at; shorten the prompt or lower --max_new_tokens (to at most {limit - needed})")
+
+
 def _generate(args: argparse.Namespace) -> int:
   from xbook.infer import generate_passage, load_run
   run = load_run(args.run_dir, step=args.step)
+  _check_prompt_fits(args, run)
   text = generate_passage(run, args.prompt, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, seed=args.seed)
   print(json.dumps({"step": run.step, "prompt": args.prompt, "text": text}) if args.json
@@ -725,7 +745,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            _scaffold_build, gin_modules=("xbook.scaffold",))
   p.add_argument("--books", required=True, help="books JSONL from `xbook books segment`")
   p.add_argument("--out", required=True, help="scaffold JSONL (books already in it are kept)")
-  p.add_argument("--cache", required=True, help="SQLite cache of summarizer calls")
+  p.add_argument("--cache", default=None,
+                 help="SQLite cache of summarizer calls (default: summaries.sqlite beside --out)")
   p.add_argument("--backend", choices=("extractive", "openai", "xbook"), default="extractive",
                  help="extractive (offline), openai (any OpenAI-compatible endpoint: --base_url, --model) or "
                       "xbook (starts `xbook serve --run_dir` on a free local port and uses it as an openai endpoint)")
@@ -1121,7 +1142,9 @@ def _run(argv: list[str]) -> int:
     return 2
   cli_errors.setup_logging()
   _check_run_dir(args)
+  cli_checks.check_numbers(args)
   _absolute_paths(args)
+  cli_checks.check_step(args)
   if args.gin_modules:
     # Mistakes in the gin files and flags are found before the heavy imports and before any file is written.
     cli_gin.precheck(args.gin_file, bindings)

@@ -27,6 +27,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -328,6 +329,11 @@ def train_vocab(records: Iterable[Mapping[str, Any]], out_path: str | os.PathLik
   """
   if model_type not in ("unigram", "bpe"):
     raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+  least = 3 + len(trajectory.ALL_MARKERS) + 256  # pad, EOS, UNK; the segment markers; the byte pieces
+  if vocab_size <= least:
+    raise ValueError(f"--vocab_size {vocab_size}: expected an integer > {least} ({len(trajectory.ALL_MARKERS)} "
+                     "segment markers, 3 special ids and 256 byte pieces, plus the characters of the text; "
+                     "e.g. 2048 for a few novels, 8000 or more for a corpus)")
   records = list(records)
   train = [r for r in records if r.get("split", "train") == "train"]
   if len(train) < len(records):
@@ -341,6 +347,24 @@ def train_vocab(records: Iterable[Mapping[str, Any]], out_path: str | os.PathLik
   log.info("training a %s SentencePiece vocabulary of %d pieces on %d paragraphs of %d books",
            model_type, vocab_size, len(sentences), len(train))
   model = io.BytesIO()
+  try:
+    _train_sentencepiece(model, sentences, vocab_size, model_type, max_sentences, seed_sentencepiece_size)
+  except RuntimeError as error:  # SentencePiece's own check, after it counted the text's characters
+    needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
+    if needed is None:
+      raise
+    raise ValueError(f"--vocab_size {vocab_size}: this text needs at least {needed.group(1)} pieces (its "
+                     f"characters, the markers, special ids and byte pieces); pass --vocab_size {needed.group(1)} "
+                     "or more") from None
+  with atomic_open(out_path, "wb") as f:
+    f.write(model.getvalue())
+  log.info("wrote vocabulary %s", out_path)
+  return out_path
+
+
+def _train_sentencepiece(model: io.BytesIO, sentences: list[str], vocab_size: int, model_type: str,
+                         max_sentences: int, seed_sentencepiece_size: int) -> None:
+  """SentencePiece training with xbook's settings (train_vocab's), into `model`."""
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(sentences), model_writer=model,
       vocab_size=vocab_size, model_type=model_type,
@@ -352,7 +376,3 @@ def train_vocab(records: Iterable[Mapping[str, Any]], out_path: str | os.PathLik
       input_sentence_size=max_sentences, shuffle_input_sentence=True,
       seed_sentencepiece_size=seed_sentencepiece_size,
       hard_vocab_limit=False, num_threads=os.cpu_count() or 1, minloglevel=2)
-  with atomic_open(out_path, "wb") as f:
-    f.write(model.getvalue())
-  log.info("wrote vocabulary %s", out_path)
-  return out_path

@@ -52,7 +52,7 @@ from xbook.data import features
 from xbook.data import paper_stages, tasks, trajectory, vocab
 from xbook.model import Decoder, DecoderConfig, LoraConfig
 from xbook.model import lora as lora_lib
-from xbook.train import adapters, data_identity, flops, partitioning, warm_start
+from xbook.train import adapters, data_identity, flops, partitioning, run_settings, warm_start
 from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.eval_input import ValidationSet
 from xbook.train.input_pipeline import trajectory_batches
@@ -487,6 +487,12 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   length_layout = _renamed_argument("layout", layout, length_layout)
   plan_order = _renamed_argument("trajectory_layout", trajectory_layout, plan_order)
   profile = paper_stages.configured_profile() if plan_order == trajectory.PAPER_STAGES else None
+  optimizer_config = optimizer_config or configured(OptimizerConfig)
+  run_settings.check_train_settings(  # before anything is built or written
+      dict(steps=steps, batch_size=batch_size, seq_len=seq_len, checkpoint_every=checkpoint_every,
+           keep_checkpoints=keep_checkpoints, keep_every=keep_every, log_every=log_every, eval_every=eval_every,
+           eval_batches=eval_batches, microbatches=microbatches, z_loss=z_loss, repeat_weight=repeat_weight,
+           init_from_step=init_from_step), optimizer_config, loss_weights)
   trainer = Trainer(model_config=model_config, optimizer_config=optimizer_config or configured(OptimizerConfig),
                     mesh_config=mesh_config or configured(MeshConfig), rules=partitioning.logical_axis_rules(),
                     batch_size=batch_size, seq_len=seq_len, z_loss=z_loss, microbatches=microbatches, seed=seed)
