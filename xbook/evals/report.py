@@ -295,7 +295,7 @@ def ranking_plot(ranking: list[Mapping[str, Any]]) -> str:
   ax.set_yticks(range(len(ranking)), [r["system"] for r in reversed(ranking)], fontsize=7)
   ax.set_xlabel("Bradley-Terry score (log-odds)", fontsize=7)
   _axes(ax, y=False)
-  _legend(ax, 1)
+  ax.legend(fontsize=6, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)  # above: the x label is below
   return _figure(svg(fig), "judge ranking", "judges")
 
 
