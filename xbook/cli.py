@@ -581,6 +581,8 @@ def _compile(args: argparse.Namespace) -> int:
   from xbook.gin_flags import configured
   from xbook.train import aot
   from xbook.train.trainer import trainer_from_gin
+  if args.decode:
+    return _compile_decode(args)
   target = configured(aot.TpuTarget, accelerator=args.topology, num_slices=args.num_slices,
                       assumed_mfu=args.assumed_mfu)
   report = aot.compile_for_tpu(target, trainer_from_gin, count_flops=not args.memory_only)
@@ -589,6 +591,35 @@ def _compile(args: argparse.Namespace) -> int:
     print(f"error: the step needs {report.total_bytes_per_chip / 2**30:.2f} GiB per chip but a "
           f"{report.accelerator} chip has {report.hbm_bytes / 2**30:.0f} GiB of HBM: shard more (fsdp, "
           f"tensor, sequence), remat more, or use a smaller batch per chip", file=sys.stderr)
+    return 1
+  return 0
+
+
+def _compile_decode(args: argparse.Namespace) -> int:
+  """`xbook compile --decode`: the inference engine's prefill and decode step for a TPU slice."""
+  from xbook.gin_flags import configured
+  from xbook.infer import aot_decode
+  from xbook.train.mesh import MeshConfig
+  from xbook.train.trainer import train_setting
+  config = train_setting("model_config")
+  target = configured(aot_decode.DecodeTarget, accelerator=args.topology, batch=args.batch,
+                      context_len=args.context_len)
+  mesh_config = configured(MeshConfig)
+  report = aot_decode.compile_decode(config, target, mesh_config)
+  reports = {"batch_1" if target.batch == 1 else f"batch_{target.batch}": report}
+  if args.largest_batch:
+    batch, largest = aot_decode.largest_batch(config, target, mesh_config, report)
+    if largest is not None and largest.batch != report.batch:
+      reports[f"largest_batch_{batch}"] = largest
+  if args.json:
+    print(json.dumps({name: r.to_json() for name, r in reports.items()}))
+  else:
+    print("\n\n".join(f"[{name.replace('_', ' ')}]\n{aot_decode.format_report(r)}" for name, r in reports.items()))
+  if not report.fits:
+    print(f"error: decoding needs {report.total_bytes_per_chip / 2**30:.2f} GiB per chip but a {report.accelerator} "
+          f"chip has {report.hbm_bytes / 2**30:.0f} GiB of HBM: shard more (MeshConfig.tensor, fsdp), shard the "
+          "cache's length (DecodeTarget.shard_cache_length with MeshConfig.sequence), or lower "
+          "DecodeTarget.batch / context_len", file=sys.stderr)
     return 1
   return 0
 
@@ -953,7 +984,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            "xbook compile --gin_file=configs/paper/mistral24b_131k.gin\n"
            "xbook compile --gin_file=configs/runs/demo.gin --topology v5e-8 --json\n"
            "xbook compile --gin_file=configs/paper/ministral14b_262k.gin --memory_only",
-           _compile, gin_modules=("xbook.train.trainer", "xbook.train.aot"))
+           _compile, gin_modules=("xbook.train.trainer", "xbook.train.aot", "xbook.infer.aot_decode"))
   p.add_argument("--topology", default=None,
                  help="accelerator type (v5p-256, v6e-8) or topology (v5p:4x4x8) of one slice "
                       "(default: the config's TpuTarget.accelerator)")
@@ -964,6 +995,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                  help="print fits, hbm_bytes, total_bytes_per_chip, compiler_flops, analytic_flops, ... as JSON")
   p.add_argument("--memory_only", action="store_true",
                  help="stop after the memory verdict (about a minute at paper scale); skip counting FLOPs")
+  p.add_argument("--decode", action="store_true",
+                 help="compile inference instead (the engine's prefill chunk and decode step over "
+                      "DecodeTarget.batch slots of DecodeTarget.context_len tokens): memory per chip, the "
+                      "HBM-bandwidth floor and projected ms per token; e.g. "
+                      "--gin_file=configs/inference/ministral14b_262k_v5e8.gin --decode --largest_batch")
+  p.add_argument("--batch", type=int, default=None, help="--decode: cache slots (default: DecodeTarget.batch)")
+  p.add_argument("--context_len", type=int, default=None,
+                 help="--decode: tokens per slot (default: DecodeTarget.context_len)")
+  p.add_argument("--largest_batch", action="store_true",
+                 help="--decode: also find and compile the largest batch that fits (memory is linear in it)")
 
   p = _add(commands, "generate", "Write a passage from a prompt with a trained run, in the run's vocabulary "
            "(xbook's, or a pretrained tokenizer.json, tekken.json or tokenizer.model).",
