@@ -4,6 +4,9 @@ Parameters carry logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `head_
 activations are constrained to the `activation_*` names of xbook.model.axes. The logical axis rules in force
 (xbook.train.partitioning) map both to mesh axes.
 
+With `config.lora`, the targeted projections (attention's q, k, v, o; the MLP's gate, up, down) add the
+term of their low-rank adapters (`lora_delta`, xbook.model.lora), created beside the base kernel.
+
 Decoding (xbook.infer.decode) runs the same modules with a `LayerCache`: the keys and values of the tokens
 seen before, which the new tokens' queries attend to beside their own. Without one (training, evaluation)
 the tokens given attend only to each other, with `config.attention`.

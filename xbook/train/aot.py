@@ -12,6 +12,12 @@ abstract devices from libtpu), shardings, attention, remat and microbatches. Fro
   count as computed, so the comparison is with the analytic count of full (non-causal) attention;
 * a projected step time and tokens/s at an assumed MFU (model FLOPs with the causal mask, the
   convention of `train`'s `mfu` metric).
+
+A LoRA config (DecoderConfig.lora) trains the adapters only: its base is frozen, so the backward pass
+computes no weight gradients of the base's matrices (4 FLOPs per matmul parameter and token, not 6),
+and the optimizer state is the adapters'. Its report carries the full fine-tune of the same model on
+the same slice beside it (`full_finetune`: the config without `lora`, master weights in the adapters'
+dtype as the full paper configs keep theirs), compiled for memory only.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import math
 import re
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import gin
 import jax
@@ -117,6 +123,12 @@ class CompileReport:
   projected_step_s: float
   projected_tokens_per_s: float
   compile_s: float
+  trainable_params: int = 0  # LoRA: the adapters; else every parameter
+  lora_rank: int | None = None
+  adapter_dtype: str | None = None  # LoRA: of the adapters and their Adam moments (the base: param_dtype)
+  # LoRA configs: the full fine-tune of the same model on the same slice, for comparison (memory only):
+  # {"total_bytes_per_chip", "fits", "param_bytes", "opt_state_bytes", "param_dtype", "projected_step_s"}.
+  full_finetune: Mapping[str, Any] | None = None
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -135,15 +147,50 @@ def predicted_flops_ratio(trainer: Trainer) -> float | None:
   if config.remat not in ("none", "full"):
     return None
   tokens = trainer.batch_size * trainer.seq_len
-  matmuls = 6.0 * flops.matmul_params(config) * tokens
+  frozen = config.lora is not None  # no weight gradients: forward 2 + input gradients 2 per parameter
+  matmuls = (4.0 if frozen else 6.0) * flops.matmul_params(config) * tokens
   attention = tokens * (flops.training_flops_per_token(config, trainer.seq_len, causal=False)
                         - 6.0 * flops.matmul_params(config))
   flash = config.attention != "dense"
   if config.remat == "none":
     matmul_factor, attention_factor = 1.0, (7 / 6 if flash else 1.0)
-  else:
-    matmul_factor, attention_factor = 4 / 3, (9 / 6 if flash else 4 / 3)
+  else:  # the forward once more: 2 on 6 (4/3), or 2 on 4 (3/2) with a frozen base
+    matmul_factor, attention_factor = (3 / 2 if frozen else 4 / 3), (9 / 6 if flash else 4 / 3)
   return (matmuls * matmul_factor + attention * attention_factor) / (matmuls + attention)
+
+
+def step_flops(trainer: Trainer, causal: bool) -> float:
+  """Analytic FLOPs of one train step (xbook.train.flops), with the causal mask or full attention. A LoRA
+  config's frozen base computes no weight gradients (2 FLOPs per matmul parameter and token fewer); its
+  adapters train in full (6 per adapter parameter and token)."""
+  config = trainer.model_config
+  tokens = trainer.batch_size * trainer.seq_len
+  per_token = flops.training_flops_per_token(config, trainer.seq_len, causal=causal)
+  if config.lora is not None:
+    per_token += 6.0 * config.lora_params() - 2.0 * flops.matmul_params(config)
+  return tokens * per_token
+
+
+def full_finetune_of(trainer: Trainer) -> Trainer:
+  """The full fine-tune a LoRA trainer is compared with: the same model, slice, mesh and batch without
+  adapters, its master weights in the adapters' dtype."""
+  lora = trainer.model_config.lora
+  config = dataclasses.replace(trainer.model_config, lora=None, param_dtype=lora.param_dtype)
+  return dataclasses.replace(trainer, model_config=config)
+
+
+def _memory_total(memory: Mapping[str, int]) -> int:
+  return memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["code"]
+
+
+def _full_finetune_report(trainer: Trainer, hbm_bytes: int, step_s: Callable[[Trainer], float]) -> dict[str, Any]:
+  """Memory (compiled) and projected step time of full_finetune_of(trainer)."""
+  full = full_finetune_of(trainer)
+  log.info("compiling the full fine-tune of the same model for comparison (memory only)")
+  total = _memory_total(step_memory(full))
+  return {"total_bytes_per_chip": total, "fits": total <= hbm_bytes, "param_dtype": full.model_config.param_dtype,
+          "param_bytes": _bytes_per_chip(full.abstract_state.params),
+          "opt_state_bytes": _bytes_per_chip(full.abstract_state.opt_state), "projected_step_s": step_s(full)}
 
 
 def _cost_flops(compiled: jax.stages.Compiled) -> float:
@@ -231,7 +278,7 @@ def compile_for_tpu(target: TpuTarget, make_trainer: Callable[[list[jax.Device]]
   began = time.perf_counter()
   memory = step_memory(trainer)
   compile_s = time.perf_counter() - began
-  total = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["code"])
+  total = _memory_total(memory)
   fits = total <= tpu_slice.generation.hbm_bytes
   log.info("the step needs %s per chip of %.0f GiB HBM (%s; compiled in %.0f s)", _bytes(total),
            tpu_slice.generation.hbm_bytes / 2**30, "fits" if fits else "does NOT fit", compile_s)
@@ -240,19 +287,22 @@ def compile_for_tpu(target: TpuTarget, make_trainer: Callable[[list[jax.Device]]
     log.info("counting FLOPs on unrolled 1- and 2-layer probes of the step")
     compiler = compiler_flops_per_step(trainer, devices)
   tokens = trainer.batch_size * trainer.seq_len
-  analytic = tokens * flops.training_flops_per_token(trainer.model_config, trainer.seq_len, causal=False)
-  causal = tokens * flops.training_flops_per_token(trainer.model_config, trainer.seq_len, causal=True)
+  analytic, causal = step_flops(trainer, causal=False), step_flops(trainer, causal=True)
   predicted = predicted_flops_ratio(trainer)
   ratio = None if compiler is None else compiler / analytic
   peak = flops.peak_flops_per_device(devices[0])
-  step_s = causal / (len(devices) * peak * assumed_mfu)
+  projected = lambda t: step_flops(t, causal=True) / (len(devices) * peak * assumed_mfu)  # noqa: E731
+  step_s = projected(trainer)
+  lora = trainer.model_config.lora
+  full = None if lora is None else _full_finetune_report(trainer, tpu_slice.generation.hbm_bytes, projected)
+  trainable = trainer.model_config.lora_params() if lora else trainer.model_config.num_params()
   return CompileReport(
       accelerator=tpu_slice.accelerator_type, topology=tpu_slice.topology_name, num_slices=num_slices,
       chips=len(devices), mesh=dict(trainer.mesh.shape), batch_size=trainer.batch_size,
       seq_len=trainer.seq_len, params=trainer.model_config.num_params(),
       remat=trainer.model_config.remat, attention=trainer.model_config.attention,
       compute_dtype=trainer.model_config.dtype, param_dtype=trainer.model_config.param_dtype,
-      mu_dtype=trainer.optimizer_config.mu_dtype or trainer.model_config.param_dtype,
+      mu_dtype=trainer.optimizer_config.mu_dtype or (lora.param_dtype if lora else trainer.model_config.param_dtype),
       param_bytes=_bytes_per_chip(trainer.abstract_state.params),
       opt_state_bytes=_bytes_per_chip(trainer.abstract_state.opt_state),
       hbm_bytes=tpu_slice.generation.hbm_bytes, argument_bytes=memory["argument"],
@@ -262,7 +312,8 @@ def compile_for_tpu(target: TpuTarget, make_trainer: Callable[[list[jax.Device]]
       flops_ratio=ratio, predicted_ratio=predicted,
       ratio_ok=None if None in (ratio, predicted) else abs(ratio / predicted - 1) <= RATIO_TOLERANCE,
       assumed_mfu=assumed_mfu, projected_step_s=step_s, projected_tokens_per_s=tokens / step_s,
-      compile_s=compile_s)
+      compile_s=compile_s, trainable_params=trainable, lora_rank=lora.rank if lora else None,
+      adapter_dtype=lora.param_dtype if lora else None, full_finetune=full)
 
 
 def _count(n: float) -> str:
@@ -298,8 +349,12 @@ def format_report(report: CompileReport) -> str:
       f"mesh {report.mesh}",
       f"model {_count(report.params)} parameters, attention {report.attention}, remat "
       f"{report.remat}; batch {report.batch_size} x {report.seq_len:,} tokens",
+      *([f"LoRA rank {report.lora_rank}: {_count(report.trainable_params)} trainable adapter parameters on a "
+         f"frozen base in {report.param_dtype}"] if report.lora_rank else []),
       f"precision: compute {report.compute_dtype}, parameters {report.param_dtype}, Adam first "
-      f"moment {report.mu_dtype}, second moment {report.param_dtype}",
+      f"moment {report.mu_dtype}, second moment {report.param_dtype}" if report.lora_rank is None else
+      f"precision: compute {report.compute_dtype}, frozen base {report.param_dtype}, adapters "
+      f"{report.adapter_dtype}, Adam first moment {report.mu_dtype}, second moment {report.adapter_dtype}",
       "memory per chip:",
       f"  arguments     {_bytes(report.argument_bytes):>12}: parameters {_bytes(report.param_bytes)}, "
       f"optimizer state {_bytes(report.opt_state_bytes)}, the batch",
@@ -330,6 +385,15 @@ def format_report(report: CompileReport) -> str:
                  f"(within {RATIO_TOLERANCE:.0%})")
   lines.append(f"projected at {report.assumed_mfu:.0%} MFU: {_seconds(report.projected_step_s)}/step, "
                f"{_count(report.projected_tokens_per_s)} tokens/s ({report.compile_s:.0f} s to compile)")
+  full = report.full_finetune
+  if full is not None:
+    lines += [
+        f"full fine-tune of the same model on the same slice ({full['param_dtype']} master weights):",
+        f"  memory per chip {_bytes(full['total_bytes_per_chip']):>12} of {report.hbm_bytes / 2**30:.0f} GiB HBM: "
+        f"{'fits' if full['fits'] else 'DOES NOT FIT'} ({_percent(full['total_bytes_per_chip'] / report.hbm_bytes)}; "
+        f"parameters {_bytes(full['param_bytes'])}, optimizer state {_bytes(full['opt_state_bytes'])}), "
+        f"LoRA {_bytes(report.total_bytes_per_chip)}",
+        f"  projected {_seconds(full['projected_step_s'])}/step, LoRA {_seconds(report.projected_step_s)}/step"]
   return "\n".join(lines)
 
 
