@@ -184,7 +184,8 @@ def split_records(scaffold_files: Sequence[str | Path], split: str) -> list[dict
 
 def segment_text_sizes(records: Sequence[Mapping[str, Any]], plan_order: str, marker_style: str
                        ) -> dict[str, tuple[int, int]]:
-  """{kind: (words, UTF-8 bytes)} of the segment bodies (markers left out) of the records' trajectories."""
+  """{kind: (words, UTF-8 bytes)} of the whole segment bodies (markers left out) of the records'
+  trajectories: what ScoredText counts when every token is scored (coverage 1), more when plans were cut."""
   sizes = {kind: [0, 0] for kind in trajectory.SEGMENT_KINDS}
   end = trajectory.markers(marker_style)[1]
   for record in records:
@@ -248,7 +249,8 @@ def scaffold_perplexity(model: Decoder, params: Any, vocabulary: Any, scaffold_f
                               "books": len(records)}
   if results["scaffolds/all"]["coverage"] < 1:
     log.warning("held-out perplexity: the windows view scored %d of %d trajectory tokens (long plans "
-                "cut at sequence length %d)", sums["count"].sum(), sum(expected.values()), seq_len)
+                "cut at sequence length %d); per word and per byte count the scored part only",
+                sums["count"].sum(), sum(expected.values()), seq_len)
   return results
 
 
