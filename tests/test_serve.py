@@ -8,6 +8,7 @@ Greedy answers are compared with `decode.generate` run in the test process on th
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -222,6 +223,109 @@ def test_a_client_leaving_before_its_whole_answer_frees_its_row(url, name, clien
     time.sleep(0.05)
   assert health["cancelled"] == before["cancelled"] + 1, health
   assert client.completions.create(model=name, prompt=PROMPT, max_tokens=2, temperature=0).choices
+
+
+def test_32_concurrent_openai_clients_all_get_their_answers(client, name, run, url):
+  """32 clients at once over 8 slots: each answer equals the request's greedy answer alone."""
+  prompts = [f"{PROMPT} Chapter {i} of the book." for i in range(32)]
+  answers: dict[int, str] = {}
+
+  def ask(i: int) -> None:
+    answers[i] = client.completions.create(model=name, prompt=prompts[i], max_tokens=8,
+                                           temperature=0).choices[0].text
+
+  threads = [threading.Thread(target=ask, args=(i,)) for i in range(32)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  for i, prompt in enumerate(prompts):
+    assert answers[i] == _greedy(run, [run.vocabulary.bos_id, *run.vocabulary.encode(prompt)], 8).text, i
+  assert _health(url)["max_batch_seen"] >= 4
+
+
+REGEX = r"[a-z]{3,8}( [a-z]{2,8}){2,4}\."
+
+
+def test_structured_outputs_of_vllm_and_openai_fields_always_parse(url, name, client):
+  regex_answers = []
+  for seed in range(3):
+    answer = httpx.post(f"{url}/completions", timeout=60, json={
+        "model": name, "prompt": PROMPT, "max_tokens": 60, "temperature": 1.0, "seed": seed,
+        "structured_outputs": {"regex": REGEX}}).json()
+    regex_answers.append(answer["choices"][0]["text"])
+  assert all(re.fullmatch(REGEX, text) for text in regex_answers), regex_answers
+  choice = client.completions.create(model=name, prompt=PROMPT, max_tokens=10, temperature=1.0, seed=4,
+                                     extra_body={"guided_choice": ["ghost", "miser", "bell"]})
+  assert choice.choices[0].text in ("ghost", "miser", "bell")
+  schema = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 20},
+                                             "chapters": {"type": "integer"}},
+            "required": ["title", "chapters"], "additionalProperties": False}
+  chat = client.chat.completions.create(
+      model=name, messages=[{"role": "user", "content": PROMPT}], max_tokens=80, temperature=0.7, seed=1,
+      response_format={"type": "json_schema", "json_schema": {"name": "book", "schema": schema}})
+  parsed = json.loads(chat.choices[0].message.content)
+  assert isinstance(parsed["chapters"], int) and len(parsed["title"]) <= 20
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"structured_outputs": {"regex": "[a-"}}, "invalid grammar: regex"),
+    ({"guided_grammar": "start: missing_rule"}, "invalid grammar: grammar"),
+    ({"guided_json": "{not json"}, "invalid grammar: json"),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "exactly one of"),
+    ({"guided_regex": "a", "guided_choice": ["b"]}, "both constrain"),
+    ({"logprobs": 3}, "logprobs: not supported"),
+    ({"echo": True}, "echo: not supported"),
+    ({"n": 2}, "only n=1"),
+])
+def test_invalid_grammars_and_unsupported_fields_get_a_400(url, name, body, words):
+  answer = httpx.post(f"{url}/completions", timeout=30, json={"model": name, "prompt": PROMPT} | body)
+  assert answer.status_code == 400, answer.text
+  assert words in answer.json()["error"]["message"]
+
+
+def test_metrics_parse_with_prometheus_client(url, client, name):
+  from prometheus_client.parser import text_string_to_metric_families
+  client.completions.create(model=name, prompt=PROMPT + " Again.", max_tokens=4, temperature=0)
+  client.completions.create(model=name, prompt=PROMPT + " Again. And again.", max_tokens=4, temperature=0)
+  answer = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=30)
+  assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+  families = {f.name: f for f in text_string_to_metric_families(answer.text)}
+  for name_ in ("xbook_requests_running", "xbook_requests_waiting", "xbook_kv_cache_usage_ratio",
+                "xbook_generation_tokens_per_second", "xbook_time_to_first_token_seconds",
+                "xbook_prefix_cache_hits", "xbook_prefix_cache_reused_tokens", "xbook_generation_tokens"):
+    assert name_ in families, sorted(families)
+  value = {s.name: s.value for f in families.values() for s in f.samples}
+  assert value["xbook_prefix_cache_hits_total"] >= 1 and value["xbook_prefix_cache_reused_tokens_total"] > 0
+  assert value["xbook_time_to_first_token_seconds_count"] >= 2
+
+
+def test_a_full_queue_is_answered_503_with_retry_after(run_dir):
+  """One slot and one waiting place: a third request, while the first decodes and the second waits, is
+  turned away with 503 and Retry-After; the first two are answered."""
+  args = ("--max_tokens", "1000", "--context_len", str(CONTEXT), "--max_batch", "1", "--max_waiting", "1")
+  with start_server_process(run_dir, args=args) as (_, url):
+    body = {"prompt": PROMPT, "max_tokens": 900, "temperature": 0, "ignore_eos": True}
+    results: dict[int, int] = {}
+
+    def ask(i: int) -> None:
+      results[i] = httpx.post(f"{url}/completions", json=body, timeout=120).status_code
+
+    first = threading.Thread(target=ask, args=(0,))
+    first.start()
+    deadline = time.monotonic() + 30
+    while _health(url)["running"] < 1 and time.monotonic() < deadline:
+      time.sleep(0.01)
+    second = threading.Thread(target=ask, args=(1,))
+    second.start()
+    while _health(url)["waiting"] < 1 and time.monotonic() < deadline:
+      time.sleep(0.01)
+    third = httpx.post(f"{url}/completions", json=body, timeout=30)
+    assert third.status_code == 503 and third.headers["retry-after"] == "1", third.text
+    assert "at capacity" in third.json()["error"]["message"]
+    first.join()
+    second.join()
+    assert results == {0: 200, 1: 200}
 
 
 def test_a_busy_port_is_reported_before_the_model_loads(url, run_dir):

@@ -542,6 +542,11 @@ def _bench_attention(args: argparse.Namespace) -> int:
   return attention_bench.run(args)
 
 
+def _bench_serve(args: argparse.Namespace) -> int:
+  from xbook.infer import serve_bench
+  return serve_bench.run(args)
+
+
 def _bench_decode(args: argparse.Namespace) -> int:
   from xbook.infer import decode_bench
   return decode_bench.run(args)
@@ -638,10 +643,14 @@ def _check_prompt_fits(args: argparse.Namespace, run) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
   from xbook.infer import generate_passage, load_run
-  run = load_run(args.run_dir, step=args.step)
+  mesh = rules = None
+  if (mesh_config := _mesh_config(args)) is not None:
+    from xbook.infer.placement import inference_mesh
+    mesh, rules = inference_mesh(mesh_config, args.shard_cache_length)
+  run = load_run(args.run_dir, step=args.step, mesh=mesh, rules=rules)
   _check_prompt_fits(args, run)
   text = generate_passage(run, args.prompt, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+                          temperature=args.temperature, top_k=args.top_k, seed=args.seed, mesh=mesh, rules=rules)
   print(json.dumps({"step": run.step, "prompt": args.prompt, "text": text}) if args.json
         else f"[step {run.step}] {args.prompt}\n---\n{text}")
   return 0
@@ -649,9 +658,29 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _write(args: argparse.Namespace) -> int:
   from xbook.gin_flags import configured
-  from xbook.infer.writer import WriteConfig, write_book
-  book = write_book(args.run_dir, args.prompt, args.out, seed=args.seed, step=args.step, profile=args.profile,
-                    config=configured(WriteConfig), overwrite=args.overwrite)
+  from xbook.infer import write_books
+  from xbook.infer.writer import WriteConfig, check_out_folder
+  if (args.prompt is None) == (args.prompts is None):
+    raise cli_gin.GinConfigError("xbook write takes --prompt (one book) or --prompts FILE (many books), not "
+                                 f"{'both' if args.prompt is not None else 'neither'}")
+  config = configured(WriteConfig)
+  books = write_books.read_prompts(args.prompts, args.seed) if args.prompts else None
+  if books is None:
+    if not args.prompt.strip():
+      raise ValueError("the prompt is empty: say what book to write, e.g. --prompt 'Write a ghost story'")
+    check_out_folder(Path(args.out), args.overwrite)  # before the run is loaded
+  api_key = os.environ.get(args.api_key_env) if args.base_url else None
+  backend = write_books.open_backend(
+      args.run_dir, config=config, step=args.step, slots=min(len(books), args.concurrency) if books else 1,
+      mesh_config=_mesh_config(args), shard_cache_length=args.shard_cache_length, base_url=args.base_url,
+      model=args.model, api_key=api_key)
+  try:
+    if books is not None:
+      return _write_many(args, backend, books, config)
+    book = write_books.write_book(backend, args.prompt, args.out, seed=args.seed, config=config,
+                                  profile=args.profile, overwrite=args.overwrite)
+  finally:
+    backend.close()
   words = sum(len(t.split()) for c in book["chapters"] for t in c["texts"])
   summary = {"markdown": book["markdown"], "json": book["json"], "chapters": len(book["chapters"]),
              "scenes": sum(len(c["texts"]) for c in book["chapters"]), "words": words,
@@ -659,6 +688,30 @@ def _write(args: argparse.Namespace) -> int:
   print(json.dumps(summary) if args.json else
         f"wrote {summary['chapters']} chapters, {summary['scenes']} scenes, {words:,} words "
         f"({summary['tokens']:,} tokens): {book['markdown']} and {book['json']}")
+  return 0
+
+
+def _write_many(args: argparse.Namespace, backend, books, config) -> int:
+  """`xbook write --prompts`: every book at once, a table of them, exit status 1 if any failed."""
+  from xbook.infer import write_books
+  results = write_books.write_books(backend, books, args.out, config=config, profile=args.profile,
+                                    overwrite=args.overwrite, concurrency=args.concurrency)
+  if args.json:
+    print(json.dumps(results))
+  else:
+    print(f"{'book':24} {'status':8} {'chapters':>8} {'words':>8} {'tokens':>8} {'prefill/new':>11}  folder or reason")
+    for r in results:
+      if r["status"] == "done":
+        ratio = r["prefill_per_new_token"]
+        print(f"{r['name']:24} {'done':8} {r['chapters']:>8} {r['words']:>8,} {r['tokens']:>8,} "
+              f"{'-' if ratio is None else f'{ratio:.2f}':>11}  {r['folder']}")
+      else:
+        print(f"{r['name']:24} {'FAILED':8} {'':>8} {'':>8} {'':>8} {'':>11}  {r['reason']}")
+  failed = [r["name"] for r in results if r["status"] != "done"]
+  if failed:
+    print(f"error: {len(failed)} of {len(results)} books failed ({', '.join(failed)}); their reasons are above. "
+          "Rerun the same command to retry them (the finished books are kept)", file=sys.stderr)
+    return 1
   return 0
 
 
@@ -959,6 +1012,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            "xbook bench decode --run_dir runs/demo\nxbook bench decode --run_dir runs/demo --no_transformers --json",
            _bench_decode)
   deferred[("bench", "decode")] = (p, "xbook.infer.decode_bench")
+  p = _add(bench, "serve", "Serving benchmark of a run (as vLLM's): clients with mixed prompt and answer lengths "
+           "against a real xbook serve, continuous and static batching: throughput against one client at a time, "
+           "p50/p99 time to first token and inter-token latency, a short request's latency behind a long one.",
+           "xbook bench serve --run_dir runs/demo --clients 16 --requests 4", _bench_serve)
+  deferred[("bench", "serve")] = (p, "xbook.infer.serve_bench")
   if (_BENCHMARKS / "input.py").is_file():  # a source tree (benchmarks/ is not installed)
     p = _add(bench, "input", "Input pipeline: seconds to the first batch of a fresh run and of runs resumed at "
              "batch N (example counts unknown, then kept), batches/s after the first; on the scaffolds of real "
@@ -1018,6 +1076,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
   p.add_argument("--top_k", type=int, default=40)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", action="store_true")
+  _add_mesh_flags(p)
 
   p = _add(commands, "write", "Write a whole book from a prompt with a trained run, stage by stage (premise, "
            "synopsis, outline, then per chapter its scene plans and scene texts), each stage's context built "
@@ -1025,13 +1084,31 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            "book.json (every stage, its sampling, tokens and timings) and a journal: rerun the same command "
            "after a kill to continue the same book. Sampling and budgets: WriteConfig in gin.",
            'xbook write --run_dir runs/demo --prompt "Write a ghost story set at Christmas." --out book/ --seed 7\n'
-           'xbook write --run_dir runs/demo --prompt "..." --out book/ --gin.WriteConfig.text_temperature=0.6',
+           'xbook write --run_dir runs/demo --prompt "..." --out book/ --gin.WriteConfig.text_temperature=0.6\n'
+           'xbook write --run_dir runs/paper_demo --prompts prompts.jsonl --out books/\n'
+           'xbook write --run_dir runs/paper_demo --prompt "..." --out book/ --base_url http://127.0.0.1:8000/v1 '
+           '--model paper_demo',
            _write, gin_modules=("xbook.infer.writer",))
-  p.add_argument("--run_dir", required=True)
-  p.add_argument("--prompt", required=True, help="what book to write (the trajectory's prompt)")
-  p.add_argument("--out", required=True, help="output folder (book.md, book.json, journal.jsonl)")
-  p.set_defaults(path_flags=("out",))
-  p.add_argument("--seed", type=int, default=0, help="the book's seed (each stage derives its own)")
+  p.add_argument("--run_dir", required=True,
+                 help="the run (its weights, or with --base_url only its vocabulary and format)")
+  p.add_argument("--prompt", default=None, help="what book to write (the trajectory's prompt)")
+  p.add_argument("--prompts", default=None,
+                 help="many books at once: a JSONL file of {\"prompt\", \"name\", \"seed\"} lines or a text "
+                      "file of one prompt per line (NAME<TAB>PROMPT, NAME<TAB>SEED<TAB>PROMPT); each book is "
+                      "written to OUT/NAME (default book-001, ...) and resumes on its own")
+  p.add_argument("--out", required=True, help="output folder (book.md, book.json, journal.jsonl; with "
+                                              "--prompts one folder per book under it)")
+  p.set_defaults(path_flags=("out", "prompts"))
+  p.add_argument("--seed", type=int, default=0, help="the book's seed (each stage derives its own; with "
+                                                     "--prompts the seed of lines that give none)")
+  p.add_argument("--concurrency", type=int, default=8,
+                 help="--prompts: books written at once (the engine's slots, or requests in flight)")
+  p.add_argument("--base_url", default=None,
+                 help="decode on an OpenAI-compatible server honouring vLLM's structured_outputs (vLLM, or "
+                      "xbook serve), e.g. http://127.0.0.1:8000/v1, instead of loading the weights here")
+  p.add_argument("--model", default=None, help="--base_url: the model name the server serves the run under")
+  p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="--base_url: the variable holding the API key")
+  _add_mesh_flags(p)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--profile", default=None, choices=("24b_first_chapter", "14b_full_book"),
                  help="write in this profile of the paper's stage protocol (default: the format and "

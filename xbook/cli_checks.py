@@ -66,6 +66,9 @@ RANGES: dict[str, Range] = {
     "batch_window_ms": NOT_NEGATIVE, "sync_every": AT_LEAST_ONE, "baseline_limit": AT_LEAST_ONE,
     "batch_size": AT_LEAST_ONE, "judge_samples": AT_LEAST_ONE, "judge_concurrency": AT_LEAST_ONE,
     "judge_max_pairs": AT_LEAST_ONE,
+    # the inference engine (serve, write, compile --decode, bench serve)
+    "max_waiting": AT_LEAST_ONE, "prefill_chunk": AT_LEAST_ONE, "batch": AT_LEAST_ONE, "clients": AT_LEAST_ONE,
+    "requests": AT_LEAST_ONE, "short_tokens": AT_LEAST_ONE, "long_tokens": AT_LEAST_ONE,
 }
 
 

@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--no_transformers", action="store_true", help="skip the transformers comparison")
   parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPU count)")
   parser.add_argument("--json", action="store_true")
+  parser.add_argument("--mesh", default=None, metavar="AXIS=N,...",
+                      help="decode on a device mesh, e.g. tensor=4,sequence=2 (xbook.infer.placement)")
+  parser.add_argument("--shard_cache_length", action="store_true",
+                      help="with --mesh: shard the KV cache's length over the sequence axis")
 
 
 def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -67,16 +71,17 @@ def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
   return rng.integers(3, vocab, (batch, length)).tolist()
 
 
-def _xbook_figures(params: Any, config: Any, args: argparse.Namespace, contexts: list[int]
-                   ) -> tuple[dict[str, Any], list[int]]:
-  """xbook's figures, and its greedy tokens after the batch-1 decode prompt."""
+def _xbook_figures(params: Any, config: Any, args: argparse.Namespace, contexts: list[int], mesh: Any = None,
+                   rules: Any = None) -> tuple[dict[str, Any], list[int]]:
+  """xbook's figures, and its greedy tokens after the batch-1 decode prompt (on `mesh` when given)."""
   from xbook.infer import decode
-  params = decode.place_params(params, config)
+  params = decode.place_params(params, config, mesh=mesh, rules=rules)
+  on = dict(mesh=mesh, rules=rules)
 
   def timed(prompts: list[list[int]], max_tokens: int) -> tuple[float, float, list[int]]:
     """Median prefill and decode seconds, and the first row's tokens."""
-    decode.generate(params, config, prompts, max_tokens=max_tokens)  # warm-up: compiles this shape
-    runs = [decode.generate(params, config, prompts, max_tokens=max_tokens)[0] for _ in range(args.repeats)]
+    decode.generate(params, config, prompts, max_tokens=max_tokens, **on)  # warm-up: compiles this shape
+    runs = [decode.generate(params, config, prompts, max_tokens=max_tokens, **on)[0] for _ in range(args.repeats)]
     return (statistics.median(c.prefill_s for c in runs), statistics.median(c.decode_s for c in runs),
             runs[0].token_ids)
 
@@ -206,11 +211,15 @@ def run(args: argparse.Namespace) -> int:
   contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
   if args.tokens < 2 or any(c <= args.tokens for c in contexts):
     raise SystemExit(f"error: --tokens {args.tokens} must be at least 2 and below every context ({contexts})")
-  run_ = load_run(args.run_dir, step=args.step)
+  mesh = rules = None
+  if args.mesh:
+    from xbook.infer.placement import inference_mesh, parse_mesh_flag
+    mesh, rules = inference_mesh(parse_mesh_flag(args.mesh), args.shard_cache_length)
+  run_ = load_run(args.run_dir, step=args.step, mesh=mesh, rules=rules)
   config = run_.model.config
   figures: dict[str, Any] = {"step": run_.step, "params": config.num_params(), "dtype": config.dtype,
                              "param_dtype": config.param_dtype, "tokens": args.tokens}
-  xbook, greedy = _xbook_figures(run_.params, config, args, contexts)
+  xbook, greedy = _xbook_figures(run_.params, config, args, contexts, mesh, rules)
   figures.update(xbook)
   if not args.no_transformers:
     figures.update(_transformers_figures(run_.params, config, args, contexts, greedy))

@@ -492,7 +492,7 @@ class Engine:
         done, row.ended = True, "stop"
     if stop_token >= 0:
       row.stop_token = stop_token
-    if not done and row.stops.check(0, row.generated):
+    if row.stops.check(0, row.generated):  # recorded even when the row ended otherwise: its text is cut there
       done = True
     if not done and handle.cancelled:
       done, row.ended = True, "cancelled"

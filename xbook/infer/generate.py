@@ -194,7 +194,8 @@ def sample_tokens(run: LoadedRun, prefix_ids: list[int], *, max_new_tokens: int,
 
 
 def generate_passage(run: LoadedRun, prompt: str, *, max_new_tokens: int = 128,
-                     temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
+                     temperature: float = 0.8, top_k: int = 40, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
+                     rules: Any = None) -> str:
   """Text the model writes after a user's prompt (markers included, so the plan levels show), with the
   KV-cache decoder (xbook.infer.decode); it stops at the vocabulary's EOS.
 
@@ -206,5 +207,6 @@ def generate_passage(run: LoadedRun, prompt: str, *, max_new_tokens: int = 128,
   sampling = decode.SamplingParams(temperature=temperature, top_k=top_k, seed=seed)
   [completion] = decode.generate(
       run.params, run.model.config, [[vocabulary.bos_id, *prompt_ids(prompt, vocabulary)]], sampling,
-      max_tokens=max_new_tokens, stop_token_ids=[vocabulary.eos_id], vocab_size_limit=vocabulary.size)
+      max_tokens=max_new_tokens, stop_token_ids=[vocabulary.eos_id], vocab_size_limit=vocabulary.size,
+      mesh=mesh, rules=rules)
   return vocabulary.decode(completion.token_ids)

@@ -89,6 +89,7 @@ class ServedModel:
   max_tokens: int
   mesh: Any = None
   rules: Any = None
+  chat_template: Any = None  # xbook.infer.chat_template.ChatTemplate of an imported model's vocabulary, or None
   _llg_tokenizer: Any = None
 
   def llg_tokenizer(self) -> Any:
@@ -113,7 +114,19 @@ def load_model(run_dir: str | os.PathLike[str], *, step: int | None = None, name
   return ServedModel(name=name or f"{Path(run_dir).resolve().name}@{run.step}", step=run.step,
                      config=run.model.config, params=params, vocabulary=run.vocabulary,
                      context_len=int(context_len), max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens,
-                     mesh=mesh, rules=rules)
+                     mesh=mesh, rules=rules, chat_template=_chat_template(run.vocabulary))
+
+
+def _chat_template(vocabulary: Any) -> Any:
+  """The chat template beside the run's tokenizer files (an instruct model's tokenizer_config.json), or None."""
+  from xbook.infer.chat_template import ChatTemplateError, load_chat_template  # noqa: PLC0415
+  path = Path(str(vocabulary.path))
+  try:
+    template = load_chat_template(path if path.is_dir() else path.parent)
+  except (ChatTemplateError, OSError):
+    return None
+  log.info("chat requests are rendered with the model's chat template (%s)", template.origin)
+  return template
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -195,9 +208,13 @@ def parse_request(kind: str, body: Any, model: ServedModel) -> Request:
                             min_p=float(min_p), seed=seed,
                             max_tokens=max(1, min(max_tokens, model.max_tokens, room)), stop=_stops(body))
   eos = model.vocabulary.eos_id
+  stop_ids = _field(body, "stop_token_ids", (list,), [], "a list of token ids")
+  if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in stop_ids) or len(stop_ids) > 15:
+    raise RequestError(400, "stop_token_ids: expected at most 15 token ids (integers >= 0)", "stop_token_ids")
+  stop_token_ids = tuple(sorted(set(stop_ids) | (set() if ignore_eos or eos is None else {eos})))
   return Request(kind=kind, ids=ids, sampling=sampling, stream=stream,
                  include_usage=bool(options.get("include_usage")),
-                 stop_token_ids=() if ignore_eos or eos is None else (eos,), grammar=_grammar(body, model))
+                 stop_token_ids=stop_token_ids, grammar=_grammar(body, model))
 
 
 def _grammar(body: dict[str, Any], model: ServedModel) -> str | None:
@@ -211,11 +228,17 @@ def _grammar(body: dict[str, Any], model: ServedModel) -> str | None:
 
 
 def _completion_ids(body: dict[str, Any], model: ServedModel) -> list[int]:
+  """A string prompt encoded after the vocabulary's BOS; a list of token ids (OpenAI's and vLLM's token
+  prompt) taken as the exact model input."""
   prompt = body.get("prompt")
-  if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+  if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
     prompt = prompt[0]
+  if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+    if not all(0 <= t < model.vocabulary.size for t in prompt):
+      raise RequestError(400, f"prompt: token ids must be in [0, {model.vocabulary.size})", "prompt")
+    return list(prompt)
   if not isinstance(prompt, str):
-    raise RequestError(400, "prompt: expected a string (one prompt per request)", "prompt")
+    raise RequestError(400, "prompt: expected a string or a list of token ids (one prompt per request)", "prompt")
   return [model.vocabulary.bos_id, *model.vocabulary.encode(prompt)]
 
 
@@ -226,6 +249,8 @@ def _chat_ids(body: dict[str, Any], model: ServedModel) -> list[int]:
       or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
     raise RequestError(400, "messages: expected a non-empty list of {role, content} objects with string "
                             "content", "messages")
+  if model.chat_template is not None:
+    return _templated_ids(messages, model)
   prompt = "\n\n".join(m["content"].strip() for m in messages)
   vocabulary = model.vocabulary
   overhead = len(prompt_ids("", vocabulary))
@@ -233,6 +258,22 @@ def _chat_ids(body: dict[str, Any], model: ServedModel) -> list[int]:
   if len(body_ids) + overhead > model.max_prompt_tokens:
     prompt = vocabulary.decode(body_ids[:max(1, model.max_prompt_tokens - overhead)])
   return [vocabulary.bos_id, *prompt_ids(prompt, vocabulary)]
+
+
+def _templated_ids(messages: list[dict[str, Any]], model: ServedModel) -> list[int]:
+  """The model's own chat template rendered as transformers renders it, then encoded (its special tokens,
+  BOS included, come from the template's text)."""
+  from xbook.infer.chat_template import ChatTemplateError  # noqa: PLC0415
+  try:
+    text = model.chat_template.render([{"role": m.get("role", "user"), "content": m["content"]} for m in messages],
+                                      add_generation_prompt=True)
+  except ChatTemplateError as error:
+    raise RequestError(400, f"messages: the model's chat template refused them ({error})", "messages") from error
+  ids = model.vocabulary.encode(text)
+  if len(ids) > model.max_prompt_tokens:
+    raise RequestError(400, f"messages: {len(ids)} tokens after the chat template, more than the server's "
+                            f"--max_prompt_tokens {model.max_prompt_tokens}; shorten them", "messages")
+  return ids
 
 
 # ----------------------------------------------------------------------------------------------- batcher
@@ -377,10 +418,12 @@ def _answer_id(kind: str) -> str:
   return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
 
 
-def _usage(completion: Any) -> dict[str, int]:
+def _usage(completion: Any) -> dict[str, Any]:
+  """OpenAI's usage, with the prompt tokens served from the prefix cache as vLLM reports them."""
   done = len(completion.token_ids)
   return {"prompt_tokens": completion.prompt_tokens, "completion_tokens": done,
-          "total_tokens": completion.prompt_tokens + done}
+          "total_tokens": completion.prompt_tokens + done,
+          "prompt_tokens_details": {"cached_tokens": getattr(completion, "cached_tokens", 0)}}
 
 
 def _finish_reason(completion: Any) -> str:
