@@ -45,6 +45,15 @@ ARCHITECTURES = {
 }
 
 
+# An instruct model's template in the Mistral style (written for this test): system text before the first
+# user turn, [INST] ... [/INST] around user turns, </s> after assistant turns.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns_system = message['content'] %}"
+    "{% elif message['role'] == 'user' %}[INST] {{ message['content'] }} [/INST]"
+    "{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+
+
 @pytest.fixture(scope="module")
 def tokenizer_dir(corpus_dir, tmp_path_factory):
   """A Mistral-style tokenizer folder: byte-level BPE of 1,000 ids trained on two novels, specials first."""
@@ -59,7 +68,7 @@ def tokenizer_dir(corpus_dir, tmp_path_factory):
   tokenizer.save(str(folder / "tokenizer.json"))
   (folder / "tokenizer_config.json").write_text(json.dumps(
       {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-       "tokenizer_class": "PreTrainedTokenizerFast"}))
+       "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHAT_TEMPLATE}))
   return folder
 
 
@@ -147,6 +156,23 @@ def test_a_pretrained_model_fine_tunes_and_goes_back_to_transformers(model_type,
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
   text = "“Marley was dead: to begin with.” — Ça va?"
   assert hf_tokenizer(text, add_special_tokens=False)["input_ids"] == vocabulary.encode(text)
+  if model_type == "mistral":
+    _serve_renders_the_chat_template_as_transformers(run_dir, transformers.AutoTokenizer.from_pretrained(tokenizer_dir))
+
+
+def _serve_renders_the_chat_template_as_transformers(run_dir, hf_tokenizer) -> None:
+  """xbook serve's chat endpoint on an imported instruct model's run: the model's own template (kept in the
+  run's vocab/ folder), rendered and encoded to the ids transformers' apply_chat_template gives."""
+  from xbook.infer import serve
+  model = serve.load_model(run_dir)
+  assert model.chat_template is not None
+  messages = [{"role": "user", "content": "Plan a ghost story."}, {"role": "assistant", "content": "A miser."},
+              {"role": "user", "content": "Now the first chapter — “in the fog”."}]
+  request = serve.parse_request("chat", {"messages": messages, "max_tokens": 4}, model)
+  want = hf_tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+  want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
+  assert request.ids == list(want)
+  assert request.ids[0] == model.vocabulary.bos_id
 
 
 def test_an_exported_run_imported_again_starts_where_it_ended(tokenizer_dir, scaffold_file, tmp_path,

@@ -20,6 +20,7 @@ import pytest
 
 from xbook.data import trajectory, vocab
 from xbook.gin_flags import configured
+from xbook.infer import write_books
 from xbook.infer import writer as writer_lib
 
 from tiny_runs import train_tiny
@@ -51,8 +52,17 @@ def _config(**changes) -> writer_lib.WriteConfig:
     gin.clear_config()
 
 
+def write_book(run_dir, prompt, out, *, seed, config, **options):
+  """One book on the engine, as `xbook write --run_dir --prompt` writes it."""
+  backend = write_books.open_backend(str(run_dir), config=config)
+  try:
+    return write_books.write_book(backend, prompt, out, seed=seed, config=config, **options)
+  finally:
+    backend.close()
+
+
 def test_a_run_writes_a_complete_book(run_dir, tmp_path):
-  book = writer_lib.write_book(str(run_dir), PROMPT, tmp_path / "book", seed=7, config=_config())
+  book = write_book(run_dir, PROMPT, tmp_path / "book", seed=7, config=_config())
   assert 1 <= len(book["chapters"]) <= 2
   for chapter in book["chapters"]:
     assert 1 <= len(chapter["scene_plans"]) <= 2 and len(chapter["texts"]) == len(chapter["scene_plans"])
@@ -219,7 +229,7 @@ def paper_run(tmp_path_factory, corpus_dir, vocab_path):
 def test_a_paper_run_writes_the_profile_stages_and_resumes_to_the_same_book(paper_run, tmp_path):
   from xbook.scaffold import stage_protocol as sp
   config = _config(paper_max_tokens=12, retries=0, max_chapters=3)
-  book = writer_lib.write_book(str(paper_run), PROMPT, tmp_path / "book", seed=5, config=config)
+  book = write_book(paper_run, PROMPT, tmp_path / "book", seed=5, config=config)
   assert book["format"] == "paper" and book["profile"] == "14b_full_book"
   roles = [s["role"] for s in book["stages"]]
   once = [r for r in sp.PROFILES["14b_full_book"].roles[1:] if r not in ("scene_breakdown", "chapter_text")]
@@ -233,7 +243,7 @@ def test_a_paper_run_writes_the_profile_stages_and_resumes_to_the_same_book(pape
   journal = (tmp_path / "book" / writer_lib.JOURNAL).read_text().splitlines()
   (tmp_path / "again").mkdir()
   (tmp_path / "again" / writer_lib.JOURNAL).write_text("\n".join(journal[:4]) + "\n")
-  again = writer_lib.write_book(str(paper_run), PROMPT, tmp_path / "again", seed=5, config=config)
+  again = write_book(paper_run, PROMPT, tmp_path / "again", seed=5, config=config)
   assert again["stream"] == book["stream"]
 
 
@@ -259,3 +269,96 @@ def test_the_decode_benchmark_prints_latencies_beside_their_memory_floor(run_dir
   assert figures["floor_ratio"] == pytest.approx(floor) and floor > 1
   assert figures["weight_bytes_per_token"] < 4 * config.num_params()
   assert figures["compiles_decode"] >= 1 and figures["host_read_gb_per_s"] > 0
+
+
+# ------------------------------------------------------------------------------------- the writer on the engine
+def test_a_paper_book_prefills_its_stream_once(paper_run, tmp_path):
+  """Each stage reuses the cache of the stage before (the engine's prefix reuse): book.json records every
+  stage's prefilled and cached tokens, and over the book the prefilled tokens are at most 1.1 per token of
+  the first context and the generated text (a context that fits: nothing dropped)."""
+  config = _config(paper_max_tokens=12, retries=0, max_chapters=3, grammars=False, context_len=2048)
+  book = write_book(paper_run, PROMPT, tmp_path / "book", seed=5, config=config)
+  stages = book["stages"]
+  for stage in stages:
+    assert stage["prefill_tokens"] + stage["cached_tokens"] == stage["context_tokens"], stage["stage"]
+  assert stages[0]["cached_tokens"] == 0
+  assert all(s["cached_tokens"] > 0 for s in stages[1:])
+  prefill = book["prefill"]
+  new = prefill["first_context_tokens"] + prefill["generated_tokens"]
+  assert prefill["prefill_tokens"] <= 1.1 * new, prefill
+  assert json.loads((tmp_path / "book" / "book.json").read_text())["prefill"] == prefill
+
+
+def _prompts_file(path: Path) -> Path:
+  lines = [{"prompt": PROMPT, "name": "carol", "seed": 3},
+           {"prompt": "Write a novel about a whale hunt.", "name": "whale", "seed": 4},
+           {"prompt": "Write a novel about a doctor and his double.", "seed": 5}]
+  path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+  return path
+
+
+def test_books_written_together_equal_their_solo_writes_and_resume_each_on_its_own(run_dir, tmp_path):
+  """`xbook write --prompts`: 3 books at once, killed after one book's outline and run again: every book
+  equals the one written alone with its seed (on an engine of as many slots, so the same programs)."""
+  prompts = _prompts_file(tmp_path / "prompts.jsonl")
+  killed = _xbook_write_many(run_dir, prompts, tmp_path / "books", paused=tmp_path / "paused")
+  deadline = time.monotonic() + 600
+  while not (tmp_path / "paused").is_file() and killed.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  killed.send_signal(signal.SIGKILL)
+  _, err = killed.communicate(timeout=60)
+  assert killed.returncode == -signal.SIGKILL, err[-3000:]
+  resumed = _xbook_write_many(run_dir, prompts, tmp_path / "books")
+  out, err = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, err[-3000:]
+  assert "book-003" in out and "carol" in out and "whale" in out
+  config = _config()
+  backend = write_books.open_backend(str(run_dir), config=config, slots=3)
+  try:
+    for book in write_books.read_prompts(prompts):
+      alone = write_books.write_book(backend, book.prompt, tmp_path / "alone" / book.name, seed=book.seed,
+                                     config=config)
+      together = json.loads((tmp_path / "books" / book.name / "book.json").read_text())
+      assert [(s["stage"], s["text"]) for s in together["stages"]] == [
+          (s["stage"], s["text"]) for s in alone["stages"]], book.name
+  finally:
+    backend.close()
+
+
+def _xbook_write_many(run_dir, prompts, out, paused: Path | None = None) -> subprocess.Popen:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  program = ["-m", "xbook.cli"]
+  if paused is not None:
+    env["XBOOK_TEST_PAUSED"] = str(paused)
+    program = ["-c", _PAUSE_AFTER_OUTLINE]
+  args = [sys.executable, *program, "write", "--run_dir", str(run_dir), "--prompts", str(prompts),
+          "--out", str(out), "--concurrency", "3", *[f"--gin.{b.replace(' ', '')}" for b in SMALL]]
+  return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_bad_prompts_file_names_its_line(tmp_path):
+  path = tmp_path / "prompts.txt"
+  path.write_text("# books\nA ghost story.\nwhale\t7\tA whale hunt.\nwhale\tAgain a whale.\n")
+  with pytest.raises(ValueError, match=r"prompts.txt:4: name 'whale' is used twice"):
+    write_books.read_prompts(path)
+  path.write_text("A ghost story.\nwhale\t7\tA whale hunt.\n")
+  books = write_books.read_prompts(path, default_seed=2)
+  assert [(b.name, b.seed, b.prompt) for b in books] == [("book-001", 2, "A ghost story."),
+                                                          ("whale", 7, "A whale hunt.")]
+  path.write_text('{"prompt": "x", "seat": 3}\n')
+  with pytest.raises(ValueError, match=r"prompts.txt:1: .*unknown fields \['seat'\]"):
+    write_books.read_prompts(path)
+
+
+def test_writing_through_xbook_serve_gives_the_book_written_here(run_dir, tmp_path):
+  """`xbook write --base_url` against a running `xbook serve` of the run (one slot, as here): the same
+  stages, seeds and journal, so the same book."""
+  from xbook.infer.serve import start_server_process
+  config = _config()
+  here = write_book(run_dir, PROMPT, tmp_path / "here", seed=9, config=config)
+  args = ("--max_batch", "1", "--max_tokens", str(SEQ_LEN), "--model_name", "tiny")
+  with start_server_process(run_dir, args=args) as (_, url):
+    backend = write_books.open_backend(str(run_dir), config=config, base_url=url, model="tiny")
+    there = write_books.write_book(backend, PROMPT, tmp_path / "there", seed=9, config=config)
+  assert [(s["stage"], s["text"]) for s in there["stages"]] == [(s["stage"], s["text"]) for s in here["stages"]]
+  assert there["step"] is None and any(s["cached_tokens"] > 0 for s in there["stages"])

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 from xbook.data import paper_stages
 from xbook.scaffold import stage_protocol as sp
+from xbook.scaffold.stage_grammar import stage_grammar
 from xbook.data.vocab import Vocabulary
 from xbook.infer.decode import SamplingParams
 from xbook.infer.writer import (JOURNAL, Completer, Journal, StageProgress, WriteConfig, sample_stage,
@@ -45,8 +46,9 @@ class PaperBookWriter:
   """Writes one book in a profile of the paper's stage protocol with a completer."""
 
   def __init__(self, vocabulary: Vocabulary, complete: Completer, config: WriteConfig, context_len: int,
-               out_dir: Path, profile: str) -> None:
+               out_dir: Path, profile: str, progress: Mapping[str, Any] | None = None) -> None:
     self.vocabulary, self.complete, self.config = vocabulary, complete, config
+    self.progress_options = dict(progress or {})  # StageProgress's disable and on_stage
     self.context_len, self.out_dir = context_len, out_dir
     self.profile = sp.get_profile(profile)
     self._header_ids = {role: list(vocabulary.encode(sp.stage_header(role))) for role in self.profile.roles}
@@ -75,7 +77,8 @@ class PaperBookWriter:
     def attempt(i: int) -> tuple[dict[str, Any], list[str]]:
       sampling = self.sampling(spec, stage_seed(seed, name, i))
       ids = self.context(stages, spec.role, sampling.max_tokens)
-      result = self.complete(ids, sampling, [self.vocabulary.eos_id], [sp.EOT])
+      grammar = stage_grammar(self.profile, spec.role, stages).text if self.config.grammars else None
+      result = self.complete(ids, sampling, [self.vocabulary.eos_id], [sp.EOT], grammar=grammar)
       text = sp.trim_stage_text(result.text)
       entry = stage_entry(name, text, result, sampling, len(ids), i, role=spec.role, kind=spec.kind)
       return entry, sp.check_stage(spec.role, text, sp.context_from_stages(stages, self.profile))
@@ -101,7 +104,7 @@ class PaperBookWriter:
     stages: list[tuple[str, str]] = [("prompt", prompt.strip())]
     once = [s for s in self.profile.stages[1:] if not s.per_chapter]
     per_chapter = [s for s in self.profile.stages if s.per_chapter]
-    self.progress = progress = StageProgress(journal, total=len(once))
+    self.progress = progress = StageProgress(journal, total=len(once), **self.progress_options)
     plan: list[tuple[str, sp.StageSpec]] = [(s.role, s) for s in once]
     i = 0
     while i < len(plan):

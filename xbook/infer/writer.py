@@ -41,7 +41,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import gin
 from tqdm import tqdm
@@ -75,6 +75,9 @@ class WriteConfig:
     paper_temperature_scale: the paper's stage protocol (xbook.infer.paper_writer): a factor on each
       stage's temperature from the profile (1: the released models' settings).
     paper_max_tokens: the paper's protocol: a cap on every stage's token budget (0: the profile's).
+    grammars: the paper's protocol: decode every stage under its grammar
+      (xbook.scaffold.stage_grammar, llguidance through the engine's structured outputs), as the
+      authors' tool does; False samples freely (check_stage and retries still judge every stage).
   """
 
   context_len: int = 0
@@ -93,6 +96,7 @@ class WriteConfig:
   retries: int = 3
   paper_temperature_scale: float = 1.0
   paper_max_tokens: int = 0
+  grammars: bool = True
 
   def __post_init__(self) -> None:
     check_write_config(self)
@@ -135,16 +139,20 @@ gin.external_configurable(WriteConfig, module=__name__)
 
 @dataclasses.dataclass(frozen=True)
 class StageResult:
-  """What a completer returns for one stage: the generated text (stop marker excluded) and its ids."""
+  """What a completer returns for one stage: the generated text (stop marker excluded) and its ids, and
+  how many context tokens were prefilled (-1: unknown) or served from the cache."""
 
   text: str
   token_ids: list[int]
   finish_reason: str
   seconds: float
+  prefill_tokens: int = -1
+  cached_tokens: int = 0
 
 
-# (context ids, sampling, stop token ids, stop strings) -> StageResult
-Completer = Callable[[list[int], SamplingParams, Sequence[int], Sequence[str]], StageResult]
+# (context ids, sampling, stop token ids, stop strings, grammar=None) -> StageResult; `grammar` is a Lark
+# grammar in llguidance's dialect (xbook.scaffold.stage_grammar) the output must match, or None.
+Completer = Callable[..., StageResult]
 
 
 def stage_seed(seed: int, stage: str, attempt: int) -> int:
@@ -200,6 +208,7 @@ def stage_entry(name: str, text: str, result: StageResult, sampling: SamplingPar
                 attempt: int, **fields: Any) -> dict[str, Any]:
   """The journal and book.json record of one generated stage (`problems` is set by `sample_stage`)."""
   return {"stage": name, **fields, "text": text, "attempts": attempt + 1, "context_tokens": context_tokens,
+          "prefill_tokens": result.prefill_tokens, "cached_tokens": result.cached_tokens,
           "tokens": len(result.token_ids), "finish_reason": result.finish_reason,
           "seconds": round(result.seconds, 3),
           "sampling": {**dataclasses.asdict(sampling), "stop": list(sampling.stop)}, "problems": []}
@@ -270,11 +279,15 @@ class StageProgress:
   resumed write says so, once, before its first new stage: "resuming: N of M stages done" (M: the stages
   known by then; a chapter's scenes are known once its scene plans are)."""
 
-  def __init__(self, journal: Journal, total: int) -> None:
+  def __init__(self, journal: Journal, total: int, *, disable: bool = False,
+               on_stage: Callable[[Mapping[str, Any], bool], None] | None = None) -> None:
+    """disable: no bar and no note (many books at once show one bar of their own); on_stage(entry,
+    replayed) is called after every stage."""
     self.journal = journal
     self.replayed = {name for name in journal.stages if name != "header"}
-    self.pending_note = bool(self.replayed)
-    self.bar = tqdm(total=total, desc="write", unit="stage")
+    self.pending_note = bool(self.replayed) and not disable
+    self.on_stage = on_stage
+    self.bar = tqdm(total=total, desc="write", unit="stage", disable=disable)
     self.tokens, self.began = 0, None
 
   def before(self, name: str) -> None:
@@ -293,6 +306,8 @@ class StageProgress:
 
   def done(self, entry: Mapping[str, Any], label: str) -> None:
     self.bar.update(1)
+    if self.on_stage is not None:
+      self.on_stage(entry, entry["stage"] in self.replayed)
     if entry["stage"] in self.replayed:
       self.bar.set_postfix_str(f"{label} (from the journal)")
       return
@@ -333,8 +348,9 @@ class BookWriter:
   """
 
   def __init__(self, vocabulary: Vocabulary, complete: Completer, config: WriteConfig, context_len: int,
-               out_dir: Path) -> None:
+               out_dir: Path, progress: Mapping[str, Any] | None = None) -> None:
     self.vocabulary, self.complete, self.config = vocabulary, complete, config
+    self.progress_options = dict(progress or {})  # StageProgress's disable and on_stage
     self.context_len = context_len
     self.style = vocabulary.marker_style
     self.out_dir = out_dir
@@ -422,7 +438,7 @@ class BookWriter:
     journal.check_header({"prompt": prompt, "seed": seed, **header})
     book: dict[str, Any] = {"prompt": prompt.strip()}
     nonempty = lambda text: [] if text.strip() else ["it is empty"]  # noqa: E731
-    self.progress = progress = StageProgress(journal, total=3)
+    self.progress = progress = StageProgress(journal, total=3, **self.progress_options)
     done = progress.done
     for kind in ("premise", "synopsis"):
       entry = self._run_stage(journal, kind, kind, lambda k=kind: self.context(book, k), seed, nonempty)
@@ -483,68 +499,3 @@ def save_book(book: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
   with atomic_open(data) as f:
     json.dump(book, f, indent=2, ensure_ascii=False)
   return markdown, data
-
-
-def decoder_completer(params: Any, config: Any, vocabulary: Vocabulary) -> Completer:
-  """A completer on the KV-cache decoder (xbook.infer.decode), parameters placed once."""
-  from xbook.infer import decode  # noqa: PLC0415 - keeps `import xbook.infer.writer` light for tests
-  placed = decode.place_params(params, config)
-
-  def complete(ids: list[int], sampling: SamplingParams, stop_ids: Sequence[int],
-               stop_strings: Sequence[str]) -> StageResult:
-    began = time.perf_counter()
-    [completion] = decode.generate(placed, config, [ids], sampling, max_tokens=sampling.max_tokens,
-                                   stop=stop_strings, stop_token_ids=stop_ids, decode=vocabulary.decode,
-                                   vocab_size_limit=vocabulary.size)
-    return StageResult(text=completion.text or "", token_ids=completion.token_ids,
-                       finish_reason=completion.finish_reason, seconds=time.perf_counter() - began)
-
-  return complete
-
-
-def run_trajectory_format(run_dir: str) -> tuple[str, str | None]:
-  """("xbook", None) or ("paper", profile): the book format of the plan order a run trained on
-  (xbook.infer.generate.run_plan_order)."""
-  from xbook.infer.generate import run_plan_order  # noqa: PLC0415 (jax is imported only to write)
-  plan_order, profile = run_plan_order(run_dir)
-  return ("paper", profile) if plan_order == trajectory.PAPER_STAGES else ("xbook", None)
-
-
-def write_book(run_dir: str, prompt: str, out_dir: str | os.PathLike[str], *, seed: int = 0,
-               step: int | None = None, config: WriteConfig | None = None,
-               profile: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-  """Write a whole book from `prompt` with the run at `run_dir` into `out_dir` (book.md, book.json,
-  journal.jsonl); continues a killed write of the same book in the same folder; a folder holding other
-  files and no journal is refused unless `overwrite` (check_out_folder). The format is the
-  one the run trained on (xbook's, or the paper's stage protocol in the run's profile, or `profile`).
-  `config`: sampling, budgets and retries (None: WriteConfig's defaults; `xbook write` passes gin's).
-
-  Returns:
-    The book (what book.json holds), with "markdown" and "json" naming the files written.
-  """
-  from xbook.infer.generate import load_run, run_seq_len  # noqa: PLC0415
-  config = config or WriteConfig()
-  if not prompt.strip():
-    raise ValueError("the prompt is empty: say what book to write, e.g. --prompt 'Write a ghost story'")
-  check_out_folder(Path(out_dir), overwrite)
-  run = load_run(run_dir, step)
-  context_len = config.context_len or run_seq_len(run_dir)
-  if not context_len:
-    raise ValueError(f"{run_dir} does not say which sequence length it trained at; set "
-                     "WriteConfig.context_len (e.g. --gin.WriteConfig.context_len=4096)")
-  log.info("writing a book with %s (step %d) at a context of %d tokens, seed %d", run_dir, run.step,
-           context_len, seed)
-  complete = decoder_completer(run.params, run.model.config, run.vocabulary)
-  book_format, run_profile = run_trajectory_format(run_dir)
-  if profile or book_format == "paper":
-    from xbook.infer.paper_writer import PaperBookWriter  # noqa: PLC0415
-    book_format, profile = "paper", profile or run_profile
-    writer: Any = PaperBookWriter(run.vocabulary, complete, config, context_len, Path(out_dir), profile)
-  else:
-    writer = BookWriter(run.vocabulary, complete, config, context_len, Path(out_dir))
-  header = {"run_dir": str(run_dir), "step": run.step, "format": book_format, "profile": profile,
-            "config": dataclasses.asdict(config)}
-  book = writer.write(prompt, seed, header)
-  book.update(run_dir=str(run_dir), step=run.step, seed=seed, format=book_format)
-  markdown, data = save_book(book, Path(out_dir))
-  return {**book, "markdown": str(markdown), "json": str(data)}
