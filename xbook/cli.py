@@ -542,6 +542,11 @@ def _bench_attention(args: argparse.Namespace) -> int:
   return attention_bench.run(args)
 
 
+def _bench_engine(args: argparse.Namespace) -> int:
+  from xbook.infer import engine_bench
+  return engine_bench.run(args)
+
+
 def _bench_serve(args: argparse.Namespace) -> int:
   from xbook.infer import serve_bench
   return serve_bench.run(args)
@@ -699,10 +704,10 @@ def _write_many(args: argparse.Namespace, backend, books, config) -> int:
   if args.json:
     print(json.dumps(results))
   else:
-    print(f"{'book':24} {'status':8} {'chapters':>8} {'words':>8} {'tokens':>8} {'prefill/new':>11}  folder or reason")
+    print(f"{'book':24} {'status':8} {'chapters':>8} {'words':>8} {'tokens':>8} {'prefill/tok':>11}  folder or reason")
     for r in results:
       if r["status"] == "done":
-        ratio = r["prefill_per_new_token"]
+        ratio = r["prefill_per_stream_token"]
         print(f"{r['name']:24} {'done':8} {r['chapters']:>8} {r['words']:>8,} {r['tokens']:>8,} "
               f"{'-' if ratio is None else f'{ratio:.2f}':>11}  {r['folder']}")
       else:
@@ -1017,6 +1022,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            "p50/p99 time to first token and inter-token latency, a short request's latency behind a long one.",
            "xbook bench serve --run_dir runs/demo --clients 16 --requests 4", _bench_serve)
   deferred[("bench", "serve")] = (p, "xbook.infer.serve_bench")
+  p = _add(bench, "engine", "The inference engine's prefix reuse (prefilled tokens per new token over growing "
+           "prompts, with and without) and structured outputs (decode tokens/s under a grammar against free).",
+           "xbook bench engine --run_dir runs/demo --stages 12 --rows 4 --tokens 128", _bench_engine)
+  deferred[("bench", "engine")] = (p, "xbook.infer.engine_bench")
   if (_BENCHMARKS / "input.py").is_file():  # a source tree (benchmarks/ is not installed)
     p = _add(bench, "input", "Input pipeline: seconds to the first batch of a fresh run and of runs resumed at "
              "batch N (example counts unknown, then kept), batches/s after the first; on the scaffolds of real "

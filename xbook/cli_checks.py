@@ -69,6 +69,8 @@ RANGES: dict[str, Range] = {
     # the inference engine (serve, write, compile --decode, bench serve)
     "max_waiting": AT_LEAST_ONE, "prefill_chunk": AT_LEAST_ONE, "batch": AT_LEAST_ONE, "clients": AT_LEAST_ONE,
     "requests": AT_LEAST_ONE, "short_tokens": AT_LEAST_ONE, "long_tokens": AT_LEAST_ONE,
+    "stages": AT_LEAST_ONE, "answer_tokens": AT_LEAST_ONE, "header_tokens": AT_LEAST_ONE, "rows": AT_LEAST_ONE,
+    "tokens": AT_LEAST_ONE,
 }
 
 

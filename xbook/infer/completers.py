@@ -7,8 +7,8 @@
   remote_completer   on any OpenAI-compatible server that honours vLLM's extra fields (vLLM itself, or
                      `xbook serve`): the context is sent as token ids (`prompt: [ids]`, which both take
                      as the exact model input), with `stop`, `stop_token_ids`, `seed`, `top_k`, `min_p` and
-                     the stage's grammar as `structured_outputs: {"grammar": ...}` (vLLM's field, in its
-                     0.11+ OpenAI server; the older `guided_grammar` is sent too for servers before it).
+                     the stage's grammar as `structured_outputs: {"grammar": ...}` (vLLM's field: its
+                     docs say the older `guided_*` fields were removed in v0.12.0).
 
 A completer takes (context ids, SamplingParams, stop token ids, stop strings, grammar=None) and returns a
 StageResult with the stage's text (up to a stop string), ids, finish reason, seconds, and how many

@@ -23,6 +23,7 @@ The journal, resume and output files are those of xbook.infer.writer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -60,10 +61,20 @@ class PaperBookWriter:
                           top_k=spec.top_k or self.config.top_k, top_p=self.config.top_p,
                           min_p=self.config.min_p, seed=seed, max_tokens=budget)
 
-  def context(self, stages: Sequence[tuple[str, str]], role: str, max_tokens: int) -> list[int]:
-    """BOS, the completed stages (plans always; the latest texts that fit), then `role`'s header."""
+  def context(self, stages: Sequence[tuple[str, str]], role: str, max_tokens: int,
+              sampled: Mapping[int, Sequence[int]] | None = None) -> list[int]:
+    """BOS, the completed stages (plans always; the latest texts that fit), then `role`'s header.
+
+    `sampled` maps a stage's index in `stages` to the ids the model wrote for its content, when they spell
+    its text exactly: those ids stand for the content (rather than its text encoded again), so the
+    context extends the previous stage's cache token for token and prefix reuse prefills only the new
+    header."""
     budget = self.context_len - max_tokens - 1 - len(self._header_ids[role])
     encoded = paper_stages.encode_stages(stages, self.vocabulary.encode, self.profile)
+    eot = tuple(self.vocabulary.encode(sp.EOT))
+    for index, ids in (sampled or {}).items():
+      header = self._header_ids[encoded[index].role]
+      encoded[index] = dataclasses.replace(encoded[index], ids=(*header, *ids, *eot))
     keep = [True] * len(encoded)
     texts = [i for i, (r, _) in enumerate(stages) if r in sp.TEXT_ROLES]
     while texts and sum(len(s.ids) for s, k in zip(encoded, keep) if k) > budget:
@@ -76,11 +87,12 @@ class PaperBookWriter:
 
     def attempt(i: int) -> tuple[dict[str, Any], list[str]]:
       sampling = self.sampling(spec, stage_seed(seed, name, i))
-      ids = self.context(stages, spec.role, sampling.max_tokens)
+      ids = self.context(stages, spec.role, sampling.max_tokens, self._sampled)
       grammar = stage_grammar(self.profile, spec.role, stages).text if self.config.grammars else None
       result = self.complete(ids, sampling, [self.vocabulary.eos_id], [sp.EOT], grammar=grammar)
       text = sp.trim_stage_text(result.text)
-      entry = stage_entry(name, text, result, sampling, len(ids), i, role=spec.role, kind=spec.kind)
+      entry = stage_entry(name, text, result, sampling, len(ids), i, role=spec.role, kind=spec.kind,
+                          token_ids=list(result.token_ids))
       return entry, sp.check_stage(spec.role, text, sp.context_from_stages(stages, self.profile))
 
     self.progress.before(name)
@@ -102,6 +114,7 @@ class PaperBookWriter:
     journal = Journal(self.out_dir / JOURNAL)
     journal.check_header({"prompt": prompt, "seed": seed, **header})
     stages: list[tuple[str, str]] = [("prompt", prompt.strip())]
+    self._sampled: dict[int, list[int]] = {}
     once = [s for s in self.profile.stages[1:] if not s.per_chapter]
     per_chapter = [s for s in self.profile.stages if s.per_chapter]
     self.progress = progress = StageProgress(journal, total=len(once), **self.progress_options)
@@ -110,6 +123,9 @@ class PaperBookWriter:
     while i < len(plan):
       name, spec = plan[i]
       entry = self._stage(journal, stages, name, spec, seed)
+      ids = _spelling(self.vocabulary, entry.get("token_ids"), entry["text"])
+      if ids is not None:
+        self._sampled[len(stages)] = ids
       stages.append((spec.role, entry["text"]))
       progress.done(entry, name)
       if i == len(once) - 1 and per_chapter:  # the plans are done: the later chapters follow
@@ -123,6 +139,17 @@ class PaperBookWriter:
             "chapters": _chapters(stages),
             "stages": [e for name, e in journal.stages.items() if name != "header"]}
     return book
+
+
+def _spelling(vocabulary: Vocabulary, ids: Sequence[int] | None, text: str, slack: int = 8) -> list[int] | None:
+  """The longest prefix of the sampled `ids` that decodes to `text` exactly (the stage as kept: trimming
+  drops at most a few trailing tokens of spaces and newlines), or None."""
+  if not ids:
+    return None
+  for n in range(len(ids), max(len(ids) - slack, 0) - 1, -1):
+    if vocabulary.decode(list(ids[:n])) == text:
+      return list(ids[:n])
+  return None
 
 
 def _chapters(stages: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:

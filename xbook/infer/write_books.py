@@ -151,17 +151,19 @@ def write_book(backend: WriteBackend, prompt: str, out_dir: str | os.PathLike[st
 
 
 def prefill_summary(stages: list[Mapping[str, Any]]) -> dict[str, Any]:
-  """Prefilled, cached and generated tokens of a book's stages, and prefilled tokens per (first context +
-  generated) token: 1.0 when every stage prefilled only what is new to it."""
+  """Prefilled, cached and generated tokens of a book's stages, and the prefilled tokens per token of the
+  stream (the last stage's context and output: the prompt, every header and every generated token once).
+  With prefix reuse and a context that never dropped a chapter text this is at most about 1; `relaid`
+  says whether some stage's context was laid out anew (earliest texts dropped), when more is prefilled."""
   known = [s for s in stages if s.get("prefill_tokens", -1) >= 0]
   if not known:
     return {"prefill_tokens": None}
   prefilled = sum(s["prefill_tokens"] for s in known)
-  generated = sum(s["tokens"] for s in known)
-  first = known[0]["context_tokens"]
+  stream = known[-1]["context_tokens"] + known[-1]["tokens"]
+  relaid = any(b["context_tokens"] < a["context_tokens"] + a["tokens"] for a, b in zip(known, known[1:]))
   return {"prefill_tokens": prefilled, "cached_tokens": sum(s.get("cached_tokens", 0) for s in known),
-          "generated_tokens": generated, "first_context_tokens": first,
-          "prefill_per_new_token": prefilled / max(1, first + generated - known[0].get("cached_tokens", 0))}
+          "generated_tokens": sum(s["tokens"] for s in known), "stream_tokens": stream,
+          "prefill_per_stream_token": prefilled / max(1, stream), "relaid": relaid}
 
 
 # ---------------------------------------------------------------------------------------------- many books
@@ -272,7 +274,7 @@ def write_books(backend: WriteBackend, books: list[BookPrompt], out_dir: str | o
     return {"name": book.name, "status": "done", "reason": "", "folder": str(folder),
             "chapters": len(written["chapters"]), "tokens": sum(s["tokens"] for s in written["stages"]),
             "words": sum(len(t.split()) for c in written["chapters"] for t in c["texts"]),
-            "prefill_per_new_token": written["prefill"].get("prefill_per_new_token")}
+            "prefill_per_stream_token": written["prefill"].get("prefill_per_stream_token")}
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="book") as pool:
     results = list(pool.map(one, books))
