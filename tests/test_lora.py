@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import pytest
@@ -18,11 +20,12 @@ import torch
 import transformers
 
 from xbook import cli
+from xbook.gin_flags import parse_gin
 from xbook.infer import load_run
 from xbook.model import Decoder, DecoderConfig, LoraConfig, abstract_params
 from xbook.model import lora as lora_lib
 from xbook.model.hf import import_hf_checkpoint, load_params, read_peft_adapter
-from xbook.train import adapters
+from xbook.train import adapters, aot
 from xbook.train import trainer as trainer_lib
 from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.input_pipeline import trajectory_batches
@@ -39,6 +42,7 @@ ARCHITECTURES = {"mistral": {"sliding_window": None},
                  "ministral3": {"rope_parameters": MINISTRAL_ROPE, "max_position_embeddings": 32}}
 LORA = LoraConfig(rank=4, alpha=8.0, dropout=0.1)
 SEQ_LEN, BATCH = 256, 8
+REPO = Path(__file__).resolve().parents[1]
 
 
 def hf_base(model_type: str, seed: int = 0) -> transformers.PreTrainedModel:
@@ -245,3 +249,28 @@ def test_a_ministral3_adapter_loads_in_peft_and_comes_back_with_import(bases, tm
   with pytest.raises(ValueError, match=f"fingerprint {fingerprint}"):
     adapters.merged_run_params(run_dir, config, trained, moved,
                                lora_lib.split_params(abstract_params(config, cpu))[1])
+
+
+def test_a_scaled_down_lora_config_compiles_for_a_tpu_in_less_memory_than_the_full_fine_tune():
+  """The demo config with LoRA on a v5e-8, widened so that weights outweigh activations as at paper scale
+  (25M parameters): the compiled step's memory per chip is below the full fine-tune's of the same model
+  (float32 weights and Adam moments for every parameter)."""
+  gin.clear_config()
+  try:
+    parse_gin([str(REPO / "configs/runs/demo.gin")], ["xbook.model.DecoderConfig.lora = @xbook.model.LoraConfig()",
+                                           "xbook.model.DecoderConfig.param_dtype = 'bfloat16'",
+                                           "xbook.model.LoraConfig.rank = 8", "xbook.model.DecoderConfig.n_layers = 2",
+                                           "xbook.model.DecoderConfig.d_model = 1024",
+                                           "xbook.model.DecoderConfig.mlp_dim = 4096"])
+    report = aot.compile_for_tpu(aot.TpuTarget(accelerator="v5e-8"), trainer_lib.trainer_from_gin,
+                                 count_flops=False)
+  finally:
+    gin.clear_config()
+  full = report.full_finetune
+  assert report.fits and report.lora_rank == 8 and full["param_dtype"] == "float32"
+  assert 0 < report.total_bytes_per_chip < full["total_bytes_per_chip"]
+  assert report.opt_state_bytes < full["opt_state_bytes"] / 10 and report.param_bytes < full["param_bytes"]
+  assert report.projected_step_s < full["projected_step_s"]  # no weight gradients of the frozen base
+  assert report.trainable_params < report.params / 10
+  text = aot.format_report(report)
+  assert "LoRA rank 8" in text and "full fine-tune of the same model" in text
