@@ -148,3 +148,41 @@ def test_other_end_markers_and_what_the_grammar_takes_from_earlier_stages(carol)
   done = stages + [("scene_breakdown", content), ("chapter_text", "x")] * 3
   with pytest.raises(ValueError, match="there is no chapter"):
     sg.stage_grammar("14b_full_book", "chapter_text", done)
+
+
+def _plan_sections(plan: str) -> list[str]:
+  """A rendered book plan cut before each `## ` section (each piece but the last ends with a blank line)."""
+  return re.split(r"(?<=\n\n)(?=## )", plan)
+
+
+def test_the_book_plan_section_by_section_matches_and_later_sections_repeat_the_written_ones(paper_records):
+  for book, record in paper_records.items():
+    for profile in sp.PROFILES:
+      pieces = _plan_sections(dict(sp.render_stages(record, profile))["book_plan"])
+      written = ""
+      for k, piece in enumerate(pieces):
+        grammar = sg.book_plan_section_grammar(profile, written)
+        last = k == len(pieces) - 1
+        assert match_text(grammar.text, piece + (EOT if last else "")) is None, (book, profile, k)
+        written += piece
+  # What one grammar of the whole plan cannot say, the section grammars do (check_stage rejects each).
+  plan = dict(sp.render_stages(paper_records["pg46"], "14b_full_book"))["book_plan"]
+  pieces = _plan_sections(plan)
+  titles = [p.split("\n", 1)[0][3:] for p in pieces]
+  before = lambda title: "".join(pieces[:titles.index(title)])  # noqa: E731
+  piece = lambda title: pieces[titles.index(title)]  # noqa: E731
+  names = re.findall(r"^- (.*)$", piece("Chapter Names"), re.MULTILINE)
+  broken = {
+      "Medium Story Arcs": piece("Medium Story Arcs").replace("### Arc 1: ", "### Arc 1: The Other "),
+      "Chapter Names": piece("Chapter Names").replace(f"- {names[-1]}\n", ""),  # its arc names 2 chapters
+      "Chapters Embedding Space": piece("Chapters Embedding Space").replace(f"#### {names[1]}", "#### Elsewhere"),
+  }
+  for title, text in broken.items():
+    whole = plan.replace(piece(title), text)
+    assert sp.check_stage("book_plan", whole, sp.StageContext()), title
+    assert match_text(_grammar("14b_full_book", "book_plan", ()), whole + EOT) is None, title
+    assert match_text(sg.book_plan_section_grammar("14b_full_book", before(title)).text, text) is not None, title
+  with pytest.raises(ValueError, match="whole sections"):
+    sg.book_plan_section_grammar("14b_full_book", pieces[1])
+  with pytest.raises(ValueError, match="every section is written"):
+    sg.book_plan_section_grammar("14b_full_book", plan + "\n\n")

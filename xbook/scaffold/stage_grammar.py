@@ -26,11 +26,13 @@ spaces. Instantiated from the earlier stages (`stages`, the prompt first, as the
     breakdown and chapter text (the chapter after the texts written so far);
   - 24b: the first chapter plan's name fixes the scene breakdown's and the text's `### name` (check_stage
     has no book plan chapters to compare in this profile; render writes the same name).
-What no context-free grammar can say, and `check_stage` (with retries) still judges: in the 14b book plan,
-that the arc titles of the seven arc sections repeat the short story arcs' titles, that the chapter names
-of the embedding-space and word-count sections repeat the `## Chapter Names` bullets, and that each arc's
-`* K` equals its number of chapter names (copies of earlier text, not context-free); and the number of
-scenes when a caller knows it (`StageContext.n_scenes`, `scene_word_counts`).
+What no context-free grammar of the whole stage can say: in the 14b book plan, that the arc titles of the
+seven arc sections repeat the short story arcs' titles, that the chapter names of the embedding-space and
+word-count sections repeat the `## Chapter Names` bullets, and that each arc's `* K` equals its number of
+chapter names (copies of earlier text, not context-free). `book_plan_section_grammar(profile, written)` says
+them: sampled one section at a time, each section's grammar instantiated from the sections written so far,
+a book plan passes check_stage whole. Not said at all: the number of scenes when a caller knows it
+(`StageContext.n_scenes`, `scene_word_counts`); check_stage (with retries) judges it.
 
 Standard library only, like stage_protocol: a grammar is text. xbook.infer.guidance compiles and matches it.
 """
@@ -221,7 +223,10 @@ class _Lark:
 
 
 def _literal(text: str) -> str:
-  return json.dumps(text, ensure_ascii=False)
+  """`text` as a lexeme: a Lark string, or a regex when it holds characters a string cannot spell."""
+  if all(ch.isprintable() or ch == "\n" for ch in text):
+    return json.dumps(text, ensure_ascii=False)
+  return f"/{_escape(text)}/"
 
 
 _BLANK = '"\\n"'
@@ -274,45 +279,59 @@ def _name_line(g: _Lark, prefix: str, name: str | None, lexeme: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- sections
-def _preview(g: _Lark, last: bool) -> str:
-  """The four preview sections (book_preview; the start of the 24b book plan)."""
+def _preview_sections(g: _Lark) -> list[tuple[str, Any]]:
+  """(title, body(last)) of the four preview sections (book_preview; the start of the 24b book plan)."""
   g.terminal("WORD", f"/{_word_regex(_TEXT_PUNCT)}/")
   g.terminal("TAG_WORD", f"/{_word_regex(_TAG_PUNCT)}/")
-
-  def words(low: int, high: int) -> str:
-    return f'WORD (" " WORD){{{low - 1},{high - 1}}}'
-
   g.terminal("TAG", f'(TAG_WORD (" " TAG_WORD){{{sp.TAG_WORDS[0] - 1},{sp.TAG_WORDS[1] - 1}}}) '
                     f"& /.{{1,{sp.MAX_BULLET_CHARS}}}/")
+
+  def words(name: str, limits: tuple[int, int]):
+    return lambda last: g.line(name, f'WORD (" " WORD){{{limits[0] - 1},{limits[1] - 1}}}', last)
+
   highlight, title, tags, archetype = sp.PREVIEW_SECTIONS
-  return " ".join([
-      _fixed(f"## {highlight}"), g.line("HIGHLIGHT", words(*sp.HIGHLIGHT_WORDS)), _BLANK,
-      _fixed(f"## {title}"), g.line("TITLE", words(*sp.TITLE_WORDS)), _BLANK,
-      _fixed(f"## {tags}"), _bullets(g, "TAG_BULLET", (sp.N_TAGS, sp.N_TAGS), False, text="TAG"), _BLANK,
-      _fixed(f"## {archetype}"), g.line("ARCHETYPE", words(*sp.ARCHETYPE_WORDS), last)])
+  return [(highlight, words("HIGHLIGHT", sp.HIGHLIGHT_WORDS)), (title, words("TITLE", sp.TITLE_WORDS)),
+          (tags, lambda last: _bullets(g, "TAG_BULLET", (sp.N_TAGS, sp.N_TAGS), last, text="TAG")),
+          (archetype, words("ARCHETYPE", sp.ARCHETYPE_WORDS))]
+
+
+def _join_sections(sections: Sequence[tuple[str, Any]], last: bool) -> str:
+  """The sections a blank line apart; the last one ends the stage when `last`."""
+  return f" {_BLANK} ".join(_section(title, body(last and i == len(sections) - 1))
+                            for i, (title, body) in enumerate(sections))
 
 
 def _section(title: str, body: str) -> str:
   return f"{_fixed('## ' + title)} {body}"
 
 
-def _arc_head(g: _Lark, k: int) -> str:
+def _arc_head(g: _Lark, k: int, name: str | None = None) -> str:
+  if name is not None:
+    return _fixed(f"### Arc {k}: {name}")
   g.text("NAME", 1, sp.MAX_NAME_CHARS)
   return g.line(f"ARC_{k}", f'"### Arc {k}: " NAME')
 
 
-def _arc_section(g: _Lark, name: str, body, last: bool = False) -> str:
-  """1..MAX_ARCS arcs `### Arc k: name` numbered in order, each followed by body(last)."""
-  return _numbered(g, name, sp.MAX_ARCS, lambda k: _arc_head(g, k), body, last)
+def _arc_section(g: _Lark, name: str, body, last: bool, arcs: Sequence[str] | None = None) -> str:
+  """Arcs `### Arc k: name` numbered in order, each followed by body(k, last): the given `arcs`, else 1..MAX_ARCS
+  arcs of any names."""
+  if arcs is None:
+    return _numbered(g, name, sp.MAX_ARCS, lambda k: _arc_head(g, k), lambda final: body(None, final), last)
+  return f" {_BLANK} ".join(f"{_arc_head(g, k, arc)} {body(k, last and k == len(arcs))}"
+                            for k, arc in enumerate(arcs, start=1))
 
 
-def _archetypes(g: _Lark) -> str:
-  return _blocks(g, "archetype", (1, sp.MAX_ARCHETYPES), lambda last: (
-      f"{_name_line(g, '### ', None, 'H3_NAME')} {_bullets(g, 'BULLET', sp.BULLETS['archetype'], last)}"), False)
+def _archetypes(g: _Lark, last: bool) -> str:
+  return _blocks(g, "archetype", (1, sp.MAX_ARCHETYPES), lambda final: (
+      f"{_name_line(g, '### ', None, 'H3_NAME')} {_bullets(g, 'BULLET', sp.BULLETS['archetype'], final)}"), last)
 
 
-def _chapter_values(g: _Lark, name: str, value: str, last: bool) -> str:
-  """Per chapter `#### name` then a value line, 1..MAX_CHAPTERS_PER_ARC chapters."""
+def _chapter_values(g: _Lark, name: str, value: str, last: bool, chapters: Sequence[str] | None = None) -> str:
+  """Per chapter `#### name` then a value line: the given `chapters`, else 1..MAX_CHAPTERS_PER_ARC of any
+  names."""
+  if chapters is not None:
+    return " ".join(f"{_fixed('#### ' + c)} {g.line(name, value, last and i == len(chapters) - 1)}"
+                    for i, c in enumerate(chapters))
   head = _name_line(g, "#### ", None, "H4_NAME")
   middle = f"{head} {g.line(name, value)}"
   if not last:
@@ -320,31 +339,55 @@ def _chapter_values(g: _Lark, name: str, value: str, last: bool) -> str:
   return f"({middle}){{0,{sp.MAX_CHAPTERS_PER_ARC - 1}}} {head} {g.line(name, value, last=True)}"
 
 
-def _book_plan(g: _Lark, profile: sp.Profile) -> str:
-  rules = _section("World Rules", _bullets(g, "BULLET", sp.BULLETS["world_rules"], False))
-  archetypes = _section("Character Archetypes", _archetypes(g))
-  style_last = not profile.full_book
-  style = _section("Writing Style", _bullets(g, "BULLET", sp.BULLETS["writing_style"], style_last))
+@dataclasses.dataclass(frozen=True)
+class _PlanSoFar:
+  """What the book plan's written sections fix for the later ones (None: not written yet)."""
+
+  arcs: Sequence[str] | None = None
+  counts: Sequence[int] | None = None
+  names: Sequence[Sequence[str]] | None = None
+
+
+def _plan_sections(g: _Lark, profile: sp.Profile, known: _PlanSoFar) -> list[tuple[str, Any]]:
+  """(title, body(last)) of every section of `profile`'s book plan, in order."""
+  bullets = lambda field: (lambda k, last: _bullets(g, "BULLET", sp.BULLETS[field], last))  # noqa: E731
+  common = {"World Rules": lambda last: _bullets(g, "BULLET", sp.BULLETS["world_rules"], last),
+            "Character Archetypes": lambda last: _archetypes(g, last),
+            "Writing Style": lambda last: _bullets(g, "BULLET", sp.BULLETS["writing_style"], last)}
   if not profile.full_book:
-    arcs = _section("Story Arcs", _arc_section(g, "story_arc", lambda last: _bullets(g, "BULLET", sp.BULLETS["short"],
-                                                                                     last)))
-    return " ".join([_preview(g, False), _BLANK, rules, _BLANK, arcs, _BLANK, archetypes, _BLANK, style])
-  sections = [rules, _section("Short Story Arcs", _arc_section(
-      g, "short_arc", lambda last: _bullets(g, "BULLET", sp.BULLETS["short"], last))), archetypes, style]
-  for field, title in (("medium", "Medium Story Arcs"), ("long", "Long Story Arcs")):
-    sections.append(_section(title, _arc_section(
-        g, f"{field}_arc", lambda last, field=field: _bullets(g, "BULLET", sp.BULLETS[field], last))))
-  sections.append(_section("Number of Chapters", _arc_section(
-      g, "count_arc", lambda last: g.line("CHAPTER_COUNT", '/\\* [1-9][0-9]?/', last))))
+    common["Story Arcs"] = lambda last: _arc_section(g, "story_arc", bullets("short"), last)
+    return _preview_sections(g) + [(title, common[title]) for title in sp.PLAN_SECTIONS_24B[4:]]
+  arcs = known.arcs
   g.text("CHAPTER_NAME", 1, sp.MAX_NAME_CHARS)
-  sections.append(_section("Chapter Names", _arc_section(
-      g, "names_arc", lambda last: _bullets(g, "CHAPTER_NAME_BULLET", (1, sp.MAX_CHAPTERS_PER_ARC), last,
-                                            text="CHAPTER_NAME"))))
-  sections.append(_section("Chapters Embedding Space", _arc_section(
-      g, "embedding_arc", lambda last: _chapter_values(g, "EMBEDDING", f"/{_EMBEDDING}/", last))))
-  sections.append(_section("Chapters Word Count", _arc_section(
-      g, "words_arc", lambda last: _chapter_values(g, "WORD_COUNT", f"/{_WORD_COUNT}/", last), last=True)))
-  return f" {_BLANK} ".join(sections)
+
+  def names(k: int | None, last: bool) -> str:
+    count = known.counts[k - 1] if k is not None and known.counts is not None else None
+    limits = (count, count) if count else (1, sp.MAX_CHAPTERS_PER_ARC)
+    return _bullets(g, "CHAPTER_NAME_BULLET", limits, last, text="CHAPTER_NAME")
+
+  def values(name: str, value: str):
+    return lambda k, last: _chapter_values(g, name, value, last, None if k is None or known.names is None
+                                           else known.names[k - 1])
+
+  per_arc = {"Short Story Arcs": ("short_arc", bullets("short")), "Medium Story Arcs": ("medium_arc", bullets("medium")),
+             "Long Story Arcs": ("long_arc", bullets("long")),
+             "Number of Chapters": ("count_arc", lambda k, last: g.line("CHAPTER_COUNT", '/\\* [1-9][0-9]?/', last)),
+             "Chapter Names": ("names_arc", names),
+             "Chapters Embedding Space": ("embedding_arc", values("EMBEDDING", f"/{_EMBEDDING}/")),
+             "Chapters Word Count": ("words_arc", values("WORD_COUNT", f"/{_WORD_COUNT}/"))}
+  sections = []
+  for title in sp.PLAN_SECTIONS_14B:
+    if title in common:
+      sections.append((title, common[title]))
+    else:
+      rule, body = per_arc[title]
+      fixed = arcs if title != "Short Story Arcs" else None
+      sections.append((title, lambda last, rule=rule, body=body, fixed=fixed: _arc_section(g, rule, body, last, fixed)))
+  return sections
+
+
+def _book_plan(g: _Lark, profile: sp.Profile) -> str:
+  return _join_sections(_plan_sections(g, profile, _PlanSoFar()), True)
 
 
 def _focuses(g: _Lark) -> str:
@@ -438,7 +481,7 @@ def _chapter_name(stages: Sequence[tuple[str, str]], profile: sp.Profile, role: 
 def _content(g: _Lark, profile: sp.Profile, role: str, stages: Sequence[tuple[str, str]]) -> str:
   """The start rule's body for `role`'s content (module docstring: what it fixes from `stages`)."""
   if role == "book_preview":
-    return _preview(g, True)
+    return _join_sections(_preview_sections(g), True)
   if role == "book_plan":
     return _book_plan(g, profile)
   planned = _planned(stages, profile) if profile.full_book else None
@@ -495,3 +538,48 @@ def stage_grammar(profile: str | sp.Profile, role: str, stages: Sequence[tuple[s
     raise ValueError(f"profile {profile.name} has no stage {role!r}; its stages are {profile.roles}")
   g = _Lark(end)
   return Grammar(kind="lark", text=g.render(_content(g, profile, role, list(stages))), role=role, end=end)
+
+
+def _plan_so_far(written: str, profile: sp.Profile, titles: Sequence[str]) -> _PlanSoFar:
+  """What the complete sections `written` fix for the later ones (arc names, chapter counts, names)."""
+  if not profile.full_book or not titles:
+    return _PlanSoFar()
+  fields, _ = sp._parse_book_plan(written, profile)  # noqa: SLF001 - the parser of the same format
+  arcs = [a["name"] for a in fields.get("arcs", [])] if "Short Story Arcs" in titles else None
+  counts = [a["chapters"] for a in fields.get("arcs", [])] if "Number of Chapters" in titles else None
+  names = None
+  if "Chapter Names" in titles and counts is not None:
+    flat, names = [c["name"] for c in fields.get("chapters", [])], []
+    for count in counts:
+      names.append(flat[:count])
+      flat = flat[count:]
+  return _PlanSoFar(arcs=arcs, counts=counts, names=names)
+
+
+def book_plan_section_grammar(profile: str | sp.Profile, written: str = "", *, end: str | None = "text") -> Grammar:
+  """The grammar of the book plan's next section, after the complete sections `written` so far.
+
+  Sampling the book plan one section at a time, each under this grammar, gives a plan that check_stage
+  accepts in full: the later sections repeat what the written ones chose (14b: the short story arcs' titles
+  in every arc section, each arc's `* K` as its number of chapter names, the chapter names in the embedding
+  and word-count sections), which one grammar for the whole stage cannot say. A section's text is its
+  `## Title` line, its body and the blank line after it (ending in "\\n\\n"); the last section's ends with
+  the end marker as `stage_grammar`'s does (`end`). The plan is `written` plus the sections' texts.
+
+  Raises:
+    ValueError: when `written` is not whole sections of the profile's book plan in order (or is all of them).
+  """
+  profile = sp.get_profile(profile)
+  order = sp.PLAN_SECTIONS_14B if profile.full_book else sp.PLAN_SECTIONS_24B
+  titles = [line[3:] for line in written.split("\n") if line.startswith("## ")]
+  if titles != list(order[:len(titles)]) or (written and not written.endswith("\n\n")) or (
+      written and not written.startswith("## ")):
+    raise ValueError(f"book_plan: the written part must be whole sections {list(order)} in order, each ending "
+                     f"with a blank line; it holds sections {titles}")
+  if len(titles) == len(order):
+    raise ValueError("book_plan: every section is written; the stage is complete")
+  g = _Lark(end)
+  title, body = _plan_sections(g, profile, _plan_so_far(written.rstrip("\n"), profile, titles))[len(titles)]
+  last = len(titles) == len(order) - 1
+  start = _section(title, body(last)) + ("" if last else f" {_BLANK}")
+  return Grammar(kind="lark", text=g.render(start), role="book_plan", end=end if last else None)
