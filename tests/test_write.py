@@ -363,3 +363,17 @@ def test_writing_through_xbook_serve_gives_the_book_written_here(run_dir, tmp_pa
     there = write_books.write_book(backend, PROMPT, tmp_path / "there", seed=9, config=config)
   assert [(s["stage"], s["text"]) for s in there["stages"]] == [(s["stage"], s["text"]) for s in here["stages"]]
   assert there["step"] is None and any(s["cached_tokens"] > 0 for s in there["stages"])
+
+
+def test_stages_written_under_their_grammars_are_valid_whenever_they_end(paper_run, tmp_path):
+  """WriteConfig.grammars (the default): every stage the model ends (its grammar complete, not cut by its
+  budget) passes check_stage at the first draw; the same run sampling freely gets none right."""
+  from xbook.scaffold import stage_protocol as sp
+  budgets = dict(paper_max_tokens=160, retries=0, max_chapters=2, context_len=2048)
+  constrained = write_book(paper_run, PROMPT, tmp_path / "grammar", seed=5, config=_config(**budgets))
+  free = write_book(paper_run, PROMPT, tmp_path / "free", seed=5, config=_config(grammars=False, **budgets))
+  ended = [s for s in constrained["stages"] if s["finish_reason"] == "stop"]
+  assert ended, [(s["stage"], s["finish_reason"]) for s in constrained["stages"]]
+  for stage in ended:
+    assert stage["problems"] == [] and sp.EOT not in stage["text"], (stage["stage"], stage["problems"])
+  assert all(s["problems"] for s in free["stages"])

@@ -615,10 +615,12 @@ def _compile_decode(args: argparse.Namespace) -> int:
   target = configured(aot_decode.DecodeTarget, accelerator=args.topology, batch=args.batch,
                       context_len=args.context_len)
   mesh_config = configured(MeshConfig)
-  report = aot_decode.compile_decode(config, target, mesh_config)
+  probe = not args.full_model
+  report = aot_decode.compile_decode(config, target, mesh_config, probe)
   reports = {"batch_1" if target.batch == 1 else f"batch_{target.batch}": report}
   if args.largest_batch:
-    batch, largest = aot_decode.largest_batch(config, target, mesh_config, report)
+    batch, largest = aot_decode.largest_batch(config, target, mesh_config, report, probe_layers=probe,
+                                              max_compiles=3)
     if largest is not None and largest.batch != report.batch:
       reports[f"largest_batch_{batch}"] = largest
   if args.json:
@@ -1072,6 +1074,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                  help="--decode: tokens per slot (default: DecodeTarget.context_len)")
   p.add_argument("--largest_batch", action="store_true",
                  help="--decode: also find and compile the largest batch that fits (memory is linear in it)")
+  p.add_argument("--full_model", action="store_true",
+                 help="--decode: compile every layer (minutes each at paper scale); default: compile 2- and 4-layer "
+                      "programs and extrapolate linearly to all layers (each layer has its own weights and cache)")
 
   p = _add(commands, "generate", "Write a passage from a prompt with a trained run, in the run's vocabulary "
            "(xbook's, or a pretrained tokenizer.json, tekken.json or tokenizer.model).",

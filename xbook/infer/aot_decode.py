@@ -98,6 +98,7 @@ class DecodeCompileReport:
   step_bytes_accessed: float | None
   step_flops: float | None
   compile_s: float
+  extrapolated_from_layers: tuple[int, int] | None = None  # compiled at these layer counts, extrapolated
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -167,8 +168,35 @@ def lower_programs(config: DecoderConfig, target: DecodeTarget, mesh: Any, rules
   return {"params": params, "cache": cache, "prefill": prefill, "decode": segment}
 
 
-def compile_decode(config: DecoderConfig, target: DecodeTarget, mesh_config: MeshConfig) -> DecodeCompileReport:
-  """Compile the engine's programs for `target`'s slice on this host and report on them."""
+# Layer counts of the probe programs `compile_decode(..., probe_layers=True)` extrapolates from.
+PROBE_LAYERS = (2, 4)
+
+
+def compile_decode(config: DecoderConfig, target: DecodeTarget, mesh_config: MeshConfig,
+                   probe_layers: bool = False) -> DecodeCompileReport:
+  """Compile the engine's programs for `target`'s slice on this host and report on them.
+
+  probe_layers: compile PROBE_LAYERS-layer models instead of all of config.n_layers and extrapolate every
+    figure linearly to all layers (each layer has its own weights and cache slice, and the same
+    temporaries): two small compiles where the full unrolled model takes minutes each. The weights' and
+    cache's bytes (so the floor) are computed for all layers either way; the report says which it is.
+  """
+  if probe_layers and config.n_layers > PROBE_LAYERS[1]:
+    low, high = (compile_decode(dataclasses.replace(config, n_layers=n), target, mesh_config) for n in PROBE_LAYERS)
+    scale = (config.n_layers - PROBE_LAYERS[0]) / (PROBE_LAYERS[1] - PROBE_LAYERS[0])
+    line = lambda a, b: None if a is None or b is None else a + (b - a) * scale  # noqa: E731
+    exact = compile_layout(config, target, mesh_config)
+    total = int(line(low.total_bytes_per_chip, high.total_bytes_per_chip))
+    accessed = line(low.step_bytes_accessed, high.step_bytes_accessed)
+    projected = line(low.projected_ms_per_token, high.projected_ms_per_token)
+    return dataclasses.replace(
+        low, params=config.num_params(), param_bytes=exact["param_bytes"], cache_bytes=exact["cache_bytes"],
+        prefill_bytes=int(line(low.prefill_bytes, high.prefill_bytes)),
+        decode_bytes=int(line(low.decode_bytes, high.decode_bytes)), total_bytes_per_chip=total,
+        fits=total <= low.hbm_bytes, floor_ms_per_token=exact["floor_ms_per_token"],
+        projected_ms_per_token=projected, step_bytes_accessed=accessed,
+        step_flops=line(low.step_flops, high.step_flops), compile_s=low.compile_s + high.compile_s,
+        extrapolated_from_layers=PROBE_LAYERS)
   tpu_slice: TpuSlice = parse_slice(target.accelerator)
   devices = topology_devices(tpu_slice)
   mesh = make_mesh(mesh_config, devices)
@@ -206,9 +234,24 @@ def compile_decode(config: DecoderConfig, target: DecodeTarget, mesh_config: Mes
 MAX_BATCH_SEARCHED = 1024
 
 
+def compile_layout(config: DecoderConfig, target: DecodeTarget, mesh_config: MeshConfig) -> dict[str, float]:
+  """The weights' and cache's bytes per chip and the HBM floor of a step, from the abstract arrays' shardings
+  on the slice (nothing compiled)."""
+  tpu_slice = parse_slice(target.accelerator)
+  mesh = make_mesh(mesh_config, topology_devices(tpu_slice))
+  rules = decode_lib.inference_rules(shard_cache_length=target.shard_cache_length)
+  run_config = decode_lib.decode_config(config)
+  params = abstract_params(run_config, mesh=mesh, rules=rules, dtype=target.param_dtype)
+  cache = abstract_cache(config, target.batch, target.context_len, target.cache_dtype, mesh, rules)
+  param_bytes, cache_bytes = _bytes_per_chip(params), _bytes_per_chip(cache)
+  bandwidth = HBM_BANDWIDTH[tpu_slice.generation.name]
+  return {"param_bytes": param_bytes, "cache_bytes": cache_bytes,
+          "floor_ms_per_token": 1e3 * (param_bytes + cache_bytes) / bandwidth}
+
+
 def largest_batch(config: DecoderConfig, target: DecodeTarget, mesh_config: MeshConfig,
                   one: DecodeCompileReport, max_batch: int = MAX_BATCH_SEARCHED,
-                  max_compiles: int = 6) -> tuple[int, DecodeCompileReport | None]:
+                  max_compiles: int = 6, probe_layers: bool = False) -> tuple[int, DecodeCompileReport | None]:
   """(the largest batch up to `max_batch` found to fit, its compiled report; (0, None) when even batch 1 does
   not fit). Memory grows about linearly with the batch: batch 1 and 2 give the first prediction; then each
   compile narrows the range between the largest batch that fit and the smallest that did not, the next
@@ -216,7 +259,7 @@ def largest_batch(config: DecoderConfig, target: DecodeTarget, mesh_config: Mesh
   `max_compiles` compiles were spent."""
   if not one.fits:
     return 0, None
-  two = compile_decode(config, dataclasses.replace(target, batch=2), mesh_config)
+  two = compile_decode(config, dataclasses.replace(target, batch=2), mesh_config, probe_layers)
   if not two.fits:
     return 1, one
   fit, miss = two, None
@@ -231,7 +274,7 @@ def largest_batch(config: DecoderConfig, target: DecodeTarget, mesh_config: Mesh
       candidate = min(max(candidate, fit.batch + 1), miss.batch - 1)
     if candidate <= fit.batch or (miss is not None and miss.batch - fit.batch <= max(1, fit.batch // 16)):
       break
-    report = compile_decode(config, dataclasses.replace(target, batch=candidate), mesh_config)
+    report = compile_decode(config, dataclasses.replace(target, batch=candidate), mesh_config, probe_layers)
     if report.fits:
       fit = report
       if candidate >= max_batch:
@@ -261,4 +304,6 @@ def format_report(report: DecodeCompileReport) -> str:
       f"{'fits' if report.fits else 'DOES NOT FIT'} ({100 * report.total_bytes_per_chip / report.hbm_bytes:.0f}%)",
       f"decode step (all {report.batch} slot(s) one token, cache full): HBM floor {report.floor_ms_per_token:.3g} ms "
       f"(weights + cache read once), projected {projected} ({report.compile_s:.0f} s to compile)",
-  ])
+  ] + ([f"(programs compiled with {' and '.join(map(str, report.extrapolated_from_layers))} layers, every figure "
+        "extrapolated linearly to all layers; --full_model compiles them all)"]
+       if report.extrapolated_from_layers else []))

@@ -63,7 +63,8 @@ _COMPILES: collections.Counter[str] = collections.Counter()
 
 def compile_counts() -> dict[str, int]:
   """How many times each jitted decode function was traced (= compiled) in this process."""
-  return {name: _COMPILES[name] for name in ("prefill", "decode", "grow", "sample", "engine_segment", "truncate")}
+  return {name: _COMPILES[name] for name in ("prefill", "decode", "grow", "sample", "engine_segment", "engine_prefill",
+                                                    "truncate")}
 
 
 def bucket(n: int, cap: int | None = None, minimum: int = MIN_BUCKET) -> int:

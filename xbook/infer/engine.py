@@ -214,6 +214,22 @@ def _segment(params: PlacedParams, cache: KVCache, logits: jax.Array, counts: ja
   return cache, logits, counts, done, emitted, stop_token
 
 
+@functools.partial(jax.jit, static_argnames=("config", "rules"), donate_argnames=("cache", "logits"))
+def _prefill_rows(params: PlacedParams, cache: KVCache, logits: jax.Array, rows: jax.Array, tokens: jax.Array,
+                  n_valid: jax.Array, *, config: DecoderConfig, rules: tuple) -> tuple[KVCache, jax.Array]:
+  """decode's prefill chunk for the cache rows `rows` only ([k]; an index past the slots pads): their cache
+  rows and logits are gathered, fed tokens [k, chunk] (n_valid [k] real), and written back."""
+  decode_lib._COMPILES["engine_prefill"] += 1
+  take = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
+  put = lambda full, part: full.at[rows].set(part, mode="drop")  # noqa: E731
+  sub = jax.tree.map(take, cache)
+  sub, sub_logits = decode_lib._prefill_chunk(params, sub, tokens, n_valid, take(logits), config=config,
+                                              rules=rules)
+  with nn.logical_axis_rules(rules):
+    cache = decode_lib._constrain(jax.tree.map(put, cache, sub))
+  return cache, put(logits, sub_logits)
+
+
 @functools.partial(jax.jit, donate_argnames=("cache",))
 def _truncate(cache: KVCache, lengths: jax.Array) -> KVCache:
   """Each row keeps its first lengths[row] stored tokens (the rest of its slots become empty)."""
@@ -418,12 +434,17 @@ class Engine:
     need = max(len(self.stored[i]) + len(c) for i, c in enumerate(chunks))
     self._room_for(need)
     width = bucket(max(map(len, chunks)), cap=self.prefill_chunk, minimum=min(MIN_PREFILL_BUCKET, self.prefill_chunk))
-    tokens = np.zeros((self.slots, width), np.int32)
-    n_valid = np.zeros((self.slots,), np.int32)
-    for i, chunk in enumerate(chunks):
-      tokens[i, :len(chunk)], n_valid[i] = chunk, len(chunk)
-    self.cache, self.logits = decode_lib._prefill_chunk(
-        self.params, self.cache, self._put(tokens), self._put(n_valid), self.logits,
+    # Only the rows that prefill are computed: a sub-batch of a power of two of them (padding rows point
+    # past the slots: gathered as the last row, never written back).
+    rows = [i for i, chunk in enumerate(chunks) if chunk]
+    sub = 1 << (len(rows) - 1).bit_length()
+    index = np.full((sub,), self.slots, np.int32)
+    tokens = np.zeros((sub, width), np.int32)
+    n_valid = np.zeros((sub,), np.int32)
+    for j, i in enumerate(rows):
+      index[j], tokens[j, :len(chunks[i])], n_valid[j] = i, chunks[i], len(chunks[i])
+    self.cache, self.logits = _prefill_rows(
+        self.params, self.cache, self.logits, self._put(index), self._put(tokens), self._put(n_valid),
         config=decode_config(self.config), rules=self.rules)
     jax.block_until_ready(self.logits)
     elapsed = time.perf_counter() - started
@@ -448,25 +469,18 @@ class Engine:
     if not decoding:
       return
     self._room_for(max(len(self.stored[i]) for i in decoding) + 1)
-    constrained = any(self.rows[i].handle.request.constraint is not None for i in decoding)
+    constrained = [i for i in decoding if self.rows[i].handle.request.constraint is not None]
     steps = 1 if constrained else self.sync_every
-    done = np.ones(self.slots, bool)
-    max_tokens = np.ones(self.slots, np.int32)
-    stop_ids = np.full((self.slots, MAX_STOP_TOKENS), -1, np.int32)
-    bitmask = np.full((self.slots, self.words), -1, np.int32)
-    sampling = [decode_lib.GREEDY] * self.slots
-    for i in decoding:
-      request = self.rows[i].handle.request
-      done[i] = False
-      max_tokens[i] = request.sampling.max_tokens
-      ids = sorted(set(request.stop_token_ids))
-      stop_ids[i, :len(ids)] = ids
-      sampling[i] = request.sampling
-      if request.constraint is not None:
-        request.constraint.fill_bitmask(bitmask[i])
+    done, max_tokens, stop_ids, sampling = self._row_settings(tuple(decoding))
+    if constrained:
+      bitmask = np.full((self.slots, self.words), -1, np.int32)
+      for i in constrained:
+        self.rows[i].handle.request.constraint.fill_bitmask(bitmask[i])
+      bitmask = self._put(bitmask)
+    else:
+      bitmask = self._all_allowed()
     (self.cache, self.logits, counts, done_after, emitted, stop_token) = _segment(
-        self.params, self.cache, self.logits, self._put(self.counts), self._put(done), self._put(max_tokens),
-        self._put(stop_ids), decode_lib.RowSampling.of(sampling, self.mesh), self._put(bitmask),
+        self.params, self.cache, self.logits, self._put(self.counts), done, max_tokens, stop_ids, sampling, bitmask,
         np.int32(self.vocab_size_limit), np.int32(steps), config=decode_config(self.config), rules=self.rules,
         segment=self.sync_every)
     counts, done_after, emitted, stop_token, lengths = (
@@ -474,6 +488,30 @@ class Engine:
     self.counts = counts.astype(np.int32)
     for i in decoding:
       self._settle(i, emitted[i][emitted[i] >= 0].tolist(), bool(done_after[i]), int(stop_token[i]), int(lengths[i]))
+
+  def _row_settings(self, decoding: tuple[int, ...]) -> tuple[jax.Array, ...]:
+    """(done, max_tokens, stop ids, RowSampling) of the decoding rows on the device; kept while the same
+    requests decode (placing them anew at every segment was a good part of a small model's step)."""
+    key = tuple((i, id(self.rows[i].handle)) for i in decoding)
+    if getattr(self, "_settings_key", None) != key:
+      done = np.ones(self.slots, bool)
+      max_tokens = np.ones(self.slots, np.int32)
+      stop_ids = np.full((self.slots, MAX_STOP_TOKENS), -1, np.int32)
+      sampling = [decode_lib.GREEDY] * self.slots
+      for i in decoding:
+        request = self.rows[i].handle.request
+        done[i], max_tokens[i], sampling[i] = False, request.sampling.max_tokens, request.sampling
+        ids = sorted(set(request.stop_token_ids))
+        stop_ids[i, :len(ids)] = ids
+      self._settings_key = key
+      self._settings = (self._put(done), self._put(max_tokens), self._put(stop_ids),
+                        decode_lib.RowSampling.of(sampling, self.mesh))
+    return self._settings
+
+  def _all_allowed(self) -> jax.Array:
+    if getattr(self, "_allowed", None) is None:
+      self._allowed = self._put(np.full((self.slots, self.words), -1, np.int32))
+    return self._allowed
 
   def _settle(self, slot: int, new: list[int], done: bool, stop_token: int, length: int) -> None:
     """After a segment: record a row's new tokens, advance its grammar, match stop strings, stream, and
