@@ -620,7 +620,7 @@ def _compile_decode(args: argparse.Namespace) -> int:
   reports = {"batch_1" if target.batch == 1 else f"batch_{target.batch}": report}
   if args.largest_batch:
     batch, largest = aot_decode.largest_batch(config, target, mesh_config, report, probe_layers=probe,
-                                              max_compiles=3)
+                                              max_compiles=args.batch_compiles)
     if largest is not None and largest.batch != report.batch:
       reports[f"largest_batch_{batch}"] = largest
   if args.json:
@@ -1074,6 +1074,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                  help="--decode: tokens per slot (default: DecodeTarget.context_len)")
   p.add_argument("--largest_batch", action="store_true",
                  help="--decode: also find and compile the largest batch that fits (memory is linear in it)")
+  p.add_argument("--batch_compiles", type=int, default=2,
+                 help="--largest_batch: compiles spent narrowing the largest batch after batch 1 and 2 (default 2)")
   p.add_argument("--full_model", action="store_true",
                  help="--decode: compile every layer (minutes each at paper scale); default: compile 2- and 4-layer "
                       "programs and extrapolate linearly to all layers (each layer has its own weights and cache)")

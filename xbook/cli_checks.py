@@ -70,7 +70,7 @@ RANGES: dict[str, Range] = {
     "max_waiting": AT_LEAST_ONE, "prefill_chunk": AT_LEAST_ONE, "batch": AT_LEAST_ONE, "clients": AT_LEAST_ONE,
     "requests": AT_LEAST_ONE, "short_tokens": AT_LEAST_ONE, "long_tokens": AT_LEAST_ONE,
     "stages": AT_LEAST_ONE, "answer_tokens": AT_LEAST_ONE, "header_tokens": AT_LEAST_ONE, "rows": AT_LEAST_ONE,
-    "tokens": AT_LEAST_ONE,
+    "tokens": AT_LEAST_ONE, "batch_compiles": AT_LEAST_ONE,
 }
 
 

@@ -434,18 +434,16 @@ class Engine:
     need = max(len(self.stored[i]) + len(c) for i, c in enumerate(chunks))
     self._room_for(need)
     width = bucket(max(map(len, chunks)), cap=self.prefill_chunk, minimum=min(MIN_PREFILL_BUCKET, self.prefill_chunk))
-    # Only the rows that prefill are computed: a sub-batch of a power of two of them (padding rows point
-    # past the slots: gathered as the last row, never written back).
-    rows = [i for i, chunk in enumerate(chunks) if chunk]
-    sub = 1 << (len(rows) - 1).bit_length()
-    index = np.full((sub,), self.slots, np.int32)
-    tokens = np.zeros((sub, width), np.int32)
-    n_valid = np.zeros((sub,), np.int32)
-    for j, i in enumerate(rows):
-      index[j], tokens[j, :len(chunks[i])], n_valid[j] = i, chunks[i], len(chunks[i])
-    self.cache, self.logits = _prefill_rows(
-        self.params, self.cache, self.logits, self._put(index), self._put(tokens), self._put(n_valid),
-        config=decode_config(self.config), rules=self.rules)
+    # Only the rows that prefill are computed, one at a time (a sub-batch of one row, gathered and written
+    # back): the programs are one per chunk width and cache length, whatever the mix of requests.
+    for i, chunk in enumerate(chunks):
+      if not chunk:
+        continue
+      tokens = np.zeros((1, width), np.int32)
+      tokens[0, :len(chunk)] = chunk
+      self.cache, self.logits = _prefill_rows(
+          self.params, self.cache, self.logits, self._put(np.asarray([i], np.int32)), self._put(tokens),
+          self._put(np.asarray([len(chunk)], np.int32)), config=decode_config(self.config), rules=self.rules)
     jax.block_until_ready(self.logits)
     elapsed = time.perf_counter() - started
     for i, chunk in enumerate(chunks):

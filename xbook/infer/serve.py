@@ -42,6 +42,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -269,10 +270,34 @@ def _templated_ids(messages: list[dict[str, Any]], model: ServedModel) -> list[i
                                       add_generation_prompt=True)
   except ChatTemplateError as error:
     raise RequestError(400, f"messages: the model's chat template refused them ({error})", "messages") from error
-  ids = model.vocabulary.encode(text)
+  ids = encode_with_special_tokens(model.vocabulary, text)
   if len(ids) > model.max_prompt_tokens:
     raise RequestError(400, f"messages: {len(ids)} tokens after the chat template, more than the server's "
                             f"--max_prompt_tokens {model.max_prompt_tokens}; shorten them", "messages")
+  return ids
+
+
+def encode_with_special_tokens(vocabulary: Any, text: str) -> list[int]:
+  """`text` encoded as transformers encodes a rendered chat template: the tokenizer's added special tokens
+  written in it (`<s>`, `[INST]`, ...) become their ids, the text between them is encoded as usual.
+  (The vocabulary's own `encode` spells special-token text out, so that a user's text can never forge one.)"""
+  backend = getattr(vocabulary, "_tokenizer", None)
+  specials: dict[str, int] = {}
+  if backend is not None and hasattr(backend, "get_added_tokens_decoder"):
+    specials = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+  elif getattr(vocabulary, "_processor", None) is not None:  # SentencePiece: its control pieces
+    processor = vocabulary._processor  # noqa: SLF001
+    specials = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())
+                if processor.is_control(i) and processor.id_to_piece(i)}
+  if not specials:
+    return list(vocabulary.encode(text))
+  pattern = re.compile("(" + "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)) + ")")
+  ids: list[int] = []
+  for part in pattern.split(text):
+    if part in specials:
+      ids.append(specials[part])
+    elif part:
+      ids += vocabulary.encode(part)
   return ids
 
 
