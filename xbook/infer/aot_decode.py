@@ -186,13 +186,14 @@ def compile_decode(config: DecoderConfig, target: DecodeTarget, mesh_config: Mes
     scale = (config.n_layers - PROBE_LAYERS[0]) / (PROBE_LAYERS[1] - PROBE_LAYERS[0])
     line = lambda a, b: None if a is None or b is None else a + (b - a) * scale  # noqa: E731
     exact = compile_layout(config, target, mesh_config)
-    total = int(line(low.total_bytes_per_chip, high.total_bytes_per_chip))
+    prefill_bytes, decode_bytes = int(line(low.prefill_bytes, high.prefill_bytes)), int(line(low.decode_bytes,
+                                                                                            high.decode_bytes))
+    total = max(prefill_bytes, decode_bytes)  # each program extrapolated, then the larger (not the max's line)
     accessed = line(low.step_bytes_accessed, high.step_bytes_accessed)
     projected = line(low.projected_ms_per_token, high.projected_ms_per_token)
     return dataclasses.replace(
         low, params=config.num_params(), param_bytes=exact["param_bytes"], cache_bytes=exact["cache_bytes"],
-        prefill_bytes=int(line(low.prefill_bytes, high.prefill_bytes)),
-        decode_bytes=int(line(low.decode_bytes, high.decode_bytes)), total_bytes_per_chip=total,
+        prefill_bytes=prefill_bytes, decode_bytes=decode_bytes, total_bytes_per_chip=total,
         fits=total <= low.hbm_bytes, floor_ms_per_token=exact["floor_ms_per_token"],
         projected_ms_per_token=projected, step_bytes_accessed=accessed,
         step_flops=line(low.step_flops, high.step_flops), compile_s=low.compile_s + high.compile_s,
