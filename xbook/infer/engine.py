@@ -441,6 +441,11 @@ class Engine:
         continue
       tokens = np.zeros((1, width), np.int32)
       tokens[0, :len(chunk)] = chunk
+      if self.slots == 1:  # the whole cache is the row: no gather (which would copy a row of a long context)
+        self.cache, self.logits = decode_lib._prefill_chunk(
+            self.params, self.cache, self._put(tokens), self._put(np.asarray([len(chunk)], np.int32)), self.logits,
+            config=decode_config(self.config), rules=self.rules)
+        continue
       self.cache, self.logits = _prefill_rows(
           self.params, self.cache, self.logits, self._put(np.asarray([i], np.int32)), self._put(tokens),
           self._put(np.asarray([len(chunk)], np.int32)), config=decode_config(self.config), rules=self.rules)
