@@ -3,8 +3,8 @@ trained run, each figure measured with and without in the same process.
 
   prefix reuse   a sequence of growing prompts as a book's stages make them (each prompt is the previous
                  one, its answer and a new stage header of --header_tokens), decoded one after another:
-                 prefilled tokens per new token (prompt tokens not in the previous prompt and answer) and
-                 seconds, with reuse and with every prompt prefilled whole;
+                 prefilled tokens per new token (what a prompt adds to the one before: the answer and the
+                 header) and seconds, with reuse and with every prompt prefilled whole;
   grammar        decode tokens per second of --rows rows sampling --tokens tokens each, free and under a
                  grammar that admits the same text (a regular expression of the vocabulary's words and
                  spaces), and their ratio.
@@ -42,11 +42,10 @@ def _growing(engine: Any, vocabulary: Any, args: argparse.Namespace) -> dict[str
   for stage in range(args.stages):
     if stage == 1:  # the first stage compiles; time from the second
       began, before, new = time.perf_counter(), engine.stats()["prefilled_tokens"], 0
-    new += len(prompt) - len(previous)
+    new += len(prompt) - len(previous)  # what the prompt grew by: the last answer and the new header
     sampling = SamplingParams(temperature=0.0, max_tokens=args.answer_tokens)
     [done] = engine.generate([EngineRequest(prompt, sampling)])
-    previous = prompt + done.token_ids
-    prompt = previous + header
+    previous, prompt = prompt, prompt + done.token_ids + header
   prefilled = engine.stats()["prefilled_tokens"] - before
   return {"prefill_per_new_token": prefilled / max(new, 1), "seconds": time.perf_counter() - began}
 
