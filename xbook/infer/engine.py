@@ -495,7 +495,7 @@ class Engine:
   def _row_settings(self, decoding: tuple[int, ...]) -> tuple[jax.Array, ...]:
     """(done, max_tokens, stop ids, RowSampling) of the decoding rows on the device; kept while the same
     requests decode (placing them anew at every segment was a good part of a small model's step)."""
-    key = tuple((i, id(self.rows[i].handle)) for i in decoding)
+    key = tuple((i, self.rows[i].handle.id) for i in decoding)  # request ids are never reused (id() is)
     if getattr(self, "_settings_key", None) != key:
       done = np.ones(self.slots, bool)
       max_tokens = np.ones(self.slots, np.int32)
