@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -92,6 +93,26 @@ class DecoderConfig:
     if self.sliding_window is not None and (self.sliding_window < 1 or self.attention != "dense"):
       raise ValueError(f"sliding_window={self.sliding_window} needs a positive window and "
                        f"attention='dense' (got {self.attention!r}: its kernels have no window yet)")
+
+  @classmethod
+  def from_record(cls, fields: Any, where: Any) -> DecoderConfig:
+    """The DecoderConfig a model.json records (`fields`: dataclasses.asdict of one; `where` names the file in
+    errors). Fields added since only take their defaults; one this release does not know (written by a newer
+    one) or a bad value is refused by name.
+
+    Raises:
+      ValueError: `fields` is not an object, names an unknown field or holds an invalid value.
+    """
+    if not isinstance(fields, dict):
+      raise ValueError(f"{where}: `model` must be the DecoderConfig's fields (a JSON object), got {fields!r}")
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+      raise ValueError(f"{where}: model.{unknown[0]} is not a DecoderConfig field of this xbook (unknown: "
+                       f"{', '.join(unknown)}; written by a newer release?): update xbook to read it")
+    try:
+      return cls(**fields)
+    except (TypeError, ValueError) as error:
+      raise ValueError(f"{where}: `model` is not a valid DecoderConfig: {error}") from None
 
   @property
   def rope(self) -> RopeScaling:

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from xbook.model.config import DecoderConfig
-from xbook.model.hf.checkpoint import load_info, load_params, save_params
+from xbook.model.hf.checkpoint import ImportedWeights, load_params, save_params
 from xbook.model.hf.writer import check_out_dir, staged_folder
 from xbook.model.lora import BASE_PARAMS, HF_MODULES, LORA_TARGETS, LoraConfig, merge_params
 
@@ -213,5 +213,5 @@ def import_peft_adapter(adapter_dir: str | os.PathLike[str], base_dir: str | os.
   lora, adapters = read_peft_adapter(adapter_dir, config)
   config = dataclasses.replace(config, lora=lora)
   save_params(out_dir, config, merge_params(adapters, params), hf_model_type=hf_model_type,
-              hf_config=load_info(base_dir)["hf_config"])
+              hf_config=dict(ImportedWeights.read(base_dir).hf_config))
   return config

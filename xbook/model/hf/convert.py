@@ -21,7 +21,7 @@ from safetensors import safe_open
 
 from xbook.model.config import DecoderConfig
 from xbook.model.lora import merged_params, split_params
-from xbook.model.hf.checkpoint import load_info, load_params, save_params
+from xbook.model.hf.checkpoint import ImportedWeights, load_params, save_params
 from xbook.model.hf.config import config_from_hf, text_config
 from xbook.model.hf.layout import TensorMap, tensor_maps
 from xbook.model.hf.writer import TOKEN_ID_FIELDS, write_hf_checkpoint
@@ -209,9 +209,8 @@ def export_hf_checkpoint(params_dir: str | os.PathLike[str], out_dir: str | os.P
     The names of the files written.
   """
   from xbook.model.hf.adapter import write_peft_adapter  # noqa: PLC0415 - adapter imports this module's peers
-  info = load_info(params_dir)
+  hf_config = ImportedWeights.read(params_dir).hf_config
   config, params, hf_model_type = load_params(params_dir)
-  hf_config = info["hf_config"]
   if adapter:
     if config.lora is None:
       raise ValueError(f"--adapter: {params_dir} holds no LoRA adapters (its model.json has no lora)")
