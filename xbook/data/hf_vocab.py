@@ -40,7 +40,7 @@ import tokenizers
 from etils import epath
 
 from xbook.data import tekken
-from xbook.data.vocab import Vocabulary, find_marker_style
+from xbook.data.vocab_base import Vocabulary, find_marker_style
 
 # Files beside a tokenizer.json that name its special tokens, in the order they are believed.
 SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "config.json", "generation_config.json")
@@ -68,6 +68,11 @@ class TokenizersVocab(Vocabulary):
     ids = {f"{name}_id": token_id for name, (token_id, _) in special.items()}
     super().__init__(path, files, size=_size(tokenizer),
                      marker_style=find_marker_style(self.encode, path), **ids)
+
+  @classmethod
+  def load_file(cls, path: str) -> TokenizersVocab:
+    file = epath.Path(path)
+    return load_json(file, file.read_bytes())
 
   def encode(self, text: str) -> list[int]:
     return self._tokenizer.encode(text, add_special_tokens=False).ids
