@@ -30,6 +30,7 @@ from xbook.train import trainer as trainer_lib
 from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.metrics import read_metrics
+from xbook.train.run_info import RunInfo
 from tiny_runs import MESH, train_tiny
 
 # conftest's vocabulary has 1,024 pieces: the tiny bases have as many embedding rows.
@@ -247,7 +248,7 @@ def test_a_ministral3_adapter_loads_in_peft_and_comes_back_with_import(bases, tm
   moved = {"path": str(bases["other"][1]), "kind": "imported", "step": None, "fingerprint": fingerprint}
   cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   with pytest.raises(ValueError, match=f"fingerprint {fingerprint}"):
-    adapters.merged_run_params(run_dir, config, trained, moved,
+    adapters.merged_run_params(dataclasses.replace(RunInfo.read(run_dir), started_from=moved), trained,
                                lora_lib.split_params(abstract_params(config, cpu))[1])
 
 

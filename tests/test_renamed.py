@@ -60,15 +60,17 @@ def test_a_run_configured_with_the_old_name_trains_in_that_plan_order(tmp_path, 
 
 
 def test_runs_written_under_the_old_names_report_their_plan_order(tmp_path):
+  # (tests/test_run_info.py reads a fixture of every release's run directory with RunInfo.)
+  record = {"model": {"vocab_size": 64}, "vocab_path": "vocab/xbook.model"}
   old_info = tmp_path / "recorded"  # model.json's trajectory under its old key
   old_info.mkdir()
-  (old_info / "model.json").write_text(json.dumps({"trajectory": {"layout": "paper_stages",
-                                                                  "profile": "24b_first_chapter"}}))
+  (old_info / "model.json").write_text(json.dumps({**record, "trajectory": {"layout": "paper_stages",
+                                                                            "profile": "24b_first_chapter"}}))
   assert run_plan_order(old_info) == ("paper_stages", "24b_first_chapter")
 
   older = tmp_path / "gin_only"  # model.json without `trajectory`: its config.gin says
   older.mkdir()
-  (older / "model.json").write_text("{}")
+  (older / "model.json").write_text(json.dumps(record))
   (older / "config.gin").write_text("train.trajectory_layout = 'paper_stages'\n"
                                     "paper_stages.profile = '14b_full_book'\n")
   assert run_plan_order(older) == ("paper_stages", "14b_full_book")

@@ -31,13 +31,13 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from xbook.infer.generate import run_seq_len, run_vocab_path
 from xbook.model import DecoderConfig, abstract_params
 from xbook.model.hf import (DTYPES, check_out_dir, default_max_position, default_model_type,
                             write_hf_checkpoint)
 from xbook.model.hf.adapter import write_peft_adapter
 from xbook.train import adapters
 from xbook.train.checkpoints import RunCheckpoints
+from xbook.train.run_info import RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +56,16 @@ class RunExport:
   files: list[str]
 
 
-def _read_run_info(run_dir: epath.Path) -> dict[str, Any]:
-  path = run_dir / "model.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory made by `xbook train`?")
-  return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _restore_params(run_dir: epath.Path, info: dict[str, Any], step: int | None, dtype: str, *,
+def _restore_params(run: RunInfo, step: int | None, dtype: str, *,
                     adapters_only: bool = False) -> tuple[dict[str, Any], int, DecoderConfig]:
-  """(parameters, step, their DecoderConfig) of checkpoint `step` (default the latest) on the host CPU,
-  cast by Orbax on read to `dtype` where that is narrower than the parameters' own.
+  """(parameters, step, their DecoderConfig) of the run's checkpoint `step` (default the latest) on the host
+  CPU, cast by Orbax on read to `dtype` where that is narrower than the parameters' own.
 
   A LoRA run's are its adapters merged into its base (xbook.train.adapters, read in the base's own
   dtype, which its fingerprint is checked in), with the base's DecoderConfig; with `adapters_only`, its
   adapters and its own DecoderConfig."""
-  config = DecoderConfig(**info["model"])
-  checkpoints = RunCheckpoints(str(run_dir))
+  config = run.model
+  checkpoints = RunCheckpoints(str(run.run_dir))
   try:
     steps = checkpoints.all_steps()
     if not steps:
@@ -89,7 +82,7 @@ def _restore_params(run_dir: epath.Path, info: dict[str, Any], step: int | None,
     elif adapters_only:
       params = adapters.restore_adapters(checkpoints, step, target)
     else:
-      params, config = adapters.load_merged(run_dir, info, checkpoints, step, config, target)
+      params, config = adapters.load_merged(run, checkpoints, step, target)
   finally:
     checkpoints.close()
   return params, step, config
@@ -153,7 +146,7 @@ def _sentencepiece_tokenizer_config(data: bytes) -> bytes:
   return (json.dumps(config, indent=2) + "\n").encode()
 
 
-def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, step: int | None = None,
+def export_run(run_dir: RunInfo | str | os.PathLike[str], out_dir: str | os.PathLike[str], *, step: int | None = None,
                dtype: str = "bfloat16", model_type: str | None = None, max_shard_size: str | int = "5GB",
                max_position_embeddings: int | None = None, overwrite: bool = False,
                adapter: bool = False) -> RunExport:
@@ -162,7 +155,8 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
   adapters alone as a peft adapter folder (xbook.model.hf.adapter; no tokenizer, no base weights).
 
   Args:
-    run_dir: a run directory written by `xbook train` (local or gs://): model.json, checkpoints/.
+    run_dir: a run (its xbook.train.run_info.RunInfo, or its directory written by `xbook train`, local or
+      gs://: model.json, checkpoints/).
     out_dir: the new local folder (absent or empty, unless `overwrite`).
     step: the checkpoint to export; default the latest.
     dtype: of the written tensors: "bfloat16" (default), "float16" or "float32".
@@ -171,7 +165,7 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
       the run's DecoderConfig.
     max_shard_size: the most bytes per safetensors file ("5GB", "500MB", ...).
     max_position_embeddings: config.json's context; default the scaled RoPE's context (yarn, llama3),
-      else the run's training length (`train.seq_len` in its config.gin).
+      else the run's training length (RunInfo.seq_len).
     overwrite: replace a non-empty `out_dir`.
     adapter: write a LoRA run's adapters as a peft folder (adapter_config.json,
       adapter_model.safetensors) that peft.PeftModel.from_pretrained loads onto the base.
@@ -184,40 +178,35 @@ def export_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
   if dtype not in DTYPES:
     raise ValueError(f"dtype={dtype!r}; expected one of {DTYPES}")
   check_out_dir(out_dir, overwrite)  # fail before restoring anything
-  run = epath.Path(run_dir)
-  info = _read_run_info(run)
-  config = DecoderConfig(**info["model"])
+  run = run_dir if isinstance(run_dir, RunInfo) else RunInfo.read(run_dir)
   if adapter:
-    return _export_adapter(run, info, out_dir, step=step, dtype=dtype, overwrite=overwrite)
-  config = adapters.base_config(config)
+    return _export_adapter(run, out_dir, step=step, dtype=dtype, overwrite=overwrite)
+  config = adapters.base_config(run.model)
   # The architecture the run's weights were imported from, when it was warm-started from imported weights.
-  model_type = (model_type or (info.get("started_from") or {}).get("hf_model_type")
-                or default_model_type(config))
-  vocab = run_vocab_path(run, info["vocab_path"])
-  files = _tokenizer_files(vocab)
+  model_type = (model_type or (run.started_from or {}).get("hf_model_type") or default_model_type(config))
+  files = _tokenizer_files(run.vocab_path)
   if "tokenizer.model" in files and not {"tokenizer.json", "tokenizer_config.json"} & files.keys():
     files["tokenizer_config.json"] = _sentencepiece_tokenizer_config(files["tokenizer.model"])
-  token_ids = _token_ids(vocab, files)
-  length = max_position_embeddings or default_max_position(config) or run_seq_len(run, info)
-  params, step, config = _restore_params(run, info, step, dtype)
-  log.info("exporting %s step %d as %s (%s)", run, step, model_type, dtype)
+  token_ids = _token_ids(run.vocab_path, files)
+  length = max_position_embeddings or default_max_position(config) or run.seq_len
+  params, step, config = _restore_params(run, step, dtype)
+  log.info("exporting %s step %d as %s (%s)", run.run_dir, step, model_type, dtype)
   written = write_hf_checkpoint(out_dir, config, params, model_type=model_type, dtype=dtype,
                                 max_shard_size=max_shard_size, max_position_embeddings=length,
                                 token_ids=token_ids, extra_files=files, overwrite=overwrite)
   return RunExport(out_dir=os.fspath(out_dir), step=step, model_type=model_type, dtype=dtype, files=written)
 
 
-def _export_adapter(run: epath.Path, info: dict[str, Any], out_dir: str | os.PathLike[str], *, step: int | None,
-                    dtype: str, overwrite: bool) -> RunExport:
+def _export_adapter(run: RunInfo, out_dir: str | os.PathLike[str], *, step: int | None, dtype: str,
+                    overwrite: bool) -> RunExport:
   """export_run(adapter=True): a LoRA run's adapters as a peft adapter folder."""
-  config = DecoderConfig(**info["model"])
-  if config.lora is None:
-    raise ValueError(f"--adapter: {run} is a full fine-tune (its model.json has no DecoderConfig.lora); "
+  if run.model.lora is None:
+    raise ValueError(f"--adapter: {run.run_dir} is a full fine-tune (its model.json has no DecoderConfig.lora); "
                      "export it without --adapter")
-  params, step, config = _restore_params(run, info, step, dtype, adapters_only=True)
-  base = (info.get("started_from") or {})
+  params, step, config = _restore_params(run, step, dtype, adapters_only=True)
+  base = run.started_from or {}
   files = write_peft_adapter(out_dir, config, params, dtype=dtype, base_model=base.get("path"),
                              overwrite=overwrite)
   model_type = base.get("hf_model_type") or default_model_type(adapters.base_config(config))
-  log.info("exported the adapters of %s step %d (base %s)", run, step, base.get("path"))
+  log.info("exported the adapters of %s step %d (base %s)", run.run_dir, step, base.get("path"))
   return RunExport(out_dir=os.fspath(out_dir), step=step, model_type=model_type, dtype=dtype, files=files)

@@ -14,29 +14,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
-import re
-from pathlib import Path
-from typing import Any, Mapping
+import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 
-from xbook.atomic import is_url
 from xbook.data import pieces, trajectory
-from xbook.data.vocab import Vocabulary, load_vocabulary
-from xbook.model import Decoder, DecoderConfig, abstract_params
+from xbook.data.vocab import Vocabulary
+from xbook.model import Decoder, abstract_params
+from xbook.train import adapters
 from xbook.train.checkpoints import RunCheckpoints
+from xbook.train.run_info import RunInfo
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class LoadedRun:
-  """A run's model, parameters (on one device) and vocabulary, at `step`."""
+  """A run's model, parameters (on one device, or placed on a mesh) and vocabulary, at `step`."""
 
   model: Decoder
   params: dict
@@ -44,90 +42,50 @@ class LoadedRun:
   step: int
 
 
-def run_vocab_path(run_dir: epath.Path, recorded: str) -> epath.Path:
-  """The vocabulary path recorded in a run's model.json; a relative one is inside the run directory."""
-  if is_url(recorded) or Path(recorded).is_absolute():
-    return epath.Path(recorded)
-  return epath.Path(run_dir) / recorded
+def run_seq_len(run_dir: str | os.PathLike[str]) -> int | None:
+  """Deprecated: RunInfo.read(run_dir).seq_len (kept for callers that still hold a path)."""
+  return RunInfo.read(run_dir).seq_len
 
 
-def run_seq_len(run_dir: str | Path, info: Mapping[str, Any] | None = None) -> int | None:
-  """The sequence length a run trained at: model.json's `seq_len`, else (a model.json
-  without it) `train.seq_len` in its config.gin; None if neither says."""
-  run_dir = epath.Path(run_dir)
-  if info is None:
-    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-  if info.get("seq_len"):
-    return int(info["seq_len"])
-  path = run_dir / "config.gin"
-  if not path.is_file():
-    return None
-  match = re.search(r"^train\.seq_len\s*=\s*(\d+)\s*$", path.read_text(encoding="utf-8"), re.MULTILINE)
-  return int(match.group(1)) if match else None
+def run_plan_order(run_dir: str | os.PathLike[str]) -> tuple[str, str | None]:
+  """Deprecated: (plan_order, profile) of RunInfo.read(run_dir) (kept for callers that still hold a path)."""
+  info = RunInfo.read(run_dir)
+  return info.plan_order, info.profile
 
 
-def run_plan_order(run_dir: str | Path, info: Mapping[str, Any] | None = None) -> tuple[str, str | None]:
-  """(plan order, paper profile or None): the trajectory format a run trained on.
+def load_run(run: RunInfo | str | os.PathLike[str], step: int | None = None, *,
+             mesh: jax.sharding.Mesh | None = None, rules: Any = None) -> LoadedRun:
+  """Restore a run's parameters (its latest checkpoint unless `step` is given) and load its vocabulary.
 
-  Read from model.json's `trajectory` ({"plan_order", "profile"}; runs written before the rename
-  recorded the order as "layout"), else, for runs written before it was recorded at all, from
-  `train.plan_order` (or its old name `train.trajectory_layout`) and `paper_stages.profile` in the
-  run's config.gin; "interleaved" when neither says.
+  `run` is the run's RunInfo (xbook.train.run_info), or its directory (local or gs://), read here. With a
+  `mesh`, every parameter is restored straight onto it, sharded by its logical axes and `rules` (decoding's:
+  xbook.infer.decode.inference_rules), so no host or device ever holds the whole model; else onto the first
+  device. A LoRA run's adapters are merged into its recorded base once, here (xbook.train.adapters).
+
+  Raises:
+    FileNotFoundError: no model.json, or no checkpoint (of `step`).
+    ValueError: a model.json that misstates a field, or a vocabulary larger than the model's embedding.
   """
-  run_dir = epath.Path(run_dir)
-  if info is None:
-    info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-  recorded = info.get("trajectory") or {}
-  plan_order = recorded.get("plan_order") or recorded.get("layout")
-  if plan_order:
-    return plan_order, (recorded.get("profile") if plan_order == trajectory.PAPER_STAGES else None)
-  path = run_dir / "config.gin"
-  text = path.read_text(encoding="utf-8") if path.is_file() else ""
-  match = re.search(r"^train\.(?:plan_order|trajectory_layout)\s*=\s*['\"](\w+)['\"]", text, re.MULTILINE)
-  plan_order = match.group(1) if match else "interleaved"
-  if plan_order != trajectory.PAPER_STAGES:
-    return plan_order, None
-  from xbook.scaffold import stage_protocol  # noqa: PLC0415
-  match = re.search(r"^paper_stages\.profile\s*=\s*['\"](\w+)['\"]", text, re.MULTILINE)
-  return plan_order, match.group(1) if match else stage_protocol.DEFAULT_PROFILE
-
-
-def load_run(run_dir: str | Path, step: int | None = None, *, mesh: jax.sharding.Mesh | None = None,
-             rules: Any = None) -> LoadedRun:
-  """Restore the parameters of `run_dir` (its latest checkpoint unless `step` is given) and load the
-  vocabulary its model.json names (`vocab_path`; relative to the run directory unless absolute).
-
-  With a `mesh`, every parameter is restored straight onto it, sharded by its logical axes and `rules`
-  (decoding's: xbook.infer.decode.inference_rules), so no host or device ever holds the whole model;
-  else onto the first device."""
-  run_dir = epath.Path(run_dir)  # a local folder or gs://bucket/...
-  info_path = run_dir / "model.json"
-  if not info_path.is_file():
-    raise FileNotFoundError(f"{info_path} not found: is {run_dir} a run directory made by `xbook train`?")
-  info = json.loads(info_path.read_text(encoding="utf-8"))
-  config = DecoderConfig(**info["model"])
-  vocabulary = load_vocabulary(run_vocab_path(run_dir, info["vocab_path"]))
-  if vocabulary.size > config.vocab_size:
-    raise ValueError(f"{info_path}: the vocabulary {vocabulary.path} has {vocabulary.size} ids but the "
-                     f"model only {config.vocab_size} embedding rows; is vocab_path the run's vocabulary?")
-  model = Decoder(config)
-  checkpoints = RunCheckpoints(str(run_dir))
-  step = step if step is not None else checkpoints.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
-  if mesh is None:
-    target = abstract_params(config, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-  else:
-    target = abstract_params(config, mesh=mesh, rules=rules)
-  if config.lora is not None:  # a LoRA run: its adapters merged into its base once, here
-    from xbook.train import adapters  # noqa: PLC0415
-    params, config = adapters.load_merged(run_dir, info, checkpoints, step, config, target)
-    model = Decoder(config)
-  else:
-    params = checkpoints.restore(step, target)["params"]
-  checkpoints.close()
-  log.info("loaded %s at step %d", run_dir, step)
-  return LoadedRun(model=model, params=params, vocabulary=vocabulary, step=step)
+  info = run if isinstance(run, RunInfo) else RunInfo.read(run)
+  vocabulary = info.load_vocabulary()
+  config = info.model
+  checkpoints = RunCheckpoints(str(info.run_dir))
+  try:
+    step = step if step is not None else checkpoints.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
+    if mesh is None:
+      target = abstract_params(config, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    else:
+      target = abstract_params(config, mesh=mesh, rules=rules)
+    if config.lora is not None:  # a LoRA run: its adapters merged into its base once, here
+      params, config = adapters.load_merged(info, checkpoints, step, target)
+    else:
+      params = checkpoints.restore(step, target)["params"]
+  finally:
+    checkpoints.close()
+  log.info("loaded %s at step %d", info.run_dir, step)
+  return LoadedRun(model=Decoder(config), params=params, vocabulary=vocabulary, step=step)
 
 
 def prompt_prefix(prompt: str, vocabulary: Vocabulary) -> str:

@@ -105,12 +105,15 @@ def load_model(run_dir: str | os.PathLike[str], *, step: int | None = None, name
                max_prompt_tokens: int = 1024, max_tokens: int = 256, context_len: int | None = None,
                mesh: Any = None, rules: Any = None) -> ServedModel:
   """Load and place the run in `run_dir` (context_len None: its trained sequence length, else
-  max_prompt_tokens + max_tokens), sharded over `mesh` by `rules` when given (xbook.infer.placement)."""
+  max_prompt_tokens + max_tokens), sharded over `mesh` by `rules` when given (xbook.infer.placement).
+  The run directory is read once, here (xbook.train.run_info.RunInfo); what follows takes its record."""
   from xbook.infer import decode  # noqa: PLC0415 - jax loads only once the port is known to be free
-  from xbook.infer.generate import load_run, run_seq_len  # noqa: PLC0415
+  from xbook.infer.generate import load_run  # noqa: PLC0415
+  from xbook.train.run_info import RunInfo  # noqa: PLC0415 - its imports load jax: after the port check
+  info = RunInfo.read(run_dir)
   rules = rules or decode.inference_rules()
-  run = load_run(run_dir, step=step, mesh=mesh, rules=rules)
-  context_len = context_len or run_seq_len(run_dir) or max_prompt_tokens + max_tokens
+  run = load_run(info, step=step, mesh=mesh, rules=rules)
+  context_len = context_len or info.seq_len or max_prompt_tokens + max_tokens
   params = decode.place_params(run.params, run.model.config, mesh=mesh, rules=rules)
   return ServedModel(name=name or f"{Path(run_dir).resolve().name}@{run.step}", step=run.step,
                      config=run.model.config, params=params, vocabulary=run.vocabulary,

@@ -32,11 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from etils import epath
 from tqdm import tqdm
 
-from xbook.data import trajectory
-from xbook.data.vocab import Vocabulary, load_vocabulary
+from xbook.data.vocab import Vocabulary
 from xbook.infer.paper_writer import PaperBookWriter
 from xbook.infer.writer import BookWriter, Completer, WriteConfig, check_out_folder, save_book
 
@@ -71,32 +69,25 @@ class WriteBackend:
       self.engine.stop()
 
 
-def _run_info(run_dir: str) -> dict[str, Any]:
-  path = epath.Path(run_dir) / "model.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory made by `xbook train`?")
-  return json.loads(path.read_text(encoding="utf-8"))
-
-
 def open_backend(run_dir: str, *, config: WriteConfig, step: int | None = None, slots: int = 1,
                  mesh_config: Any = None, shard_cache_length: bool = False, base_url: str | None = None,
                  model: str | None = None, api_key: str | None = None) -> WriteBackend:
   """Open `run_dir` for writing: on the engine with `slots` books at once (sharded over `mesh_config`'s
-  mesh when given), or, with `base_url`, on that server's `model` (only the run's vocabulary is loaded)."""
+  mesh when given), or, with `base_url`, on that server's `model` (only the run's vocabulary is loaded).
+  `run_dir` is read once, here (its RunInfo); what follows takes the record, not the path."""
   from xbook.infer.completers import engine_completer, remote_completer  # noqa: PLC0415
-  from xbook.infer.generate import run_plan_order, run_seq_len, run_vocab_path  # noqa: PLC0415
-  info = _run_info(run_dir)
-  context_len = config.context_len or run_seq_len(run_dir, info)
+  from xbook.train.run_info import RunInfo  # noqa: PLC0415 - loads jax: only once a run is opened
+  info = RunInfo.read(run_dir)
+  context_len = config.context_len or info.seq_len
   if not context_len:
-    raise ValueError(f"{run_dir} does not say which sequence length it trained at; set "
+    raise ValueError(f"{info.model_json} does not say which sequence length the run trained at; set "
                      "WriteConfig.context_len (e.g. --gin.WriteConfig.context_len=4096)")
-  plan_order, profile = run_plan_order(run_dir, info)
-  book_format = "paper" if plan_order == trajectory.PAPER_STAGES else "xbook"
-  common = dict(run_dir=str(run_dir), context_len=int(context_len), book_format=book_format, profile=profile)
+  book_format = "paper" if info.is_paper else "xbook"
+  common = dict(run_dir=str(run_dir), context_len=int(context_len), book_format=book_format, profile=info.profile)
   if base_url:
     if not model:
       raise ValueError("--base_url needs --model: the name the server serves the run under")
-    vocabulary = load_vocabulary(run_vocab_path(epath.Path(run_dir), info["vocab_path"]))
+    vocabulary = info.load_vocabulary()
     return WriteBackend(step=None, vocabulary=vocabulary, where=f"{model} at {base_url}",
                         complete=remote_completer(base_url, model, vocabulary, api_key=api_key), **common)
   from xbook.infer import decode  # noqa: PLC0415 - jax loads only to decode here
@@ -106,7 +97,7 @@ def open_backend(run_dir: str, *, config: WriteConfig, step: int | None = None, 
   if mesh_config is not None:
     from xbook.infer.placement import inference_mesh  # noqa: PLC0415
     mesh, rules = inference_mesh(mesh_config, shard_cache_length)
-  run = load_run(run_dir, step, mesh=mesh, rules=rules or decode.inference_rules())
+  run = load_run(info, step, mesh=mesh, rules=rules or decode.inference_rules())
   engine = Engine(run.params, run.model.config, slots=slots, max_len=int(context_len), mesh=mesh, rules=rules,
                   vocab_size_limit=run.vocabulary.size, decode=run.vocabulary.decode).start()
   where = f"the engine ({slots} slot(s){', mesh ' + str(dict(mesh.shape)) if mesh is not None else ''})"

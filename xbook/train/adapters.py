@@ -15,7 +15,6 @@ both, before any checkpoint is read, moved aside or written.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from typing import Any, Mapping
 
@@ -25,6 +24,7 @@ from etils import epath
 from xbook.model import DecoderConfig, abstract_params
 from xbook.model import lora as lora_lib
 from xbook.train import warm_start
+from xbook.train.run_info import RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,9 @@ def base_config(config: DecoderConfig) -> DecoderConfig:
 
 def recorded_base(run_dir: str | epath.Path) -> Mapping[str, Any] | None:
   """The base a LoRA run's checkpoints belong to, as its model.json records it ({"path", "fingerprint",
-  ...}), or None when the run has no model.json yet."""
-  path = epath.Path(run_dir) / "model.json"
-  if not path.is_file():
-    return None
-  return json.loads(path.read_text(encoding="utf-8")).get("started_from")
+  ...}, RunInfo.started_from), or None when the run has no model.json yet."""
+  info = RunInfo.read_if_present(run_dir)
+  return info.started_from if info is not None else None
 
 
 def find_base(init_from: str | None, init_from_step: int | None, run_dir: str | epath.Path
@@ -143,25 +141,24 @@ def restore_or_init(trainer: Any, checkpoints: Any, run_path: epath.Path, *, see
   return AdapterStart(state.params, state.opt_state, 0, 0, started_from)
 
 
-def merged_run_params(run_dir: str | epath.Path, config: DecoderConfig, adapters: Any,
-                      started_from: Mapping[str, Any] | None, abstract_base: Any) -> dict[str, Any]:
+def merged_run_params(info: RunInfo, adapters: Any, abstract_base: Any) -> dict[str, Any]:
   """A LoRA run's plain weights: its base (from the path its model.json records, checked against the
-  recorded fingerprint) with `adapters` merged in; the tree of Decoder(base_config(config)).
+  recorded fingerprint) with `adapters` merged in; the tree of Decoder(base_config(info.model)).
 
   Args:
-    config: the run's DecoderConfig (with `lora`); adapters: its checkpoint's adapters.
-    started_from: model.json's record of the base ({"path", "kind", "step", "fingerprint"}).
+    info: the run (its `model` has `lora`; its `started_from` records the base: {"path", "kind", "step",
+      "fingerprint"}); adapters: its checkpoint's adapters.
     abstract_base: where and how the base is read (abstract leaves of the base's tree: shapes,
       shardings, the run's parameter dtype).
 
   Raises:
     FileNotFoundError / ValueError: the recorded base is gone or has another fingerprint.
   """
-  base_info = dict(started_from or {})
+  base_info = dict(info.started_from or {})
   if not base_info.get("path"):
-    raise ValueError(f"{run_dir}/model.json records no base for its LoRA adapters (started_from.path)")
+    raise ValueError(f"{info.model_json} records no base for its LoRA adapters (started_from.path)")
   source = warm_start.find_source(base_info["path"], base_info.get("step"))
-  target = base_config(config)
+  target = base_config(info.model)
   stored = abstract_base
   if source.config.scan_layers != target.scan_layers:  # read in the source's layout, on one device
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -171,9 +168,9 @@ def merged_run_params(run_dir: str | epath.Path, config: DecoderConfig, adapters
     base = warm_start.relayout(source.config.scan_layers, target.n_layers)(base)
   fingerprint = lora_lib.params_fingerprint(base)
   if base_info.get("fingerprint") and fingerprint != base_info["fingerprint"]:
-    raise ValueError(f"{run_dir}: its adapters belong to the base {base_info['path']} of fingerprint "
+    raise ValueError(f"{info.run_dir}: its adapters belong to the base {base_info['path']} of fingerprint "
                      f"{base_info['fingerprint']}, but that folder now holds weights of fingerprint {fingerprint}")
-  return lora_lib.merged_params(lora_lib.merge_params(adapters, base), config.lora)
+  return lora_lib.merged_params(lora_lib.merge_params(adapters, base), info.model.lora)
 
 
 def restore_adapters(checkpoints: Any, step: int, target: Any) -> Any:
@@ -182,11 +179,10 @@ def restore_adapters(checkpoints: Any, step: int, target: Any) -> Any:
   return checkpoints.restore(step, lora_lib.split_params(target)[0])["params"]
 
 
-def load_merged(run_dir: str | epath.Path, info: Mapping[str, Any], checkpoints: Any, step: int,
-                config: DecoderConfig, target: Any) -> tuple[dict[str, Any], DecoderConfig]:
-  """(plain weights, their DecoderConfig) of a LoRA run at `step`: its adapters merged once into its
-  recorded base, read onto the leaves of `target` (the abstract tree of `config`, adapters included),
+def load_merged(info: RunInfo, checkpoints: Any, step: int, target: Any) -> tuple[dict[str, Any], DecoderConfig]:
+  """(plain weights, their DecoderConfig) of the LoRA run `info` at `step`: its adapters merged once into its
+  recorded base, read onto the leaves of `target` (the abstract tree of `info.model`, adapters included),
   for inference (xbook.infer.generate.load_run) and export."""
   adapters = restore_adapters(checkpoints, step, target)
-  params = merged_run_params(run_dir, config, adapters, info.get("started_from"), lora_lib.split_params(target)[1])
-  return params, base_config(config)
+  params = merged_run_params(info, adapters, lora_lib.split_params(target)[1])
+  return params, base_config(info.model)

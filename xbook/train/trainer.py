@@ -3,6 +3,7 @@
 `train()` is the gin entry point (`xbook train --gin_file=...`). A run directory holds
   config.gin        the operative gin config
   model.json        the DecoderConfig, the vocabulary (relative path) and where the parameters started
+                    (the layout's owner, reader and writer: xbook.train.run_info.RunInfo)
   vocab/            a copy of the vocabulary's files, so that the run directory is self-contained
   metrics.jsonl     one record per step
   tensorboard/      TensorBoard events
@@ -25,7 +26,6 @@ import contextlib
 import dataclasses
 import inspect
 import itertools
-import json
 import logging
 import math
 import statistics
@@ -45,7 +45,6 @@ from etils import epath
 from tqdm import tqdm
 
 from xbook import paths
-from xbook.atomic import atomic_open
 from xbook.gin_flags import configured
 from xbook.data import cache as data_cache
 from xbook.data import features
@@ -62,6 +61,7 @@ from xbook.train.metrics import MetricsWriter, read_metrics
 from xbook.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from xbook.train.preemption import PreemptionGuard, StopVote
 from xbook.train.profiling import StepProfiler
+from xbook.train.run_info import RunInfo, RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -389,30 +389,6 @@ def _pad_batch(batch: Mapping[str, Any] | None, rows: int, seq_len: int) -> dict
   return {k: np.pad(v, [(0, rows - have)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
 
 
-def _has_checkpoints(run_path: epath.Path) -> bool:
-  """Whether the run directory holds a saved step (checkpoints/<step>), without opening Orbax on it."""
-  folder = run_path / "checkpoints"
-  return folder.is_dir() and any(child.name.isdigit() for child in folder.iterdir())
-
-
-def write_run_info(run_dir: epath.Path, model_config: DecoderConfig, vocabulary: vocab.Vocabulary,
-                   seq_len: int, started_from: Mapping[str, Any] | None = None,
-                   trajectory_format: Mapping[str, Any] | None = None) -> None:
-  """The run's vocabulary files (copied into `vocab/`), model.json (what inference needs: the model,
-  the vocabulary's path relative to the run directory and the path it was copied from, the sequence
-  length the run trains at (what generation may use as its context), the trajectory format it learns
-  ({"plan_order", "profile"}: what `xbook write` writes), and where the
-  parameters started: None for random init, else xbook.train.warm_start.InitSource.describe()) and
-  config.gin (the operative gin config), each written atomically."""
-  copy = epath.Path(vocabulary.save(run_dir / "vocab"))
-  info = {"model": dataclasses.asdict(model_config), "seq_len": seq_len, "vocab_path": f"vocab/{copy.name}",
-          "vocab_source": vocabulary.path, "trajectory": dict(trajectory_format or {}),
-          "started_from": dict(started_from) if started_from else None}
-  for name, text in (("model.json", json.dumps(info, indent=2)), ("config.gin", gin.operative_config_str())):
-    with atomic_open(run_dir / name) as f:
-      f.write(text)
-
-
 @gin.configurable(denylist=["run_dir"])
 def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
           vocab_path: str = gin.REQUIRED, model_config: DecoderConfig = gin.REQUIRED,
@@ -506,7 +482,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
                             repeat_weight=repeat_weight, view_rates=view_rates, cache_dir=cache_dir)
     data = data_identity.identity(vocabulary, scaffold_files, plan_order=plan_order, profile=profile,
                                   seq_len=seq_len, loss_weights=loss_weights)
-    data_change = data_identity.check(run_path, data, has_checkpoints=_has_checkpoints(run_path),
+    data_change = data_identity.check(run_path, data, has_checkpoints=bool(RunPaths(run_path).checkpoint_steps()),
                                       allow_change=allow_data_change)  # refused here: nothing written yet
     run_path.mkdir(parents=True, exist_ok=True)  # only once the data is found: a mistake leaves no folder
     checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints, keep_every=keep_every)
@@ -516,8 +492,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       if jax.process_index() == 0:
         if data_change is not None:
           data_identity.append(run_path, data_change, start.step)
-        write_run_info(run_path, model_config, vocabulary, seq_len, start.started_from,
-                       {"plan_order": plan_order, "profile": profile})
+        RunInfo.for_training(run_path, model_config, vocabulary, seq_len=seq_len, plan_order=plan_order,
+                             profile=profile, started_from=start.started_from).write(gin.operative_config_str())
       if start.step >= steps:
         return _finished(run_path, start.step, steps)
       read = dict(seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"], length_layout=length_layout,

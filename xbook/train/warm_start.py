@@ -20,7 +20,6 @@ rematerialization, attention kernel, layer scan) or extend its context (RoPE sca
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from typing import Any, Callable
 
@@ -30,6 +29,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from xbook.model import DecoderConfig, abstract_params
+from xbook.model.hf.checkpoint import ImportedWeights
+from xbook.train.run_info import RunInfo, RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -86,31 +87,29 @@ def find_source(init_from: str, step: int | None = None) -> InitSource:
       which and what to run).
     ValueError: a step is given for imported weights.
   """
-  root = epath.Path(init_from)
-  info_path = root / "model.json"
-  if not info_path.is_file():
-    raise FileNotFoundError(
-        f"train.init_from={init_from!r}: {info_path} not found; name a folder written by "
-        "`xbook weights import --hf HF_DIR --out DIR` or an xbook run directory")
-  info = json.loads(info_path.read_text(encoding="utf-8"))
-  config = DecoderConfig(**info["model"])
-  if (root / "params").is_dir():
+  if ImportedWeights.holds_imported(init_from):
     if step is not None:
       raise ValueError(f"train.init_from_step={step}, but {init_from} holds imported weights "
                        "(one set of parameters, no steps); unset train.init_from_step")
-    return InitSource(str(root), "imported", None, str(root / "params"), config, info.get("hf_model_type"))
-  checkpoints = root / "checkpoints"
-  steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) \
-      if checkpoints.is_dir() else []
+    imported = ImportedWeights.read(init_from)
+    return InitSource(str(init_from), "imported", None, str(imported.params_dir), imported.model,
+                      imported.hf_model_type)
+  paths = RunPaths(epath.Path(init_from))
+  if not paths.model_json.is_file():
+    raise FileNotFoundError(
+        f"train.init_from={init_from!r}: {paths.model_json} not found; name a folder written by "
+        "`xbook weights import --hf HF_DIR --out DIR` or an xbook run directory")
+  run = RunInfo.read(init_from)
+  steps = run.checkpoint_steps()
   if not steps:
-    raise FileNotFoundError(f"train.init_from={init_from!r}: neither imported weights ({root / 'params'}) "
-                            f"nor run checkpoints ({checkpoints}) found there")
+    raise FileNotFoundError(f"train.init_from={init_from!r}: neither imported weights ({run.run_dir / 'params'}) "
+                            f"nor run checkpoints ({run.checkpoints_dir}) found there")
   if step is None:
     step = steps[-1]
   elif step not in steps:
     raise FileNotFoundError(f"train.init_from_step={step}: {init_from} has checkpoints of steps {steps}")
-  return InitSource(str(root), "run", step, str(checkpoints / str(step) / "params"), config,
-                    (info.get("started_from") or {}).get("hf_model_type"))
+  return InitSource(str(init_from), "run", step, str(run.checkpoints_dir / str(step) / "params"), run.model,
+                    (run.started_from or {}).get("hf_model_type"))
 
 
 def config_differences(source: DecoderConfig, target: DecoderConfig) -> dict[str, tuple[Any, Any]]:
@@ -155,11 +154,10 @@ def check_resume(run_dir: str, target: DecoderConfig, has_checkpoints: bool) -> 
   Raises:
     ValueError: naming every differing field with the recorded and the new value.
   """
-  info_path = epath.Path(run_dir) / "model.json"
-  if not has_checkpoints or not info_path.is_file():
+  run = RunInfo.read_if_present(run_dir) if has_checkpoints else None
+  if run is None:
     return
-  recorded = DecoderConfig(**json.loads(info_path.read_text(encoding="utf-8"))["model"])
-  differences = config_differences(recorded, target)
+  differences = config_differences(run.model, target)
   blocking = {name: values for name, values in differences.items() if name not in RESUME_MAY_DIFFER}
   if blocking:
     listed = "; ".join(f"{name}: {was!r} in the run, {now!r} now" for name, (was, now) in sorted(blocking.items()))
