@@ -27,6 +27,7 @@ import numpy as np
 from xbook.data import trajectory
 from xbook.data.features import synthetic_batch
 from xbook.figures import print_figures
+from xbook.host_env import describe_chipless_tpu_host
 from xbook.model import DecoderConfig
 from xbook.train import flops
 from xbook.train.mesh import MeshConfig
@@ -96,4 +97,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+  describe_chipless_tpu_host()  # an entry point: the environment jax starts in (xbook.host_env)
   sys.exit(main(sys.argv[1:]))

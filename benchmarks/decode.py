@@ -7,9 +7,11 @@ Example:
 import argparse
 import sys
 
+from xbook.host_env import describe_chipless_tpu_host
 from xbook.infer import decode_bench
 
 if __name__ == "__main__":
+  describe_chipless_tpu_host()  # an entry point: the environment jax starts in (xbook.host_env)
   parser = argparse.ArgumentParser(description=decode_bench.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   decode_bench.add_arguments(parser)

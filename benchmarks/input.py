@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from xbook.host_env import describe_chipless_tpu_host
+
 _REPO = Path(__file__).resolve().parents[1]
 _DEFAULT_CORPUS = _REPO.parent / "shared/corpus/gutenberg"
 _TASK = "xbook_bench_input"
@@ -173,4 +175,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  describe_chipless_tpu_host()  # an entry point: the environment jax starts in (xbook.host_env)
   sys.exit(main())

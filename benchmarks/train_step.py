@@ -21,6 +21,7 @@ from xbook.data import trajectory
 from xbook.data.features import synthetic_batch
 from xbook.figures import print_figures
 from xbook.gin_flags import parse_gin, split_gin_bindings
+from xbook.host_env import describe_chipless_tpu_host
 from xbook.train import trainer as trainer_lib
 
 
@@ -55,4 +56,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+  describe_chipless_tpu_host()  # an entry point: the environment jax starts in (xbook.host_env)
   sys.exit(main(sys.argv[1:]))

@@ -24,6 +24,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from xbook.host_env import describe_chipless_tpu_host
 from xbook.model import Decoder, DecoderConfig
 from xbook.model.hf.writer import write_hf_checkpoint
 
@@ -81,4 +82,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  describe_chipless_tpu_host()  # an entry point: the environment jax starts in (xbook.host_env)
   sys.exit(main())

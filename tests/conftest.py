@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from xbook.host_env import describe_chipless_tpu_host
+
+# The test session is an entry point: it sets up the environment jax starts in (importing xbook does not),
+# and the commands the tests run as subprocesses inherit it.
+describe_chipless_tpu_host()
+
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:

@@ -60,6 +60,21 @@ def test_the_rebuild_command_repeats_the_command_lines_gin_config():
                      "--gin.train.vocab_path=\"'a b/v.model'\" --out out/cache --overwrite")
 
 
+
+def test_the_command_fills_the_rebuild_command_with_its_own_gin_flags(tmp_path, monkeypatch, capsys):
+  """The library writes a placeholder for the config (it never reads the command line); the `xbook` command,
+  the entry point, prints its own gin flags in its place."""
+  from xbook import gin_flags
+  (tmp_path / "cache" / "task").mkdir(parents=True)  # a cache folder with no provenance.json
+  with pytest.raises(cache.CacheMismatchError) as error:
+    cache.check_cache(str(tmp_path / "cache" / "task"), {"task": "task"})
+  assert f"`xbook data cache {cache.CONFIG_PLACEHOLDER} --out {tmp_path / 'cache'} --overwrite`" in str(error.value)
+  monkeypatch.setattr(gin_flags, "_PARSED", (("configs/runs/demo.gin",),
+                                             ("train.seq_len = 128", f"train.cache_dir = '{tmp_path}'")))
+  assert cli_errors.report(error.value) == 1
+  assert (f"`xbook data cache --gin_file=configs/runs/demo.gin --gin.train.seq_len=128 --out {tmp_path / 'cache'} "
+          "--overwrite`") in capsys.readouterr().err
+
 @pytest.mark.parametrize("damage, expected", [
     ("truncate", r"bad\.jsonl:2: not a JSON line: .*the line ends before its record does"),
     ("wrong_type", r"bad\.jsonl:2 \(book pg43\): chapters\[0\]\.title: expected a string, got int 5"),

@@ -25,6 +25,8 @@ import threading
 import traceback
 from pathlib import Path
 
+from xbook import host_env
+
 PACKAGE = Path(__file__).resolve().parent
 VERBOSE_ENV = "XBOOK_VERBOSE"
 
@@ -115,8 +117,19 @@ def report(error: BaseException) -> int | None:
     return None
   if verbose():
     traceback.print_exception(error)
-  print(f"error: {with_fix(error, message)}", file=sys.stderr, flush=True)
+  print(f"error: {with_command_line_config(with_fix(error, message))}", file=sys.stderr, flush=True)
   return 1
+
+
+def with_command_line_config(message: str) -> str:
+  """`message` with the gin flags of this command line in the rebuild command that xbook.data.cache wrote
+  with a placeholder for them (library code never reads the command line; this is the entry point)."""
+  cache = sys.modules.get("xbook.data.cache")  # loaded wherever its placeholder was written
+  if cache is None or cache.CONFIG_PLACEHOLDER not in message:
+    return message
+  from xbook import gin_flags  # noqa: PLC0415 - start-up: gin loads only for a message that needs it
+  files, bindings = gin_flags.parsed()
+  return message.replace(cache.CONFIG_PLACEHOLDER, cache.config_flags(files, bindings))
 
 
 # -------------------------------------------------------------------------------------------- noise
@@ -207,7 +220,9 @@ def quiet_native_stderr() -> None:
 
 
 def quiet_environment() -> None:
-  """Environment variables that keep libraries quiet, set before they are imported (the user's win)."""
+  """Environment variables that keep libraries quiet, set before they are imported (the user's win), and
+  libtpu told that a host without TPU chips has none (xbook.host_env; `main` calls this first)."""
+  host_env.describe_chipless_tpu_host()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
   os.environ.setdefault("GLOG_minloglevel", "2")

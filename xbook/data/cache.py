@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import seqio
 import tensorflow as tf
 
-from xbook import __version__, gin_flags
+from xbook import __version__
 from xbook.data import paper_stages, trajectory
 
 log = logging.getLogger(__name__)
@@ -108,30 +108,39 @@ def differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[
   return found
 
 
-def rebuild_command(cache_dir: str, *, overwrite: bool = False, gin_files: Sequence[str] | None = None,
-                    gin_bindings: Sequence[str] | None = None) -> str:
-  """The `xbook data cache` command that (re)builds the cache of the running gin config in `cache_dir`.
+# What a rebuild command says in place of the config's gin flags when none are given: the `xbook` command
+# puts its own command line's there (xbook.cli_errors.report); library code never reads the command line.
+CONFIG_PLACEHOLDER = "--gin_file=YOUR_CONFIG.gin"
+
+
+def config_flags(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> str:
+  """The `--gin_file`/`--gin.NAME=VALUE` flags of a config, shell-quoted, less train.cache_dir (which a
+  cache command's --out replaces); CONFIG_PLACEHOLDER for an empty config.
+
+  Args:
+    gin_files, gin_bindings: the config's files and "NAME = VALUE" bindings (xbook.gin_flags.parsed()).
+  """
+  words = [f"--gin_file={f}" for f in gin_files]
+  for binding in gin_bindings:
+    name, _, value = binding.partition("=")
+    name, value = name.strip(), value.strip()
+    if name != "train.cache_dir":
+      words.append(f"--gin.{name}={value}")
+  return " ".join(_shell_word(word) for word in words) or CONFIG_PLACEHOLDER
+
+
+def rebuild_command(cache_dir: str, *, overwrite: bool = False, gin_files: Sequence[str] = (),
+                    gin_bindings: Sequence[str] = ()) -> str:
+  """The `xbook data cache` command that (re)builds the cache of a gin config in `cache_dir`.
 
   Args:
     cache_dir: the cache folder (train.cache_dir: the parent of the task's folder).
     overwrite: add --overwrite (replace a cache built for another config).
-    gin_files, gin_bindings: the config ("NAME = VALUE" bindings); default: what the `xbook` command
-      line parsed (xbook.gin_flags.parsed()), else a placeholder for the user's own flags.
+    gin_files, gin_bindings: the config ("NAME = VALUE" bindings); none: CONFIG_PLACEHOLDER, which the
+      `xbook` command replaces with its command line's flags when it prints the message.
   """
-  if gin_files is None and gin_bindings is None:
-    gin_files, gin_bindings = gin_flags.parsed()
-  words = ["xbook", "data", "cache"]
-  words += [f"--gin_file={f}" for f in gin_files or ()]
-  for binding in gin_bindings or ():
-    name, _, value = binding.partition("=")
-    name, value = name.strip(), value.strip()
-    if name == "train.cache_dir":
-      continue
-    words.append(f"--gin.{name}={value}")
-  if len(words) == 3:
-    words.append("--gin_file=YOUR_CONFIG.gin")
-  words += ["--out", cache_dir] + (["--overwrite"] if overwrite else [])
-  return " ".join(_shell_word(word) for word in words)
+  words = ["xbook", "data", "cache", config_flags(gin_files, gin_bindings), "--out", _shell_word(cache_dir)]
+  return " ".join(words + (["--overwrite"] if overwrite else []))
 
 
 def _shell_word(word: str) -> str:
