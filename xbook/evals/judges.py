@@ -47,6 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xbook.evals.texts import EvalBook, load_books
+from xbook.scaffold.openai_backend import OpenAISummarizer, RetryPolicy
 
 RUBRIC_VERSION = "pairwise_v1"
 RUBRIC = """You are judging fiction. Below are two passages, A and B, from two versions of the same \
@@ -220,7 +221,6 @@ def request_key(config: JudgeConfig, request: Request) -> str:
 # Asking.
 
 def _backend(config: JudgeConfig, judge: str, sample: int):
-  from xbook.scaffold.openai_backend import OpenAISummarizer, RetryPolicy
   return OpenAISummarizer(base_url=config.base_url, model=judge, temperature=config.temperature,
                           max_tokens=config.max_tokens, seed=sample, name="judge",
                           api_key_env=config.api_key_env, max_concurrency=config.max_concurrency,

@@ -24,6 +24,9 @@ from typing import Any, Sequence
 
 from xbook.data.vocab import Vocabulary
 from xbook.infer.decode import SamplingParams
+from xbook.infer.engine import EngineRequest
+from xbook.infer.guidance import llg_tokenizer
+from xbook.infer.structured import GrammarConstraint, GrammarSpec, compile_grammar
 from xbook.infer.writer import Completer, StageResult
 
 
@@ -36,8 +39,6 @@ class _Grammars:
     self._lock = threading.Lock()
 
   def constraint(self, lark: str) -> Any:
-    from xbook.infer.guidance import llg_tokenizer  # noqa: PLC0415 - only constrained stages need llguidance
-    from xbook.infer.structured import GrammarConstraint, GrammarSpec, compile_grammar  # noqa: PLC0415
     with self._lock:
       if self._tokenizer is None:
         self._tokenizer = llg_tokenizer(self.vocabulary)
@@ -46,7 +47,6 @@ class _Grammars:
 
 def engine_completer(engine: Any, vocabulary: Vocabulary) -> Completer:
   """A completer on `engine` (an xbook.infer.engine.Engine, started or not; thread-safe when started)."""
-  from xbook.infer.engine import EngineRequest  # noqa: PLC0415
   grammars = _Grammars(vocabulary)
 
   def complete(ids: list[int], sampling: SamplingParams, stop_ids: Sequence[int], stop_strings: Sequence[str],

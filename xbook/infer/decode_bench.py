@@ -42,6 +42,10 @@ from typing import Any
 import numpy as np
 
 from xbook.figures import print_figures
+from xbook.infer import decode
+from xbook.infer.generate import load_run
+from xbook.infer.placement import inference_mesh, parse_mesh_flag
+from xbook.model.hf import default_model_type, write_hf_checkpoint
 
 CONTEXTS = (256, 1024, 4096)
 BATCHES = (1, 8)
@@ -74,7 +78,6 @@ def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
 def _xbook_figures(params: Any, config: Any, args: argparse.Namespace, contexts: list[int], mesh: Any = None,
                    rules: Any = None) -> tuple[dict[str, Any], list[int]]:
   """xbook's figures, and its greedy tokens after the batch-1 decode prompt (on `mesh` when given)."""
-  from xbook.infer import decode
   params = decode.place_params(params, config, mesh=mesh, rules=rules)
   on = dict(mesh=mesh, rules=rules)
 
@@ -117,7 +120,6 @@ def _memory_floor(params: Any, config: Any, contexts: list[int], measured: dict[
   """The memory-bound floor of a batch-1 decode step at each context, beside the measured latencies."""
   import jax
 
-  from xbook.infer import decode
   bandwidth = read_bandwidth()
   leaves = jax.tree_util.tree_leaves_with_path(params.tree)
   # The input embedding is gathered (one row), unless tied to the output layer, which reads all of it.
@@ -158,7 +160,6 @@ def _transformers_figures(params: Any, config: Any, args: argparse.Namespace, co
     import transformers
   except ImportError as error:
     return {"hf_skipped": f"transformers/torch not installed ({error}); pip install -r requirements-test.txt"}
-  from xbook.model.hf import default_model_type, write_hf_checkpoint
   torch.set_num_threads(args.threads or os.cpu_count() or 1)
   params, config = _scanned(params, config)
   longest = max([*contexts, args.prefill + 1, DECODE_CONTEXT])
@@ -207,13 +208,11 @@ def _transformers_figures(params: Any, config: Any, args: argparse.Namespace, co
 
 def run(args: argparse.Namespace) -> int:
   """Run the benchmark the parsed flags describe and print its figures."""
-  from xbook.infer.generate import load_run
   contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
   if args.tokens < 2 or any(c <= args.tokens for c in contexts):
     raise SystemExit(f"error: --tokens {args.tokens} must be at least 2 and below every context ({contexts})")
   mesh = rules = None
   if args.mesh:
-    from xbook.infer.placement import inference_mesh, parse_mesh_flag
     mesh, rules = inference_mesh(parse_mesh_flag(args.mesh), args.shard_cache_length)
   run_ = load_run(args.run_dir, step=args.step, mesh=mesh, rules=rules)
   config = run_.model.config

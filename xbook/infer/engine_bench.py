@@ -20,6 +20,11 @@ import json
 import time
 from typing import Any
 
+from xbook.infer.completers import _Grammars
+from xbook.infer.decode import SamplingParams
+from xbook.infer.engine import Engine, EngineRequest
+from xbook.infer.generate import load_run, run_seq_len
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--run_dir", required=True, help="run directory of `xbook train`")
@@ -33,8 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _growing(engine: Any, vocabulary: Any, args: argparse.Namespace) -> dict[str, float]:
   """Prefilled tokens per new token and seconds over the growing prompts."""
-  from xbook.infer.decode import SamplingParams  # noqa: PLC0415
-  from xbook.infer.engine import EngineRequest  # noqa: PLC0415
   header = vocabulary.encode(" Chapter the next.")[:args.header_tokens] or [vocabulary.bos_id]
   prompt, new, began = [vocabulary.bos_id, *vocabulary.encode("Write a ghost story set at Christmas.")], 0, None
   before = engine.stats()["prefilled_tokens"]
@@ -52,9 +55,6 @@ def _growing(engine: Any, vocabulary: Any, args: argparse.Namespace) -> dict[str
 
 def _decode_rate(engine: Any, vocabulary: Any, args: argparse.Namespace, grammar: str | None) -> float:
   """Generated tokens per second of args.rows rows of args.tokens tokens (after a warm-up round)."""
-  from xbook.infer.completers import _Grammars  # noqa: PLC0415
-  from xbook.infer.decode import SamplingParams  # noqa: PLC0415
-  from xbook.infer.engine import EngineRequest  # noqa: PLC0415
   grammars = _Grammars(vocabulary)
 
   def requests(seed: int) -> list[Any]:
@@ -75,8 +75,6 @@ PERMISSIVE = 'start: TEXT\nTEXT: /[A-Za-z0-9 ,.;:!?\'"\\-\\n]*/'
 
 
 def run(args: argparse.Namespace) -> int:
-  from xbook.infer.engine import Engine  # noqa: PLC0415
-  from xbook.infer.generate import load_run, run_seq_len  # noqa: PLC0415
   run_ = load_run(args.run_dir)
   vocabulary, config = run_.vocabulary, run_.model.config
   max_len = max(run_seq_len(args.run_dir) or 0, 1 + 16 + args.stages * (args.answer_tokens + args.header_tokens))

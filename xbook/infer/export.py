@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
+from xbook.data.vocab import load_vocabulary
 from xbook.model import DecoderConfig, abstract_params
 from xbook.model.hf import (DTYPES, check_out_dir, default_max_position, default_model_type,
                             write_hf_checkpoint)
@@ -118,14 +119,10 @@ def _sentencepiece_ids(data: bytes) -> dict[str, Any]:
 
 def _token_ids(vocab: epath.Path, files: dict[str, bytes]) -> dict[str, int | None]:
   """bos/eos/pad ids for config.json: the vocabulary's, as training used them (module docstring)."""
-  try:
-    from xbook.data.vocab import load_vocabulary
-  except ImportError:  # before xbook.data.vocab.load_vocabulary: SentencePiece vocabularies only
-    load_vocabulary = None
   if vocab.is_dir():
     vocab = next((vocab / name for name in ("tokenizer.json", "tekken.json", "tokenizer.model")
                   if (vocab / name).is_file()), vocab)
-  if load_vocabulary is not None and vocab.is_file():
+  if vocab.is_file():
     vocabulary = load_vocabulary(os.fspath(vocab))
     return {"bos_token_id": vocabulary.bos_id, "eos_token_id": vocabulary.eos_id,
             "pad_token_id": vocabulary.pad_id}

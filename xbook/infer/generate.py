@@ -24,6 +24,7 @@ import numpy as np
 
 from xbook.data import pieces, trajectory
 from xbook.data.vocab import Vocabulary
+from xbook.infer import decode
 from xbook.model import Decoder, abstract_params
 from xbook.train import adapters
 from xbook.train.checkpoints import RunCheckpoints
@@ -160,7 +161,6 @@ def generate_passage(run: LoadedRun, prompt: str, *, max_new_tokens: int = 128,
   Raises:
     ValueError: a sampling setting out of range (e.g. a negative temperature), naming it.
   """
-  from xbook.infer import decode  # noqa: PLC0415 - decode imports the model; keep this module light
   vocabulary = run.vocabulary
   sampling = decode.SamplingParams(temperature=temperature, top_k=top_k, seed=seed)
   [completion] = decode.generate(

@@ -12,6 +12,7 @@ from typing import Any
 
 from jax.sharding import Mesh
 
+from xbook.infer.decode import inference_rules
 from xbook.train.mesh import MESH_AXES, MeshConfig, make_mesh
 
 MESH_FLAG_EXAMPLE = "tensor=4,sequence=2"
@@ -32,5 +33,4 @@ def parse_mesh_flag(text: str) -> MeshConfig:
 
 def inference_mesh(config: MeshConfig, shard_cache_length: bool = False) -> tuple[Mesh, tuple[tuple[str, Any], ...]]:
   """(the mesh of `config` over every device, decoding's logical axis rules)."""
-  from xbook.infer.decode import inference_rules  # noqa: PLC0415 - decode imports the model (slow)
   return make_mesh(config), inference_rules(shard_cache_length=shard_cache_length)

@@ -53,6 +53,17 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
+from xbook.infer import decode, structured
+from xbook.infer.chat_template import ChatTemplateError, load_chat_template
+from xbook.infer.decode import SamplingParams
+from xbook.infer.engine import Engine, EngineRequest
+from xbook.infer.generate import load_run, prompt_ids
+from xbook.infer.guidance import llg_tokenizer
+from xbook.infer.placement import inference_mesh
+from xbook.infer.serve_engine import ContinuousBatcher
+from xbook.infer.serve_metrics import CONTENT_TYPE, ServeMetrics
+from xbook.train.run_info import RunInfo
+
 log = logging.getLogger(__name__)
 
 TOP_K = 40
@@ -96,7 +107,6 @@ class ServedModel:
   def llg_tokenizer(self) -> Any:
     """The vocabulary as llguidance sees it (built on first use, about a second; then kept)."""
     if self._llg_tokenizer is None:
-      from xbook.infer.guidance import llg_tokenizer  # noqa: PLC0415 - only structured outputs need it
       self._llg_tokenizer = llg_tokenizer(self.vocabulary)
     return self._llg_tokenizer
 
@@ -107,9 +117,6 @@ def load_model(run_dir: str | os.PathLike[str], *, step: int | None = None, name
   """Load and place the run in `run_dir` (context_len None: its trained sequence length, else
   max_prompt_tokens + max_tokens), sharded over `mesh` by `rules` when given (xbook.infer.placement).
   The run directory is read once, here (xbook.train.run_info.RunInfo); what follows takes its record."""
-  from xbook.infer import decode  # noqa: PLC0415 - jax loads only once the port is known to be free
-  from xbook.infer.generate import load_run  # noqa: PLC0415
-  from xbook.train.run_info import RunInfo  # noqa: PLC0415 - its imports load jax: after the port check
   info = RunInfo.read(run_dir)
   rules = rules or decode.inference_rules()
   run = load_run(info, step=step, mesh=mesh, rules=rules)
@@ -123,7 +130,6 @@ def load_model(run_dir: str | os.PathLike[str], *, step: int | None = None, name
 
 def _chat_template(vocabulary: Any) -> Any:
   """The chat template beside the run's tokenizer files (an instruct model's tokenizer_config.json), or None."""
-  from xbook.infer.chat_template import ChatTemplateError, load_chat_template  # noqa: PLC0415
   path = Path(str(vocabulary.path))
   try:
     template = load_chat_template(path if path.is_dir() else path.parent)
@@ -175,7 +181,6 @@ class Request:
 def parse_request(kind: str, body: Any, model: ServedModel) -> Request:
   """The Request of a decoded JSON body of /v1/completions (`kind` "completion") or
   /v1/chat/completions ("chat"). Raises RequestError (4xx) saying what is wrong."""
-  from xbook.infer.decode import SamplingParams  # noqa: PLC0415
   if not isinstance(body, dict):
     raise RequestError(400, "the request body must be a JSON object")
   name = _field(body, "model", (str,), model.name, "a string")
@@ -223,7 +228,6 @@ def parse_request(kind: str, body: Any, model: ServedModel) -> Request:
 
 def _grammar(body: dict[str, Any], model: ServedModel) -> str | None:
   """The request's structured-outputs grammar, compiled for the model's vocabulary (None: none asked)."""
-  from xbook.infer import structured  # noqa: PLC0415
   try:
     spec = structured.spec_from_request(body)
     return None if spec is None else structured.compile_grammar(spec, model.llg_tokenizer())
@@ -247,7 +251,6 @@ def _completion_ids(body: dict[str, Any], model: ServedModel) -> list[int]:
 
 
 def _chat_ids(body: dict[str, Any], model: ServedModel) -> list[int]:
-  from xbook.infer.generate import prompt_ids  # noqa: PLC0415
   messages = body.get("messages")
   if (not isinstance(messages, list) or not messages
       or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
@@ -267,7 +270,6 @@ def _chat_ids(body: dict[str, Any], model: ServedModel) -> list[int]:
 def _templated_ids(messages: list[dict[str, Any]], model: ServedModel) -> list[int]:
   """The model's own chat template rendered as transformers renders it, then encoded (its special tokens,
   BOS included, come from the template's text)."""
-  from xbook.infer.chat_template import ChatTemplateError  # noqa: PLC0415
   try:
     text = model.chat_template.render([{"role": m.get("role", "user"), "content": m["content"]} for m in messages],
                                       add_generation_prompt=True)
@@ -416,7 +418,6 @@ class Batcher:
         self.running = []
 
   def _decode(self, batch: list[Job]) -> None:
-    from xbook.infer import decode  # noqa: PLC0415
     model = self.model
     started = time.perf_counter()
     try:
@@ -569,14 +570,11 @@ class BatchingConfig:
 
 def make_batcher(model: ServedModel, batching: BatchingConfig) -> Any:
   """The decode worker of `batching.batching` kind, started, with its /metrics."""
-  from xbook.infer.serve_metrics import ServeMetrics  # noqa: PLC0415
   if batching.batching == "static":
     batcher = Batcher(model, max_batch=batching.max_batch, batch_window_s=batching.batch_window_ms / 1000,
                       sync_every=batching.sync_every)
     batcher.metrics = ServeMetrics(batcher.stats)
     return batcher
-  from xbook.infer.engine import Engine  # noqa: PLC0415
-  from xbook.infer.serve_engine import ContinuousBatcher  # noqa: PLC0415
   engine = Engine(model.params, model.config, slots=batching.max_batch, max_len=model.context_len,
                   mesh=model.mesh, rules=model.rules, vocab_size_limit=model.vocabulary.size,
                   decode=model.vocabulary.decode, prefill_chunk=batching.prefill_chunk,
@@ -648,7 +646,6 @@ def make_app(model: ServedModel, batching: BatchingConfig = BatchingConfig(), *,
                          "context_len": model.context_len, **state["batcher"].stats()})
 
   async def metrics(_: Any) -> Any:
-    from xbook.infer.serve_metrics import CONTENT_TYPE  # noqa: PLC0415
     return Response(state["batcher"].metrics.exposition(), media_type=CONTENT_TYPE)
 
   async def http_error(http_request: Any, error: HTTPException) -> Any:
@@ -693,10 +690,8 @@ def warm_up(model: ServedModel, batching: BatchingConfig) -> None:
   requests pads to (powers of two), at the smallest cache length; continuous, the engine's at its
   smallest cache (its programs do not depend on how many requests run). Longer contexts compile on
   first use."""
-  from xbook.infer import decode  # noqa: PLC0415
   started, batch, max_batch = time.perf_counter(), 1, batching.max_batch
   if batching.batching == "continuous":
-    from xbook.infer.engine import Engine, EngineRequest  # noqa: PLC0415
     engine = Engine(model.params, model.config, slots=max_batch, max_len=model.context_len, mesh=model.mesh,
                     rules=model.rules, vocab_size_limit=model.vocabulary.size,
                     prefill_chunk=batching.prefill_chunk, sync_every=batching.sync_every)
@@ -730,7 +725,6 @@ def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int
   try:
     with _stop_on_sigterm():  # until uvicorn takes the signals over: a stop while loading is clean too
       if mesh_config is not None:
-        from xbook.infer.placement import inference_mesh  # noqa: PLC0415
         model_args["mesh"], model_args["rules"] = inference_mesh(mesh_config, shard_cache_length)
       model = load_model(run_dir, **model_args)
       warm_up(model, batching)

@@ -17,6 +17,7 @@ from typing import Any
 
 from xbook.infer.engine import Engine, EngineRequest, QueueFull
 from xbook.infer.serve_metrics import ServeMetrics
+from xbook.infer.structured import GrammarConstraint
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ class ContinuousBatcher:
 
     constraint = None
     if request.grammar is not None:
-      from xbook.infer.structured import GrammarConstraint  # noqa: PLC0415
       constraint = GrammarConstraint(self.model.llg_tokenizer(), request.grammar)
     engine_request = EngineRequest(prompt=request.ids, sampling=request.sampling,
                                    stop_token_ids=request.stop_token_ids, constraint=constraint,

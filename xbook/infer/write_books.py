@@ -35,8 +35,14 @@ from typing import Any, Mapping
 from tqdm import tqdm
 
 from xbook.data.vocab import Vocabulary
+from xbook.infer import decode
+from xbook.infer.completers import engine_completer, remote_completer
+from xbook.infer.engine import Engine
+from xbook.infer.generate import load_run
 from xbook.infer.paper_writer import PaperBookWriter
+from xbook.infer.placement import inference_mesh
 from xbook.infer.writer import BookWriter, Completer, WriteConfig, check_out_folder, save_book
+from xbook.train.run_info import RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +81,6 @@ def open_backend(run_dir: str, *, config: WriteConfig, step: int | None = None, 
   """Open `run_dir` for writing: on the engine with `slots` books at once (sharded over `mesh_config`'s
   mesh when given), or, with `base_url`, on that server's `model` (only the run's vocabulary is loaded).
   `run_dir` is read once, here (its RunInfo); what follows takes the record, not the path."""
-  from xbook.infer.completers import engine_completer, remote_completer  # noqa: PLC0415
-  from xbook.train.run_info import RunInfo  # noqa: PLC0415 - loads jax: only once a run is opened
   info = RunInfo.read(run_dir)
   context_len = config.context_len or info.seq_len
   if not context_len:
@@ -90,12 +94,8 @@ def open_backend(run_dir: str, *, config: WriteConfig, step: int | None = None, 
     vocabulary = info.load_vocabulary()
     return WriteBackend(step=None, vocabulary=vocabulary, where=f"{model} at {base_url}",
                         complete=remote_completer(base_url, model, vocabulary, api_key=api_key), **common)
-  from xbook.infer import decode  # noqa: PLC0415 - jax loads only to decode here
-  from xbook.infer.engine import Engine  # noqa: PLC0415
-  from xbook.infer.generate import load_run  # noqa: PLC0415
   mesh = rules = None
   if mesh_config is not None:
-    from xbook.infer.placement import inference_mesh  # noqa: PLC0415
     mesh, rules = inference_mesh(mesh_config, shard_cache_length)
   run = load_run(info, step, mesh=mesh, rules=rules or decode.inference_rules())
   engine = Engine(run.params, run.model.config, slots=slots, max_len=int(context_len), mesh=mesh, rules=rules,

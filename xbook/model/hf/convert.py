@@ -20,11 +20,12 @@ import numpy as np
 from safetensors import safe_open
 
 from xbook.model.config import DecoderConfig
-from xbook.model.lora import merged_params, split_params
+from xbook.model.hf.adapter import write_peft_adapter
 from xbook.model.hf.checkpoint import ImportedWeights, load_params, save_params
 from xbook.model.hf.config import config_from_hf, text_config
 from xbook.model.hf.layout import TensorMap, tensor_maps
 from xbook.model.hf.writer import TOKEN_ID_FIELDS, write_hf_checkpoint
+from xbook.model.lora import merged_params, split_params
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,6 @@ def export_hf_checkpoint(params_dir: str | os.PathLike[str], out_dir: str | os.P
   Returns:
     The names of the files written.
   """
-  from xbook.model.hf.adapter import write_peft_adapter  # noqa: PLC0415 - adapter imports this module's peers
   hf_config = ImportedWeights.read(params_dir).hf_config
   config, params, hf_model_type = load_params(params_dir)
   if adapter:
