@@ -5,7 +5,7 @@ Each segment has a *kind* that sets its loss weight, and starts with a marker to
 (and a reader of decoded tokens) sees where one level of the plan ends and the next begins.
 
 Layouts:
-  interleaved (DESIGN.md "Trajectory"): prompt, premise, synopsis, outline (all chapter summaries),
+  interleaved (docs/architecture.md, "Trajectory"): prompt, premise, synopsis, outline (all chapter summaries),
     then for each chapter: its chapter plan, its scene plans, its scene texts.
   plans_first: prompt, premise, synopsis, outline, every chapter's plan and scene plans, then the whole
     text, scene after scene.

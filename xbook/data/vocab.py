@@ -3,7 +3,7 @@
 `load_vocabulary(path)` reads any of
   - an xbook vocabulary (`xbook vocab train`: a SentencePiece `.model` with the segment markers as
     user-defined symbols; pad 0, EOS 1, UNK 2, no BOS, as `seqio.SentencePieceVocabulary` assumes
-    (DESIGN.md, measured facts); newlines survive (identity normalization, byte fallback), because
+    (docs/architecture.md, "Facts"); newlines survive (identity normalization, byte fallback), because
     paragraph breaks are part of the prose the model must learn to write),
   - a pretrained SentencePiece `tokenizer.model` (Llama 2, older Mistral),
   - a Hugging Face `tokenizer.json` (Llama 3, Qwen, Mistral's converted repos) with the special tokens

@@ -126,7 +126,7 @@ class Vocabulary(abc.ABC):
 
 
 class SeqioVocabulary(seqio.Vocabulary):
-  """A `Vocabulary` as seqio sees it (DESIGN.md lists what seqio needs).
+  """A `Vocabulary` as seqio sees it (docs/architecture.md, "Facts", lists what seqio needs).
 
   `bos_id` is the vocabulary's first input (TrajectoryFeatureConverter reads it from here). seqio uses
   `pad_id` only to count tokens and to blank what follows EOS in `decode_tf`; it is the tokenizer's pad,

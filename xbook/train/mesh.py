@@ -1,4 +1,4 @@
-"""The device mesh: axes `data`, `fsdp`, `sequence`, `tensor` (DESIGN.md "Mesh").
+"""The device mesh: axes `data`, `fsdp`, `sequence`, `tensor` (docs/architecture.md).
 
 Each axis has a size within a slice (ICI, the fast interconnect) and a number of slices it spans
 (DCN, the data-center network between slices of a multi-slice job); the mesh axis is their product.

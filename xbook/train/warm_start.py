@@ -1,6 +1,6 @@
 """Warm start: a new run's parameters from imported Hugging Face weights or from another xbook run.
 
-A run starts from, in this order (DESIGN.md "Checkpoints"): its own latest checkpoint; else the parameters
+A run starts from, in this order (docs/architecture.md): its own latest checkpoint; else the parameters
 named by `train.init_from`; else random init. This module is the middle case. The source is either
 
   imported  a folder written by `xbook weights import` (model.json + params/, xbook.model.hf.checkpoint)
