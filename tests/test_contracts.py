@@ -28,9 +28,12 @@ def test_feature_names_and_dtypes_come_from_one_module():
           feature_converter.TrajectoryFeatureConverter.TASK_FEATURES.items()} == features.TASK_FEATURES
   assert {name: dtype.as_numpy_dtype for name, dtype in tasks._FEATURE_DTYPES.items()} == features.TASK_FEATURES
   assert set(feature_converter.task_feature_lengths(16)) == set(features.TASK_FEATURES)
-  for batch in (features.padding_batch(2, 8), features.synthetic_batch(2, 8, 50)):
+  short = {name: x[:1] for name, x in features.synthetic_batch(1, 8, 50).items()}
+  for batch in (features.pad_batch(None, 2, 8), features.synthetic_batch(2, 8, 50), features.pad_batch(short, 2, 8)):
     assert {name: (x.dtype, x.shape) for name, x in batch.items()} == {
         name: (dtype, (2, 8)) for name, dtype in features.EXAMPLE_FEATURES.items()}
+  padded = features.pad_batch(short, 2, 8)
+  assert all((padded[name][:1] == short[name]).all() and not padded[name][1:].any() for name in short)
   example = pieces.assemble([pieces.Piece((5, 6), "text")], trajectory.loss_weight_table())
   assert {name: x.dtype for name, x in example.items()} == features.TASK_FEATURES
 

@@ -13,11 +13,11 @@ import pytest
 
 from xbook import cli_errors
 from xbook.data import pieces, trajectory
+from xbook.data.records import read_split
 from xbook.evals import perplexity
 from xbook.infer import load_run
 from xbook.model import DecoderConfig
 from xbook.train import trainer as trainer_lib
-from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.mesh import MeshConfig
 
 MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
@@ -72,27 +72,59 @@ def short_novel(corpus_dir, tmp_path_factory):
   return path
 
 
-def test_perplexity_equals_the_training_loss_on_the_same_windows(tiny_run, scaffold_file, vocab_path):
+def _reference_sums(run, batches):
+  """{kind: (NLL sum, tokens)} of the tokens of weight > 0 in `batches`, from the logits of the run's model
+  on one device without the trainer, the log-softmax in float64 numpy."""
+  sums = {}
+  for batch in batches:
+    logits = np.asarray(run.model.apply({"params": run.params}, batch["decoder_input_tokens"],
+                                        batch["decoder_segment_ids"], batch["decoder_positions"]), np.float64)
+    top = logits.max(axis=-1, keepdims=True)
+    log_z = top[..., 0] + np.log(np.exp(logits - top).sum(axis=-1))
+    targets = batch["decoder_target_tokens"]
+    nll = log_z - np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    scored = (batch["decoder_loss_weights"] > 0) & (batch["decoder_segment_ids"] > 0)
+    for k, kind in enumerate(trajectory.SEGMENT_KINDS):
+      mask = scored & (batch["decoder_segment_kinds"] == k)
+      if mask.any():
+        total, count = sums.get(kind, (0.0, 0))
+        sums[kind] = (total + float(nll[mask].sum()), count + int(mask.sum()))
+  return sums
+
+
+def test_perplexity_on_the_runs_mesh_equals_the_trainers_eval_loss(tiny_run, test_split_file):
+  """The trainer's eval step on the run's training mesh reports eval/loss over the held-out windows;
+  perplexity (which runs that step) on another mesh of the 8 devices and on one device gives the same
+  per-token loss to 1e-5, overall and per kind, and both equal the float64 NLL of the model's logits."""
   run = load_run(tiny_run)
-  # The task `train` registered (training weights: prompt 0, repeated plans 0), the first windows.
-  batches = list(trajectory_batches("xbook_windows", split="train", global_batch_size=8, seq_len=128,
-                                    seed=0, repeat=False, shuffle=False))[:6]
+  batches = list(perplexity.eval_batches([test_split_file], run.vocabulary, split="test", seq_len=128,
+                                         batch_size=8))
   trainer = trainer_lib.Trainer(model_config=MODEL, optimizer_config=trainer_lib.OptimizerConfig(),
                                 mesh_config=MeshConfig(*MESH), batch_size=8, seq_len=128)
   with trainer.context():
     params = jax.device_put(run.params, trainer.state_shardings.params)
-  expected = trainer.evaluate(params, batches)
-  sums = perplexity.score_batches(run.model, run.params, batches, batch_size=8)
-  assert sums["weighted_nll"].sum() / sums["weight"].sum() == pytest.approx(expected["eval/loss"], rel=1e-5)
-  # The training weights are 0 or 1: the tokens of weight > 0 are the weighted ones.
-  assert sums["count"].sum() == sums["weight"].sum()
-  assert sums["nll"].sum() / sums["count"].sum() == pytest.approx(expected["eval/loss"], rel=1e-5)
-  for k, kind in enumerate(trajectory.SEGMENT_KINDS):
-    if sums["present"][k]:
-      assert sums["present_nll"][k] / sums["present"][k] == pytest.approx(expected[f"eval/loss/{kind}"],
-                                                                          rel=1e-5)
-    if sums["count"][k] and sums["count"][k] == sums["present"][k]:
-      assert sums["nll"][k] / sums["count"][k] == pytest.approx(expected[f"eval/loss/{kind}"], rel=1e-5)
+  eval_loss = trainer.evaluate(params, batches)["eval/loss"]
+  reference = _reference_sums(run, batches)
+  nll, tokens = (sum(v[i] for v in reference.values()) for i in (0, 1))
+  assert eval_loss == pytest.approx(nll / tokens, rel=1e-5)
+  meshes = {"data=2,sequence=2,tensor=2": MeshConfig(data=2, fsdp=1, sequence=2, tensor=2), "one device": None}
+  for name, mesh_config in meshes.items():
+    result = perplexity.run_perplexity(tiny_run, scaffold_files=[test_split_file], batch_size=8,
+                                       mesh_config=mesh_config)
+    assert result["seq_len"] == 128
+    assert result["mesh"] == ({"data": 2, "fsdp": 1, "sequence": 2, "tensor": 2} if mesh_config else
+                              {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1})
+    results = result["results"]
+    loss = results["scaffolds/all"]["nll_per_token"]
+    print(f"{name}: perplexity loss {loss:.9f}, trainer eval/loss on mesh {MESH} {eval_loss:.9f}, "
+          f"difference {loss - eval_loss:.2e} (relative {abs(loss - eval_loss) / eval_loss:.2e}); "
+          f"float64 reference {nll / tokens:.9f}")
+    assert results["scaffolds/all"]["tokens"] == tokens
+    assert loss == pytest.approx(eval_loss, rel=1e-5)
+    for kind, (kind_nll, count) in reference.items():
+      figures = results[f"scaffolds/{kind}"]
+      assert figures["tokens"] == count, kind
+      assert figures["nll_per_token"] == pytest.approx(kind_nll / count, rel=1e-5), kind
 
 
 def test_every_token_of_the_held_out_books_is_scored_once(tiny_run, test_split_file, short_novel):
@@ -100,7 +132,7 @@ def test_every_token_of_the_held_out_books_is_scored_once(tiny_run, test_split_f
                                      seq_len=1024, batch_size=4)
   results = result["results"]
   run = load_run(tiny_run)
-  records = perplexity.split_records([test_split_file], "test")
+  records = read_split([str(test_split_file)], "test")
   expected = perplexity.trajectory_tokens(records, run.vocabulary, "interleaved")
   assert results["scaffolds/all"]["tokens"] == sum(expected.values())
   assert results["scaffolds/all"]["coverage"] == 1.0 and results["scaffolds/all"]["books"] == 2
@@ -161,7 +193,7 @@ def test_per_word_and_per_byte_figures_are_of_the_scored_tokens(tiny_run, test_s
   result = perplexity.run_perplexity(tiny_run, scaffold_files=[test_split_file], seq_len=SHORT_WINDOW,
                                      batch_size=4)["results"]
   assert result["scaffolds/all"]["coverage"] < 1
-  records = perplexity.split_records([test_split_file], "test")
+  records = read_split([str(test_split_file)], "test")
   batches = list(perplexity.eval_batches([test_split_file], run.vocabulary, split="test", seq_len=SHORT_WINDOW,
                                          batch_size=4))
   first = _first_windows(batches)
@@ -211,9 +243,10 @@ def test_xbook_eval_run_dir_and_books_keep_their_own_files(tiny_run, test_split_
   assert main(books) == 0
   report = {name: (out / name).read_bytes() for name in ("eval.json", "report.html")}
   perplexity_args = ["eval", "--run_dir", str(tiny_run), "--scaffolds", str(test_split_file), "--out", str(out)]
-  assert main(perplexity_args) == 0
+  assert main(perplexity_args + ["--mesh", "data=4,tensor=-1"]) == 0
   assert {name: (out / name).read_bytes() for name in report} == report
   record = json.loads((out / "perplexity.json").read_text())
+  assert record["perplexity"]["mesh"] == {"data": 4, "fsdp": 1, "sequence": 1, "tensor": 2}
   assert record["perplexity"]["seq_len"] == 128 and record["perplexity"]["split"] == "test"
   assert record["perplexity"]["results"]["scaffolds/text"]["tokens"] > 0
   page = (out / "perplexity.html").read_text()
@@ -224,7 +257,24 @@ def test_xbook_eval_run_dir_and_books_keep_their_own_files(tiny_run, test_split_
   line = cli_errors.user_message(refused.value)
   assert "\n" not in line and "perplexity.json" in line and "--overwrite" in line, line
   assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-  assert main(perplexity_args + ["--overwrite"]) == 0
+  # A batch, or parameters (4 heads, 2 kv heads), that the mesh does not split: one line, before any loading.
+  for flags, words in ((["--mesh", "data=8", "--batch_size", "4"], ("--batch_size 4", "multiple of 8")),
+                       (["--mesh", "tensor=-1"], ("--mesh", "splits 8 ways", "kv heads"))):
+    with pytest.raises(ValueError) as refused:
+      main(perplexity_args + ["--overwrite", *flags])
+    line = cli_errors.user_message(refused.value)
+    assert "\n" not in line and all(word in line for word in words), line
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  try:  # MeshConfig bound in gin: the mesh of the bindings (fsdp takes the devices left over)
+    assert main(perplexity_args + ["--overwrite", "--gin.MeshConfig.tensor=2"]) == 0
+  finally:
+    gin.clear_config()
+  again = json.loads((out / "perplexity.json").read_text())["perplexity"]
+  assert again["mesh"] == {"data": 1, "fsdp": 4, "sequence": 1, "tensor": 2}
+  for name, figures in record["perplexity"]["results"].items():
+    assert again["results"][name]["tokens"] == figures["tokens"], name
+    if figures["scored"]:
+      assert again["results"][name]["nll_per_token"] == pytest.approx(figures["nll_per_token"], rel=1e-5), name
   assert {name: (out / name).read_bytes() for name in report} == report
 
 

@@ -724,7 +724,24 @@ def _write_many(args: argparse.Namespace, backend, books, config) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
   from xbook.evals.command import run
-  return run(args)
+  return run(args, mesh_config=_eval_mesh_config(args) if args.run_dir else None)
+
+
+def _eval_mesh_config(args: argparse.Namespace):
+  """The mesh that scores `eval --run_dir`: --mesh, else MeshConfig as gin binds it (--gin_file,
+  --gin.MeshConfig.tensor=2), else None (one device)."""
+  if args.mesh is not None:
+    return _mesh_config(args)
+  import gin
+  from xbook.gin_flags import configured
+  from xbook.train.mesh import MeshConfig
+  for field in dataclasses.fields(MeshConfig):
+    try:
+      gin.query_parameter(f"MeshConfig.{field.name}")
+    except ValueError:  # not bound
+      continue
+    return configured(MeshConfig)
+  return None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -1144,8 +1161,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
            "with an OpenAI-compatible --judge_url) ranked by Bradley-Terry with bootstrap intervals.",
            "xbook eval --books book/ --out eval/\n"
            "xbook eval --run_dir runs/demo --scaffolds out/scaffolds.jsonl --heldout ../shared/corpus/gutenberg/pg43.txt --out eval/\n"
+           "xbook eval --run_dir runs/demo --scaffolds out/scaffolds.jsonl --mesh data=2,tensor=4 --out eval/\n"
            "OPENAI_API_KEY=... xbook eval --judge runA=runs/a/book --judge runB=runs/b/book \\\n"
-           "    --judge_url https://api.openai.com/v1 --judge_model gpt-4.1-mini --out eval/", _eval)
+           "    --judge_url https://api.openai.com/v1 --judge_model gpt-4.1-mini --out eval/", _eval,
+           gin_modules=("xbook.train.mesh",))
   p.add_argument("--out", required=True, help="output folder (eval.json and report.html, perplexity.json "
                  "and perplexity.html, judges.json, judges.html and judge_cache.sqlite)")
   p.add_argument("--overwrite", action="store_true", help="replace the files an earlier evaluation of the "
@@ -1164,7 +1183,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                  "prose only (repeatable)")
   p.add_argument("--split", default="test", help="scaffold split to score (default: test)")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--batch_size", type=int, default=8, help="windows per perplexity batch")
+  p.add_argument("--batch_size", type=int, default=8, help="windows per perplexity batch (a multiple of the "
+                 "mesh's data*fsdp)")
+  p.add_argument("--mesh", default=None, metavar="AXIS=N,...",
+                 help="score --run_dir with the trainer's eval step on a device mesh over every device, e.g. "
+                      "--mesh data=2,tensor=4 (axes data, fsdp, sequence, tensor; unnamed ones 1, one may be -1), "
+                      "parameters sharded by the trainer's logical axis rules; default: MeshConfig if gin binds "
+                      "it (--gin.MeshConfig.tensor=4), else one device")
   p.add_argument("--judge", action="append", default=[], metavar="NAME=PATH",
                  help="a system's books for the pairwise judges (repeatable; at least two)")
   p.add_argument("--judge_url", default=None, help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")

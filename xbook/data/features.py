@@ -26,6 +26,8 @@ Llama 3 and Qwen), and weight 0 keeps it out of the loss.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import numpy as np
 
 TASK_FEATURES: dict[str, np.dtype] = {
@@ -46,9 +48,25 @@ EXAMPLE_FEATURES: dict[str, np.dtype] = {
 }
 
 
-def padding_batch(rows: int, length: int) -> dict[str, np.ndarray]:
-  """A batch of `rows` padding rows: every example feature [rows, length], all zeros."""
-  return {name: np.zeros((rows, length), dtype) for name, dtype in EXAMPLE_FEATURES.items()}
+def pad_batch(batch: Mapping[str, Any] | None, rows: int, length: int) -> dict[str, np.ndarray]:
+  """`batch` ({feature: [have <= rows, length]}) with all-padding rows after its own up to `rows` rows,
+  every example feature in its dtype; for None, `rows` rows of padding only (all zeros). The one padder of
+  example batches: the trainer's eval step, held-out perplexity and the rows a batch is built into.
+
+  Raises:
+    ValueError: naming the feature, when `batch` lacks one, has more than `rows` rows or another length.
+  """
+  if batch is None:
+    return {name: np.zeros((rows, length), dtype) for name, dtype in EXAMPLE_FEATURES.items()}
+  padded = {}
+  for name, dtype in EXAMPLE_FEATURES.items():
+    if name not in batch:
+      raise ValueError(f"batch has no {name!r}: example batches carry {', '.join(EXAMPLE_FEATURES)}")
+    value = np.asarray(batch[name], dtype)
+    if value.ndim != 2 or value.shape[0] > rows or value.shape[1] != length:
+      raise ValueError(f"batch feature {name!r} is {list(value.shape)}; expected [at most {rows}, {length}]")
+    padded[name] = np.pad(value, [(0, rows - value.shape[0]), (0, 0)])
+  return padded
 
 
 def synthetic_batch(batch_size: int, seq_len: int, vocab_size: int, *, kinds: int | None = None,

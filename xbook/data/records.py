@@ -13,12 +13,12 @@ from __future__ import annotations
 import glob
 import os
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 
 import seqio
 import tensorflow as tf
 
-from xbook.scaffold import ScaffoldError, read_scaffolds
+from xbook.scaffold import ScaffoldError, read_scaffolds, scaffold_lines
 
 _VALIDATED: dict[str, tuple[int, int]] = {}
 _LOCK = threading.Lock()
@@ -60,7 +60,7 @@ def validate_scaffold_files(files: Sequence[str]) -> int:
     with _LOCK:
       if _VALIDATED.get(path) == key:
         continue
-    for _ in read_scaffolds(path, open_fn=lambda p: tf.io.gfile.GFile(p, "r")):
+    for _ in read_scaffolds(path, open_fn=open_text):
       pass
     with _LOCK:
       _VALIDATED[path] = key
@@ -68,4 +68,24 @@ def validate_scaffold_files(files: Sequence[str]) -> int:
   return read
 
 
-__all__ = ["ScaffoldError", "list_scaffold_files", "validate_files_to_read", "validate_scaffold_files"]
+def open_text(path: str) -> Any:
+  """`path` (local or gs://) opened for reading text: how the data path opens scaffold files."""
+  return tf.io.gfile.GFile(path, "r")
+
+
+def read_split(patterns: str | Sequence[str], split: str) -> list[dict[str, Any]]:
+  """The validated records of `split` (a record's `split` field, "train" when it has none) in the files
+  of `patterns`, in file order then line order.
+
+  Raises:
+    FileNotFoundError: naming a pattern that matches nothing.
+    ScaffoldError: naming the file, line, book and field of a bad record.
+  """
+  files = list_scaffold_files(patterns)
+  validate_scaffold_files(files)  # once per process while a file is unchanged
+  return [record for path in files for _, record in scaffold_lines(path, open_text, validate=False)
+          if record.get("split", "train") == split]
+
+
+__all__ = ["ScaffoldError", "list_scaffold_files", "open_text", "read_split", "validate_files_to_read",
+           "validate_scaffold_files"]

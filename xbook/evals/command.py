@@ -31,13 +31,13 @@ def _not_built(part: str) -> None:
   raise SystemExit(f"xbook eval: {part} is not implemented yet (see issue 16); use --books for text metrics")
 
 
-def _perplexity_part(args: argparse.Namespace) -> dict[str, Any]:
+def _perplexity_part(args: argparse.Namespace, mesh_config: Any) -> dict[str, Any]:
   try:
     from xbook.evals.perplexity import run_perplexity
   except ImportError:
     _not_built("--run_dir (held-out perplexity)")
   return run_perplexity(args.run_dir, scaffold_files=args.scaffolds, novels=args.heldout,
-                        split=args.split, step=args.step, batch_size=args.batch_size)
+                        split=args.split, step=args.step, batch_size=args.batch_size, mesh_config=mesh_config)
 
 
 def _judges_part(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -92,13 +92,13 @@ def _write_part(out: Path, part: str, record: dict[str, Any]) -> tuple[Path, Pat
   return out / json_name, write_report(record, out / page_name)
 
 
-def _record(part: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def _record(part: str, args: argparse.Namespace, out: Path, mesh_config: Any) -> dict[str, Any]:
   began = time.perf_counter()
   if part == "books":
     record = _books_part(args)
   elif part == "perplexity":
     record = {"schema": "xbook.eval.perplexity/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "perplexity": _perplexity_part(args)}
+              "perplexity": _perplexity_part(args, mesh_config)}
   else:
     record = {"schema": "xbook.eval.judges/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "judges": _judges_part(args, out)}
@@ -106,10 +106,11 @@ def _record(part: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
   return record
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, mesh_config: Any = None) -> int:
   """Evaluate what the arguments name into `--out`, each part into its own files (OUTPUTS: books
   eval.json and report.html, a run's perplexity.json and perplexity.html, judges judges.json and
-  judges.html), refusing to replace an earlier evaluation's files without --overwrite; prints a summary."""
+  judges.html), refusing to replace an earlier evaluation's files without --overwrite; prints a summary.
+  `mesh_config` (xbook.train.mesh.MeshConfig): the mesh that scores --run_dir; None: one device."""
   wanted = parts(args)
   if not wanted:
     raise SystemExit("xbook eval: nothing to evaluate; give --books PATH, --run_dir DIR or --judge NAME=PATH")
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
   out.mkdir(parents=True, exist_ok=True)
   summary: dict[str, Any] = {"books": [], "files": [], "seconds": 0.0}
   for part in wanted:
-    record = _record(part, args, out)
+    record = _record(part, args, out, mesh_config)
     summary["files"] += [str(p) for p in _write_part(out, part, record)]
     summary["books"] += list(record.get("books", {}))
     summary["seconds"] = round(summary["seconds"] + record["seconds"], 1)

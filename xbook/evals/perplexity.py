@@ -1,38 +1,6 @@
-"""Held-out perplexity of a run: per segment kind, per token, per word and per byte.
-
-Two kinds of held-out books:
-  scaffolds  the `split` records (default "test") of scaffold JSONL files, cut into windows exactly as
-             training cuts them (the `windows` view at the run's sequence length and plan order), with
-             every kind weighted 1 and repeats weighted 0 (`repeat_weight=0`): a token's weight is 1 at
-             its first occurrence and 0 where a window repeats it (the global plan of later windows,
-             "Previously", a continued chapter's plan), so the tokens of weight > 0 are every token of
-             the trajectory once, the prompt included. Reported per kind and for all kinds together.
-  novels     plain `.txt` novels (xbook.books.load_book), prose only: each scene is a `text` segment
-             (its marker then its text, as in a trajectory), the segments follow one another and EOS
-             closes the book; the token stream is cut into consecutive windows of the sequence length,
-             each starting afresh from BOS, and every token is scored once.
-
-Figures of a book set (eval.json `perplexity.results[name]`):
-  tokens         tokens scored;   nll_sum  their total NLL (nats)
-  nll_per_token  nll_sum / tokens, ppl_per_token = exp of it
-  words, bytes   whitespace words and UTF-8 bytes of the text of the tokens scored (ScoredText: the
-                 scored tokens of each kind decoded in stream order, markers and EOS left out), so a plan
-                 cut by the windows view counts only the part that was scored
-  nll_per_word   nll_sum / words, ppl_per_word = exp of it
-  bits_per_byte  nll_sum / bytes / ln 2
-  scored         False for a kind of which no token was scored: every figure above is then None
-                 ("not scored"), never a perplexity of 1
-  expected_tokens, coverage   scaffolds only: tokens of the trajectories encoded once
-                 (xbook.data.pieces.encode_book) and tokens / expected_tokens (below 1 when the windows
-                 view had to cut long plans; the figures are then of the tokens scored)
-The per-word and per-byte figures divide a total over the same tokens' text, so runs with different
-tokenizers compare on them; per-token figures compare runs that share a vocabulary.
-"""
-
 from __future__ import annotations
 
-import functools
-import json
+import dataclasses
 import logging
 import math
 import re
@@ -40,47 +8,113 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from xbook.data import pieces, trajectory
-from xbook.data.features import EXAMPLE_FEATURES, padding_batch
-from xbook.model import Decoder
+from xbook.data.features import pad_batch
+from xbook.data.records import read_split
+from xbook.data.vocab import Vocabulary
+from xbook.model import DecoderConfig, abstract_params
+from xbook.train import partitioning
+from xbook.train.mesh import MESH_AXES, MeshConfig, make_mesh
+from xbook.train.optimizer import OptimizerConfig
+from xbook.train.run_info import RunInfo
+from xbook.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 N_KINDS = len(trajectory.SEGMENT_KINDS)
 TASK_NAME = "xbook_eval_perplexity"
-# Sums of one batch, each [n_kinds]: over tokens of weight > 0 (`nll`, `count`), weighted by the
-# batch's loss weights (`weighted_nll`, `weight`), and over every real token (`present_nll`, `present`).
-SUMS = ("nll", "count", "weighted_nll", "weight", "present_nll", "present")
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _batch_sums(model: Decoder, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """The SUMS of one batch of example features (xbook.data.features)."""
-  logits = model.apply({"params": params}, batch["decoder_input_tokens"], batch["decoder_segment_ids"],
-                       batch["decoder_positions"]).astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  targets = batch["decoder_target_tokens"]
-  nll = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  kinds = jax.nn.one_hot(batch["decoder_segment_kinds"], N_KINDS, dtype=jnp.float32)
-  weights = batch["decoder_loss_weights"].astype(jnp.float32)
-  present = (batch["decoder_segment_ids"] > 0).astype(jnp.float32)
-  scored = (weights > 0).astype(jnp.float32) * present
-  per_kind = lambda values: jnp.einsum("bl,blk->k", values, kinds)  # noqa: E731
-  return {"nll": per_kind(nll * scored), "count": per_kind(scored),
-          "weighted_nll": per_kind(nll * weights), "weight": per_kind(weights),
-          "present_nll": per_kind(nll * present), "present": per_kind(present)}
+@dataclasses.dataclass
+class Scorer:
+  """A run's parameters on a mesh and the trainer's eval step over it: what scores held-out windows.
+
+  `trainer` holds the mesh, the batch size (windows per step) and the window length; `params` are on
+  `trainer.state_shardings.params`.
+  """
+
+  trainer: Trainer
+  params: Any
+  vocabulary: Vocabulary
+  step: int
+
+  @classmethod
+  def of_run(cls, run: RunInfo, *, step: int | None, batch_size: int, seq_len: int,
+             mesh_config: MeshConfig | None = None,
+             rules: Sequence[tuple[str, Any]] = partitioning.DEFAULT_RULES) -> "Scorer":
+    """The run's parameters (xbook.infer.generate.load_run) restored straight onto the mesh of
+    `mesh_config` over every device, sharded by `rules`; None: one device.
+
+    Raises:
+      ValueError: when the mesh does not split the batch, the windows or the run's parameters (naming
+        the flag to change), before anything is loaded.
+    """
+    from xbook.infer.generate import load_run  # noqa: PLC0415 - infer's import pulls the decoder (slow)
+    devices = jax.devices() if mesh_config is not None else jax.devices()[:1]
+    mesh_config = mesh_config or MeshConfig()
+    check_fits(mesh_config, len(devices), batch_size=batch_size, seq_len=seq_len)
+    mesh = make_mesh(mesh_config, devices)  # the Trainer's: the same devices and config
+    check_params_split(run.model, mesh, rules)
+    loaded = load_run(run, step, mesh=mesh, rules=rules)
+    trainer = Trainer(model_config=loaded.model.config, optimizer_config=OptimizerConfig(),
+                      mesh_config=mesh_config, batch_size=batch_size, seq_len=seq_len, rules=rules, devices=devices)
+    params = jax.device_put(loaded.params, trainer.state_shardings.params)  # the same shardings: no copy
+    return cls(trainer=trainer, params=params, vocabulary=loaded.vocabulary, step=loaded.step)
+
+  @property
+  def mesh_shape(self) -> dict[str, int]:
+    return dict(self.trainer.mesh.shape)
 
 
-def _padded(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-  """`batch` with zero rows (padding: segment id 0, weight 0) up to `rows`, so one shape compiles once."""
-  missing = rows - len(batch["decoder_target_tokens"])
-  if missing <= 0:
-    return dict(batch)
-  padding = padding_batch(missing, batch["decoder_target_tokens"].shape[1])
-  return {k: np.concatenate([v, padding[k]]) for k, v in batch.items()}
+def check_fits(mesh_config: MeshConfig, n_devices: int, *, batch_size: int, seq_len: int) -> None:
+  """Raise ValueError unless the mesh of `mesh_config` over `n_devices` devices fits them and splits
+  `batch_size` windows (over data * fsdp) and `seq_len` tokens (over sequence)."""
+  if jax.process_count() > 1:
+    raise ValueError("held-out perplexity runs on one host; run `xbook eval --run_dir` on one host of the slice")
+  shape = dict(zip(MESH_AXES, mesh_config.shape(n_devices)))
+  rows = shape["data"] * shape["fsdp"]
+  if batch_size % rows:
+    raise ValueError(f"--batch_size {batch_size}: the mesh {shape} splits each batch over data*fsdp = {rows} "
+                     f"devices; give a multiple of {rows}")
+  if seq_len % shape["sequence"]:
+    raise ValueError(f"windows of {seq_len} tokens do not split over the mesh's sequence axis of "
+                     f"{shape['sequence']}; choose a --mesh sequence size that divides {seq_len}")
+
+
+def check_params_split(config: DecoderConfig, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> None:
+  """Raise ValueError, naming the parameter, when `rules` shard one of the model's parameters over mesh
+  axes whose sizes do not divide its dimension (e.g. tensor=4 over 2 kv heads)."""
+  target = abstract_params(config, mesh=mesh, rules=rules)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(target):
+    for size, axes in zip(leaf.shape, leaf.sharding.spec):
+      names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+      ways = math.prod(mesh.shape[name] for name in names)
+      if size % ways:
+        raise ValueError(f"--mesh {dict(mesh.shape)}: the run's parameter {jax.tree_util.keystr(path)} "
+                         f"{list(leaf.shape)} splits {ways} ways ({'*'.join(names)}) along a dimension of {size}; "
+                         f"choose axis sizes that divide it (the model has {config.n_heads} heads, "
+                         f"{config.n_kv_heads} kv heads, MLP width {config.mlp_dim})")
+
+
+def score_batches(scorer: Scorer, batches: Iterable[Mapping[str, np.ndarray]], desc: str = "perplexity",
+                  text: ScoredText | None = None) -> dict[str, np.ndarray]:
+  """The trainer's eval sums (Trainer.eval_sums; float64) over `batches` ({feature: [rows <= batch size,
+  length]}, weights 0 or 1), each kind's in `kind_weighted_nll` and `kind_weight`; the scored tokens go
+  to `text` too when given."""
+  def checked() -> Iterator[dict[str, np.ndarray]]:
+    for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
+      batch = pad_batch(batch, scorer.trainer.batch_size, scorer.trainer.seq_len)
+      weights = batch["decoder_loss_weights"]
+      if not np.isin(weights, (0.0, 1.0)).all():
+        raise ValueError(f"perplexity scores tokens of weight 0 or 1, got weights {np.unique(weights)[:5]}")
+      if text is not None:
+        text.add(batch)
+      yield batch
+  sums = scorer.trainer.eval_sums(scorer.params, checked())
+  return sums or {name: np.zeros(N_KINDS) for name in ("kind_weighted_nll", "kind_weight")}
 
 
 class ScoredText:
@@ -122,22 +156,6 @@ class ScoredText:
     return words, n_bytes
 
 
-def score_batches(model: Decoder, params: Any, batches: Iterable[Mapping[str, np.ndarray]],
-                  batch_size: int, desc: str = "perplexity", text: ScoredText | None = None
-                  ) -> dict[str, np.ndarray]:
-  """The SUMS (each [n_kinds] float64) over `batches` ({feature: [rows <= batch_size, length]}); the
-  scored tokens go to `text` too when given."""
-  totals = {name: np.zeros(N_KINDS, np.float64) for name in SUMS}
-  for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
-    batch = _padded({k: np.asarray(batch[k], dtype) for k, dtype in EXAMPLE_FEATURES.items()}, batch_size)
-    if text is not None:
-      text.add(batch)
-    out = jax.device_get(_batch_sums(model, params, batch))
-    for name in SUMS:
-      totals[name] += np.asarray(out[name], np.float64)
-  return totals
-
-
 def figures(nll_sum: float, tokens: float, words: int, n_bytes: int) -> dict[str, Any]:
   """The figures of one book set (module docstring) from its totals: None where nothing was scored
   (no token, or no word or byte of text in the tokens scored)."""
@@ -156,31 +174,6 @@ def _exp(value: float | None) -> float | None:
 
 
 # Scaffold files.
-
-def split_records(scaffold_files: Sequence[str | Path], split: str) -> list[dict[str, Any]]:
-  """The records of `split` (field `split`, default "train") in JSONL scaffold files, in file order.
-
-  Raises:
-    FileNotFoundError: naming a missing file.
-    ValueError: naming the file and line of a line that is not JSON.
-  """
-  records = []
-  for name in scaffold_files:
-    path = Path(name)
-    if not path.is_file():
-      raise FileNotFoundError(f"--scaffolds {path}: no such file (give scaffold JSONL of `xbook scaffold`)")
-    with path.open(encoding="utf-8") as f:
-      for number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except ValueError as error:
-          raise ValueError(f"{path}:{number}: not a JSON scaffold record ({error})") from None
-        if record.get("split", "train") == split:
-          records.append(record)
-  return records
-
 
 def segment_text_sizes(records: Sequence[Mapping[str, Any]], plan_order: str, marker_style: str
                        ) -> dict[str, tuple[int, int]]:
@@ -208,7 +201,8 @@ def trajectory_tokens(records: Sequence[Mapping[str, Any]], vocabulary: Any, pla
 
 
 def eval_batches(scaffold_files: Sequence[str | Path], vocabulary: Any, *, split: str, seq_len: int,
-                 batch_size: int, plan_order: str = "interleaved") -> Iterator[Mapping[str, np.ndarray]]:
+                 batch_size: int, plan_order: str = "interleaved", sequence_shards: int = 1
+                 ) -> Iterator[Mapping[str, np.ndarray]]:
   """Batches of the windows view of the `split` records, every kind weighted 1 and repeats 0, in book
   order, each window once (the task TASK_NAME, registered anew)."""
   from xbook.data.tasks import register_task
@@ -216,41 +210,43 @@ def eval_batches(scaffold_files: Sequence[str | Path], vocabulary: Any, *, split
   register_task(TASK_NAME, "windows", [str(f) for f in scaffold_files], vocabulary, plan_order=plan_order,
                 loss_weights={kind: 1.0 for kind in trajectory.SEGMENT_KINDS}, repeat_weight=0.0)
   return trajectory_batches(TASK_NAME, split=split, global_batch_size=batch_size, seq_len=seq_len, seed=0,
-                            repeat=False, shuffle=False)
+                            sequence_shards=sequence_shards, repeat=False, shuffle=False)
 
 
-def scaffold_perplexity(model: Decoder, params: Any, vocabulary: Any, scaffold_files: Sequence[str | Path],
-                        *, split: str, seq_len: int, batch_size: int, plan_order: str = "interleaved"
-                        ) -> dict[str, dict[str, Any]]:
-  """{"scaffolds/<kind>": figures, "scaffolds/all": figures} of the `split` records (module docstring).
+def scaffold_perplexity(scorer: Scorer, scaffold_files: Sequence[str | Path], *, split: str,
+                        plan_order: str = "interleaved") -> dict[str, dict[str, Any]]:
+  """{"scaffolds/<kind>": figures, "scaffolds/all": figures} of the `split` records (module docstring),
+  in windows of the scorer's length.
 
   Raises:
     ValueError: when the files hold no record of `split`, or the plan order has no segments.
   """
   if plan_order not in trajectory.PLAN_ORDERS:
     raise ValueError(f"held-out perplexity scores xbook's plan orders {trajectory.PLAN_ORDERS}, not {plan_order!r}")
-  records = split_records(scaffold_files, split)
-  if not records:
+  books = read_split([str(f) for f in scaffold_files], split)
+  if not books:
     raise ValueError(f"--scaffolds {', '.join(map(str, scaffold_files))}: no record of split {split!r}; "
                      "choose another --split (train, validation, test)")
-  batches = eval_batches(scaffold_files, vocabulary, split=split, seq_len=seq_len, batch_size=batch_size,
-                         plan_order=plan_order)
+  trainer, vocabulary = scorer.trainer, scorer.vocabulary
+  batches = eval_batches(scaffold_files, vocabulary, split=split, seq_len=trainer.seq_len,
+                         batch_size=trainer.batch_size, plan_order=plan_order,
+                         sequence_shards=trainer.mesh.shape["sequence"])
   text = ScoredText(vocabulary)
-  sums = score_batches(model, params, batches, batch_size, desc=f"perplexity {split}", text=text)
+  sums = score_batches(scorer, batches, desc=f"perplexity {split}", text=text)
+  nll, count = sums["kind_weighted_nll"], sums["kind_weight"]
   words, n_bytes = text.sizes()
-  expected = trajectory_tokens(records, vocabulary, plan_order)
+  expected = trajectory_tokens(books, vocabulary, plan_order)
   results = {}
   for k, kind in enumerate(trajectory.SEGMENT_KINDS):
-    if sums["count"][k] or expected[kind]:
-      results[f"scaffolds/{kind}"] = {**figures(sums["nll"][k], sums["count"][k], words[k], n_bytes[k]),
-                                      **_coverage(sums["count"][k], expected[kind])}
-  results["scaffolds/all"] = {**figures(sums["nll"].sum(), sums["count"].sum(), words.sum(), n_bytes.sum()),
-                              **_coverage(sums["count"].sum(), sum(expected.values())),
-                              "books": len(records)}
+    if count[k] or expected[kind]:
+      results[f"scaffolds/{kind}"] = {**figures(nll[k], count[k], words[k], n_bytes[k]),
+                                      **_coverage(count[k], expected[kind])}
+  results["scaffolds/all"] = {**figures(nll.sum(), count.sum(), words.sum(), n_bytes.sum()),
+                              **_coverage(count.sum(), sum(expected.values())), "books": len(books)}
   if results["scaffolds/all"]["coverage"] < 1:
     log.warning("held-out perplexity: the windows view scored %d of %d trajectory tokens (long plans "
                 "cut at sequence length %d); per word and per byte count the scored part only",
-                sums["count"].sum(), sum(expected.values()), seq_len)
+                count.sum(), sum(expected.values()), trainer.seq_len)
   return results
 
 
@@ -283,7 +279,7 @@ def stream_batches(ids: Sequence[int], *, bos_id: int, seq_len: int, batch_size:
   windows = [ids[i:i + seq_len] for i in range(0, len(ids), seq_len)]
   for start in range(0, len(windows), batch_size):
     rows = windows[start:start + batch_size]
-    batch = padding_batch(len(rows), seq_len)
+    batch = pad_batch(None, len(rows), seq_len)
     for r, window in enumerate(rows):
       n = len(window)
       batch["decoder_target_tokens"][r, :n] = window
@@ -295,56 +291,58 @@ def stream_batches(ids: Sequence[int], *, bos_id: int, seq_len: int, batch_size:
     yield batch
 
 
-def novel_perplexity(model: Decoder, params: Any, vocabulary: Any, path: str | Path, *, seq_len: int,
-                     batch_size: int) -> dict[str, Any]:
-  """The figures of one plain novel's prose (module docstring)."""
-  ids, _, _ = novel_stream(path, vocabulary)
-  batches = stream_batches(ids, bos_id=vocabulary.bos_id, seq_len=seq_len, batch_size=batch_size)
-  text = ScoredText(vocabulary)
-  sums = score_batches(model, params, batches, batch_size, desc=f"perplexity {Path(path).stem}", text=text)
+def novel_perplexity(scorer: Scorer, path: str | Path) -> dict[str, Any]:
+  """The figures of one plain novel's prose (module docstring), in windows of the scorer's length."""
+  ids, _, _ = novel_stream(path, scorer.vocabulary)
+  batches = stream_batches(ids, bos_id=scorer.vocabulary.bos_id, seq_len=scorer.trainer.seq_len,
+                           batch_size=scorer.trainer.batch_size)
+  text = ScoredText(scorer.vocabulary)
+  sums = score_batches(scorer, batches, desc=f"perplexity {Path(path).stem}", text=text)
   words, n_bytes = text.sizes()
-  return figures(sums["nll"].sum(), sums["count"].sum(), words.sum(), n_bytes.sum())
+  return figures(sums["kind_weighted_nll"].sum(), sums["kind_weight"].sum(), words.sum(), n_bytes.sum())
 
 
 # A run.
 
-def run_perplexity(run_dir: str | Path, *, scaffold_files: Sequence[str | Path] = (),
+def run_perplexity(run_dir: RunInfo | str | Path, *, scaffold_files: Sequence[str | Path] = (),
                    novels: Sequence[str | Path] = (), split: str = "test", step: int | None = None,
-                   batch_size: int = 8, seq_len: int | None = None) -> dict[str, Any]:
-  """eval.json's `perplexity` of a run (xbook.infer.generate.load_run) on held-out books.
+                   batch_size: int = 8, seq_len: int | None = None, mesh_config: MeshConfig | None = None
+                   ) -> dict[str, Any]:
+  """eval.json's `perplexity` of a run (its RunInfo, xbook.train.run_info) on held-out books.
 
   Args:
-    run_dir: a run directory of `xbook train`.
+    run_dir: a run directory of `xbook train`, or its RunInfo.
     scaffold_files: scaffold JSONL whose `split` records are scored per kind.
     novels: plain .txt novels scored as prose (a folder: its .txt files).
     split: the scaffold split to score.
     step: checkpoint step (None: the latest).
-    batch_size: windows per forward pass.
-    seq_len: window length (None: the run's training length, xbook.infer.generate.run_seq_len).
+    batch_size: windows per eval step (a multiple of the mesh's data * fsdp).
+    seq_len: window length (None: the run's training length, RunInfo.seq_len).
+    mesh_config: the mesh over every device that scores (parameters sharded by the trainer's logical
+      axis rules); None: one device.
 
   Returns:
-    {"run_dir", "step", "seq_len", "plan_order", "split", "results": {name: figures}}; names are
-    "scaffolds/<kind>", "scaffolds/all" and "novel/<file stem>".
+    {"run_dir", "step", "seq_len", "plan_order", "split", "mesh", "results": {name: figures}}; names are
+    "scaffolds/<kind>", "scaffolds/all" and "novel/<file stem>"; "mesh" is {axis: size}.
 
   Raises:
-    ValueError: nothing to score, or no sequence length known for the run.
+    ValueError: nothing to score, no sequence length known for the run, or a mesh the batch or the
+      windows do not split over.
   """
-  from xbook.infer.generate import load_run, run_plan_order, run_seq_len
   novel_paths = [p for n in novels for p in (sorted(Path(n).glob("*.txt")) if Path(n).is_dir() else [Path(n)])]
   if not scaffold_files and not novel_paths:
     raise ValueError("held-out perplexity needs books: give --scaffolds FILE (scaffold JSONL) and/or "
                      "--heldout NOVEL.txt")
-  seq_len = seq_len or run_seq_len(run_dir)
+  run = run_dir if isinstance(run_dir, RunInfo) else RunInfo.read(run_dir)
+  seq_len = seq_len or run.seq_len
   if not seq_len:
-    raise ValueError(f"{run_dir}: neither model.json nor config.gin records the sequence length; pass it")
-  run = load_run(run_dir, step)
-  plan_order, _ = run_plan_order(run_dir)
+    raise ValueError(f"{run.run_dir}: neither model.json nor config.gin records the sequence length; pass it")
+  scorer = Scorer.of_run(run, step=step, batch_size=batch_size, seq_len=seq_len, mesh_config=mesh_config)
+  plan_order = run.plan_order
   results: dict[str, Any] = {}
   if scaffold_files:
-    results.update(scaffold_perplexity(run.model, run.params, run.vocabulary, scaffold_files, split=split,
-                                       seq_len=seq_len, batch_size=batch_size, plan_order=plan_order))
+    results.update(scaffold_perplexity(scorer, scaffold_files, split=split, plan_order=plan_order))
   for path in novel_paths:
-    results[f"novel/{path.stem}"] = novel_perplexity(run.model, run.params, run.vocabulary, path,
-                                                     seq_len=seq_len, batch_size=batch_size)
-  return {"run_dir": str(run_dir), "step": run.step, "seq_len": seq_len, "plan_order": plan_order, "split": split,
-          "results": results}
+    results[f"novel/{path.stem}"] = novel_perplexity(scorer, path)
+  return {"run_dir": str(run.run_dir), "step": scorer.step, "seq_len": seq_len, "plan_order": plan_order,
+          "split": split, "mesh": scorer.mesh_shape, "results": results}

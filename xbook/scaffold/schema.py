@@ -496,25 +496,39 @@ def read_scaffolds(path: str | os.PathLike[str],
   Args:
     path: the file.
     open_fn: opens `path` for reading text (default: the built-in open, UTF-8); e.g. tf.io.gfile.GFile
-      for gs:// paths. Every reader of scaffold files (the CLI, the seqio tasks) validates through here,
-      so each names a bad record the same way.
+      for gs:// paths. Every reader of scaffold files (the CLI, the seqio tasks, the online input
+      pipeline, held-out perplexity) reads through here or `scaffold_lines`, so each names a bad record
+      the same way.
 
   Raises:
     ScaffoldError: for a line that is not JSON or not a valid record, naming the file and line number,
       the book (when the record names one) and the field path.
+  """
+  return (record for _, record in scaffold_lines(path, open_fn))
+
+
+def scaffold_lines(path: str | os.PathLike[str], open_fn: Callable[[str], ContextManager[IO[str]]] | None = None,
+                   *, validate: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+  """(the line without its surrounding whitespace, its record) of each non-blank line of a scaffold JSONL
+  file, in order: the one reader of the files (read_scaffolds keeps the records).
+
+  `validate=False` skips the schema check, for files the data path validated already this process
+  (xbook.data.records.validate_scaffold_files); a line that is not JSON is still a ScaffoldError.
   """
   opened = open_fn(os.fspath(path)) if open_fn else open(path, encoding="utf-8")
   with opened as f:
     for line_number, line in enumerate(f, start=1):
       if isinstance(line, bytes):
         line = line.decode("utf-8")
-      if not line.strip():
+      line = line.strip()
+      if not line:
         continue
       try:
         record = json.loads(line)
       except json.JSONDecodeError as error:
         truncated = ("; the line ends before its record does (cut short by an interrupted write?)"
-                     if not line.rstrip().endswith("}") else "")
+                     if not line.endswith("}") else "")
         raise ScaffoldError(f"{path}:{line_number}: not a JSON line: {error}{truncated}") from None
-      validate_scaffold(record, where=f"{path}:{line_number}")
-      yield record
+      if validate:
+        validate_scaffold(record, where=f"{path}:{line_number}")
+      yield line, record

@@ -51,6 +51,7 @@ from xbook.atomic import atomic_open
 from xbook.data import records, tasks, zigzag
 from xbook.data.feature_converter import TrajectoryFeatureConverter, task_bos_id, task_feature_lengths
 from xbook.data.features import TASK_FEATURES
+from xbook.scaffold import scaffold_lines
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +180,6 @@ class Book:
     return cls(index, line, _digest(line))
 
 
-def _lines(path: str) -> Iterator[bytes]:
-  with tf.io.gfile.GFile(path, "rb") as f:
-    for line in f:
-      line = line.strip()
-      if line:
-        yield line
-
-
 def host_books(scaffold_files: str | Sequence[str], split: str, *, process_index: int, process_count: int,
                share: bool = False) -> list[Book]:
   """The books of `split` that host `process_index` of `process_count` reads: the records whose index
@@ -200,9 +193,11 @@ def host_books(scaffold_files: str | Sequence[str], split: str, *, process_index
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
   mine, first, index = [], [], 0  # `first`: the split's first records, for `share`
   for path in records.list_scaffold_files(scaffold_files):
-    for line in _lines(path):
-      if json.loads(line).get("split", "train") != split:
+    # The files were validated when the task was registered (xbook.data.tasks.register_task).
+    for text, record in scaffold_lines(path, records.open_text, validate=False):
+      if record.get("split", "train") != split:
         continue
+      line = text.encode("utf-8")
       if index % process_count == process_index:
         mine.append(Book.of(index, line))
       if share and index < process_count:

@@ -42,18 +42,22 @@ def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.A
   return loss, {"nll": nll, "weight_sum": weight_sum}
 
 
-def nll_by_kind(nll: jax.Array, kinds: jax.Array, present: jax.Array, n_kinds: int
+def nll_by_kind(nll: jax.Array, kinds: jax.Array, weights: jax.Array, n_kinds: int
                 ) -> tuple[jax.Array, jax.Array]:
-  """Sum of NLL and count of tokens of each segment kind, whatever the kind's loss weight.
+  """Sum of `weights` * NLL and sum of `weights` over the tokens of each segment kind.
+
+  With `weights` the mask of real tokens (segment id > 0) these are each kind's NLL sum and token count
+  whatever its loss weight; with the loss weights, the weighted loss split by kind (its sums over kinds
+  are weighted_cross_entropy's weighted NLL sum and weight sum).
 
   Args:
     nll: [batch, length] per-token NLL.
     kinds: [batch, length] segment kind ids in [0, n_kinds).
-    present: [batch, length] 1 for real tokens, 0 for padding.
+    weights: [batch, length] bool or float: 0 on padding.
     n_kinds: number of segment kinds.
 
   Returns:
-    (nll_sums, counts), each [n_kinds] float32.
+    (nll_sums, weight_sums), each [n_kinds] float32.
   """
-  one_hot = jax.nn.one_hot(kinds, n_kinds, dtype=jnp.float32) * present[..., None].astype(jnp.float32)
+  one_hot = jax.nn.one_hot(kinds, n_kinds, dtype=jnp.float32) * weights[..., None].astype(jnp.float32)
   return jnp.einsum("bl,blk->k", nll, one_hot), jnp.sum(one_hot, axis=(0, 1))

@@ -156,20 +156,23 @@ class Trainer:
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The batch's objective summed over weighted tokens (its gradient is the sum of token gradients),
     with the weight sum, the weighted NLL sum (the objective without the z-loss term), the number of
-    real (non-padding) tokens, and the NLL sums and token counts of each segment kind. `dropout_rng`
+    real (non-padding) tokens, the NLL sums and token counts of each segment kind, and the weighted NLL
+    sums and weight sums of each kind (summed over kinds: `nll_sum` and `weight_sum`). `dropout_rng`
     turns LoRA dropout on (training steps)."""
     rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
     logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
                               batch["decoder_segment_ids"], batch["decoder_positions"], rngs=rngs)
     loss, aux = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
                                        batch["decoder_loss_weights"], self.z_loss)
-    kind_nll, kind_count = nll_by_kind(aux["nll"], batch["decoder_segment_kinds"],
-                                       batch["decoder_segment_ids"] > 0, len(trajectory.SEGMENT_KINDS))
-    objective_sum = loss * jnp.maximum(aux["weight_sum"], 1e-8)
+    kinds, n_kinds = batch["decoder_segment_kinds"], len(trajectory.SEGMENT_KINDS)
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    kind_nll, kind_count = nll_by_kind(aux["nll"], kinds, batch["decoder_segment_ids"] > 0, n_kinds)
+    kind_weighted_nll, kind_weight = nll_by_kind(aux["nll"], kinds, weights, n_kinds)
+    objective_sum = loss * jnp.maximum(aux["weight_sum"], 1e-8)
     return objective_sum, {"weight_sum": aux["weight_sum"], "nll_sum": jnp.sum(aux["nll"] * weights),
                            "real_tokens": jnp.sum(batch["decoder_segment_ids"] > 0, dtype=jnp.float32),
-                           "kind_nll": kind_nll, "kind_count": kind_count}
+                           "kind_nll": kind_nll, "kind_count": kind_count,
+                           "kind_weighted_nll": kind_weighted_nll, "kind_weight": kind_weight}
 
   def _summed_grads(self, params: Any, frozen: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None):
     """Gradient (with respect to the trainable `params` only; `frozen` is the rest) of the summed
@@ -252,6 +255,14 @@ class Trainer:
     batches following once `batches` run out: on several hosts every host must run the same number of
     collective steps (xbook.train.eval_input.ValidationSet agrees on it); padding adds to no sum.
     """
+    totals = self.eval_sums(params, batches, num_batches)
+    return _eval_metrics(totals) if totals else {}
+
+  def eval_sums(self, params: Any, batches: Iterable[Mapping[str, Any]], num_batches: int | None = None
+                ) -> dict[str, np.ndarray]:
+    """The eval step's sums (`_loss_sums`' aux and `windows`) over all `batches`, on the host in float64;
+    {} when no batch was evaluated. `params` on `state_shardings.params`; `batches` as in `evaluate`.
+    Held-out perplexity (xbook.evals.perplexity) scores with this step on the run's mesh."""
     rows = self.batch_size // jax.process_count()
     if num_batches is not None:
       batches = itertools.islice(itertools.chain(batches, itertools.repeat(None)), num_batches)
@@ -259,15 +270,13 @@ class Trainer:
     in_flight: collections.deque = collections.deque()
     with self.context():
       for batch in batches:
-        batch = _pad_batch(batch, rows, self.seq_len)
+        batch = features.pad_batch(batch, rows, self.seq_len)
         in_flight.append(self._eval(params, partitioning.shard_batch(batch, self.batch_sharding)))
         if len(in_flight) > 2:  # a few steps in flight, not the whole validation set on the devices
           totals = _add(totals, jax.device_get(in_flight.popleft()))
       for out in in_flight:
         totals = _add(totals, jax.device_get(out))
-    if not totals:
-      return {}
-    return _eval_metrics(totals)
+    return totals
 
   def median_step_seconds(self, state: TrainState, batch: Mapping[str, Any], steps: int) -> float:
     """Median wall time of `steps` train steps on `batch`, after one warm-up step (for benchmarks)."""
@@ -364,7 +373,7 @@ def trainer_from_gin(devices: Sequence[jax.Device] | None = None, **overrides: A
 
 
 def _add(totals: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Any]:
-  return {k: totals.get(k, 0) + v for k, v in out.items()}
+  return {k: totals.get(k, 0) + np.asarray(v, np.float64) for k, v in out.items()}
 
 
 def _eval_metrics(totals: Mapping[str, Any]) -> dict[str, float]:
@@ -378,15 +387,6 @@ def _eval_metrics(totals: Mapping[str, Any]) -> dict[str, float]:
                   for name, value in list(metrics.items())})
   metrics["eval/windows"] = float(totals["windows"])
   return metrics
-
-
-def _pad_batch(batch: Mapping[str, Any] | None, rows: int, seq_len: int) -> dict[str, Any]:
-  """A short batch padded with all-padding rows (segment id 0, weight 0) up to `rows` rows; for None, a
-  batch of padding only."""
-  if batch is None:
-    return features.padding_batch(rows, seq_len)
-  have = next(iter(batch.values())).shape[0]
-  return {k: np.pad(v, [(0, rows - have)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
 
 
 @gin.configurable(denylist=["run_dir"])
