@@ -9,7 +9,8 @@ segment ids as training) and a queue of waiting requests. Each `step()`:
      with nothing to share is taken least recently used first;
   2. prefills at most `prefill_chunk` prompt tokens of every row still prefilling (chunked prefill: a
      long prompt takes several steps, and the running rows decode between its chunks);
-  3. decodes every running row for up to `sync_every` tokens in one device loop (one token when a row
+  3. decodes every running row for up to `sync_every` tokens in one device loop, ending early when a row
+     ends, so that its answer and its slot need not wait for the others (one token when a row
      is constrained by a grammar: its next mask depends on the token just drawn), then, on the host,
      matches stop strings, streams settled tokens, advances grammars and ends the rows that are done,
      freeing their slots for the next step.
@@ -172,7 +173,8 @@ def _segment(params: PlacedParams, cache: KVCache, logits: jax.Array, counts: ja
              bitmask: jax.Array, vocab_size_limit: jax.Array, max_steps: jax.Array, *,
              config: DecoderConfig, rules: tuple, segment: int):
   """Up to max_steps (<= segment) decode steps of the rows not done: sample (step 0 under `bitmask`),
-  record, feed. Stops early when no row is active or an active row has no free slot.
+  record, feed. Stops early when a row ends (the host answers it and frees its slot at once, rather than
+  after the other rows' segment), when no row is active, or when an active row has no free slot.
 
   Returns (cache, logits, counts, done, emitted [rows, segment] (-1 where nothing was drawn),
   stop_token [rows] (the stop id that ended a row in this segment, else -1))."""
@@ -181,13 +183,13 @@ def _segment(params: PlacedParams, cache: KVCache, logits: jax.Array, counts: ja
   allowed = _unpack_bitmask(bitmask, logits.shape[-1])
 
   def go_on(carry):
-    cache, _, _, done, _, _, step = carry
+    cache, _, _, done, _, _, step, ended = carry
     active = ~done
     room = jnp.max(jnp.where(active, cache.lengths, 0)) < cache.max_len
-    return jnp.any(active) & room & (step < max_steps)
+    return jnp.any(active) & room & (step < max_steps) & ~ended
 
   def body(carry):
-    cache, logits, counts, done, emitted, stop_token, step = carry
+    cache, logits, counts, done, emitted, stop_token, step, _ = carry
     masked = jnp.where((step == 0) & ~allowed, -jnp.inf, logits)
     token = sample_logits(masked, sampling, counts, vocab_size_limit)
     active = ~done
@@ -204,13 +206,13 @@ def _segment(params: PlacedParams, cache: KVCache, logits: jax.Array, counts: ja
     cache = decode_lib._constrain(cache.replace(keys=keys, values=values))
     logits = jnp.where(feed, out[:, 0], logits)
     stop_token = jnp.where(active & is_stop, token, stop_token)
-    return cache, logits, counts, done | finished, emitted, stop_token, step + 1
+    return cache, logits, counts, done | finished, emitted, stop_token, step + 1, jnp.any(finished)
 
   emitted = jnp.full((rows, segment), -1, jnp.int32)
   stop_token = jnp.full((rows,), -1, jnp.int32)
-  carry = (cache, logits, counts, done, emitted, stop_token, jnp.zeros((), jnp.int32))
+  carry = (cache, logits, counts, done, emitted, stop_token, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.bool_))
   with nn.logical_axis_rules(rules):
-    cache, logits, counts, done, emitted, stop_token, _ = jax.lax.while_loop(go_on, body, carry)
+    cache, logits, counts, done, emitted, stop_token, _, _ = jax.lax.while_loop(go_on, body, carry)
   return cache, logits, counts, done, emitted, stop_token
 
 
