@@ -30,7 +30,6 @@ from xbook.train import trainer as trainer_lib
 from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.metrics import read_metrics
-from xbook.train.run_info import RunInfo
 from tiny_runs import MESH, train_tiny
 
 # conftest's vocabulary has 1,024 pieces: the tiny bases have as many embedding rows.
@@ -248,8 +247,7 @@ def test_a_ministral3_adapter_loads_in_peft_and_comes_back_with_import(bases, tm
   moved = {"path": str(bases["other"][1]), "kind": "imported", "step": None, "fingerprint": fingerprint}
   cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   with pytest.raises(ValueError, match=f"fingerprint {fingerprint}"):
-    adapters.merged_run_params(dataclasses.replace(RunInfo.read(run_dir), started_from=moved), trained,
-                               lora_lib.split_params(abstract_params(config, cpu))[1])
+    adapters.merged_run_params(config, trained, moved, lora_lib.split_params(abstract_params(config, cpu))[1])
 
 
 def test_a_scaled_down_lora_config_compiles_for_a_tpu_in_less_memory_than_the_full_fine_tune():

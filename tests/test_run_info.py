@@ -55,6 +55,9 @@ def test_a_lora_run_reads_its_adapters_and_its_base_fingerprint():
   run = RunInfo.read(LAYOUTS / "2026-12-06_lora")
   assert run.model.lora == LoraConfig(rank=8, alpha=16.0)
   assert run.started_from["fingerprint"] == "3f2a9c0d1b7e4a65"
+  assert run.lora_base()["path"] == "/home/user/imported/ministral3"
+  with pytest.raises(ValueError, match=r"model\.json records no base for its LoRA adapters \(started_from\.path\)"):
+    dataclasses.replace(run, started_from=None).lora_base()
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -83,7 +83,7 @@ def _restore_params(run: RunInfo, step: int | None, dtype: str, *,
     elif adapters_only:
       params = adapters.restore_adapters(checkpoints, step, target)
     else:
-      params, config = adapters.load_merged(run, checkpoints, step, target)
+      params, config = adapters.load_merged(checkpoints, step, target, config, run.lora_base())
   finally:
     checkpoints.close()
   return params, step, config

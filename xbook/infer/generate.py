@@ -80,7 +80,7 @@ def load_run(run: RunInfo | str | os.PathLike[str], step: int | None = None, *,
     else:
       target = abstract_params(config, mesh=mesh, rules=rules)
     if config.lora is not None:  # a LoRA run: its adapters merged into its base once, here
-      params, config = adapters.load_merged(info, checkpoints, step, target)
+      params, config = adapters.load_merged(checkpoints, step, target, config, info.lora_base())
     else:
       params = checkpoints.restore(step, target)["params"]
   finally:

@@ -141,36 +141,34 @@ def restore_or_init(trainer: Any, checkpoints: Any, run_path: epath.Path, *, see
   return AdapterStart(state.params, state.opt_state, 0, 0, started_from)
 
 
-def merged_run_params(info: RunInfo, adapters: Any, abstract_base: Any) -> dict[str, Any]:
-  """A LoRA run's plain weights: its base (from the path its model.json records, checked against the
-  recorded fingerprint) with `adapters` merged in; the tree of Decoder(base_config(info.model)).
+def merged_run_params(config: DecoderConfig, adapters: Any, base: Mapping[str, Any], abstract_base: Any
+                      ) -> dict[str, Any]:
+  """A LoRA run's plain weights: its base (read from the folder the run records, checked against the
+  recorded fingerprint) with `adapters` merged in; the tree of Decoder(base_config(config)).
 
   Args:
-    info: the run (its `model` has `lora`; its `started_from` records the base: {"path", "kind", "step",
-      "fingerprint"}); adapters: its checkpoint's adapters.
+    config: the run's DecoderConfig (with `lora`); adapters: its checkpoint's adapters.
+    base: the run's record of its base (RunInfo.lora_base(): {"path", "kind", "step", "fingerprint"}).
     abstract_base: where and how the base is read (abstract leaves of the base's tree: shapes,
       shardings, the run's parameter dtype).
 
   Raises:
     FileNotFoundError / ValueError: the recorded base is gone or has another fingerprint.
   """
-  base_info = dict(info.started_from or {})
-  if not base_info.get("path"):
-    raise ValueError(f"{info.model_json} records no base for its LoRA adapters (started_from.path)")
-  source = warm_start.find_source(base_info["path"], base_info.get("step"))
-  target = base_config(info.model)
+  source = warm_start.find_source(base["path"], base.get("step"))
+  target = base_config(config)
   stored = abstract_base
   if source.config.scan_layers != target.scan_layers:  # read in the source's layout, on one device
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     stored = abstract_params(dataclasses.replace(target, scan_layers=source.config.scan_layers), device)
-  base = warm_start.read_params(source, stored)
+  params = warm_start.read_params(source, stored)
   if source.config.scan_layers != target.scan_layers:
-    base = warm_start.relayout(source.config.scan_layers, target.n_layers)(base)
-  fingerprint = lora_lib.params_fingerprint(base)
-  if base_info.get("fingerprint") and fingerprint != base_info["fingerprint"]:
-    raise ValueError(f"{info.run_dir}: its adapters belong to the base {base_info['path']} of fingerprint "
-                     f"{base_info['fingerprint']}, but that folder now holds weights of fingerprint {fingerprint}")
-  return lora_lib.merged_params(lora_lib.merge_params(adapters, base), info.model.lora)
+    params = warm_start.relayout(source.config.scan_layers, target.n_layers)(params)
+  fingerprint = lora_lib.params_fingerprint(params)
+  if base.get("fingerprint") and fingerprint != base["fingerprint"]:
+    raise ValueError(f"the run's adapters belong to the base {base['path']} of fingerprint {base['fingerprint']}, "
+                     f"but that folder now holds weights of fingerprint {fingerprint}; put the base back there")
+  return lora_lib.merged_params(lora_lib.merge_params(adapters, params), config.lora)
 
 
 def restore_adapters(checkpoints: Any, step: int, target: Any) -> Any:
@@ -179,10 +177,11 @@ def restore_adapters(checkpoints: Any, step: int, target: Any) -> Any:
   return checkpoints.restore(step, lora_lib.split_params(target)[0])["params"]
 
 
-def load_merged(info: RunInfo, checkpoints: Any, step: int, target: Any) -> tuple[dict[str, Any], DecoderConfig]:
-  """(plain weights, their DecoderConfig) of the LoRA run `info` at `step`: its adapters merged once into its
-  recorded base, read onto the leaves of `target` (the abstract tree of `info.model`, adapters included),
-  for inference (xbook.infer.generate.load_run) and export."""
+def load_merged(checkpoints: Any, step: int, target: Any, config: DecoderConfig, base: Mapping[str, Any]
+                ) -> tuple[dict[str, Any], DecoderConfig]:
+  """(plain weights, their DecoderConfig) of a LoRA run at `step`: its adapters merged once into its base
+  (`base`: RunInfo.lora_base()), read onto the leaves of `target` (the abstract tree of `config`, adapters
+  included), for inference (xbook.infer.generate.load_run) and export."""
   adapters = restore_adapters(checkpoints, step, target)
-  params = merged_run_params(info, adapters, lora_lib.split_params(target)[1])
-  return params, base_config(info.model)
+  params = merged_run_params(config, adapters, base, lora_lib.split_params(target)[1])
+  return params, base_config(config)

@@ -154,13 +154,37 @@ class RunInfo(RunPaths):
         the message names the file and the field.
     """
     paths = RunPaths(epath.Path(run_dir))
-    recorded = _read_json(paths)
+    path = paths.model_json
+    if not path.is_file():
+      raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory made by `xbook train`?")
+    try:
+      recorded = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{path}: not valid JSON ({error}); restore it from the run's copy or retrain") from None
+    if not isinstance(recorded, dict):
+      raise ValueError(f"{path}: expected a JSON object (the run's record), got {type(recorded).__name__}")
+    if "hf_model_type" in recorded and "vocab_path" not in recorded and (paths.run_dir / "params").is_dir():
+      raise ValueError(f"{run_dir} holds imported weights (`xbook weights import`), not a run of `xbook train`: "
+                       f"train from them with train.init_from={run_dir}, or export them with "
+                       f"`xbook weights export --params {run_dir}`")
     gin_text = paths.config_gin.read_text(encoding="utf-8") if paths.config_gin.is_file() else ""
     plan_order, profile = _trajectory(recorded, gin_text)
     return cls(run_dir=paths.run_dir, model=_decoder_config(recorded, paths.model_json),
                vocab=_required(recorded, "vocab_path", paths.model_json, "the vocabulary's path"),
                seq_len=_seq_len(recorded, gin_text, paths.model_json), plan_order=plan_order, profile=profile,
                started_from=recorded.get("started_from") or None, vocab_source=recorded.get("vocab_source"))
+
+  def lora_base(self) -> Mapping[str, Any]:
+    """The base a LoRA run's adapters belong to ({"path", "kind", "step", "fingerprint"} of `started_from`).
+
+    Raises:
+      ValueError: the record names no base path (the message names the file and the field).
+    """
+    base = dict(self.started_from or {})
+    if not base.get("path"):
+      raise ValueError(f"{self.model_json} records no base for its LoRA adapters (started_from.path): "
+                       "were its checkpoints trained by another tool? Retrain the adapters with train.init_from")
+    return base
 
   @classmethod
   def read_if_present(cls, run_dir: str | Path | epath.Path) -> RunInfo | None:
@@ -189,24 +213,6 @@ class RunInfo(RunPaths):
     for path, text in ((self.model_json, json.dumps(self.to_json(), indent=2)), (self.config_gin, config_gin)):
       with atomic_open(path, "w") as f:
         f.write(text)
-
-
-def _read_json(paths: RunPaths) -> dict[str, Any]:
-  """model.json as a dict, refusing a missing file, bad JSON and a folder of imported weights."""
-  path = paths.model_json
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: is {paths.run_dir} a run directory made by `xbook train`?")
-  try:
-    recorded = json.loads(path.read_text(encoding="utf-8"))
-  except json.JSONDecodeError as error:
-    raise ValueError(f"{path}: not valid JSON ({error}); restore it from the run's copy or retrain") from None
-  if not isinstance(recorded, dict):
-    raise ValueError(f"{path}: expected a JSON object (the run's record), got {type(recorded).__name__}")
-  if "hf_model_type" in recorded and "vocab_path" not in recorded and (paths.run_dir / "params").is_dir():
-    raise ValueError(f"{paths.run_dir} holds imported weights (`xbook weights import`), not a run of `xbook train`: "
-                     f"train from them with train.init_from={paths.run_dir}, or export them with "
-                     f"`xbook weights export --params {paths.run_dir}`")
-  return recorded
 
 
 def _required(recorded: Mapping[str, Any], field: str, path: epath.Path, what: str) -> Any:
