@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from xbook.atomic import atomic_open
+from xbook.evals.baseline import HumanBaseline
+from xbook.evals.evaluate import evaluate_books
+from xbook.evals.judges import JudgeConfig, judge_systems
+from xbook.evals.texts import load_books
 
 log = logging.getLogger(__name__)
 DEFAULT_BASELINE = Path(__file__).resolve().parents[3] / "shared/corpus/gutenberg"
 
 
 def _books_part(args: argparse.Namespace) -> dict[str, Any]:
-  from xbook.evals.baseline import HumanBaseline
-  from xbook.evals.evaluate import evaluate_books
-  from xbook.evals.texts import load_books
   books = load_books(args.books)
   baseline_dir = Path(args.baseline or DEFAULT_BASELINE)
   exclude = {b.name for b in books} | {Path(b.source).stem for b in books}
@@ -27,24 +28,13 @@ def _books_part(args: argparse.Namespace) -> dict[str, Any]:
   return evaluate_books(books, baseline, str(baseline_dir))
 
 
-def _not_built(part: str) -> None:
-  raise SystemExit(f"xbook eval: {part} is not implemented yet (see issue 16); use --books for text metrics")
-
-
 def _perplexity_part(args: argparse.Namespace, mesh_config: Any) -> dict[str, Any]:
-  try:
-    from xbook.evals.perplexity import run_perplexity
-  except ImportError:
-    _not_built("--run_dir (held-out perplexity)")
+  from xbook.evals.perplexity import run_perplexity  # start-up: jax and the trainer (6 s) load only for --run_dir
   return run_perplexity(args.run_dir, scaffold_files=args.scaffolds, novels=args.heldout,
                         split=args.split, step=args.step, batch_size=args.batch_size, mesh_config=mesh_config)
 
 
 def _judges_part(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-  try:
-    from xbook.evals.judges import JudgeConfig, judge_systems
-  except ImportError:
-    _not_built("--judge (pairwise judges)")
   systems = dict(_system(s) for s in args.judge)
   config = JudgeConfig(base_url=args.judge_url, models=tuple(args.judge_model),
                        api_key_env=args.judge_api_key_env, samples=args.judge_samples,
@@ -85,7 +75,7 @@ def refuse_overwrite(out: Path, wanted: list[str], overwrite: bool) -> None:
 
 def _write_part(out: Path, part: str, record: dict[str, Any]) -> tuple[Path, Path]:
   """Write one part's record and its page; returns their paths."""
-  from xbook.evals.report import write_report
+  from xbook.evals.report import write_report  # start-up: matplotlib (0.7 s) loads once a part is computed
   json_name, page_name = OUTPUTS[part]
   with atomic_open(out / json_name, "w") as f:
     json.dump(record, f, indent=1, ensure_ascii=False)

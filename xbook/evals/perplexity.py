@@ -12,12 +12,16 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from xbook.books import load_book
 from xbook.data import pieces, trajectory
 from xbook.data.features import pad_batch
 from xbook.data.records import read_split
+from xbook.data.tasks import register_task
 from xbook.data.vocab import Vocabulary
+from xbook.infer.generate import load_run
 from xbook.model import DecoderConfig, abstract_params
 from xbook.train import partitioning
+from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.mesh import MESH_AXES, MeshConfig, make_mesh
 from xbook.train.optimizer import OptimizerConfig
 from xbook.train.run_info import RunInfo
@@ -52,7 +56,6 @@ class Scorer:
       ValueError: when the mesh does not split the batch, the windows or the run's parameters (naming
         the flag to change), before anything is loaded.
     """
-    from xbook.infer.generate import load_run  # noqa: PLC0415 - infer's import pulls the decoder (slow)
     devices = jax.devices() if mesh_config is not None else jax.devices()[:1]
     mesh_config = mesh_config or MeshConfig()
     check_fits(mesh_config, len(devices), batch_size=batch_size, seq_len=seq_len)
@@ -205,8 +208,6 @@ def eval_batches(scaffold_files: Sequence[str | Path], vocabulary: Any, *, split
                  ) -> Iterator[Mapping[str, np.ndarray]]:
   """Batches of the windows view of the `split` records, every kind weighted 1 and repeats 0, in book
   order, each window once (the task TASK_NAME, registered anew)."""
-  from xbook.data.tasks import register_task
-  from xbook.train.input_pipeline import trajectory_batches
   register_task(TASK_NAME, "windows", [str(f) for f in scaffold_files], vocabulary, plan_order=plan_order,
                 loss_weights={kind: 1.0 for kind in trajectory.SEGMENT_KINDS}, repeat_weight=0.0)
   return trajectory_batches(TASK_NAME, split=split, global_batch_size=batch_size, seq_len=seq_len, seed=0,
@@ -258,7 +259,6 @@ def _coverage(scored: float, expected: int) -> dict[str, Any]:
 
 def novel_stream(path: str | Path, vocabulary: Any) -> tuple[list[int], int, int]:
   """(token ids, words, UTF-8 bytes) of a .txt novel's prose: one text segment per scene, EOS at the end."""
-  from xbook.books import load_book
   book = load_book(path)
   ids: list[int] = []
   words = n_bytes = 0

@@ -34,6 +34,8 @@ from typing import Any
 
 import httpx
 
+from xbook.infer.serve import start_server_process
+
 _DEFAULT_TEXT = Path(__file__).resolve().parents[2].parent / "shared/corpus/gutenberg/pg46.txt"
 
 
@@ -126,7 +128,6 @@ def _percentile(values: list[float], q: float) -> float:
 
 def measure(args: argparse.Namespace, mode: str, requests: list[dict[str, Any]]) -> dict[str, float]:
   """The figures of one batching mode, on a fresh server."""
-  from xbook.infer.serve import start_server_process  # noqa: PLC0415
   server_args = ("--batching", mode, "--max_batch", str(args.max_batch), "--context_len", str(args.context_len),
                  "--max_tokens", str(args.context_len // 2), "--max_prompt_tokens", str(args.context_len // 2))
   with start_server_process(args.run_dir, args=server_args) as (_, url):
