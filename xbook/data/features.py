@@ -8,7 +8,7 @@ tasks of xbook.data.tasks carry):
   segment_ids    int32    1..k for the k sequences packed into the example (1 when unpacked)
   positions      int32    position of each token inside its own sequence
 
-Example features (DESIGN.md "Examples"), [length] per example and [batch, length] once batched, with
+Example features (docs/architecture.md), [length] per example and [batch, length] once batched, with
 `length` a multiple of the sequence-parallel degree (what xbook.data.feature_converter makes of the task
 features, and what training, evaluation and the benchmarks read):
   decoder_input_tokens   int32    targets shifted right, the vocabulary's BOS at the start of every

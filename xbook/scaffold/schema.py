@@ -1,6 +1,6 @@
 """The scaffold record `xbook.scaffold/1`: its validation and its JSONL files.
 
-One record per book (DESIGN.md, "Scaffold"):
+One record per book (docs/architecture.md, "Scaffold record"):
 
   {"schema": "xbook.scaffold/1",
    "book": Book.metadata(),
