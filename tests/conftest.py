@@ -71,3 +71,36 @@ def novels(corpus_dir):
 def paper_records(novels):
   from xbook.scaffold import ExtractiveSummarizer, build_scaffold
   return {book.id: build_scaffold(book, ExtractiveSummarizer(), plan_format="paper") for book in novels}
+
+
+# One persistent XLA compilation cache for the whole session: a program compiled once (the tiny train step
+# that many runs share, a resumed run's step) is loaded from disk by every later test and by the commands
+# the tests start as subprocesses (they inherit JAX_COMPILATION_CACHE_DIR), instead of compiled again.
+# Results are unchanged: a cache hit is the executable that the same program compiled to. A cache the
+# caller already set (JAX_COMPILATION_CACHE_DIR) is kept; JAX_COMPILATION_CACHE_DIR= (empty) turns it off.
+@pytest.fixture(scope="session", autouse=True)
+def session_compilation_cache(tmp_path_factory):
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cache
+  directory = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+  cache.reset_cache()  # a compile before this fixture (at import) must not leave the cache off
+  yield directory
+
+
+@pytest.fixture
+def no_compilation_cache(monkeypatch):
+  """The session's compilation cache off for one test and its subprocesses: for ahead-of-time TPU compiles,
+  which a compile-only TPU client writes to the cache but cannot load back (jax warns and compiles again)."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cache
+  monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "false")
+  previous = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  cache.reset_cache()
+  yield
+  jax.config.update("jax_enable_compilation_cache", previous)
+  cache.reset_cache()

@@ -18,6 +18,8 @@ from xbook.train.tpu_topology import GIB, parse_slice, standard_shape, topology_
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = sorted(p for p in (REPO / "configs/paper").glob("*.gin") if p.name != "base.gin")
+# Compiles for TPU slices: the session's compilation cache (conftest) cannot load them back.
+pytestmark = pytest.mark.usefixtures("no_compilation_cache")
 
 
 @pytest.fixture

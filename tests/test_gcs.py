@@ -247,22 +247,6 @@ def test_gcs_clients_reach_the_server(gcs):
   assert _bucket_objects(gcs, "probe/")["probe/hello.txt"] == 5
 
 
-@pytest.fixture
-def compilation_cache(tmp_path):
-  """A persistent compilation cache for one test: its training runs after the first load the compiled
-  step instead of compiling it again. The previous settings are restored afterwards."""
-  from jax.experimental.compilation_cache import compilation_cache as cache
-  previous = {name: getattr(jax.config, name) for name in
-              ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  cache.reset_cache()
-  yield
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  cache.reset_cache()
-
-
 def _train(run_dir: str, scaffold_file: Path, vocab_path: Path, steps: int) -> None:
   gin.clear_config()
   gin.parse_config(["MeshConfig.data = 2", "MeshConfig.fsdp = 2", "MeshConfig.sequence = 1",
@@ -276,8 +260,8 @@ def _train(run_dir: str, scaffold_file: Path, vocab_path: Path, steps: int) -> N
     gin.clear_config()
 
 
-def test_a_gs_run_writes_its_run_directory_and_resumes_like_a_local_run(gcs, compilation_cache, tmp_path,
-                                                                        scaffold_file, vocab_path):
+def test_a_gs_run_writes_its_run_directory_and_resumes_like_a_local_run(gcs, tmp_path, scaffold_file, vocab_path):
+  # Its three trainings compile the step once: conftest's session compilation cache serves the other two.
   from etils import epath
 
   from xbook.infer import load_run
