@@ -22,10 +22,18 @@ TARGET = aot_decode.DecodeTarget(accelerator="v5e-8", batch=1, context_len=4096,
 MESH = MeshConfig(data=1, fsdp=1, sequence=1, tensor=8)
 # Compiles for a TPU slice: the session's compilation cache (conftest) cannot load them back.
 pytestmark = pytest.mark.usefixtures("no_compilation_cache")
+_SMALL_REPORT: list[aot_decode.DecodeCompileReport] = []
+
+
+def _small_report() -> aot_decode.DecodeCompileReport:
+  """SMALL at TARGET compiled with all its layers, once for the tests that need it."""
+  if not _SMALL_REPORT:
+    _SMALL_REPORT.append(aot_decode.compile_decode(SMALL, TARGET, MESH))
+  return _SMALL_REPORT[0]
 
 
 def test_the_engine_compiles_for_a_tpu_slice_with_its_memory_and_floor():
-  report = aot_decode.compile_decode(SMALL, TARGET, MESH)
+  report = _small_report()
   assert report.fits and report.chips == 8 and report.mesh["tensor"] == 8
   keys_values = SMALL.n_layers * 2 * (SMALL.n_kv_heads // 8) * SMALL.head_dim * TARGET.context_len * 2
   positions_segments_lengths = 2 * TARGET.context_len * 4 + 4
@@ -43,7 +51,7 @@ def test_the_engine_compiles_for_a_tpu_slice_with_its_memory_and_floor():
 
 def test_two_and_four_layer_probes_extrapolate_to_the_full_model():
   """The probes' linear extrapolation to 6 layers: the total within 5% of compiling all 6."""
-  full = aot_decode.compile_decode(SMALL, TARGET, MESH)
+  full = _small_report()
   probed = aot_decode.compile_decode(SMALL, TARGET, MESH, probe_layers=True)
   assert probed.extrapolated_from_layers == aot_decode.PROBE_LAYERS
   assert (probed.param_bytes, probed.cache_bytes) == (full.param_bytes, full.cache_bytes)
