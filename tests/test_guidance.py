@@ -112,3 +112,27 @@ def test_the_end_marker_as_a_special_token(vocabularies):
                                  log_level=0)
   assert matcher.try_consume_tokens(vocabulary.encode(SCENES) + eot) == len(vocabulary.encode(SCENES)) + 1
   assert matcher.is_accepting()
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "tokenizer.json", "tekken.json"])
+@pytest.mark.parametrize("role,budget", [("book_characters_list", 120), ("first_chapter_text", 60)])
+def test_a_constraint_closes_its_grammar_within_the_budget_whatever_was_drawn(vocabularies, kind, role, budget):
+  """Drawing uniformly among the allowed tokens (a model that never ends a field by itself), a constraint
+  given its budget still ends complete: the text matches the grammar whole and passes check_stage."""
+  from xbook.infer.structured import GrammarCompiler, GrammarSpec
+  vocabulary = vocabularies[kind]
+  grammar = sg.stage_grammar("14b_full_book", role, [("prompt", "A ghost story.")])
+  compiler = GrammarCompiler(vocabulary)
+  rng = np.random.default_rng(0)
+  for trial in range(3):
+    constraint = compiler.constraint(compiler.compile(GrammarSpec("grammar", grammar.text)), budget=budget,
+                                     closers=grammar.closers)
+    row = np.zeros(constraint.words, np.int32)
+    while len(constraint.tokens) < budget and not constraint.is_stopped():
+      constraint.fill_bitmask(row)
+      allowed = np.flatnonzero(np.unpackbits(row.view(np.uint8), bitorder="little"))
+      constraint.consume(int(rng.choice(allowed)))
+    text = vocabulary.decode(constraint.tokens)
+    assert constraint.is_stopped() and constraint.closed_by_budget > 0, (trial, text)
+    assert match_text(grammar.text, text) is None, (trial, text)
+    assert sp.check_stage(role, sp.trim_stage_text(text.removesuffix(sp.EOT))) == [], (trial, text)

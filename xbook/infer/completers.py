@@ -10,56 +10,45 @@
                      the stage's grammar as `structured_outputs: {"grammar": ...}` (vLLM's field: its
                      docs say the older `guided_*` fields were removed in v0.12.0).
 
-A completer takes (context ids, SamplingParams, stop token ids, stop strings, grammar=None) and returns a
-StageResult with the stage's text (up to a stop string), ids, finish reason, seconds, and how many
-context tokens were prefilled and served from a cache.
+A completer takes (context ids, SamplingParams, stop token ids, stop strings, grammar=None, closers=()) and
+returns a StageResult with the stage's text (up to a stop string), ids, finish reason, seconds, and how
+many context tokens were prefilled and served from a cache. On the engine a grammar is closed within the
+stage's budget, its closers (else its stop strings) written out (xbook.infer.structured); a remote server
+cuts at max_tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from typing import Any, Sequence
 
 from xbook.data.vocab import Vocabulary
 from xbook.infer.decode import SamplingParams
 from xbook.infer.engine import EngineRequest
-from xbook.infer.guidance import llg_tokenizer
-from xbook.infer.structured import GrammarConstraint, GrammarSpec, compile_grammar
+from xbook.infer.structured import GrammarCompiler, GrammarSpec
 from xbook.infer.writer import Completer, StageResult
-
-
-class _Grammars:
-  """Compiled grammars of one vocabulary (the llguidance tokenizer is built once, on first use)."""
-
-  def __init__(self, vocabulary: Vocabulary) -> None:
-    self.vocabulary = vocabulary
-    self._tokenizer = None
-    self._lock = threading.Lock()
-
-  def constraint(self, lark: str) -> Any:
-    with self._lock:
-      if self._tokenizer is None:
-        self._tokenizer = llg_tokenizer(self.vocabulary)
-    return GrammarConstraint(self._tokenizer, compile_grammar(GrammarSpec("grammar", lark), self._tokenizer))
 
 
 def engine_completer(engine: Any, vocabulary: Vocabulary) -> Completer:
   """A completer on `engine` (an xbook.infer.engine.Engine, started or not; thread-safe when started)."""
-  grammars = _Grammars(vocabulary)
+  grammars = GrammarCompiler(vocabulary)
 
   def complete(ids: list[int], sampling: SamplingParams, stop_ids: Sequence[int], stop_strings: Sequence[str],
-               grammar: str | None = None) -> StageResult:
+               grammar: str | None = None, closers: Sequence[str] = ()) -> StageResult:
     began = time.perf_counter()
+    constraint = None
+    if grammar:  # closed within the stage's budget, its end marker (a stop string) written out
+      constraint = grammars.constraint(grammars.compile(GrammarSpec("grammar", grammar)),
+                                       budget=sampling.max_tokens, closers=tuple(closers) or tuple(stop_strings))
     request = EngineRequest(prompt=list(ids), sampling=dataclasses.replace(sampling, stop=tuple(stop_strings)),
-                            stop_token_ids=tuple(stop_ids),
-                            constraint=grammars.constraint(grammar) if grammar else None)
+                            stop_token_ids=tuple(stop_ids), constraint=constraint)
     [completion] = engine.generate([request])
     return StageResult(text=completion.text or "", token_ids=completion.token_ids,
                        finish_reason=completion.finish_reason, seconds=time.perf_counter() - began,
                        prefill_tokens=completion.prompt_tokens - completion.cached_tokens,
-                       cached_tokens=completion.cached_tokens)
+                       cached_tokens=completion.cached_tokens,
+                       closed_by_budget=constraint.closed_by_budget if constraint is not None else 0)
 
   return complete
 
@@ -74,7 +63,7 @@ def remote_completer(base_url: str, model: str, vocabulary: Vocabulary, *, api_k
                         headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
 
   def complete(ids: list[int], sampling: SamplingParams, stop_ids: Sequence[int], stop_strings: Sequence[str],
-               grammar: str | None = None) -> StageResult:
+               grammar: str | None = None, closers: Sequence[str] = ()) -> StageResult:
     body: dict[str, Any] = {
         "model": model, "prompt": list(ids), "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
         "top_p": sampling.top_p, "top_k": sampling.top_k, "min_p": sampling.min_p, "seed": sampling.seed,

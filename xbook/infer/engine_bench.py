@@ -20,10 +20,10 @@ import json
 import time
 from typing import Any
 
-from xbook.infer.completers import _Grammars
 from xbook.infer.decode import SamplingParams
 from xbook.infer.engine import Engine, EngineRequest
 from xbook.infer.generate import load_run, run_seq_len
+from xbook.infer.structured import GrammarCompiler, GrammarSpec
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,12 +55,13 @@ def _growing(engine: Any, vocabulary: Any, args: argparse.Namespace) -> dict[str
 
 def _decode_rate(engine: Any, vocabulary: Any, args: argparse.Namespace, grammar: str | None) -> float:
   """Generated tokens per second of args.rows rows of args.tokens tokens (after a warm-up round)."""
-  grammars = _Grammars(vocabulary)
+  grammars = GrammarCompiler(vocabulary)
+  compiled = grammars.compile(GrammarSpec("grammar", grammar)) if grammar else None
 
   def requests(seed: int) -> list[Any]:
     return [EngineRequest([vocabulary.bos_id, *vocabulary.encode(f"Once upon a time {row}")],
                           SamplingParams(temperature=1.0, seed=seed + row, max_tokens=args.tokens),
-                          constraint=grammars.constraint(grammar) if grammar else None)
+                          constraint=grammars.constraint(compiled) if grammar else None)
             for row in range(args.rows)]
 
   engine.generate(requests(0))

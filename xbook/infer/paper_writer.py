@@ -88,8 +88,9 @@ class PaperBookWriter:
     def attempt(i: int) -> tuple[dict[str, Any], list[str]]:
       sampling = self.sampling(spec, stage_seed(seed, name, i))
       ids = self.context(stages, spec.role, sampling.max_tokens, self._sampled)
-      grammar = stage_grammar(self.profile, spec.role, stages).text if self.config.grammars else None
-      result = self.complete(ids, sampling, [self.vocabulary.eos_id], [sp.EOT], grammar=grammar)
+      grammar = stage_grammar(self.profile, spec.role, stages) if self.config.grammars else None
+      result = self.complete(ids, sampling, [self.vocabulary.eos_id], [sp.EOT],
+                             **({"grammar": grammar.text, "closers": grammar.closers} if grammar else {}))
       text = sp.trim_stage_text(result.text)
       entry = stage_entry(name, text, result, sampling, len(ids), i, role=spec.role, kind=spec.kind,
                           token_ids=list(result.token_ids))

@@ -58,7 +58,6 @@ from xbook.infer.chat_template import ChatTemplateError, load_chat_template
 from xbook.infer.decode import SamplingParams
 from xbook.infer.engine import Engine, EngineRequest
 from xbook.infer.generate import load_run, prompt_ids
-from xbook.infer.guidance import llg_tokenizer
 from xbook.infer.placement import inference_mesh
 from xbook.infer.serve_engine import ContinuousBatcher
 from xbook.infer.serve_metrics import CONTENT_TYPE, ServeMetrics
@@ -102,13 +101,11 @@ class ServedModel:
   mesh: Any = None
   rules: Any = None
   chat_template: Any = None  # xbook.infer.chat_template.ChatTemplate of an imported model's vocabulary, or None
-  _llg_tokenizer: Any = None
+  grammars: Any = None  # xbook.infer.structured.GrammarCompiler of the vocabulary (set in __post_init__)
 
-  def llg_tokenizer(self) -> Any:
-    """The vocabulary as llguidance sees it (built on first use, about a second; then kept)."""
-    if self._llg_tokenizer is None:
-      self._llg_tokenizer = llg_tokenizer(self.vocabulary)
-    return self._llg_tokenizer
+  def __post_init__(self) -> None:
+    if self.grammars is None:
+      self.grammars = structured.GrammarCompiler(self.vocabulary)
 
 
 def load_model(run_dir: str | os.PathLike[str], *, step: int | None = None, name: str | None = None,
@@ -230,7 +227,7 @@ def _grammar(body: dict[str, Any], model: ServedModel) -> str | None:
   """The request's structured-outputs grammar, compiled for the model's vocabulary (None: none asked)."""
   try:
     spec = structured.spec_from_request(body)
-    return None if spec is None else structured.compile_grammar(spec, model.llg_tokenizer())
+    return None if spec is None else model.grammars.compile(spec)
   except structured.GrammarError as error:
     raise RequestError(400, f"invalid grammar: {error}", "structured_outputs") from error
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from xbook.infer.engine import Engine, EngineRequest, QueueFull
 from xbook.infer.serve_metrics import ServeMetrics
-from xbook.infer.structured import GrammarConstraint
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,9 @@ class ContinuousBatcher:
       return job.settled(ids, decode)
 
     constraint = None
-    if request.grammar is not None:
-      constraint = GrammarConstraint(self.model.llg_tokenizer(), request.grammar)
+    if request.grammar is not None:  # closed within max_tokens (xbook.infer.structured's docstring)
+      constraint = self.model.grammars.constraint(request.grammar, budget=request.sampling.max_tokens,
+                                                   closers=request.sampling.stop)
     engine_request = EngineRequest(prompt=request.ids, sampling=request.sampling,
                                    stop_token_ids=request.stop_token_ids, constraint=constraint,
                                    on_tokens=on_tokens)

@@ -10,6 +10,18 @@ the matcher admits only end of sequence, and the engine ends the row.
 `GrammarSpec` is what a request asks for, as vLLM's OpenAI server takes it (`structured_outputs` with one
 of `regex`, `json`, `choice`, `grammar`; the older `guided_regex`, `guided_json`, `guided_choice`,
 `guided_grammar`; OpenAI's `response_format` of type `json_schema` or `json_object`).
+
+Closing within the budget. A grammar says what a complete output is, not how long it may be; a model that
+keeps writing inside it (a tiny model filling every field to its limit) reaches max_tokens mid-grammar,
+and the output is cut where the grammar is not complete. Given its request's `budget` (max_tokens), a
+GrammarConstraint watches the tokens left: now and then it plans, on a copy of its matcher, a short way to
+complete the grammar (`closing_tokens`: the end of sequence where the grammar may end, else a token that
+writes an end marker (a stop string) where that completes the grammar, else one that ends a line or
+starts a new word, longer first; every one allowed by the grammar), and once the plan needs all but CLOSING_MARGIN of the tokens left, it admits the plan's
+tokens only. The output is then complete and inside the grammar, however the model wrote until then. The
+checks come at halving distances from the end (the slack between the tokens left and the plan), so a
+stage costs a few plans, each as many mask computations as its tokens. `closed_by_budget` counts the
+tokens so chosen. vLLM has no such feature: through `--base_url` on vLLM such a stage is cut at max_tokens.
 """
 
 from __future__ import annotations
@@ -17,9 +29,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 from typing import Any, Sequence
 
 import numpy as np
+
+from xbook.infer.guidance import llg_tokenizer
 
 GRAMMAR_KINDS = ("regex", "json", "choice", "grammar")
 
@@ -105,42 +120,170 @@ def _validate(llguidance: Any, grammar: str, tokenizer: Any) -> tuple[bool, str]
   return True, ""
 
 
+# A row whose closing plan needs all but this many of its tokens left is held to the plan (module docstring).
+CLOSING_MARGIN = 4
+# Tokens drawn before planning again when no closing plan fits the tokens left (the greedy plan may fit
+# from where the model goes next).
+RECHECK_AFTER_NO_PLAN = 16
+
+
+class GrammarCompiler:
+  """Grammars for one vocabulary: compiles requests' grammars and makes their constraints. The vocabulary's
+  llguidance tokenizer is built on first use (about a second) and kept; thread-safe."""
+
+  def __init__(self, vocabulary: Any) -> None:
+    self.vocabulary = vocabulary
+    self._tokenizer: Any = None
+    self._lock = threading.Lock()
+
+  def tokenizer(self) -> Any:
+    """The vocabulary as llguidance sees it (xbook.infer.guidance.llg_tokenizer)."""
+    with self._lock:
+      if self._tokenizer is None:
+        self._tokenizer = llg_tokenizer(self.vocabulary)
+      return self._tokenizer
+
+  def compile(self, spec: GrammarSpec) -> str:
+    """compile_grammar for this vocabulary (raises GrammarError)."""
+    return compile_grammar(spec, self.tokenizer())
+
+  def constraint(self, grammar: str, budget: int | None = None, closers: Sequence[str] = ()) -> GrammarConstraint:
+    """A fresh matcher of a compiled grammar, closed within `budget` tokens when given (GrammarConstraint)."""
+    return GrammarConstraint(self.tokenizer(), grammar, budget, closers)
+
+
 class GrammarConstraint:
   """One request's grammar as the engine drives it (xbook.infer.engine.Constraint).
 
   Args:
     tokenizer: an llguidance.LLTokenizer of the served vocabulary (xbook.infer.guidance.llg_tokenizer).
     grammar: compile_grammar's result.
+    budget: the request's max_tokens: the grammar is closed within it (module docstring); None: never
+      steered (the output is cut at max_tokens wherever it stands).
+    closers: strings that end an output (its stop strings, e.g. a stage's end marker), which a closing
+      plan writes where they complete the grammar.
   """
 
-  def __init__(self, tokenizer: Any, grammar: str) -> None:
-    import llguidance  # noqa: PLC0415
+  def __init__(self, tokenizer: Any, grammar: str, budget: int | None = None, closers: Sequence[str] = ()) -> None:
+    import llguidance  # noqa: PLC0415 - the matcher's library loads with the first grammar, not with serve
     self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
     if self.matcher.is_error():
       raise GrammarError(self.matcher.get_error())
+    self.tokenizer = tokenizer
     self.words = (tokenizer.vocab_size + 31) // 32
     self._buffer = np.zeros(self.words, np.int32)
     self.tokens: list[int] = []
+    self.budget, self.closers = budget, tuple(closers)
+    self.closing: list[int] = []  # the planned tokens that complete the grammar, once held to them
+    self.closed_by_budget = 0  # tokens drawn from a closing plan
+    self._next_check: int | None = 0 if budget else None  # tokens drawn at the next closing check
 
   def fill_bitmask(self, row: np.ndarray) -> None:
     """Write the allowed next tokens into row ([words] int32, at least the tokenizer's words; the words
     beyond are cleared: embedding rows no tokenizer id has are never allowed)."""
-    self.matcher.unsafe_compute_mask_ptr(self._buffer.ctypes.data, self._buffer.nbytes)
+    self._check_closing()
     row[:] = 0
+    if self.closing:
+      token = self.closing[0]
+      row.view(np.uint32)[token >> 5] = np.uint32(1 << (token & 31))
+      return
+    self.matcher.unsafe_compute_mask_ptr(self._buffer.ctypes.data, self._buffer.nbytes)
     row[:self.words] = self._buffer
 
   def consume(self, token: int) -> None:
+    if self.closing:
+      planned = self.closing.pop(0)
+      self.closed_by_budget += 1
+      if planned != int(token):  # the mask held the draw to the plan: a mismatch is a bug upstream
+        raise RuntimeError(f"token {token} drawn where the closing plan admits only {planned}")
     self.tokens.append(int(token))
     self.matcher.consume_token(int(token))
 
   def is_stopped(self) -> bool:
     return self.matcher.is_stopped()
 
-  def is_accepting(self) -> bool:
-    return self.matcher.is_accepting()
+  def _check_closing(self) -> None:
+    """Plan the grammar's closing when due; hold the row to it when it needs nearly all tokens left."""
+    used = len(self.tokens)
+    if self.closing or self._next_check is None or used < self._next_check or self.matcher.is_accepting():
+      return  # (an output the grammar may end here needs no closing: cut now, it is complete)
+    left = self.budget - used
+    plan = closing_tokens(self.matcher, self.tokenizer, limit=left, closers=self.closers)
+    if plan is None:  # no short way to close from here within the tokens left: look again a little later
+      self._next_check = used + RECHECK_AFTER_NO_PLAN
+      return
+    slack = left - len(plan)
+    if slack <= CLOSING_MARGIN:
+      self.closing = plan
+    else:
+      self._next_check = used + max(1, (slack - CLOSING_MARGIN) // 2)
 
-  def error(self) -> str | None:
-    return self.matcher.get_error() if self.matcher.is_error() else None
+
+# id(tokenizer) -> (tokenizer, token bytes, base preference): kept for the process (a server or writer
+# has one or two tokenizers).
+_PREFERENCES: dict[int, tuple[Any, list[bytes], np.ndarray]] = {}
+
+
+def _preference(tokenizer: Any) -> tuple[list[bytes], np.ndarray]:
+  """Each token's bytes, and how much closing_tokens prefers it: one that ends a line, then one that
+  starts a new word, then longer ones (special tokens: never)."""
+  if id(tokenizer) in _PREFERENCES:
+    return _PREFERENCES[id(tokenizer)][1:]
+  texts = [b"" if tokenizer.is_special_token(t) else tokenizer.decode_bytes([t]) for t in range(tokenizer.vocab_size)]
+  score = np.asarray([(4e6 if b"\n" in t else 0) + (1e6 if t[:1] == b" " else 0) + len(t) if t else -1.0
+                      for t in texts])
+  _PREFERENCES[id(tokenizer)] = (tokenizer, texts, score)
+  return texts, score
+
+
+def _no_blank_run(texts: list[bytes], score: np.ndarray) -> np.ndarray:
+  """`score` with no bonus for line ends: after a blank line, where prose would take newlines forever."""
+  return score - np.asarray([4e6 if b"\n" in t else 0.0 for t in texts])
+
+
+def _closer_fits(matcher: Any, closers: Sequence[list[int]]) -> list[int] | None:
+  """The tokens of the first closer that, written from where `matcher` stands, complete its grammar."""
+  for ids in closers:
+    trial = matcher.deep_copy()
+    if trial.try_consume_tokens(ids) == len(ids) and (trial.is_stopped() or trial.is_accepting()):
+      return ids
+  return None
+
+
+def closing_tokens(matcher: Any, tokenizer: Any, limit: int, closers: Sequence[str] = ()) -> list[int] | None:
+  """A short sequence of at most `limit` tokens that completes `matcher`'s grammar from where it stands
+  (on a copy: the matcher is unchanged), greedily: end of sequence where the grammar may end; a closer (one
+  of `closers`, e.g. a stage's end marker, in the tokenizer's tokens) where writing it completes the
+  grammar; else the allowed token that ends a line (never a third newline in a row), else one that starts a
+  new word, longer first. None when none is found within `limit`."""
+  copy, words = matcher.deep_copy(), (tokenizer.vocab_size + 31) // 32
+  buffer, eos = np.zeros(words, np.int32), tokenizer.eos_token
+  texts, score = _preference(tokenizer)
+  after_blank = None  # _no_blank_run's scores, made when first needed
+  ends = [list(tokenizer.greedy_tokenize(c)) for c in closers if c]  # as text, never as a special token
+  plan: list[int] = []
+  written = b""
+  while len(plan) < limit:
+    if copy.is_stopped():
+      return plan
+    copy.unsafe_compute_mask_ptr(buffer.ctypes.data, buffer.nbytes)
+    allowed = np.flatnonzero(np.unpackbits(buffer.view(np.uint8), bitorder="little")[:tokenizer.vocab_size])
+    if allowed.size == 0 or copy.is_error():
+      return None
+    if eos in allowed:
+      return plan + [eos]
+    closing = _closer_fits(copy, ends) if ends else None
+    if closing is not None:
+      return plan + closing if len(plan) + len(closing) <= limit else None
+    ranks = score
+    if written.endswith(b"\n\n"):
+      after_blank = _no_blank_run(texts, score) if after_blank is None else after_blank
+      ranks = after_blank
+    token = int(allowed[np.argmax(ranks[allowed])])
+    plan.append(token)
+    written = (written + texts[token])[-2:]
+    copy.consume_token(token)
+  return plan if copy.is_stopped() else None
 
 
 def spec_from_request(body: dict[str, Any]) -> GrammarSpec | None:

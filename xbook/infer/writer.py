@@ -140,7 +140,8 @@ gin.external_configurable(WriteConfig, module=__name__)
 @dataclasses.dataclass(frozen=True)
 class StageResult:
   """What a completer returns for one stage: the generated text (stop marker excluded) and its ids, and
-  how many context tokens were prefilled (-1: unknown) or served from the cache."""
+  how many context tokens were prefilled (-1: unknown) or served from the cache, and how many of its
+  tokens were chosen to close its grammar within the budget (xbook.infer.structured; 0: none)."""
 
   text: str
   token_ids: list[int]
@@ -148,10 +149,13 @@ class StageResult:
   seconds: float
   prefill_tokens: int = -1
   cached_tokens: int = 0
+  closed_by_budget: int = 0
 
 
-# (context ids, sampling, stop token ids, stop strings, grammar=None) -> StageResult; `grammar` is a Lark
-# grammar in llguidance's dialect (xbook.scaffold.stage_grammar) the output must match, or None.
+# (context ids, sampling, stop token ids, stop strings, grammar=None, closers=()) -> StageResult; `grammar` is
+# a Lark grammar in llguidance's dialect (xbook.scaffold.stage_grammar) the output must match, or None;
+# `closers` the texts that end it, which a completer that closes grammars within the budget writes out
+# (xbook.infer.structured; a remote server ignores them).
 Completer = Callable[..., StageResult]
 
 
@@ -210,7 +214,7 @@ def stage_entry(name: str, text: str, result: StageResult, sampling: SamplingPar
   return {"stage": name, **fields, "text": text, "attempts": attempt + 1, "context_tokens": context_tokens,
           "prefill_tokens": result.prefill_tokens, "cached_tokens": result.cached_tokens,
           "tokens": len(result.token_ids), "finish_reason": result.finish_reason,
-          "seconds": round(result.seconds, 3),
+          "closed_by_budget": result.closed_by_budget, "seconds": round(result.seconds, 3),
           "sampling": {**dataclasses.asdict(sampling), "stop": list(sampling.stop)}, "problems": []}
 
 

@@ -60,12 +60,16 @@ class Grammar:
     text: the grammar.
     role: the stage it constrains.
     end: how its text ends (module docstring): "text", "special" or None.
+    closers: the texts that end the stage from where its last field may end (a chapter text's closing
+      fence and end marker; the end marker), which a writer closing the stage within its token budget
+      writes out (xbook.infer.structured.closing_tokens); empty unless `end` is "text".
   """
 
   kind: str
   text: str
   role: str
   end: str | None
+  closers: tuple[str, ...] = ()
 
   def structured_outputs(self) -> dict[str, str]:
     """The vLLM request field that asks for this grammar."""
@@ -438,6 +442,10 @@ def _characters(g: _Lark) -> str:
   return f"{section('Main Characters', 'main', False)} {_BLANK} {section('Side Characters', 'side', True)}"
 
 
+# What ends a chapter text's prose: a newline and the closing fence.
+TEXT_CLOSE = "\n```"
+
+
 def _chapter_text(g: _Lark, name: str | None) -> str:
   """`### name`, a fence line, prose with a non-space character and no framing token, a fence line."""
   g.terminal("PROSE", f"/(?s:.*){_SOLID}(?s:.*)/ & /{_without_framing('')}/")
@@ -445,7 +453,7 @@ def _chapter_text(g: _Lark, name: str | None) -> str:
   if head is None:
     g.text("NAME", 1, sp.MAX_NAME_CHARS)
     head = '"### " NAME "\\n"'
-  return g.line("CHAPTER_TEXT", f'{head} "```\\n" PROSE "\\n```"', last=True)
+  return g.line("CHAPTER_TEXT", f'{head} "```\\n" PROSE {_literal(TEXT_CLOSE)}', last=True)
 
 
 # ------------------------------------------------------------------------------------------ the stages
@@ -537,7 +545,9 @@ def stage_grammar(profile: str | sp.Profile, role: str, stages: Sequence[tuple[s
   if role not in profile.roles:
     raise ValueError(f"profile {profile.name} has no stage {role!r}; its stages are {profile.roles}")
   g = _Lark(end)
-  return Grammar(kind="lark", text=g.render(_content(g, profile, role, list(stages))), role=role, end=end)
+  closers = ((TEXT_CLOSE + sp.EOT,) if role in sp.TEXT_ROLES else ()) + (sp.EOT,) if end == "text" else ()
+  return Grammar(kind="lark", text=g.render(_content(g, profile, role, list(stages))), role=role, end=end,
+                 closers=closers)
 
 
 def _plan_so_far(written: str, profile: sp.Profile, titles: Sequence[str]) -> _PlanSoFar:
