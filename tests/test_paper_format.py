@@ -1,6 +1,6 @@
 """The paper's plan format and stage protocol: rendering, parsing, checks, records, backends, examples.
 
-The expected streams below are written by hand from the format (xbook/scaffold/stage_protocol.py, module
+The expected streams below are written by hand from the format (xbook/scaffold/stage_protocol/, package
 docstring), not produced by the renderer.
 """
 
