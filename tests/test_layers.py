@@ -4,9 +4,10 @@ entry points: library code never reads gin, and importing a module changes nothi
 
 Order (docs/architecture.md, "Layers"): books -> scaffold -> data -> model -> train -> infer / evals (side by side,
 evals may read infer), except that `model` knows nothing of `data` (train wires them together). `cli`
-(with its cli_*.py modules) sees everything and nothing imports it; `__main__` modules are entry points
-(the edge, like cli) and are exempt. The shared helpers at the top of the package (xbook.atomic,
-xbook.figures, ...) sit below every layer: any layer may import them, and they import no layer.
+(the package xbook/cli, one module per command group, with the cli_*.py modules) sees everything and nothing
+imports it; `__main__` modules are entry points (the edge, like cli) and are exempt. The shared helpers at the
+top of the package (xbook.atomic, xbook.figures, ...) sit below every layer: any layer may import them, and
+they import no layer.
 """
 
 from __future__ import annotations
@@ -71,15 +72,24 @@ def test_shared_helpers_import_no_layer():
   assert helpers and not wrong, "shared helpers importing a layer:\n" + "\n".join(sorted(wrong))
 
 
-# Configuration enters at the entry points: the commands (cli.py), `train()` (the gin entry of training)
-# and trainer_from_gin (the Trainer `train()` would build, for `xbook compile` and the benchmarks).
-# Library code takes its configs as arguments and never reads gin's global state.
-ENTRY_POINTS = {"xbook/cli.py": None,  # every function
+# Configuration enters at the entry points: the commands (the modules of the package xbook/cli), `train()`
+# (the gin entry of training) and trainer_from_gin (the Trainer `train()` would build, for `xbook compile` and
+# the benchmarks). Library code takes its configs as arguments and never reads gin's global state.
+ENTRY_POINTS = {"xbook/cli/": None,  # a folder (ends in /): every function of every module in it
                 "xbook/train/trainer.py": {"train", "trainer_from_gin", "train_setting", "_bound_setting"}}
 # What reads gin's global state when called: gin's own queries, xbook.gin_flags.configured (a config
 # dataclass with its bindings), xbook.gin_flags.parsed (the command line's gin flags) and the configurable
 # functions.
 READS_GIN = {"configured", "parsed", "query_parameter", "logical_axis_rules", "configured_profile"}
+
+
+def _gin_readers(where: str) -> set[str] | None:
+  """The functions of the module at `where` (a path from the repository root) that may read gin: None for
+  all of them (a module of an entry-point folder), else the names ENTRY_POINTS gives it (none for library code)."""
+  for entry, functions in ENTRY_POINTS.items():
+    if where == entry or (entry.endswith("/") and where.startswith(entry)):
+      return functions
+  return set()
 
 
 def _calls_by_function(tree: ast.Module):
@@ -100,7 +110,7 @@ def test_library_code_never_reads_gin_global_state():
     where = str(path.relative_to(PACKAGE.parent))
     if where == "xbook/gin_flags.py" or path.stem.startswith("cli_"):  # the gin helpers themselves
       continue
-    allowed = ENTRY_POINTS.get(where, set())
+    allowed = _gin_readers(where)
     for function, name in _calls_by_function(ast.parse(path.read_text(encoding="utf-8"))):
       if name in READS_GIN and allowed is not None and function not in allowed:
         wrong.append(f"{where}: {function or 'module level'} calls {name}()")
@@ -124,8 +134,8 @@ def test_config_dataclasses_are_plain_classes_registered_for_gin():
 # The import graph, function-level imports included: an import inside a function still runs the imported
 # module, and a cycle it hides breaks the day someone moves it to the top. A function-level import of an
 # xbook module in library code is allowed only to keep start-up fast, and says so in a comment with the
-# words "start-up". The entry points are exempt from that rule: cli.py and its cli_*.py modules import each
-# command's modules inside its handler so that `xbook --help` starts in a fraction of a second.
+# words "start-up". The entry points are exempt from that rule: the cli package and the cli_*.py modules import
+# each command's modules inside its handler so that `xbook --help` starts in a fraction of a second.
 START_UP_NOTE = "start-up"
 
 
@@ -230,8 +240,19 @@ def unexplained_function_imports(imports: Sequence[Import], entry_points: Callab
 
 
 def _is_entry_point(module: str) -> bool:
-  last = module.rpartition(".")[2]
-  return last == "cli" or last.startswith("cli_") or last == "__main__"
+  """The package's command line (its module or package `cli`, every module in it, its cli_*.py modules) and
+  the __main__ modules."""
+  parts = module.split(".")
+  return parts[1:2] == ["cli"] or parts[-1].startswith("cli_") or parts[-1] == "__main__"
+
+
+def test_the_entry_points_are_the_cli_package_the_cli_modules_and_main():
+  assert all(_is_entry_point(m) for m in ("xbook.cli", "xbook.cli.books", "xbook.cli.__main__", "xbook.cli_gin",
+                                          "xbook.__main__", "xbook.train.__main__"))
+  assert not any(_is_entry_point(m) for m in ("xbook.books", "xbook.scaffold.build", "xbook.infer.client"))
+  assert _gin_readers("xbook/cli/data.py") is None and _gin_readers("xbook/cli/__init__.py") is None
+  assert _gin_readers("xbook/client.py") == set() and _gin_readers("xbook/data/cli.py") == set()
+  assert _gin_readers("xbook/train/trainer.py") == ENTRY_POINTS["xbook/train/trainer.py"]
 
 
 @pytest.fixture(scope="module")
