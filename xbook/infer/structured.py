@@ -17,11 +17,14 @@ and the output is cut where the grammar is not complete. Given its request's `bu
 GrammarConstraint watches the tokens left: now and then it plans, on a copy of its matcher, a short way to
 complete the grammar (`closing_tokens`: the end of sequence where the grammar may end, else a token that
 writes an end marker (a stop string) where that completes the grammar, else one that ends a line or
-starts a new word, longer first; every one allowed by the grammar), and once the plan needs all but CLOSING_MARGIN of the tokens left, it admits the plan's
-tokens only. The output is then complete and inside the grammar, however the model wrote until then. The
-checks come at halving distances from the end (the slack between the tokens left and the plan), so a
-stage costs a few plans, each as many mask computations as its tokens. `closed_by_budget` counts the
-tokens so chosen. vLLM has no such feature: through `--base_url` on vLLM such a stage is cut at max_tokens.
+starts a new word, longer first; every one allowed by the grammar). Once the plan needs all but a margin
+of the tokens left (CLOSING_MARGIN: an eighth of the budget, 4 to 64 tokens), it admits the plan's tokens
+only. The output is then complete and inside the grammar, however the model wrote until then. The checks
+come at halving distances from the end (the slack between the tokens left and the plan), so a stage costs
+a few plans, each as many mask computations as its tokens. `closed_by_budget` counts the tokens so chosen.
+What it cannot promise: a block the model opens between two checks that needs more than what is left
+(the output is then cut at max_tokens, as without it). vLLM has no such feature: through `--base_url` on
+vLLM such a stage is cut at max_tokens.
 """
 
 from __future__ import annotations
@@ -120,8 +123,10 @@ def _validate(llguidance: Any, grammar: str, tokenizer: Any) -> tuple[bool, str]
   return True, ""
 
 
-# A row whose closing plan needs all but this many of its tokens left is held to the plan (module docstring).
-CLOSING_MARGIN = 4
+# A row whose closing plan needs all but this many of its tokens left is held to the plan (module docstring):
+# an eighth of its budget, between 4 and 64 tokens, so that a block the model opens between two checks (a
+# scene, a chapter) seldom outgrows what is left.
+CLOSING_MARGIN = (4, 64)
 # Tokens drawn before planning again when no closing plan fits the tokens left (the greedy plan may fit
 # from where the model goes next).
 RECHECK_AFTER_NO_PLAN = 16
@@ -212,11 +217,11 @@ class GrammarConstraint:
     if plan is None:  # no short way to close from here within the tokens left: look again a little later
       self._next_check = used + RECHECK_AFTER_NO_PLAN
       return
-    slack = left - len(plan)
-    if slack <= CLOSING_MARGIN:
+    slack, margin = left - len(plan), min(max(CLOSING_MARGIN[0], self.budget // 8), CLOSING_MARGIN[1])
+    if slack <= margin:
       self.closing = plan
     else:
-      self._next_check = used + max(1, (slack - CLOSING_MARGIN) // 2)
+      self._next_check = used + max(1, (slack - margin) // 2)
 
 
 # id(tokenizer) -> (tokenizer, token bytes, base preference): kept for the process (a server or writer
