@@ -5,12 +5,12 @@ The scaffolds are those of real corpus novels, built with the offline extractive
 build theirs, with a small SentencePiece vocabulary trained on them (both kept in --work_dir and reused),
 or --scaffolds FILE with --vocab. Every record is read as split `train`, through the `windows` view.
 
-Each figure comes from a fresh process (imports and JAX start-up are not counted; registering the task
-is, as `register_s`), through xbook.train.input_pipeline.trajectory_batches exactly as training calls it:
+Each figure comes from a fresh process (imports and JAX start-up are not counted; building the DataSpec,
+which loads the vocabulary and validates the records, is, as `register_s`), through xbook.train.input_pipeline.trajectory_batches exactly as training calls it:
   fresh            start_batch 0: seconds to the first batch, then batches/s over --steady batches
   resume N         start_batch N (--resume, repeatable), in a process that knows no example count
   resume N, kept   start_batch N again, reading the example counts the run before kept in a folder
-                   (`count_cache`; left out where the pipeline has no such argument)
+                   (`count_cache`)
 A figure that takes longer than --timeout seconds is reported as timed out.
 
 Example:
@@ -32,7 +32,6 @@ from xbook.host_env import describe_chipless_tpu_host
 
 _REPO = Path(__file__).resolve().parents[1]
 _DEFAULT_CORPUS = _REPO.parent / "shared/corpus/gutenberg"
-_TASK = "xbook_bench_input"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,25 +87,23 @@ def _inputs(args: argparse.Namespace) -> tuple[str, str]:
 
 def _measure(spec: dict) -> dict:
   """One figure, in this (fresh) process."""
-  import inspect
   import jax
-  from xbook.data import tasks
+  from xbook.data.spec import DataSpec
+  from xbook.data.vocab import load_vocabulary
   from xbook.train import input_pipeline
 
   jax.process_count()  # JAX's start-up is not the pipeline's
   started = time.perf_counter()
-  tasks.register_task(_TASK, "windows", spec["scaffolds"], spec["vocab"])
+  data = DataSpec.build(spec["scaffolds"], load_vocabulary(spec["vocab"]), spec["seq_len"])
   registered = time.perf_counter()
-  kept = "count_cache" in inspect.signature(input_pipeline.trajectory_batches).parameters
-  kwargs = {"count_cache": spec["count_cache"]} if kept and spec.get("count_cache") else {}
+  kwargs = {"count_cache": spec["count_cache"]} if spec.get("count_cache") else {}
   batches = input_pipeline.trajectory_batches(
-      _TASK, split="train", global_batch_size=spec["batch_size"], seq_len=spec["seq_len"], seed=0,
-      start_batch=spec["start_batch"], **kwargs)
+      data, split="train", global_batch_size=spec["batch_size"], seed=0, start_batch=spec["start_batch"], **kwargs)
   first = next(batches)
   first_at = time.perf_counter()
   result = {"register_s": registered - started, "first_batch_s": first_at - registered,
             "rows": int(first["decoder_target_tokens"].shape[0]),
-            "count_cache": kept}
+            "count_cache": True}
   if spec["steady"]:
     for _ in range(spec["steady"]):
       next(batches)

@@ -14,7 +14,8 @@ import sentencepiece as spm
 
 from xbook import cli
 from xbook.data import tasks, trajectory, vocab
-from xbook.data.feature_converter import TrajectoryFeatureConverter, task_bos_id, task_feature_lengths
+from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
+from xbook.data.spec import DataSpec, TrajectoryFormat
 from xbook.model.attention_mask import attention_mask
 
 SEQ_LEN = 256
@@ -23,12 +24,21 @@ FULL_LEN = 73728  # above both books' whole trajectories (72,762 and 65,968 toke
 TEXT = trajectory.KIND_ID["text"]
 
 
+def _spec(files, vocab_file, length: int = SEQ_LEN, **settings) -> DataSpec:
+  return DataSpec.build(str(files), vocab.load_vocabulary(vocab_file), length, **settings)
+
+
+def _register(name: str, files, vocab_file, view: str = "windows", **settings) -> seqio.Task:
+  """The seqio adapter of a DataSpec's view (xbook.data.tasks), registered as `name`."""
+  return tasks.register_task(name, _spec(files, vocab_file, **settings), view)
+
+
 def _examples(task_name: str, split: str = "train", length_multiple: int = 1, length: int = SEQ_LEN,
              shard_info: seqio.ShardInfo | None = None):
+  bos_id = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary.bos_id
   ds = seqio.get_dataset(task_name, task_feature_lengths=task_feature_lengths(length),
                          dataset_split=split, shuffle=False, num_epochs=1, shard_info=shard_info,
-                         feature_converter=TrajectoryFeatureConverter(bos_id=task_bos_id(task_name),
-                                                                      length_multiple=length_multiple))
+                         feature_converter=TrajectoryFeatureConverter(bos_id=bos_id, length_multiple=length_multiple))
   return list(ds.as_numpy_iterator())
 
 
@@ -104,7 +114,7 @@ def test_records_of_other_splits_stay_out(vocab_path, scaffold_records, tmp_path
   moved = [dict(r, split="validation" if i == 0 else "train") for i, r in enumerate(scaffold_records)]
   path = tmp_path / "scaffolds.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in moved), encoding="utf-8")
-  tasks.register_task("test_split", "windows", str(path), str(vocab_path))
+  _register("test_split", str(path), str(vocab_path))
   vocabulary = vocab.load_vocabulary(vocab_path)
   prompt_ids = vocabulary.encode(trajectory.scaffold_to_segments(moved[0])[0].text)
   validation = _examples("test_split", split="validation", length=WINDOW_LEN)
@@ -114,7 +124,7 @@ def test_records_of_other_splits_stay_out(vocab_path, scaffold_records, tmp_path
 
 
 def test_length_must_divide_by_the_sequence_parallel_degree(vocab_path, scaffold_file):
-  tasks.register_task("test_multiple", "windows", str(scaffold_file), str(vocab_path))
+  _register("test_multiple", str(scaffold_file), str(vocab_path))
   with pytest.raises(ValueError, match="multiple of the sequence-parallel degree 3"):
     _examples("test_multiple", length_multiple=3)
 
@@ -123,7 +133,7 @@ def test_windows_cover_every_scene_text_once_behind_the_global_plan(vocab_path, 
                                                                     scaffold_records):
   weights = {"prompt": 0.0, "outline": 0.5}
   table = np.array(trajectory.loss_weight_table(weights))
-  tasks.register_task("test_windows", "windows", str(scaffold_file), str(vocab_path), loss_weights=weights)
+  _register("test_windows", str(scaffold_file), str(vocab_path), loss_weights=weights)
   examples = _examples("test_windows", length=WINDOW_LEN)
   vocabulary = vocab.load_vocabulary(vocab_path)
   previously = vocabulary.encode(trajectory.MARKERS["outline"] + "Previously:")
@@ -163,7 +173,7 @@ def test_repeated_plans_take_the_repeat_weight_and_a_long_global_plan_is_cut(voc
   from xbook.data import windows as windows_view
   windows_view._WARNED.clear()  # warned once per process: an earlier test may have built this book
   with caplog.at_level(logging.WARNING, logger="xbook.data.windows"):
-    windows = tasks.book_examples("windows", vocabulary, length=WINDOW_LEN, repeat_weight=0.5)(record)
+    windows = TrajectoryFormat().book_examples("windows", vocabulary, length=WINDOW_LEN, repeat_weight=0.5)(record)
   assert "global plan is cut by" in caplog.text
   prefix = 3 * WINDOW_LEN // 8
   for i, window in enumerate(windows):
@@ -174,7 +184,7 @@ def test_repeated_plans_take_the_repeat_weight_and_a_long_global_plan_is_cut(voc
 
 def test_full_view_is_the_whole_trajectory_and_skips_books_too_long(vocab_path, scaffold_file,
                                                                      scaffold_records, caplog):
-  tasks.register_task("test_full", "full", str(scaffold_file), str(vocab_path))
+  _register("test_full", str(scaffold_file), str(vocab_path), "full")
   examples = _examples("test_full", length=FULL_LEN)
   vocabulary = vocab.load_vocabulary(vocab_path)
   table = np.array(trajectory.loss_weight_table())
@@ -188,13 +198,13 @@ def test_full_view_is_the_whole_trajectory_and_skips_books_too_long(vocab_path, 
                                   table[example["decoder_segment_kinds"][real]])
     _check_contract(example, FULL_LEN)
   with caplog.at_level(logging.WARNING, logger="xbook.data.pieces"):
-    assert tasks.book_examples("full", vocabulary, length=WINDOW_LEN)(scaffold_records[0]) == []
+    assert TrajectoryFormat().book_examples("full", vocabulary, length=WINDOW_LEN)(scaffold_records[0]) == []
   assert "skipped book pg46" in caplog.text
 
 
 def test_stages_are_packed_without_attention_across_sequences(vocab_path, scaffold_file, scaffold_records):
   length = 1024
-  tasks.register_task("test_stages", "stages", str(scaffold_file), str(vocab_path))
+  _register("test_stages", str(scaffold_file), str(vocab_path), "stages")
   examples = _examples("test_stages", length=length)
   vocabulary = vocab.load_vocabulary(vocab_path)
   packed = 0
@@ -225,8 +235,8 @@ def test_stages_are_packed_without_attention_across_sequences(vocab_path, scaffo
 
 
 def test_mixture_draws_from_every_view(vocab_path, scaffold_file):
-  mixture = tasks.register_mixture("test_mixture", str(scaffold_file), str(vocab_path),
-                                   rates={"windows": 1.0, "stages": 2.0, "full": 0.5})
+  mixture = tasks.register_mixture("test_mixture", _spec(scaffold_file, vocab_path,
+                                                        view_rates={"windows": 1.0, "stages": 2.0, "full": 0.5}))
   assert sorted(t.name for t in mixture.tasks) == ["test_mixture_full", "test_mixture_stages",
                                                    "test_mixture_windows"]
   by_task = {t.name: _examples(t.name, length=FULL_LEN) for t in mixture.tasks}
@@ -238,7 +248,7 @@ def test_mixture_draws_from_every_view(vocab_path, scaffold_file):
 def test_hosts_read_disjoint_shards_that_cover_the_task(vocab_path, scaffold_records, tmp_path):
   for i, record in enumerate(scaffold_records):
     (tmp_path / f"scaffolds-{i}.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
-  tasks.register_task("test_shards", "windows", str(tmp_path / "scaffolds-*.jsonl"), str(vocab_path))
+  _register("test_shards", str(tmp_path / "scaffolds-*.jsonl"), str(vocab_path))
   hosts = [set(_token_keys(_examples("test_shards", length=WINDOW_LEN, shard_info=seqio.ShardInfo(i, 2))))
            for i in range(2)]
   assert hosts[0] and hosts[1] and not hosts[0] & hosts[1]
@@ -262,7 +272,7 @@ def test_pretrained_tokenizer_writes_markers_as_text_tags(scaffold_records, tmp_
   assert len(vocabulary.encode(trajectory.TAGS["premise"])) > 1
   scaffolds = tmp_path / "scaffolds.jsonl"
   scaffolds.write_text("".join(json.dumps(r) + "\n" for r in scaffold_records), encoding="utf-8")
-  tasks.register_task("test_pretrained", "windows", str(scaffolds), str(path))
+  _register("test_pretrained", str(scaffolds), str(path))
   examples = _examples("test_pretrained", length=WINDOW_LEN)
   for example in examples:
     _check_contract(example, WINDOW_LEN, bos_id=vocabulary.bos_id)
@@ -295,7 +305,7 @@ def test_data_inspect_shows_an_example_segment_by_segment(vocab_path, scaffold_f
 def test_plans_first_windows_put_their_plans_before_their_text(vocab_path, scaffold_records):
   vocabulary = vocab.load_vocabulary(vocab_path)
   record = scaffold_records[0]
-  windows = tasks.book_examples("windows", vocabulary, length=WINDOW_LEN, plan_order="plans_first")(record)
+  windows = TrajectoryFormat("plans_first").book_examples("windows", vocabulary, length=WINDOW_LEN)(record)
   for window in windows:
     kinds = window["segment_kinds"]
     first_text = np.flatnonzero(kinds == TEXT)[0]
@@ -313,9 +323,10 @@ def test_offline_cache_holds_the_online_examples_in_shards_hosts_split(vocab_pat
   for i, record in enumerate(scaffold_records):
     (tmp_path / f"scaffolds-{i}.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
   pattern = str(tmp_path / "scaffolds-*.jsonl")
-  tasks.register_task("test_uncached", "windows", pattern, str(vocab_path))
-  task = tasks.register_task("test_cached", "windows", pattern, str(vocab_path), cached_length=WINDOW_LEN)
-  with pytest.raises(ValueError, match="cached_length"):
+  _register("test_uncached", pattern, str(vocab_path))
+  spec = _spec(pattern, vocab_path, WINDOW_LEN, cache_name="test_cached")
+  task = tasks.cached_task(spec)
+  with pytest.raises(ValueError, match="no cache placeholder"):
     cache.cache_task(seqio.get_mixture_or_task("test_uncached"), str(tmp_path / "cache"), num_shards=2)
   out = cache.cache_task(task, str(tmp_path / "cache"), num_shards=2, splits=["train"])
   assert sorted(p.name for p in (tmp_path / "cache" / "test_cached").iterdir() if "tfrecord" in p.name) == [
@@ -328,7 +339,7 @@ def test_offline_cache_holds_the_online_examples_in_shards_hosts_split(vocab_pat
     ds = seqio.get_dataset("test_cached", task_feature_lengths=task_feature_lengths(WINDOW_LEN),
                            dataset_split="train", shuffle=False, num_epochs=1, use_cached=True,
                            shard_info=shard_info,
-                           feature_converter=TrajectoryFeatureConverter(bos_id=task_bos_id("test_cached")))
+                           feature_converter=TrajectoryFeatureConverter(bos_id=spec.bos_id))
     examples = list(ds.as_numpy_iterator())
     for example in examples:
       _check_contract(example, WINDOW_LEN)
@@ -347,14 +358,14 @@ def test_windows_repeat_no_plan_when_the_whole_outline_fits(vocab_path, scaffold
   about cut plans are logged once per book, not at every pass over the data."""
   from xbook.data import windows
   long_len = 16384  # 3/8 of it holds both books' global plans whole
-  tasks.register_task("test_no_previously", "windows", str(scaffold_file), str(vocab_path))
+  _register("test_no_previously", str(scaffold_file), str(vocab_path))
   vocabulary = vocab.load_vocabulary(vocab_path)
   previously = vocabulary.encode("Previously:")
   for example in _examples("test_no_previously", length=long_len):
     tokens = example["decoder_target_tokens"].tolist()
     assert not any(tokens[i:i + len(previously)] == previously for i in range(len(tokens)))
   windows._WARNED.clear()
-  tasks.register_task("test_warn_once", "windows", str(scaffold_file), str(vocab_path))
+  _register("test_warn_once", str(scaffold_file), str(vocab_path))
   with caplog.at_level(logging.WARNING, logger="xbook.data.windows"):
     for _ in range(2):  # two passes over the data
       _examples("test_warn_once", length=WINDOW_LEN)

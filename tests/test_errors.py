@@ -16,6 +16,8 @@ import seqio
 
 from xbook import cli, cli_errors
 from xbook.data import cache, tasks
+from xbook.data.spec import DataSpec
+from xbook.data.vocab import load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,8 +27,12 @@ def test_a_cache_built_at_another_length_is_refused_naming_the_field_and_the_reb
   """A cache records what it was built from; a task at another seq_len refuses it before reading it."""
   from xbook import gin_flags
   monkeypatch.setattr(gin_flags, "_PARSED", ((), ()))  # no command line parsed gin in this process
-  built = tasks.register_task("xbook_test_provenance", "windows", str(scaffold_file), str(vocab_path),
-                              cached_length=64)
+  vocabulary = load_vocabulary(vocab_path)
+
+  def cached(seq_len, **settings):
+    return tasks.cached_task(DataSpec.build(str(scaffold_file), vocabulary, seq_len, cache_name="xbook_test_provenance",
+                                            **settings))
+  built = cached(64)
   folder = tmp_path / "cache" / "xbook_test_provenance"
   folder.mkdir(parents=True)
   # What cache_task writes (its Beam pipeline is tested in test_data and test_train): provenance, COMPLETED.
@@ -37,8 +43,7 @@ def test_a_cache_built_at_another_length_is_refused_naming_the_field_and_the_reb
   with pytest.raises(cache.CacheMismatchError, match="holds the split.*train, not validation"):
     built.get_dataset({"targets": 64}, split="validation", use_cached=True)
 
-  other = tasks.register_task("xbook_test_provenance", "windows", str(scaffold_file), str(vocab_path),
-                              cached_length=128, loss_weights={"prompt": 1.0})
+  other = cached(128, loss_weights={"prompt": 1.0})
   with pytest.raises(cache.CacheMismatchError) as error:
     other.get_dataset({"targets": 128}, split="train", use_cached=True)
   message = str(error.value)
@@ -48,8 +53,7 @@ def test_a_cache_built_at_another_length_is_refused_naming_the_field_and_the_reb
 
   (folder / cache.PROVENANCE_FILE).unlink()  # a cache from before provenance was recorded
   with pytest.raises(cache.CacheMismatchError, match="does not record what it was built from"):
-    tasks.register_task("xbook_test_provenance", "windows", str(scaffold_file), str(vocab_path),
-                        cached_length=64).cache_dir
+    cached(64).cache_dir
 
 
 def test_the_rebuild_command_repeats_the_command_lines_gin_config():
@@ -99,7 +103,7 @@ def test_the_data_path_validates_records_as_scaffold_show_does(tmp_path, scaffol
   path = tmp_path / "bad.jsonl"
   path.write_text(json.dumps(good) + "\n" + line + "\n", encoding="utf-8")
   with pytest.raises(ScaffoldError, match=expected) as in_data:
-    tasks.register_task("xbook_test_bad_records", "windows", str(path), str(vocab_path))
+    DataSpec.build(str(path), load_vocabulary(vocab_path), 64)
   with pytest.raises(ScaffoldError) as in_show:
     list(read_scaffolds(path))
   assert str(in_data.value) == str(in_show.value)
@@ -107,7 +111,7 @@ def test_the_data_path_validates_records_as_scaffold_show_does(tmp_path, scaffol
 
 def test_a_missing_scaffold_file_is_named(tmp_path, vocab_path):
   with pytest.raises(FileNotFoundError, match=r"no scaffold file matches .*nothing-\*\.jsonl.*xbook scaffold build"):
-    tasks.register_task("xbook_test_missing", "windows", str(tmp_path / "nothing-*.jsonl"), str(vocab_path))
+    DataSpec.build(str(tmp_path / "nothing-*.jsonl"), load_vocabulary(vocab_path), 64)
 
 
 # ----------------------------------------------------------------------------------- the command line

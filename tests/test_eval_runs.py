@@ -14,6 +14,7 @@ import pytest
 from xbook import cli_errors
 from xbook.data import pieces, trajectory
 from xbook.data.records import read_split
+from xbook.data.spec import TrajectoryFormat
 from xbook.evals import perplexity
 from xbook.infer import load_run
 from xbook.model import DecoderConfig
@@ -97,8 +98,9 @@ def test_perplexity_on_the_runs_mesh_equals_the_trainers_eval_loss(tiny_run, tes
   perplexity (which runs that step) on another mesh of the 8 devices and on one device gives the same
   per-token loss to 1e-5, overall and per kind, and both equal the float64 NLL of the model's logits."""
   run = load_run(tiny_run)
-  batches = list(perplexity.eval_batches([test_split_file], run.vocabulary, split="test", seq_len=128,
-                                         batch_size=8))
+  batches = list(perplexity.eval_batches(
+      perplexity.scored_data([test_split_file], run.vocabulary, seq_len=128, trajectory_format=TrajectoryFormat()),
+      split="test", batch_size=8))
   trainer = trainer_lib.Trainer(model_config=MODEL, optimizer_config=trainer_lib.OptimizerConfig(),
                                 mesh_config=MeshConfig(*MESH), batch_size=8, seq_len=128)
   with trainer.context():
@@ -194,8 +196,9 @@ def test_per_word_and_per_byte_figures_are_of_the_scored_tokens(tiny_run, test_s
                                      batch_size=4)["results"]
   assert result["scaffolds/all"]["coverage"] < 1
   records = read_split([str(test_split_file)], "test")
-  batches = list(perplexity.eval_batches([test_split_file], run.vocabulary, split="test", seq_len=SHORT_WINDOW,
-                                         batch_size=4))
+  batches = list(perplexity.eval_batches(
+      perplexity.scored_data([test_split_file], run.vocabulary, seq_len=SHORT_WINDOW, trajectory_format=TrajectoryFormat()),
+      split="test", batch_size=4))
   first = _first_windows(batches)
   assert len(first) == len(records) == 2
   cut = [kind for kind in ("prompt", "premise", "synopsis", "outline") if 0 < result[f"scaffolds/{kind}"]["coverage"] < 1]

@@ -29,6 +29,8 @@ from xbook.train import trainer as trainer_lib
 from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.metrics import read_metrics
 
+from tiny_runs import run_data
+
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")  # Mistral's first ids: unk 0, bos 1, eos 2
 PADDED_ROWS = 8
 SEQ_LEN, BATCH = 128, 8
@@ -132,8 +134,8 @@ def test_a_pretrained_model_fine_tunes_and_goes_back_to_transformers(model_type,
   # Step 1's loss is the pretrained model's own loss on the first batch, as transformers computes it.
   vocabulary = vocab.load_vocabulary(imported)
   assert (vocabulary.bos_id, vocabulary.eos_id, vocabulary.pad_id) == (1, 2, 3)
-  batch = next(trajectory_batches("xbook_windows", split="train", global_batch_size=BATCH,
-                                  seq_len=SEQ_LEN, seed=0))
+  batch = next(trajectory_batches(run_data(run_dir, scaffold_file, SEQ_LEN), split="train", global_batch_size=BATCH,
+                                  seed=0))
   assert (batch["decoder_input_tokens"][:, 0] == vocabulary.bos_id).all()
   first = read_metrics(run_dir)[0]
   assert first["loss"] == pytest.approx(_hf_loss(hf_model, batch), rel=1e-4, abs=1e-4)
@@ -194,8 +196,8 @@ def test_an_exported_run_imported_again_starts_where_it_ended(tokenizer_dir, sca
   second = read_metrics(second_run)[0]["loss"]
   trainer = trainer_lib.Trainer(model_config=model, optimizer_config=trainer_lib.OptimizerConfig(),
                                 mesh_config=trainer_lib.MeshConfig(*MESH), batch_size=BATCH, seq_len=SEQ_LEN)
-  batch = next(trajectory_batches("xbook_windows", split="train", global_batch_size=BATCH,
-                                  seq_len=SEQ_LEN, seed=0))
+  batch = next(trajectory_batches(run_data(second_run, scaffold_file, SEQ_LEN), split="train",
+                                  global_batch_size=BATCH, seed=0))
   trained = load_run(first_run).params
   with trainer.context():
     params = jax.device_put(trained, trainer.state_shardings.params)

@@ -3,6 +3,7 @@ exactly without building the books before it (xbook.train.input_pipeline)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -10,7 +11,8 @@ import logging
 import numpy as np
 import pytest
 
-from xbook.data import tasks
+from xbook.data.spec import DataSpec
+from xbook.data.vocab import load_vocabulary
 from xbook.train import input_pipeline
 from xbook.train.input_pipeline import host_books, trajectory_batches
 from xbook.train.trainer import INPUT_COUNTS_DIR
@@ -32,25 +34,25 @@ def _rows(batches) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def windows_task(scaffold_file, vocab_path):
-  return tasks.register_task("test_input_windows", "windows", str(scaffold_file), str(vocab_path)).name
+def windows_data(scaffold_file, vocab_path):
+  return DataSpec.build(str(scaffold_file), load_vocabulary(vocab_path), SEQ_LEN)
 
 
 @pytest.fixture
 def builds(monkeypatch):
   """The ids of the books built into examples from now on, with no example count known."""
   built = []
-  original = tasks.BookSource.examples
+  original = DataSpec.examples
 
-  def counting(self, length):
-    examples = original(self, length)
+  def counting(self, view):
+    examples = original(self, view)
 
     def counted(record):
       built.append(record["book"]["id"])
       return examples(record)
     return counted
 
-  monkeypatch.setattr(tasks.BookSource, "examples", counting)
+  monkeypatch.setattr(DataSpec, "examples", counting)
   monkeypatch.setattr(input_pipeline, "_COUNTS", {})
   return built
 
@@ -82,13 +84,12 @@ def test_hosts_get_disjoint_even_shares_of_the_books_whatever_the_files(tmp_path
     host_books(pattern, "train", process_index=2, process_count=2)
 
 
-def test_two_hosts_read_one_book_each_from_one_file(windows_task):
+def test_two_hosts_read_one_book_each_from_one_file(windows_data):
   """Both books in one file: by file, one host would read both; by record, each reads its own."""
   def host(h):
-    return _rows(trajectory_batches(windows_task, split="train", global_batch_size=4, seq_len=SEQ_LEN, seed=0,
+    return _rows(trajectory_batches(windows_data, split="train", global_batch_size=4, seed=0,
                                     repeat=False, shuffle=False, process_index=h, process_count=2))
-  one_host = _rows(trajectory_batches(windows_task, split="train", global_batch_size=4, seq_len=SEQ_LEN,
-                                      seed=0, repeat=False, shuffle=False))
+  one_host = _rows(trajectory_batches(windows_data, split="train", global_batch_size=4, seed=0, repeat=False, shuffle=False))
   hosts = [host(0), host(1)]
   assert hosts[0] and hosts[1] and not set(hosts[0]) & set(hosts[1])
   assert sorted(hosts[0] + hosts[1]) == sorted(one_host)
@@ -96,10 +97,10 @@ def test_two_hosts_read_one_book_each_from_one_file(windows_task):
 
 @pytest.mark.parametrize("shuffle,repeat,shuffle_books", [(True, True, 1), (True, True, 8), (False, False, 1),
                                                           (True, False, 1)])
-def test_a_resumed_pipeline_yields_the_batches_of_an_uninterrupted_one(windows_task, shuffle, repeat,
+def test_a_resumed_pipeline_yields_the_batches_of_an_uninterrupted_one(windows_data, shuffle, repeat,
                                                                        shuffle_books):
   def batches(start):
-    return trajectory_batches(windows_task, split="train", global_batch_size=BATCH, seq_len=SEQ_LEN, seed=3,
+    return trajectory_batches(windows_data, split="train", global_batch_size=BATCH, seed=3,
                               start_batch=start, shuffle=shuffle, repeat=repeat, shuffle_books=shuffle_books)
   straight = list(itertools.islice(batches(0), 152))  # 2.5 epochs (61 batches each) when repeating
   if not repeat:
@@ -111,17 +112,15 @@ def test_a_resumed_pipeline_yields_the_batches_of_an_uninterrupted_one(windows_t
   if not repeat:
     assert list(batches(len(straight))) == []
   if shuffle:  # another seed, another order
-    other = next(trajectory_batches(windows_task, split="train", global_batch_size=BATCH, seq_len=SEQ_LEN,
-                                    seed=4, shuffle_books=shuffle_books))
+    other = next(trajectory_batches(windows_data, split="train", global_batch_size=BATCH, seed=4, shuffle_books=shuffle_books))
     assert not _same(other, straight[0])
 
 
-def test_a_resume_builds_no_book_before_its_position(windows_task, builds, tmp_path):
+def test_a_resume_builds_no_book_before_its_position(windows_data, builds, tmp_path):
   """A run resumed deep into training counts each book once (none with kept counts), then builds only
   the group it starts in and the next, instead of every book of every epoch before."""
   def first(start, count_cache=None):
-    return next(trajectory_batches(windows_task, split="train", global_batch_size=BATCH, seq_len=SEQ_LEN,
-                                   seed=0, start_batch=start, shuffle_books=1, count_cache=count_cache))
+    return next(trajectory_batches(windows_data, split="train", global_batch_size=BATCH, seed=0, start_batch=start, shuffle_books=1, count_cache=count_cache))
   cold = first(1000, count_cache=str(tmp_path))  # about 30 epochs in
   assert len(builds) <= 4 and set(builds) == {"pg46", "pg43"}, builds
   assert list(tmp_path.glob("counts-*.json"))
@@ -148,17 +147,19 @@ def test_a_resumed_run_finds_its_position_from_the_counts_it_kept(tmp_path, scaf
 
 def test_a_mixture_resumes_exactly_and_leaves_out_a_view_without_examples(scaffold_file, vocab_path):
   # At this length no book fits whole: the `full` view has no example and is never drawn.
-  tasks.register_mixture("test_input_mixture", str(scaffold_file), str(vocab_path),
-                         rates={"windows": 2.0, "stages": 1.0, "full": 1.0})
-  assert list(trajectory_batches("test_input_mixture_full", split="train", global_batch_size=BATCH,
-                                 seq_len=SEQ_LEN, seed=0)) == []
-  views = {view: set(_rows(trajectory_batches(f"test_input_mixture_{view}", split="train", global_batch_size=BATCH,
-                                              seq_len=SEQ_LEN, seed=0, repeat=False, shuffle=False)))
-           for view in ("windows", "stages")}
+  mixture = DataSpec.build(str(scaffold_file), load_vocabulary(vocab_path), SEQ_LEN,
+                           view_rates={"windows": 2.0, "stages": 1.0, "full": 1.0})
+
+  def view(name):
+    return dataclasses.replace(mixture, view_rates={name: 1.0})
+  assert list(trajectory_batches(view("full"), split="train", global_batch_size=BATCH, seed=0)) == []
+  views = {name: set(_rows(trajectory_batches(view(name), split="train", global_batch_size=BATCH, seed=0,
+                                              repeat=False, shuffle=False)))
+           for name in ("windows", "stages")}
   for repeat in (True, False):
     def batches(start):
-      return trajectory_batches("test_input_mixture", split="train", global_batch_size=BATCH, seq_len=SEQ_LEN,
-                                seed=1, start_batch=start, repeat=repeat)
+      return trajectory_batches(mixture, split="train", global_batch_size=BATCH, seed=1, start_batch=start,
+                                repeat=repeat)
     straight = list(itertools.islice(batches(0), 120))
     rows = set(_rows(straight))
     assert rows & views["windows"] and rows & views["stages"] and rows <= views["windows"] | views["stages"]

@@ -30,7 +30,7 @@ from xbook.train import trainer as trainer_lib
 from xbook.train.checkpoints import RunCheckpoints
 from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.metrics import read_metrics
-from tiny_runs import MESH, train_tiny
+from tiny_runs import MESH, run_data, train_tiny
 
 # conftest's vocabulary has 1,024 pieces: the tiny bases have as many embedding rows.
 HF_SHAPE = {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -74,8 +74,10 @@ def lora_model(base_dir, lora: LoraConfig = LORA) -> DecoderConfig:
   return dataclasses.replace(config, lora=lora)
 
 
-def first_batch():
-  return next(trajectory_batches("xbook_windows", split="train", global_batch_size=BATCH, seq_len=SEQ_LEN, seed=0))
+def first_batch(run_dir, scaffold_file):
+  """The first training batch of seed 0 of a run trained on `scaffold_file` with the default data settings."""
+  return next(trajectory_batches(run_data(run_dir, scaffold_file, SEQ_LEN), split="train", global_batch_size=BATCH,
+                                 seed=0))
 
 
 def logits(config: DecoderConfig, params, tokens: np.ndarray) -> np.ndarray:
@@ -92,7 +94,8 @@ def lora_run(bases, scaffold_file, vocab_path, tmp_path_factory):
   return run_dir
 
 
-def test_a_fresh_adapter_starts_at_the_base_models_loss_and_checkpoints_hold_adapters_only(lora_run, bases):
+def test_a_fresh_adapter_starts_at_the_base_models_loss_and_checkpoints_hold_adapters_only(lora_run, bases,
+                                                                                          scaffold_file):
   config = lora_model(bases["mistral"][1])
   base_config = dataclasses.replace(config, lora=None)
   trainer = trainer_lib.Trainer(model_config=base_config, optimizer_config=trainer_lib.OptimizerConfig(),
@@ -101,7 +104,7 @@ def test_a_fresh_adapter_starts_at_the_base_models_loss_and_checkpoints_hold_ada
   with trainer.context():
     params = jax.device_put(base_params, trainer.state_shardings.params)
   records = read_metrics(lora_run)
-  assert records[0]["loss"] == pytest.approx(trainer.evaluate(params, [first_batch()])["eval/loss"], rel=1e-5)
+  assert records[0]["loss"] == pytest.approx(trainer.evaluate(params, [first_batch(lora_run, scaffold_file)])["eval/loss"], rel=1e-5)
   assert records[-1]["loss"] < records[0]["loss"]
   assert records[0]["trainable_params"] == config.lora_params()
   assert records[0]["frozen_params"] == base_config.num_params()

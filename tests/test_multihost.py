@@ -131,7 +131,8 @@ def test_sigterm_to_one_host_stops_both_at_the_same_step_and_they_resume_exactly
 
 def test_hosts_with_uneven_validation_shards_evaluate_every_window_once(straight_run, gin_file, vocab_path):
   import jax
-  from xbook.data import tasks
+  from xbook.data.spec import DataSpec
+  from xbook.data.vocab import load_vocabulary
   from xbook.model import DecoderConfig
   from xbook.train import trainer as trainer_lib
   from xbook.train.checkpoints import RunCheckpoints
@@ -139,10 +140,9 @@ def test_hosts_with_uneven_validation_shards_evaluate_every_window_once(straight
   from xbook.train.mesh import MeshConfig
   run_dir, outputs = straight_run
   # The validation windows, read by this one process.
-  tasks.register_task("xbook_multihost_validation", "windows", str(gin_file.parent / "scaffolds-*.jsonl"),
-                      str(vocab_path))
-  batches = list(trajectory_batches("xbook_multihost_validation", split="validation", global_batch_size=8,
-                                    seq_len=128, seed=0, repeat=False, shuffle=False))
+  data = DataSpec.build(str(gin_file.parent / "scaffolds-*.jsonl"), load_vocabulary(vocab_path), 128)
+  batches = list(trajectory_batches(data, split="validation", global_batch_size=8, seed=0, repeat=False,
+                                    shuffle=False))
   windows = sum(int(np.any(b["decoder_segment_ids"] > 0, axis=1).sum()) for b in batches)
   assert 4 < windows < 20  # several batches of 4 rows (the per-host batch) on the host that has the book
 

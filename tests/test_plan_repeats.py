@@ -8,10 +8,10 @@ backend) at the demo's sequence length.
 from __future__ import annotations
 
 import numpy as np
-import seqio
 
-from xbook.data import inspection, tasks, trajectory, vocab
-from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
+from xbook.data import inspection, trajectory, vocab
+from xbook.data.spec import DataSpec
+from xbook.train.input_pipeline import trajectory_batches
 
 DEMO_LEN = 256  # configs/runs/demo.gin's train.seq_len
 
@@ -38,12 +38,10 @@ def test_demo_windows_repeat_a_small_share_of_their_plans(vocab_path, scaffold_f
   """The extractive prompt names characters and places instead of pasting the premise, so at the
   demo's length windows copy few plan tokens (it was 35% on average when the prompt held the premise)."""
   vocabulary = vocab.load_vocabulary(vocab_path)
-  tasks.register_task("test_plan_repeats", "windows", str(scaffold_file), vocabulary)
-  ds = seqio.get_dataset("test_plan_repeats", task_feature_lengths=task_feature_lengths(DEMO_LEN),
-                         dataset_split="train", shuffle=False, num_epochs=1,
-                         feature_converter=TrajectoryFeatureConverter(bos_id=vocabulary.bos_id))
+  data = DataSpec.build(str(scaffold_file), vocabulary, DEMO_LEN)
   shares = []
-  for example in ds.as_numpy_iterator():
+  for batch in trajectory_batches(data, split="train", global_batch_size=1, seed=0, repeat=False, shuffle=False):
+    example = {name: value[0] for name, value in batch.items()}
     repeated, plan_tokens = inspection.plan_repeats(example, vocabulary.marker_ids())
     shares.append(repeated / max(plan_tokens, 1))
   assert len(shares) > 100

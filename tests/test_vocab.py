@@ -29,7 +29,8 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from xbook.data import pieces, tasks, tekken, trajectory, vocab
-from xbook.data.feature_converter import TrajectoryFeatureConverter, task_bos_id, task_feature_lengths
+from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
+from xbook.data.spec import DataSpec
 from xbook.infer import generate
 from xbook.model import Decoder, DecoderConfig
 
@@ -320,19 +321,19 @@ def test_seqio_vocabulary_pickles_deep_copies_and_compares_equal(llama3_folder, 
     pickle.loads(pickled)
 
 
-def _task_examples(task_name: str, length: int) -> list[dict]:
+def _task_examples(task_name: str, length: int, bos_id: int) -> list[dict]:
   ds = seqio.get_dataset(task_name, task_feature_lengths=task_feature_lengths(length), dataset_split="train",
                          shuffle=False, num_epochs=1,
-                         feature_converter=TrajectoryFeatureConverter(bos_id=task_bos_id(task_name)))
+                         feature_converter=TrajectoryFeatureConverter(bos_id=bos_id))
   return list(ds.as_numpy_iterator())
 
 
 def test_a_task_in_a_pretrained_vocabulary_starts_with_bos_and_ends_each_book_with_one_eos(
     llama3_folder, scaffold_file, scaffold_records):
   v = vocab.load_vocabulary(llama3_folder)
-  tasks.register_task("test_vocab_llama3", "windows", str(scaffold_file), str(llama3_folder))
-  assert task_bos_id("test_vocab_llama3") == v.bos_id
-  examples = _task_examples("test_vocab_llama3", WINDOW_LEN)
+  task = tasks.register_task("test_vocab_llama3", DataSpec.build(str(scaffold_file), v, WINDOW_LEN))
+  assert task.output_features["targets"].vocabulary.bos_id == v.bos_id
+  examples = _task_examples("test_vocab_llama3", WINDOW_LEN, v.bos_id)
   book_ends = 0
   for example in examples:
     real = example["decoder_segment_ids"] > 0

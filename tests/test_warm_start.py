@@ -22,7 +22,7 @@ from xbook.train.input_pipeline import trajectory_batches
 from xbook.train.mesh import MeshConfig
 from xbook.train.metrics import read_metrics
 
-from tiny_runs import MESH, MODEL, train_tiny
+from tiny_runs import MESH, MODEL, run_data, train_tiny
 
 
 
@@ -40,13 +40,12 @@ def source_run(tmp_path_factory, scaffold_file, vocab_path):
   return run_dir
 
 
-def _loss_of(params, model):
-  """The training loss of `params` on the first training batch of seed 0 (the task `train` left
-  registered), computed by the evaluation path: the reference for a warm-started step 1."""
+def _loss_of(params, model, run_dir, scaffold_file):
+  """The training loss of `params` on the first training batch of seed 0 of `run_dir` (trained on
+  `scaffold_file`), computed by the evaluation path: the reference for a warm-started step 1."""
   trainer = trainer_lib.Trainer(model_config=model, optimizer_config=trainer_lib.OptimizerConfig(),
                                 mesh_config=MeshConfig(*MESH), batch_size=8, seq_len=128)
-  batch = next(trajectory_batches("xbook_windows", split="train", global_batch_size=8, seq_len=128,
-                                  seed=0))
+  batch = next(trajectory_batches(run_data(run_dir, scaffold_file, 128), split="train", global_batch_size=8, seed=0))
   with trainer.context():
     params = jax.device_put(params, trainer.state_shardings.params)
   return trainer.evaluate(params, [batch])["eval/loss"]
@@ -59,7 +58,7 @@ def test_a_warm_started_run_begins_with_the_source_parameters(source_run, tmp_pa
   model = dataclasses.replace(MODEL, scan_layers=False, remat="full")
   _train(tmp_path, scaffold_file, vocab_path, steps=2, model=model, init_from=str(source_run))
   first = read_metrics(tmp_path)[0]
-  expected = _loss_of(load_run(source_run).params, MODEL)
+  expected = _loss_of(load_run(source_run).params, MODEL, tmp_path, scaffold_file)
   assert first["loss"] == pytest.approx(expected, rel=1e-5)
   assert first["loss"] < source_losses[0] - 0.5 and first["loss"] < math.log(MODEL.vocab_size) - 0.5
   info = json.loads((tmp_path / "model.json").read_text())
@@ -83,7 +82,7 @@ def test_warm_start_from_imported_weights_at_another_dtype(source_run, tmp_path,
   after = np.asarray(restored["embed"]["embedding"], np.float32)
   assert np.abs(after - before).max() < 0.05
   first = read_metrics(run_dir)[0]
-  assert first["loss"] == pytest.approx(_loss_of(params, MODEL), rel=2e-2)
+  assert first["loss"] == pytest.approx(_loss_of(params, MODEL, run_dir, scaffold_file), rel=2e-2)
   assert json.loads((run_dir / "model.json").read_text())["started_from"]["kind"] == "imported"
   with pytest.raises(ValueError, match="holds imported weights"):
     warm_start.find_source(str(imported), step=3)

@@ -11,13 +11,21 @@ from typing import Any, Sequence
 
 import gin
 
+from xbook.data.spec import DataSpec
 from xbook.model import DecoderConfig
 from xbook.train import trainer as trainer_lib
+from xbook.train.run_info import RunInfo
 
 # A 2-layer decoder of 0.2M parameters over a 1,024-piece vocabulary (conftest's `vocab_path`).
 MODEL = DecoderConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
                       mlp_dim=128)
 MESH = (2, 2, 1, 2)
+
+
+def run_data(run_dir, scaffold_file, seq_len: int) -> DataSpec:
+  """The DataSpec of a run trained on `scaffold_file` with train()'s default data settings (windows, no
+  loss weights given), in the run's own vocabulary (its `vocab/` copy), at `seq_len`."""
+  return DataSpec.build(str(scaffold_file), RunInfo.read(run_dir).load_vocabulary(), seq_len)
 
 
 def train_tiny(run_dir, scaffold_file, vocab_path, *, steps: int, model: DecoderConfig = MODEL,

@@ -1,4 +1,4 @@
-"""`xbook data`: the trajectory examples of the seqio tasks, shown (inspect) or built offline (cache)."""
+"""`xbook data`: the trajectory examples of a run's data, shown (inspect) or built offline (cache)."""
 
 from __future__ import annotations
 
@@ -39,15 +39,15 @@ def _add_inspect(data) -> None:
   p.add_argument("--sequence_shards", type=int, default=1,
                  help="size of the sequence mesh axis (the length must divide by it)")
   p.add_argument("--split", default="train", choices=SPLITS)
-  p.add_argument("--task", default="windows", choices=("windows", "full", "stages", "mixture"),
+  p.add_argument("--task", default="windows", choices=source_constant("xbook.data.spec", "VIEWS") + ("mixture",),
                  help="book view to show, or the mixture of all three (paper_stages: windows, full, mixture)")
   p.add_argument("--index", type=int, default=0, help="which example of the task to show")
   p.add_argument("--plan_order", "--layout", default="interleaved",
-                 choices=("interleaved", "plans_first", "paper_stages"),
+                 choices=source_constant("xbook.data.spec", "PLAN_ORDERS"),
                  help="order of plans and text in a trajectory (--layout: its old name); paper_stages: the "
                       "stage stream of the paper's released models "
                       "(records with a paper field, `xbook scaffold build --format paper`)")
-  p.add_argument("--profile", default="14b_full_book", choices=("24b_first_chapter", "14b_full_book"),
+  p.add_argument("--profile", default="14b_full_book", choices=source_constant("xbook.data.spec", "PROFILES"),
                  help="paper_stages: the released model's profile (24b: one example per book to the end of "
                       "the first chapter; 14b: the whole book, or one example per later chapter)")
   p.add_argument("--raw", action="store_true",
@@ -82,21 +82,28 @@ def _add_cache(data) -> None:
 
 
 def _data_cache(args: argparse.Namespace) -> int:
-  from xbook.data import cache, paper_stages, tasks, trajectory
-  from xbook.train.trainer import train_setting
-
-  task_name, seq_len, plan_order = train_setting("task_name"), train_setting("seq_len"), train_setting("plan_order")
-  task = tasks.register_task(
-      task_name, "windows", train_setting("scaffold_files"), train_setting("vocab_path"),
-      plan_order=plan_order, loss_weights=train_setting("loss_weights"),
-      profile=paper_stages.configured_profile() if plan_order == trajectory.PAPER_STAGES else None,
-      repeat_weight=train_setting("repeat_weight"), cached_length=seq_len)
-  out = cache.cache_task(task, args.out, num_shards=args.num_shards, splits=args.split or None,
+  from xbook.data import cache, tasks
+  spec = _configured_data_spec()
+  out = cache.cache_task(tasks.cached_task(spec), args.out, num_shards=args.num_shards, splits=args.split or None,
                          pipeline_args=args.beam_args or ("--runner=DirectRunner",), overwrite=args.overwrite)
-  print(json.dumps({"task": task_name, "seq_len": seq_len, "cache": out}) if args.json
-        else f"{task_name} ({seq_len} tokens per window) cached in {out}; train from it with the same "
+  print(json.dumps({"task": spec.cache_name, "seq_len": spec.seq_len, "cache": out}) if args.json
+        else f"{spec.cache_name} ({spec.seq_len} tokens per window) cached in {out}; train from it with the same "
              f"gin config and --gin.train.cache_dir=\"'{args.out}'\"")
   return 0
+
+
+def _configured_data_spec():
+  """The DataSpec `train` builds from the operative gin config (its windows, what `xbook data cache` caches)."""
+  from xbook import paths
+  from xbook.data import paper_stages
+  from xbook.data.spec import DataSpec, TrajectoryFormat
+  from xbook.data.vocab import load_vocabulary
+  from xbook.train.trainer import train_setting
+  return DataSpec.build(paths.absolute_all(train_setting("scaffold_files")),
+                        load_vocabulary(paths.absolute(train_setting("vocab_path"))), train_setting("seq_len"),
+                        trajectory_format=TrajectoryFormat(train_setting("plan_order"), paper_stages.configured_profile()),
+                        loss_weights=train_setting("loss_weights"), repeat_weight=train_setting("repeat_weight"),
+                        cache_name=train_setting("task_name"))
 
 
 class _Counts(NamedTuple):
@@ -109,14 +116,10 @@ class _Counts(NamedTuple):
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
-  from xbook.data import trajectory, vocab
-  vocabulary = vocab.load_vocabulary(args.vocab)
-  paper = args.plan_order == trajectory.PAPER_STAGES
-  if paper and args.task == "stages":
-    raise SystemExit(f"error: --plan_order {args.plan_order} has the tasks windows and full (and their mixture); "
-                     "the stages task is xbook's short one-step examples of its own plan orders")
+  spec = _inspected_spec(args)
+  vocabulary = spec.vocabulary
   marker_ids = vocabulary.marker_ids()
-  counts = _count_examples(args, _inspected_dataset(args, vocabulary, paper), marker_ids)
+  counts = _count_examples(args, _inspected_examples(args, spec), marker_ids)
   if counts.shown is None:
     raise SystemExit(f"error: task {args.task} has {counts.n_examples} examples of split {args.split!r} from "
                      f"{args.scaffolds} at --seq_len {args.seq_len}; --index {args.index} is out of range")
@@ -124,7 +127,8 @@ def _data_inspect(args: argparse.Namespace) -> int:
     real = counts.shown["decoder_segment_ids"] > 0
     sys.stdout.write(vocabulary.decode(counts.shown["decoder_target_tokens"][real].tolist()))
     return 0
-  paper_example = _paper_example(args, vocabulary) if paper and args.task != "mixture" else None
+  paper = spec.trajectory_format.is_paper
+  paper_example = _paper_example(args, spec) if paper and args.task != "mixture" else None
   summary = _inspection_summary(args, vocabulary, counts, marker_ids, paper_example)
   if args.json:
     print(json.dumps(summary))
@@ -133,29 +137,38 @@ def _data_inspect(args: argparse.Namespace) -> int:
   return 0
 
 
-def _inspected_dataset(args: argparse.Namespace, vocabulary, paper: bool):
-  """The examples of the task `data inspect` shows, as training converts them (a tf.data dataset)."""
-  import seqio
-  from xbook.data import tasks
-  from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
-  mixture = tasks.register_mixture("xbook_inspect", args.scaffolds, vocabulary,
-                                   plan_order=args.plan_order, repeat_weight=args.repeat_weight,
-                                   **({"profile": args.profile} if paper else {}))
-  task_name = mixture.name if args.task == "mixture" else f"xbook_inspect_{args.task}"
-  converter = TrajectoryFeatureConverter(bos_id=vocabulary.bos_id, length_multiple=args.sequence_shards)
-  return seqio.get_dataset(task_name, task_feature_lengths=task_feature_lengths(args.seq_len),
-                           dataset_split=args.split, shuffle=False, num_epochs=1, use_cached=False,
-                           feature_converter=converter)
+def _inspected_spec(args: argparse.Namespace):
+  """The DataSpec `data inspect` reads: the flags' vocabulary, files and format; --task's view, or (mixture)
+  every view of the format at rate 1."""
+  from xbook.data.spec import DataSpec, TrajectoryFormat
+  from xbook.data.vocab import load_vocabulary
+  trajectory_format = TrajectoryFormat(args.plan_order, args.profile)
+  if args.task != "mixture" and args.task not in trajectory_format.views:
+    raise SystemExit(f"error: --plan_order {args.plan_order} has the tasks {', '.join(trajectory_format.views)} "
+                     "(and their mixture); the stages task is xbook's short one-step examples of its own plan orders")
+  views = trajectory_format.views if args.task == "mixture" else (args.task,)
+  return DataSpec.build(args.scaffolds, load_vocabulary(args.vocab), args.seq_len, trajectory_format=trajectory_format,
+                        repeat_weight=args.repeat_weight, view_rates={view: 1.0 for view in views})
 
 
-def _count_examples(args: argparse.Namespace, ds, marker_ids) -> _Counts:
-  """Examples, real and weighted tokens and plan repeats of every example of `ds`; example --index kept."""
+def _inspected_examples(args: argparse.Namespace, spec):
+  """The examples `data inspect` shows, one at a time, as training converts them (the trainer's input
+  pipeline, in book order, on one host)."""
+  from xbook.train.input_pipeline import trajectory_batches
+  batches = trajectory_batches(spec, split=args.split, global_batch_size=1, seed=0,
+                               sequence_shards=args.sequence_shards, repeat=False, shuffle=False,
+                               process_index=0, process_count=1)
+  return ({name: value[0] for name, value in batch.items()} for batch in batches)
+
+
+def _count_examples(args: argparse.Namespace, examples, marker_ids) -> _Counts:
+  """Examples, real and weighted tokens and plan repeats of every one of `examples`; example --index kept."""
   import numpy as np
   from tqdm import tqdm
   from xbook.data import inspection
   n_examples, n_tokens, weighted, shown = 0, 0, 0.0, None
   repeat_shares = []
-  for example in tqdm(ds.as_numpy_iterator(), desc=f"data inspect: {args.task}", unit="example",
+  for example in tqdm(examples, desc=f"data inspect: {args.task}", unit="example",
                       disable=args.json):
     if n_examples == args.index:
       shown = example
@@ -212,19 +225,18 @@ def _print_inspection(args: argparse.Namespace, vocabulary, summary: dict, count
                                     max_chars=args.max_chars))
 
 
-def _paper_example(args: argparse.Namespace, vocabulary):
-  """Example `--index` of the paper_stages task, rebuilt in Python with its stages (the seqio task
-  yields the records of a split in file order and each book's examples in order)."""
-  import glob
-  from xbook.data import paper_stages
-  from xbook.scaffold import read_scaffolds
+def _paper_example(args: argparse.Namespace, spec):
+  """Example `--index` of the paper_stages view, rebuilt in Python with its stages (the input pipeline,
+  unshuffled, yields the records of a split in file order and each book's examples in order)."""
+  from xbook.data import paper_stages, records
+  from xbook.scaffold import scaffold_lines
   seen = 0
-  for path in sorted(glob.glob(args.scaffolds)) or [args.scaffolds]:
-    for record in read_scaffolds(path):
-      if record["split"] != args.split:
+  for path in records.list_scaffold_files(list(spec.scaffold_files)):
+    for _, record in scaffold_lines(path, records.open_text, validate=False):
+      if record.get("split", "train") != args.split:
         continue
-      examples = paper_stages.book_examples(record, vocabulary.encode, profile=args.profile, length=args.seq_len,
-                                            view=args.task)
+      examples = paper_stages.book_examples(record, spec.vocabulary.encode, profile=spec.trajectory_format.profile,
+                                            length=spec.seq_len, view=args.task)
       if seen + len(examples) > args.index:
         return examples[args.index - seen]
       seen += len(examples)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from xbook import cli_gin
-from xbook.cli.common import add_command, add_mesh_flags, flag_mesh_config
+from xbook.cli.common import add_command, add_mesh_flags, flag_mesh_config, source_constant
 
 
 def add_parser(subparsers) -> None:
@@ -68,7 +68,7 @@ def _add_write(subparsers) -> None:
   p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="--base_url: the variable holding the API key")
   add_mesh_flags(p)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  p.add_argument("--profile", default=None, choices=("24b_first_chapter", "14b_full_book"),
+  p.add_argument("--profile", default=None, choices=source_constant("xbook.data.spec", "PROFILES"),
                  help="write in this profile of the paper's stage protocol (default: the format and "
                       "profile the run trained on, recorded in its model.json)")
   p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from xbook.cli.common import add_command, add_group, refuse_overwrite
+from xbook.cli.common import add_command, add_group, refuse_overwrite, source_constant
 
 log = logging.getLogger("xbook")
 
@@ -75,7 +75,7 @@ def _add_show(scaffold) -> None:
   p.add_argument("file")
   p.add_argument("--book", default=None, help="book id (default: the first record)")
   p.add_argument("--json", action="store_true")
-  p.add_argument("--profile", choices=("24b_first_chapter", "14b_full_book"), default=None,
+  p.add_argument("--profile", choices=source_constant("xbook.data.spec", "PROFILES"), default=None,
                  help="print the record's stage stream in this profile of the paper's protocol (needs a "
                       "record with a paper field), byte for byte")
 

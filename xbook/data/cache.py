@@ -7,7 +7,7 @@ or Spark beyond one machine), into `<cache_dir>/<task>/`, with seqio's layout (`
 least as many shards per split as the job has hosts.
 
 The task must build its examples before a cache placeholder, at a fixed length:
-`xbook.data.tasks.register_task(..., cached_length=N)` registers a `CachedTask`, which carries the
+`xbook.data.tasks.cached_task(spec)` registers a `CachedTask` for a DataSpec, which carries the
 *provenance* of its examples: what they are built from (task, view, sequence length, plan order, loss
 weights, repeat weight, stage-protocol profile, the vocabulary's fingerprint). `cache_task` writes it
 beside the examples (`provenance.json`), and a CachedTask that finds a cache compares it with its own
@@ -28,7 +28,6 @@ import seqio
 import tensorflow as tf
 
 from xbook import __version__
-from xbook.data import paper_stages, trajectory
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +46,18 @@ class CacheMismatchError(ValueError):
   """An offline cache that was built for another configuration than the one reading it (or for none)."""
 
 
-def provenance(task_name: str, view: str, length: int, vocabulary: Any, *, plan_order: str,
-               loss_weights: Mapping[str, float] | None, repeat_weight: float, profile: str | None,
-               scaffold_files: str | Sequence[str]) -> dict[str, Any]:
-  """What the examples of a cached task are built from (COMPARED_FIELDS, plus recorded-only fields).
+def provenance(task_name: str, spec: Any) -> dict[str, Any]:
+  """What the cached windows of `spec` (an xbook.data.spec.DataSpec) are built from: COMPARED_FIELDS,
+  plus recorded-only fields.
 
   Loss weights are recorded resolved (every kind, or every stage role for paper_stages), so that an
   unset weight and its default compare equal; the vocabulary by its content fingerprint (its path is
   recorded but not compared: a copy elsewhere is the same vocabulary).
   """
-  if plan_order == trajectory.PAPER_STAGES:
-    weights = paper_stages.role_weights(loss_weights)
-  else:
-    weights = dict(zip(trajectory.SEGMENT_KINDS, trajectory.loss_weight_table(loss_weights)))
-  files = [scaffold_files] if isinstance(scaffold_files, str) else [os.fspath(f) for f in scaffold_files]
-  return {"task": task_name, "view": view, "seq_len": int(length), "plan_order": plan_order,
-          "profile": profile if plan_order == trajectory.PAPER_STAGES else None,
-          "loss_weights": weights, "repeat_weight": float(repeat_weight),
-          "vocabulary": vocabulary.fingerprint,
+  return {"task": task_name, **spec.example_settings("windows"),
           # Recorded, not compared:
-          "vocabulary_path": vocabulary.path, "vocabulary_size": vocabulary.size,
-          "scaffold_files": files}
+          "vocabulary_path": spec.vocabulary.path, "vocabulary_size": spec.vocabulary.size,
+          "scaffold_files": list(spec.scaffold_files)}
 
 
 def read_provenance(task_cache_dir: str) -> dict[str, Any] | None:
@@ -215,7 +205,7 @@ def cache_task(task: seqio.Task, cache_dir: str, *, num_shards: int,
   incomplete build (no COMPLETED) are deleted first, so that no stale shard joins the new ones.
 
   Args:
-    task: a registered seqio Task with a `CacheDatasetPlaceholder` (cached_length set).
+    task: a registered seqio Task with a `CacheDatasetPlaceholder` (xbook.data.tasks.cached_task).
     cache_dir: parent folder (local or gs://); the task is written to `<cache_dir>/<task name>`.
     num_shards: TFRecord files per split (at least the number of hosts that will read them).
     splits: the splits to cache (default: all of the task's).
@@ -227,7 +217,7 @@ def cache_task(task: seqio.Task, cache_dir: str, *, num_shards: int,
 
   if not task.requires_caching:
     raise ValueError(f"task {task.name!r} has no cache placeholder: register it with "
-                     "register_task(..., cached_length=N)")
+                     "xbook.data.tasks.cached_task(spec)")
   output_dir = os.path.join(cache_dir, seqio.get_task_dir_from_name(task.name))
   splits = list(splits or task.splits)
   wanted = getattr(task, "provenance", None)

@@ -3,7 +3,7 @@
 Views pack their own examples (the `stages` view does), so the converter only pads (`task_feature_lengths(n)`
 gives the task features' lengths); padding gets segment id 0, which marks it whatever the padded id (id 0
 is a real token for Llama 3 and Qwen). The inputs start every packed sequence with the vocabulary's BOS
-(`bos_id`: task_bos_id reads it from the task).
+(`bos_id`: xbook.data.spec.DataSpec.bos_id).
 
 `length` must be a multiple of the sequence-parallel degree, so that ring attention can split it evenly.
 """
@@ -25,22 +25,11 @@ def task_feature_lengths(length: int) -> dict[str, int]:
   return {name: length for name in TASK_FEATURES}
 
 
-def task_bos_id(task_name: str) -> int:
-  """The first input token of a registered trajectory task or mixture: the BOS of its `targets`
-  vocabulary (xbook.data.vocab.SeqioVocabulary.bos_id)."""
-  vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
-  bos_id = getattr(vocabulary, "bos_id", None)
-  if not isinstance(bos_id, int) or bos_id < 0:
-    raise ValueError(f"task {task_name!r}: its targets vocabulary {vocabulary} has no BOS id; register it "
-                     "with xbook.data.tasks.register_task")
-  return bos_id
-
-
 class TrajectoryFeatureConverter(seqio.FeatureConverter):
   """Decoder-only conversion that keeps per-token loss weights and the views' segments/positions.
 
   Args:
-    bos_id: the first input token of every sequence: the vocabulary's BOS (task_bos_id), never assumed
+    bos_id: the first input token of every sequence: the vocabulary's BOS (DataSpec.bos_id), never assumed
       (id 0 is <unk> for Mistral and a real token for Llama 3 and Qwen).
     pack: must be False: views that pack (stages) do it themselves, with exact segment ids.
     length_multiple: the model length must be divisible by this (the `sequence` mesh axis size).

@@ -16,7 +16,7 @@ from xbook.books import load_book
 from xbook.data import pieces, trajectory
 from xbook.data.features import pad_batch
 from xbook.data.records import read_split
-from xbook.data.tasks import register_task
+from xbook.data.spec import DataSpec, TrajectoryFormat
 from xbook.data.vocab import Vocabulary
 from xbook.infer.generate import load_run
 from xbook.model import DecoderConfig, abstract_params
@@ -29,7 +29,6 @@ from xbook.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 N_KINDS = len(trajectory.SEGMENT_KINDS)
-TASK_NAME = "xbook_eval_perplexity"
 
 
 @dataclasses.dataclass
@@ -203,40 +202,45 @@ def trajectory_tokens(records: Sequence[Mapping[str, Any]], vocabulary: Any, pla
   return counts
 
 
-def eval_batches(scaffold_files: Sequence[str | Path], vocabulary: Any, *, split: str, seq_len: int,
-                 batch_size: int, plan_order: str = "interleaved", sequence_shards: int = 1
-                 ) -> Iterator[Mapping[str, np.ndarray]]:
-  """Batches of the windows view of the `split` records, every kind weighted 1 and repeats 0, in book
-  order, each window once (the task TASK_NAME, registered anew)."""
-  register_task(TASK_NAME, "windows", [str(f) for f in scaffold_files], vocabulary, plan_order=plan_order,
-                loss_weights={kind: 1.0 for kind in trajectory.SEGMENT_KINDS}, repeat_weight=0.0)
-  return trajectory_batches(TASK_NAME, split=split, global_batch_size=batch_size, seq_len=seq_len, seed=0,
-                            sequence_shards=sequence_shards, repeat=False, shuffle=False)
-
-
-def scaffold_perplexity(scorer: Scorer, scaffold_files: Sequence[str | Path], *, split: str,
-                        plan_order: str = "interleaved") -> dict[str, dict[str, Any]]:
-  """{"scaffolds/<kind>": figures, "scaffolds/all": figures} of the `split` records (module docstring),
-  in windows of the scorer's length.
+def scored_data(scaffold_files: Sequence[str | Path], vocabulary: Vocabulary, *, seq_len: int,
+                trajectory_format: TrajectoryFormat) -> DataSpec:
+  """The windows that held-out perplexity scores: every kind weighted 1, repeated plans 0.
 
   Raises:
-    ValueError: when the files hold no record of `split`, or the plan order has no segments.
+    ValueError: for the paper's stage stream (not made of segments), or a bad scaffold record (named).
   """
-  if plan_order not in trajectory.PLAN_ORDERS:
-    raise ValueError(f"held-out perplexity scores xbook's plan orders {trajectory.PLAN_ORDERS}, not {plan_order!r}")
-  books = read_split([str(f) for f in scaffold_files], split)
+  if trajectory_format.is_paper:
+    raise ValueError(f"held-out perplexity scores xbook's plan orders {trajectory.PLAN_ORDERS}, not "
+                     f"{trajectory_format.plan_order!r}")
+  return DataSpec.build([str(f) for f in scaffold_files], vocabulary, seq_len, trajectory_format=trajectory_format,
+                        loss_weights={kind: 1.0 for kind in trajectory.SEGMENT_KINDS}, repeat_weight=0.0)
+
+
+def eval_batches(data: DataSpec, *, split: str, batch_size: int, sequence_shards: int = 1
+                 ) -> Iterator[Mapping[str, np.ndarray]]:
+  """Batches of `data`'s `split` records, in book order, each window once."""
+  return trajectory_batches(data, split=split, global_batch_size=batch_size, seed=0, sequence_shards=sequence_shards,
+                            repeat=False, shuffle=False)
+
+
+def scaffold_perplexity(scorer: Scorer, data: DataSpec, *, split: str) -> dict[str, dict[str, Any]]:
+  """{"scaffolds/<kind>": figures, "scaffolds/all": figures} of the `split` records of `data`
+  (`scored_data`, at the scorer's window length; module docstring).
+
+  Raises:
+    ValueError: when the files hold no record of `split`.
+  """
+  books = read_split(list(data.scaffold_files), split)
   if not books:
-    raise ValueError(f"--scaffolds {', '.join(map(str, scaffold_files))}: no record of split {split!r}; "
+    raise ValueError(f"--scaffolds {', '.join(data.scaffold_files)}: no record of split {split!r}; "
                      "choose another --split (train, validation, test)")
   trainer, vocabulary = scorer.trainer, scorer.vocabulary
-  batches = eval_batches(scaffold_files, vocabulary, split=split, seq_len=trainer.seq_len,
-                         batch_size=trainer.batch_size, plan_order=plan_order,
-                         sequence_shards=trainer.mesh.shape["sequence"])
+  batches = eval_batches(data, split=split, batch_size=trainer.batch_size, sequence_shards=trainer.mesh.shape["sequence"])
   text = ScoredText(vocabulary)
   sums = score_batches(scorer, batches, desc=f"perplexity {split}", text=text)
   nll, count = sums["kind_weighted_nll"], sums["kind_weight"]
   words, n_bytes = text.sizes()
-  expected = trajectory_tokens(books, vocabulary, plan_order)
+  expected = trajectory_tokens(books, vocabulary, data.trajectory_format.plan_order)
   results = {}
   for k, kind in enumerate(trajectory.SEGMENT_KINDS):
     if count[k] or expected[kind]:
@@ -338,11 +342,11 @@ def run_perplexity(run_dir: RunInfo | str | Path, *, scaffold_files: Sequence[st
   if not seq_len:
     raise ValueError(f"{run.run_dir}: neither model.json nor config.gin records the sequence length; pass it")
   scorer = Scorer.of_run(run, step=step, batch_size=batch_size, seq_len=seq_len, mesh_config=mesh_config)
-  plan_order = run.plan_order
   results: dict[str, Any] = {}
   if scaffold_files:
-    results.update(scaffold_perplexity(scorer, scaffold_files, split=split, plan_order=plan_order))
+    data = scored_data(scaffold_files, scorer.vocabulary, seq_len=seq_len, trajectory_format=run.trajectory_format)
+    results.update(scaffold_perplexity(scorer, data, split=split))
   for path in novel_paths:
     results[f"novel/{path.stem}"] = novel_perplexity(scorer, path)
-  return {"run_dir": str(run.run_dir), "step": scorer.step, "seq_len": seq_len, "plan_order": plan_order,
+  return {"run_dir": str(run.run_dir), "step": scorer.step, "seq_len": seq_len, "plan_order": run.plan_order,
           "split": split, "mesh": scorer.mesh_shape, "results": results}

@@ -42,6 +42,8 @@ from xbook.infer.generate import load_run
 from xbook.infer.paper_writer import PaperBookWriter
 from xbook.infer.placement import inference_mesh
 from xbook.infer.writer import BookWriter, Completer, WriteConfig, check_out_folder, save_book
+from xbook.data.spec import TrajectoryFormat
+from xbook.data.trajectory import PAPER_STAGES
 from xbook.train.run_info import RunInfo
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class WriteBackend:
     run_dir, step: the run (step None: a remote server's model, whatever step it serves).
     vocabulary: the run's vocabulary (contexts are encoded here, whatever decodes them).
     context_len: the most tokens of a stage's context plus its output.
-    book_format, profile: ("xbook", None) or ("paper", the run's profile).
+    trajectory_format: the run's (xbook's plan orders, or the paper's stages in the run's profile).
     complete: the completer.
     engine: the in-process engine (None for a remote server); `close()` stops it.
   """
@@ -64,8 +66,7 @@ class WriteBackend:
   step: int | None
   vocabulary: Vocabulary
   context_len: int
-  book_format: str
-  profile: str | None
+  trajectory_format: TrajectoryFormat
   complete: Completer
   engine: Any = None
   where: str = ""
@@ -86,8 +87,7 @@ def open_backend(run_dir: str, *, config: WriteConfig, step: int | None = None, 
   if not context_len:
     raise ValueError(f"{info.model_json} does not say which sequence length the run trained at; set "
                      "WriteConfig.context_len (e.g. --gin.WriteConfig.context_len=4096)")
-  book_format = "paper" if info.is_paper else "xbook"
-  common = dict(run_dir=str(run_dir), context_len=int(context_len), book_format=book_format, profile=info.profile)
+  common = dict(run_dir=str(run_dir), context_len=int(context_len), trajectory_format=info.trajectory_format)
   if base_url:
     if not model:
       raise ValueError("--base_url needs --model: the name the server serves the run under")
@@ -120,22 +120,22 @@ def write_book(backend: WriteBackend, prompt: str, out_dir: str | os.PathLike[st
     raise ValueError("the prompt is empty: say what book to write, e.g. --prompt 'Write a ghost story'")
   out = Path(out_dir)
   check_out_folder(out, overwrite)
-  book_format = "paper" if profile or backend.book_format == "paper" else "xbook"
-  profile = (profile or backend.profile) if book_format == "paper" else None
+  trajectory_format = TrajectoryFormat(PAPER_STAGES, profile) if profile else backend.trajectory_format
   log.info("writing a book with %s (step %s) on %s at a context of %d tokens, seed %d", backend.run_dir,
            backend.step, backend.where, backend.context_len, seed)
-  if book_format == "paper":
-    writer: Any = PaperBookWriter(backend.vocabulary, backend.complete, config, backend.context_len, out, profile,
-                                  progress=progress)
+  if trajectory_format.is_paper:
+    writer: Any = PaperBookWriter(backend.vocabulary, backend.complete, config, backend.context_len, out,
+                                  trajectory_format.profile, progress=progress)
   else:
     writer = BookWriter(backend.vocabulary, backend.complete, config, backend.context_len, out, progress=progress)
   # The step is left out of a remote write's header: the server's model is whatever it serves.
-  header = {"run_dir": str(backend.run_dir), "format": book_format, "profile": profile,
+  header = {"run_dir": str(backend.run_dir), "format": trajectory_format.book_format,
+            "profile": trajectory_format.profile,
             "config": dataclasses.asdict(config)}
   if backend.step is not None:
     header["step"] = backend.step
   book = writer.write(prompt, seed, header)
-  book.update(run_dir=str(backend.run_dir), step=backend.step, seed=seed, format=book_format,
+  book.update(run_dir=str(backend.run_dir), step=backend.step, seed=seed, format=trajectory_format.book_format,
               prefill=prefill_summary(book["stages"]))
   markdown, data = save_book(book, out)
   return {**book, "markdown": str(markdown), "json": str(data)}

@@ -22,8 +22,8 @@ import tensorflow as tf
 from etils import epath
 
 from xbook.atomic import atomic_open
-from xbook.data import paper_stages, trajectory
 from xbook.data.records import list_scaffold_files
+from xbook.data.spec import DataSpec
 
 HISTORY_FILE = "data_history.jsonl"
 
@@ -46,21 +46,16 @@ def file_sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def identity(vocabulary: Any, scaffold_files: str | Sequence[str], *, plan_order: str, profile: str | None,
-             seq_len: int, loss_weights: Mapping[str, float] | None) -> dict[str, Any]:
-  """The data identity of a run: the vocabulary's content fingerprint (its path recorded too), each
-  scaffold file (in the order the tasks read them) with the SHA-256 of its bytes, and the settings that
+def identity(data: DataSpec) -> dict[str, Any]:
+  """The data identity of a run reading `data`: the vocabulary's content fingerprint (its path recorded
+  too), each scaffold file (in the order they are read) with the SHA-256 of its bytes, and the settings that
   make examples of them; loss weights resolved as training uses them, so an unset weight and its default
   are the same."""
-  if plan_order == trajectory.PAPER_STAGES:
-    weights = paper_stages.role_weights(loss_weights)
-  else:
-    weights = dict(zip(trajectory.SEGMENT_KINDS, trajectory.loss_weight_table(loss_weights)))
-  return {"vocabulary": vocabulary.fingerprint, "vocabulary_path": vocabulary.path,
+  return {"vocabulary": data.vocabulary.fingerprint, "vocabulary_path": data.vocabulary.path,
           "scaffold_files": [{"path": path, "sha256": file_sha256(path)}
-                             for path in list_scaffold_files(scaffold_files)],
-          "plan_order": plan_order, "profile": profile if plan_order == trajectory.PAPER_STAGES else None,
-          "seq_len": int(seq_len), "loss_weights": weights}
+                             for path in list_scaffold_files(list(data.scaffold_files))],
+          **data.trajectory_format.describe(), "seq_len": int(data.seq_len),
+          "loss_weights": data.trajectory_format.resolved_loss_weights(data.loss_weights)}
 
 
 def read_history(run_path: epath.Path) -> list[dict[str, Any]]:

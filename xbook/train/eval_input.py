@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from xbook.data.spec import DataSpec
 from xbook.train import distributed
 from xbook.train.input_pipeline import trajectory_batches
 
@@ -56,13 +57,12 @@ class ValidationSet:
     self.steps: int | None = None  # eval steps of every host per evaluation, once agreed
 
   @classmethod
-  def from_task(cls, task_name: str, *, global_batch_size: int, seq_len: int, sequence_shards: int,
-                length_layout: str, seed: int, use_cached: bool, max_batches: int | None) -> "ValidationSet":
-    """The `validation` split of a registered task, in book order, each window once."""
-    return cls(functools.partial(trajectory_batches, task_name, split="validation",
-                                 global_batch_size=global_batch_size, seq_len=seq_len,
-                                 sequence_shards=sequence_shards, length_layout=length_layout, seed=seed,
-                                 repeat=False, shuffle=False, use_cached=use_cached),
+  def of_spec(cls, spec: DataSpec, *, global_batch_size: int, sequence_shards: int, length_layout: str, seed: int,
+              max_batches: int | None) -> "ValidationSet":
+    """The `validation` split of `spec`, in book order, each example once."""
+    return cls(functools.partial(trajectory_batches, spec, split="validation",
+                                 global_batch_size=global_batch_size, sequence_shards=sequence_shards,
+                                 length_layout=length_layout, seed=seed, repeat=False, shuffle=False),
                max_batches=max_batches)
 
   def batches(self) -> Iterator[Batch]:

@@ -1,12 +1,12 @@
-"""Batches of trajectory windows for the trainer, from a registered seqio task.
+"""Batches of trajectory windows for the trainer, from a DataSpec (xbook.data.spec).
 
 Each host yields numpy batches of its share of the global batch: {feature: [per_host_batch, length]}
 with the example features (xbook.data.features). With the zig-zag layout the length axis of every feature
 is permuted once, here, so that causal ring attention over `sequence_shards` devices gets equal work per
 device (xbook.data.zigzag).
 
-Tasks registered online by xbook.data.tasks (a view of scaffold files, or a mixture of views) are read by
-records, here, not through seqio's file reader:
+The examples of a DataSpec (one view, or a mixture of views) are built from its scaffold records, here,
+with `DataSpec.examples` (the function the seqio adapter xbook.data.tasks runs too):
 
 * Books over hosts. Every host reads every scaffold file and keeps the records of the split whose index
   (in file order, then line order, among the records of that split) is `process_index` modulo the number
@@ -25,8 +25,8 @@ records, here, not through seqio's file reader:
   runs). Building starts at the group of the position, and the next group is built in a thread while
   this one is read.
 
-A task read from its offline cache (`use_cached`), or any other seqio task, goes through seqio: each host
-reads its own cache shards and a resume skips the consumed batches.
+A DataSpec with an offline cache (`cache_dir`) is read through seqio: each host reads its own cache shards
+and a resume skips the consumed batches.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -48,9 +49,11 @@ import seqio
 import tensorflow as tf
 
 from xbook.atomic import atomic_open
+from xbook.data import cache as data_cache
 from xbook.data import records, tasks, zigzag
-from xbook.data.feature_converter import TrajectoryFeatureConverter, task_bos_id, task_feature_lengths
+from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
 from xbook.data.features import TASK_FEATURES
+from xbook.data.spec import DataSpec
 from xbook.scaffold import scaffold_lines
 
 log = logging.getLogger(__name__)
@@ -63,23 +66,23 @@ _MIX_BLOCK = 4096  # draws of a mixture per seeded block
 _COUNTS_FLUSH_S = 60.0
 
 
-def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, seq_len: int, seed: int,
+def trajectory_batches(spec: DataSpec, *, split: str, global_batch_size: int, seed: int,
                        sequence_shards: int = 1, length_layout: str = "contiguous", start_batch: int = 0,
-                       repeat: bool = True, shuffle: bool = True, use_cached: bool = False,
-                       shuffle_books: int = DEFAULT_SHUFFLE_BOOKS, count_cache: str | None = None,
-                       process_index: int | None = None, process_count: int | None = None
-                       ) -> Iterator[Batch]:
-  """Deterministic batches of `task_name`, from the `start_batch`-th on (the ones before were consumed).
+                       repeat: bool = True, shuffle: bool = True, shuffle_books: int = DEFAULT_SHUFFLE_BOOKS,
+                       count_cache: str | None = None, process_index: int | None = None,
+                       process_count: int | None = None) -> Iterator[Batch]:
+  """Deterministic batches of `spec`'s examples of `split`, from the `start_batch`-th on (the ones before
+  were consumed), each [global_batch_size / hosts, spec.seq_len] per feature.
 
   With `shuffle` the order depends only on `seed` (and the host); without it windows come in book order.
   Either way a resumed run sees exactly the batches an uninterrupted run would have seen. Every
-  sequence's first input token is the BOS of the task's vocabulary.
+  sequence's first input token is the vocabulary's BOS. With `spec.cache_dir` the windows are read from
+  the offline cache (seqio: each host reads its own shards, a resume skips the consumed batches).
 
   Args:
-    sequence_shards: size of the `sequence` mesh axis; `seq_len` must be a multiple of it (of twice
+    sequence_shards: size of the `sequence` mesh axis; `spec.seq_len` must be a multiple of it (of twice
       it for the zig-zag layout).
     length_layout: "contiguous" or "zigzag" (xbook.data.zigzag.LENGTH_LAYOUTS).
-    use_cached: read the task's offline cache (xbook.data.cache) instead of building examples.
     shuffle_books: books whose examples are shuffled together (module docstring); more mixes more,
       and costs more time before the first batch and more host memory.
     count_cache: a folder (local or gs://) keeping the books' example counts between runs, so that a
@@ -95,74 +98,64 @@ def trajectory_batches(task_name: str, *, split: str, global_batch_size: int, se
   if global_batch_size % num_hosts:
     raise ValueError(f"global batch {global_batch_size} is not divisible by {num_hosts} hosts")
   host_batch = global_batch_size // num_hosts
-  length_multiple = sequence_shards * (2 if length_layout == "zigzag" else 1)
-  converter = TrajectoryFeatureConverter(bos_id=task_bos_id(task_name), pack=False,
-                                         length_multiple=length_multiple)
-  sources = None if use_cached else _book_sources(task_name)
-  if sources is None:
-    ds = _seqio_examples(task_name, split=split, seq_len=seq_len, seed=seed, repeat=repeat,
-                         shuffle=shuffle, use_cached=use_cached, converter=converter, host=host,
-                         num_hosts=num_hosts)
-    ds = ds.batch(host_batch, drop_remainder=repeat)
+  converter = TrajectoryFeatureConverter(bos_id=spec.bos_id, pack=False,
+                                         length_multiple=sequence_shards * (2 if length_layout == "zigzag" else 1))
+  if spec.cache_dir:
+    ds = _cached_examples(spec, split=split, seed=seed, repeat=repeat, shuffle=shuffle, converter=converter,
+                          host=host, num_hosts=num_hosts).batch(host_batch, drop_remainder=repeat)
     if start_batch:
       log.info("input pipeline: skipping %d batches already consumed", start_batch)
       ds = ds.skip(start_batch)
   else:
-    books = host_books(sources[0][0].scaffold_files, split, process_index=host, process_count=num_hosts,
-                       share=repeat)
-    counts = [ExampleCounts(source.examples_key(seq_len), books, count_cache) for source, _ in sources]
-    streams = [BookStream(books, source.examples(seq_len), counts[i], seed_key=(seed, host, i),
-                          shuffle=shuffle, repeat=repeat, shuffle_books=shuffle_books)
-               for i, (source, _) in enumerate(sources)]
-    rates = [rate for _, rate in sources]
-    start = start_batch * host_batch
+    books = host_books(spec.scaffold_files, split, process_index=host, process_count=num_hosts, share=repeat)
+    log.info("input pipeline: %s of %d %s books on this host, %d tokens each",
+             " and ".join(f"{view} (rate {spec.view_rates[view]:g})" for view in spec.views), len(books), split,
+             spec.seq_len)
     if start_batch:
       log.info("input pipeline: starting at batch %d (example %d of this host's %d books)", start_batch,
-               start, len(books))
-
-    def generate() -> Iterator[Example]:
-      try:
-        if len(streams) == 1:
-          yield from streams[0].examples(start)
-        else:
-          yield from mixed(streams, rates, seed_key=(seed, host), start=start, repeat=repeat)
-      finally:
-        for kept in counts:
-          kept.flush()
-
+               start_batch * host_batch, len(books))
+    examples = functools.partial(_book_examples, spec, books, start=start_batch * host_batch,
+                                 seed_key=(seed, host), count_cache=count_cache, shuffle=shuffle, repeat=repeat,
+                                 shuffle_books=shuffle_books)
     signature = {name: tf.TensorSpec([None], tf.as_dtype(dtype)) for name, dtype in TASK_FEATURES.items()}
-    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
-    ds = converter(ds, task_feature_lengths(seq_len)).batch(host_batch, drop_remainder=repeat)
+    ds = tf.data.Dataset.from_generator(examples, output_signature=signature)
+    ds = converter(ds, task_feature_lengths(spec.seq_len)).batch(host_batch, drop_remainder=repeat)
   batches = ds.prefetch(2).as_numpy_iterator()
   if length_layout == "zigzag":
     return (zigzag.apply_layout(batch, sequence_shards) for batch in batches)
   return batches
 
 
-def _seqio_examples(task_name: str, *, split: str, seq_len: int, seed: int, repeat: bool, shuffle: bool,
-                    use_cached: bool, converter: seqio.FeatureConverter, host: int, num_hosts: int
-                    ) -> tf.data.Dataset:
-  """The examples of any seqio task through seqio (each host reads its own shards of the files)."""
+def _book_examples(spec: DataSpec, books: Sequence[Book], *, start: int, seed_key: tuple[int, int],
+                   count_cache: str | None, **order: Any) -> Iterator[Example]:
+  """The examples of `spec`'s views over this host's `books`, from position `start` on: one BookStream per
+  view, mixed at the views' rates when there are several. Counts are flushed when the reader stops."""
+  counts = [ExampleCounts(spec.examples_key(view), books, count_cache) for view in spec.views]
+  streams = [BookStream(books, spec.examples(view), counts[i], seed_key=(*seed_key, i), **order)
+             for i, view in enumerate(spec.views)]
+  try:
+    if len(streams) == 1:
+      yield from streams[0].examples(start)
+    else:
+      yield from mixed(streams, [spec.view_rates[view] for view in spec.views], seed_key=seed_key, start=start,
+                       repeat=order["repeat"])
+  finally:
+    for kept in counts:
+      kept.flush()
+
+
+def _cached_examples(spec: DataSpec, *, split: str, seed: int, repeat: bool, shuffle: bool,
+                     converter: seqio.FeatureConverter, host: int, num_hosts: int) -> tf.data.Dataset:
+  """The windows of `spec` from its offline cache, through seqio (each host reads its own shards)."""
+  task = tasks.cached_task(spec)
+  if task.cache_dir is None:
+    raise FileNotFoundError(f"no completed cache of {spec.cache_name!r} in {spec.cache_dir}: build it with "
+                            f"`{data_cache.rebuild_command(spec.cache_dir)}`")
+  log.info("reading the examples of %s from its offline cache %s", spec.cache_name, task.cache_dir)
   shard_info = seqio.ShardInfo(host, num_hosts) if num_hosts > 1 else None
-  return seqio.get_dataset(task_name, task_feature_lengths=task_feature_lengths(seq_len),
+  return seqio.get_dataset(task, task_feature_lengths=task_feature_lengths(spec.seq_len),
                            dataset_split=split, shuffle=shuffle, num_epochs=None if repeat else 1,
-                           shard_info=shard_info, seed=seed, use_cached=use_cached,
-                           feature_converter=converter)
-
-
-def _book_sources(task_name: str) -> list[tuple[tasks.BookSource, float]] | None:
-  """[(source, rate)] of an online task (rate 1) or of a mixture of online tasks over the same files;
-  None for anything else (read through seqio)."""
-  source = tasks.book_source(task_name)
-  if source is not None:
-    return [(source, 1.0)]
-  if task_name not in seqio.MixtureRegistry.names():
-    return None
-  mixture = seqio.get_mixture_or_task(task_name)
-  parts = [(tasks.book_source(task.name), float(mixture.get_rate(task))) for task in mixture.tasks]
-  if any(source is None for source, _ in parts) or len({s.scaffold_files for s, _ in parts}) != 1:
-    return None
-  return parts
+                           shard_info=shard_info, seed=seed, use_cached=True, feature_converter=converter)
 
 
 # ------------------------------------------------------------------------------------- books over hosts
@@ -193,7 +186,7 @@ def host_books(scaffold_files: str | Sequence[str], split: str, *, process_index
     raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
   mine, first, index = [], [], 0  # `first`: the split's first records, for `share`
   for path in records.list_scaffold_files(scaffold_files):
-    # The files were validated when the task was registered (xbook.data.tasks.register_task).
+    # The files were validated when the DataSpec was built (xbook.data.spec.DataSpec.build).
     for text, record in scaffold_lines(path, records.open_text, validate=False):
       if record.get("split", "train") != split:
         continue
@@ -218,7 +211,7 @@ class ExampleCounts:
   and in `folder` (one small JSON file per key and set of books, so each host reads and writes its own).
 
   Args:
-    key: what decides the examples of a record (xbook.data.tasks.BookSource.examples_key).
+    key: what decides the examples of a record (xbook.data.spec.DataSpec.examples_key).
     books: this host's books.
     folder: a folder (local or gs://) that keeps the counts between runs; None: this process only.
   """

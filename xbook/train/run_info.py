@@ -41,6 +41,7 @@ from etils import epath
 from xbook.atomic import atomic_open, is_url
 from xbook.data import trajectory
 from xbook.data.vocab import Vocabulary, load_vocabulary
+from xbook.data.spec import DataSpec, TrajectoryFormat
 from xbook.model import DecoderConfig
 
 # The paper profile of runs whose files name none (stage_protocol.DEFAULT_PROFILE when they were written).
@@ -130,7 +131,12 @@ class RunInfo(RunPaths):
   @property
   def is_paper(self) -> bool:
     """Whether the run learns the paper's stage protocol (plan order paper_stages, in `profile`)."""
-    return self.plan_order == trajectory.PAPER_STAGES
+    return self.trajectory_format.is_paper
+
+  @property
+  def trajectory_format(self) -> TrajectoryFormat:
+    """The trajectory format the run learns (its plan order and profile)."""
+    return TrajectoryFormat(self.plan_order, self.profile)
 
   def load_vocabulary(self) -> Vocabulary:
     """The run's vocabulary, checked to fit the model's embedding.
@@ -192,15 +198,16 @@ class RunInfo(RunPaths):
     return cls.read(run_dir) if RunPaths(epath.Path(run_dir)).model_json.is_file() else None
 
   @classmethod
-  def for_training(cls, run_dir: str | epath.Path, model: DecoderConfig, vocabulary: Vocabulary, *, seq_len: int,
-                   plan_order: str, profile: str | None, started_from: Mapping[str, Any] | None) -> RunInfo:
-    """The record of a training session: copies the vocabulary's files into the run's `vocab/` (created if
-    missing) and records that copy; `write` writes the record."""
+  def for_training(cls, run_dir: str | epath.Path, model: DecoderConfig, data: DataSpec, *,
+                   started_from: Mapping[str, Any] | None) -> RunInfo:
+    """The record of a training session on `data`: copies the vocabulary's files into the run's `vocab/`
+    (created if missing) and records that copy, the sequence length and the trajectory format; `write`
+    writes the record."""
     paths = RunPaths(epath.Path(run_dir))
-    copy = epath.Path(vocabulary.save(paths.vocab_dir))
-    return cls(run_dir=paths.run_dir, model=model, vocab=f"{paths.vocab_dir.name}/{copy.name}", seq_len=seq_len,
-               plan_order=plan_order, profile=profile if plan_order == trajectory.PAPER_STAGES else None,
-               started_from=dict(started_from) if started_from else None, vocab_source=vocabulary.path)
+    copy = epath.Path(data.vocabulary.save(paths.vocab_dir))
+    return cls(run_dir=paths.run_dir, model=model, vocab=f"{paths.vocab_dir.name}/{copy.name}", seq_len=data.seq_len,
+               plan_order=data.trajectory_format.plan_order, profile=data.trajectory_format.profile,
+               started_from=dict(started_from) if started_from else None, vocab_source=data.vocabulary.path)
 
   def to_json(self) -> dict[str, Any]:
     """model.json's content (the newest layout)."""

@@ -12,8 +12,8 @@
   data_history.jsonl  the data the run trains on (xbook.train.data_identity): a rerun on other data is
                     refused unless train.allow_data_change=True, which appends the change here
 
-A session of `train()` has three parts, each its own function: `setup_data` (the vocabulary and the
-seqio task), `restore_or_init` (own checkpoint, else warm start, else random init) and `TrainLoop` (steps,
+A session of `train()` has three parts, each its own function: `setup_data` (the run's DataSpec: the
+vocabulary loaded and the scaffold records validated, once), `restore_or_init` (own checkpoint, else warm start, else random init) and `TrainLoop` (steps,
 metrics read one step late, evaluation, checkpoints, and a stop that every host agrees on). On several
 hosts every decision that ends in a collective is taken by all hosts together: when to stop after a
 SIGTERM (xbook.train.preemption) and how many eval steps to run (xbook.train.eval_input).
@@ -40,15 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import seqio
 from etils import epath
 from tqdm import tqdm
 
 from xbook import paths
 from xbook.gin_flags import configured
-from xbook.data import cache as data_cache
 from xbook.data import features
-from xbook.data import paper_stages, tasks, trajectory, vocab
+from xbook.data import paper_stages, trajectory, vocab
+from xbook.data.spec import DEFAULT_VIEW_RATES, DataSpec, TrajectoryFormat
 from xbook.model import Decoder, DecoderConfig, LoraConfig
 from xbook.model import lora as lora_lib
 from xbook.train import adapters, data_identity, flops, partitioning, run_settings, warm_start
@@ -437,8 +436,8 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       interleaved, plans_first, paper_stages).
     repeat_weight: factor on the loss weight of plans a window repeats from an earlier window
       (xbook.data.windows; 0: each plan is learned where it first appears).
-    view_rates: None to train on the `windows` view; else {view: rate} of a seqio Mixture of the views
-      (xbook.data.tasks.VIEWS: windows, full, stages), e.g. {'windows': 3, 'stages': 1}.
+    view_rates: None to train on the `windows` view; else {view: rate} of a mixture of the views
+      (xbook.data.spec.VIEWS: windows, full, stages), e.g. {'windows': 3, 'stages': 1}.
     cache_dir: read the windows from the offline cache `xbook data cache` wrote under this folder
       (built at this seq_len, every split that training and evaluation read), not build them online.
     init_from: warm start: a new run's parameters come from this folder (written by `xbook weights
@@ -446,7 +445,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       fresh optimizer at step 0 (xbook.train.warm_start). Ignored once the run has a checkpoint of
       its own: a resumed run never reads it again.
     init_from_step: the checkpoint step of an `init_from` run (default: its latest).
-    task_name: seqio task (or mixture) name to register the scaffold files under.
+    task_name: the name of the offline cache's task (its folder under `cache_dir`; xbook.data.tasks).
     optimizer_config: the optimizer (None: OptimizerConfig with its gin bindings).
     mesh_config: the mesh (None: MeshConfig with its gin bindings).
     allow_data_change: resume a run whose data (vocabulary, scaffold files, plan order, profile, seq_len,
@@ -462,7 +461,7 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   vocab_path, scaffold_files = paths.absolute(vocab_path), paths.absolute_all(scaffold_files)
   length_layout = _renamed_argument("layout", layout, length_layout)
   plan_order = _renamed_argument("trajectory_layout", trajectory_layout, plan_order)
-  profile = paper_stages.configured_profile() if plan_order == trajectory.PAPER_STAGES else None
+  trajectory_format = TrajectoryFormat(plan_order, paper_stages.configured_profile())
   optimizer_config = optimizer_config or configured(OptimizerConfig)
   run_settings.check_train_settings(  # before anything is built or written
       dict(steps=steps, batch_size=batch_size, seq_len=seq_len, checkpoint_every=checkpoint_every,
@@ -477,12 +476,11 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
   log.info("mesh %s over %d devices; model of %.2fM parameters", dict(trainer.mesh.shape),
            trainer.mesh.size, model_config.num_params() / 1e6)
   with PreemptionGuard(trainer.mesh) as guard:  # from the start: a notice during setup is kept too
-    vocabulary = setup_data(task_name, scaffold_files, vocab_path, model_config, seq_len=seq_len,
-                            plan_order=plan_order, profile=profile, loss_weights=loss_weights,
-                            repeat_weight=repeat_weight, view_rates=view_rates, cache_dir=cache_dir)
-    data = data_identity.identity(vocabulary, scaffold_files, plan_order=plan_order, profile=profile,
-                                  seq_len=seq_len, loss_weights=loss_weights)
-    data_change = data_identity.check(run_path, data, has_checkpoints=bool(RunPaths(run_path).checkpoint_steps()),
+    data = setup_data(scaffold_files, vocab_path, model_config, seq_len=seq_len, trajectory_format=trajectory_format,
+                      loss_weights=loss_weights, repeat_weight=repeat_weight, view_rates=view_rates,
+                      cache_dir=cache_dir, cache_name=task_name)
+    data_change = data_identity.check(run_path, data_identity.identity(data),
+                                      has_checkpoints=bool(RunPaths(run_path).checkpoint_steps()),
                                       allow_change=allow_data_change)  # refused here: nothing written yet
     run_path.mkdir(parents=True, exist_ok=True)  # only once the data is found: a mistake leaves no folder
     checkpoints = RunCheckpoints(str(run_path), keep=keep_checkpoints, keep_every=keep_every)
@@ -492,17 +490,16 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       if jax.process_index() == 0:
         if data_change is not None:
           data_identity.append(run_path, data_change, start.step)
-        RunInfo.for_training(run_path, model_config, vocabulary, seq_len=seq_len, plan_order=plan_order,
-                             profile=profile, started_from=start.started_from).write(gin.operative_config_str())
+        RunInfo.for_training(run_path, model_config, data, started_from=start.started_from).write(
+            gin.operative_config_str())
       if start.step >= steps:
         return _finished(run_path, start.step, steps)
-      read = dict(seq_len=seq_len, sequence_shards=trainer.mesh.shape["sequence"], length_layout=length_layout,
-                  seed=seed, use_cached=bool(cache_dir))
-      batches = trajectory_batches(task_name, split="train", global_batch_size=batch_size,
+      read = dict(sequence_shards=trainer.mesh.shape["sequence"], length_layout=length_layout, seed=seed)
+      batches = trajectory_batches(data, split="train", global_batch_size=batch_size,
                                    start_batch=start.batches_consumed,
                                    count_cache=str(run_path / INPUT_COUNTS_DIR), **read)
-      validation = ValidationSet.from_task(task_name, global_batch_size=batch_size,
-                                           max_batches=eval_batches, **read) if eval_every else None
+      validation = ValidationSet.of_spec(data, global_batch_size=batch_size, max_batches=eval_batches,
+                                         **read) if eval_every else None
       loop = TrainLoop(trainer, LoopPlan(steps, checkpoint_every, log_every, eval_every),
                        checkpoints=checkpoints, guard=guard, validation=validation, profiler=profiler,
                        writer=MetricsWriter(run_path, resume_step=start.step),
@@ -513,33 +510,18 @@ def train(run_dir: str, *, scaffold_files: Sequence[str] | str = gin.REQUIRED,
       checkpoints.close()
 
 
-def setup_data(task_name: str, scaffold_files: Sequence[str] | str, vocab_path: str,
-               model_config: DecoderConfig, *, seq_len: int, plan_order: str, profile: str | None,
-               loss_weights: Mapping[str, float] | None, repeat_weight: float,
-               view_rates: Mapping[str, float] | None, cache_dir: str | None) -> vocab.Vocabulary:
-  """Load the vocabulary (checking that the model covers it) and register the run's seqio task, or the
-  mixture of `view_rates`, under `task_name`; with `cache_dir`, read from its offline cache.
-  Arguments as train()'s; returns the vocabulary."""
-  view_kwargs = dict(plan_order=plan_order, profile=profile, loss_weights=loss_weights,
-                     repeat_weight=repeat_weight)
-  if view_rates and cache_dir:
-    raise ValueError("train.cache_dir caches the windows view only; unset train.view_rates")
+def setup_data(scaffold_files: Sequence[str] | str, vocab_path: str, model_config: DecoderConfig, *, seq_len: int,
+               trajectory_format: TrajectoryFormat, loss_weights: Mapping[str, float] | None, repeat_weight: float,
+               view_rates: Mapping[str, float] | None, cache_dir: str | None, cache_name: str) -> DataSpec:
+  """The run's DataSpec: the vocabulary loaded (and checked to fit the model) and the scaffold records
+  validated, once, here. Arguments as train()'s (`view_rates` None: the windows view alone)."""
   vocabulary = vocab.load_vocabulary(vocab_path)
   if vocabulary.size > model_config.vocab_size:
     raise ValueError(f"vocabulary {vocabulary.path} has {vocabulary.size} ids but model_config.vocab_size "
                      f"is {model_config.vocab_size}; set DecoderConfig.vocab_size >= {vocabulary.size}")
-  if view_rates:
-    task = tasks.register_mixture(task_name, scaffold_files, vocabulary, rates=view_rates, **view_kwargs)
-  else:
-    task = tasks.register_task(task_name, "windows", scaffold_files, vocabulary,
-                               cached_length=seq_len if cache_dir else None, **view_kwargs)
-  if cache_dir:
-    seqio.add_global_cache_dirs([cache_dir])
-    if task.cache_dir is None:
-      raise FileNotFoundError(f"no completed cache of task {task_name!r} in {cache_dir}: build it with "
-                              f"`{data_cache.rebuild_command(cache_dir)}`")
-    log.info("reading the examples of %s from its offline cache %s", task_name, task.cache_dir)
-  return vocabulary
+  return DataSpec.build(scaffold_files, vocabulary, seq_len, trajectory_format=trajectory_format,
+                        loss_weights=loss_weights, repeat_weight=repeat_weight,
+                        view_rates=view_rates or DEFAULT_VIEW_RATES, cache_dir=cache_dir, cache_name=cache_name)
 
 
 @dataclasses.dataclass(frozen=True)
