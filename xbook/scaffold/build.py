@@ -421,6 +421,25 @@ def run_scaffold_build(books: Sequence[Book], summarizer: Summarizer, out_path: 
   """
   targets = targets or ScaffoldTargets()
   _check_format(plan_format)
+  split_of = _split_of_books(books, splits, concurrent_books)
+  state = _read_build_state(books, split_of, Path(out_path), record_summarizer(summarizer, targets), plan_format)
+  settings = _BuildSettings(summarizer, cache, targets, state.identity, plan_format, concurrent_books)
+  bar = _Progress(state.todo, progress, settings.paper_calls)
+  try:
+    asyncio.run(_build_all(state, settings, bar))
+  finally:
+    bar.close()
+  return ScaffoldBuild(records=state.ordered_records(), reports=[state.reports[book.id] for book in books],
+                       seconds=time.monotonic() - bar.start)
+
+
+def _split_of_books(books: Sequence[Book], splits: Mapping[str, str] | None,
+                    concurrent_books: int) -> dict[str, str]:
+  """The split of each book by id (every book "train" when `splits` is None).
+
+  Raises:
+    ValueError: for `concurrent_books` under 1, a book id given twice, or a book missing from `splits`.
+  """
   if concurrent_books < 1:
     raise ValueError(f"concurrent_books must be at least 1, got {concurrent_books}")
   ids = [book.id for book in books]
@@ -429,52 +448,102 @@ def run_scaffold_build(books: Sequence[Book], summarizer: Summarizer, out_path: 
     raise ValueError(f"book ids must be unique; repeated: {repeated}")
   if splits is not None and (missing := [i for i in ids if i not in splits]):
     raise ValueError(f"no split given for book(s) {missing}")
-  split_of = {i: splits[i] if splits is not None else "train" for i in ids}
+  return {i: splits[i] if splits is not None else "train" for i in ids}
 
-  out_path = Path(out_path)
+
+@dataclasses.dataclass
+class _BuildState:
+  """Where a build stands: the output file's records by book id (those read from it, then those built),
+  the order the file is written in (records already there in their order, then new books in the order
+  given), each book's split and report, the `summarizer` field every record is built with, and the books
+  left to build (those whose record is not current)."""
+
+  out_path: Path
+  records: dict[str, dict[str, Any]]
+  order: list[str]
+  split_of: dict[str, str]
+  reports: dict[str, BookReport]
+  identity: dict[str, Any]
+  todo: list[Book]
+
+  def ordered_records(self) -> list[dict[str, Any]]:
+    """The records now held, in file order."""
+    return [self.records[i] for i in self.order if i in self.records]
+
+  def save(self) -> None:
+    """Rewrite the output file atomically with the records now held."""
+    write_scaffolds(self.out_path, self.ordered_records())
+
+
+def _read_build_state(books: Sequence[Book], split_of: Mapping[str, str], out_path: Path,
+                      identity: dict[str, Any], plan_format: str) -> _BuildState:
+  """The state of a build of `books` into `out_path` before any book is built: the records already in
+  `out_path` (none if it is missing), the books whose record is current marked "kept" and the others to
+  build (logged)."""
   records = {r["book"]["id"]: r for r in read_scaffolds(out_path)} if out_path.exists() else {}
+  ids = [book.id for book in books]
   order = list(records) + [i for i in ids if i not in records]
-  identity = record_summarizer(summarizer, targets)
   reports = {i: BookReport(i) for i in ids}
   todo = [b for b in books if not _is_current(records.get(b.id), b, split_of[b.id], identity, plan_format)]
   for kept in set(ids) - {b.id for b in todo}:
     reports[kept].status = "kept"
   log.info("scaffolds: %d of %d books to build, %d kept from %s",
            len(todo), len(books), len(books) - len(todo), out_path)
+  return _BuildState(out_path, records, order, dict(split_of), reports, identity, todo)
 
-  async def build_all(bar: _Progress) -> None:
-    book_slots = asyncio.Semaphore(concurrent_books)
-    async with summarizer_session(summarizer) as call:
-      calls = _CachedCalls(summarizer, call, cache, bar)
 
-      async def build_one(book: Book) -> None:
-        report = reports[book.id]
-        async with book_slots:
-          start = time.monotonic()
-          try:
-            paper = (_paper_builder(summarizer, call, cache, report, bar) if plan_format == "paper"
-                     else None)
-            records[book.id] = await _build_record(book, functools.partial(calls.summarize, report),
-                                                   identity, split_of[book.id], targets, summarizer, paper)
-            write_scaffolds(out_path, [records[i] for i in order if i in records])
-          except Exception as error:  # noqa: BLE001 - reported per book; the other books go on
-            report.status, report.reason = "failed", f"{type(error).__name__}: {error}"
-            log.debug("book %s failed", book.id, exc_info=True)
-          report.seconds = time.monotonic() - start
-          bar.book_done(report, calls_to_build(book, paper_calls) - report.calls - report.cache_hits)
+@dataclasses.dataclass(frozen=True)
+class _BuildSettings:
+  """What every book of one build is built with (the arguments of `run_scaffold_build`)."""
 
-      await _all(build_one(book) for book in todo)
-      # Calls still answering for a book that failed meanwhile: keep what they were paid for.
-      await asyncio.gather(*calls.in_flight.values(), return_exceptions=True)
+  summarizer: Summarizer
+  cache: SummaryCache | None
+  targets: ScaffoldTargets
+  identity: dict[str, Any]
+  plan_format: str
+  concurrent_books: int
 
-  paper_calls = plan_format == "paper" and hasattr(summarizer, "session")
-  bar = _Progress(todo, progress, paper_calls)
+  @property
+  def paper_calls(self) -> bool:
+    """Whether each book also takes the paper format's calls (the paper format from a chat backend)."""
+    return self.plan_format == "paper" and hasattr(self.summarizer, "session")
+
+
+async def _build_all(state: _BuildState, settings: _BuildSettings, bar: _Progress) -> None:
+  """Build `state.todo`, up to `settings.concurrent_books` at a time in one summarizer session, each
+  through `_build_and_save`; then wait for the calls still answering for a book that failed meanwhile,
+  so that the cache keeps what they were paid for."""
+  book_slots = asyncio.Semaphore(settings.concurrent_books)
+  async with summarizer_session(settings.summarizer) as call:
+    calls = _CachedCalls(settings.summarizer, call, settings.cache, bar)
+
+    async def build_one(book: Book) -> None:
+      async with book_slots:
+        await _build_and_save(book, state, settings, call, calls, bar)
+
+    await _all(build_one(book) for book in state.todo)
+    await asyncio.gather(*calls.in_flight.values(), return_exceptions=True)
+
+
+async def _build_and_save(book: Book, state: _BuildState, settings: _BuildSettings, call: Any,
+                          calls: _CachedCalls, bar: _Progress) -> None:
+  """Build `book`'s record into `state` and rewrite the output file; a failure (any Exception) is
+  recorded in the book's report, not raised, so that the other books go on. The report gets the book's
+  wall time and the progress bar the book's end (and the summaries it will no longer ask for)."""
+  report = state.reports[book.id]
+  start = time.monotonic()
   try:
-    asyncio.run(build_all(bar))
-  finally:
-    bar.close()
-  return ScaffoldBuild(records=[records[i] for i in order if i in records],
-                       reports=[reports[i] for i in ids], seconds=time.monotonic() - bar.start)
+    paper = (_paper_builder(settings.summarizer, call, settings.cache, report, bar)
+             if settings.plan_format == "paper" else None)
+    state.records[book.id] = await _build_record(book, functools.partial(calls.summarize, report),
+                                                 settings.identity, state.split_of[book.id], settings.targets,
+                                                 settings.summarizer, paper)
+    state.save()
+  except Exception as error:  # noqa: BLE001 - reported per book; the other books go on
+    report.status, report.reason = "failed", f"{type(error).__name__}: {error}"
+    log.debug("book %s failed", book.id, exc_info=True)
+  report.seconds = time.monotonic() - start
+  bar.book_done(report, calls_to_build(book, settings.paper_calls) - report.calls - report.cache_hits)
 
 
 def build_scaffolds(books: Sequence[Book], summarizer: Summarizer, out_path: str | os.PathLike[str],
