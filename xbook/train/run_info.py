@@ -39,6 +39,7 @@ from typing import Any, Mapping
 from etils import epath
 
 from xbook.atomic import atomic_open, is_url
+from xbook.json_records import read_json_record
 from xbook.data import trajectory
 from xbook.data.vocab import Vocabulary, load_vocabulary
 from xbook.data.spec import DataSpec, TrajectoryFormat
@@ -161,14 +162,8 @@ class RunInfo(RunPaths):
     """
     paths = RunPaths(epath.Path(run_dir))
     path = paths.model_json
-    if not path.is_file():
-      raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory made by `xbook train`?")
-    try:
-      recorded = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-      raise ValueError(f"{path}: not valid JSON ({error}); restore it from the run's copy or retrain") from None
-    if not isinstance(recorded, dict):
-      raise ValueError(f"{path}: expected a JSON object (the run's record), got {type(recorded).__name__}")
+    recorded = read_json_record(path, missing_hint=f"is {run_dir} a run directory made by `xbook train`?",
+                                fix="restore it from the run's copy or retrain", what="the run's record")
     if "hf_model_type" in recorded and "vocab_path" not in recorded and (paths.run_dir / "params").is_dir():
       raise ValueError(f"{run_dir} holds imported weights (`xbook weights import`), not a run of `xbook train`: "
                        f"train from them with train.init_from={run_dir}, or export them with "

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from xbook.atomic import atomic_open
+from xbook.json_records import read_json_record
 from xbook.model.config import DecoderConfig
 from xbook.model.decoder import abstract_params
 
@@ -83,13 +84,9 @@ class ImportedWeights:
       ValueError: model.json is not a JSON object or misstates the DecoderConfig (the message says which field).
     """
     path = epath.Path(folder) / "model.json"
-    if not path.is_file():
-      raise FileNotFoundError(f"{path} not found: is {folder} a folder written by `xbook weights import`?")
-    try:
-      recorded = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-      raise ValueError(f"{path}: not valid JSON ({error}); import the weights again") from None
-    if not isinstance(recorded, dict) or "model" not in recorded:
+    recorded = read_json_record(path, missing_hint=f"is {folder} a folder written by `xbook weights import`?",
+                                fix="import the weights again", what="the imported weights' record")
+    if "model" not in recorded:
       raise ValueError(f"{path}: no `model` (the DecoderConfig of the weights); import the weights again")
     return cls(folder=epath.Path(folder), model=DecoderConfig.from_record(recorded["model"], path),
                hf_model_type=recorded.get("hf_model_type"), hf_config=recorded.get("hf_config") or {})
