@@ -32,6 +32,7 @@ from xbook.data import pieces, tasks, tekken, trajectory, vocab
 from xbook.data.feature_converter import TrajectoryFeatureConverter, task_feature_lengths
 from xbook.data.spec import DataSpec
 from xbook.infer import generate
+from xbook.infer.chat_template import load_chat_template
 from xbook.model import Decoder, DecoderConfig
 
 # Llama 3's pre-tokenizer regex (also transformers' default for tiktoken files).
@@ -298,6 +299,22 @@ def test_a_folder_prefers_tokenizer_json_and_save_makes_a_self_contained_copy(ll
   assert sorted(p.name for p in (tmp_path / "runs" / "llama3" / "vocab").iterdir()) == [
       "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
 
+
+
+def test_a_chat_template_jinja_beside_the_tokenizer_is_copied_with_the_vocabulary(llama3_folder, tmp_path):
+  # Newer Hugging Face folders keep the chat template in chat_template.jinja, not in tokenizer_config.json.
+  folder = Path(shutil.copytree(llama3_folder, tmp_path / "model"))
+  template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+  (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+  original = vocab.load_vocabulary(folder)
+  without = vocab.load_vocabulary(llama3_folder)
+  assert (original.bos_id, original.eos_id, original.pad_id) == (without.bos_id, without.eos_id, without.pad_id)
+  saved = Path(original.save(tmp_path / "run" / "vocab")).parent
+  assert (saved / "chat_template.jinja").read_bytes() == (folder / "chat_template.jinja").read_bytes()
+  assert sorted(p.name for p in saved.iterdir()) == [
+      "chat_template.jinja", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+  assert vocab.load_vocabulary(saved) == original
+  assert load_chat_template(saved).render([{"role": "user", "content": "Hi"}]) == "<user>Hi<|end_of_text|>"
 
 def test_seqio_vocabulary_pickles_deep_copies_and_compares_equal(llama3_folder, qwen_folder, tmp_path):
   v = vocab.load_vocabulary(llama3_folder)

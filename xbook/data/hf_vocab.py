@@ -43,7 +43,11 @@ from xbook.data import tekken
 from xbook.data.vocab_base import Vocabulary, find_marker_style
 
 # Files beside a tokenizer.json that name its special tokens, in the order they are believed.
-SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "config.json", "generation_config.json")
+SPECIAL_TOKEN_FILES = ("tokenizer_config.json", "special_tokens_map.json", "config.json", "generation_config.json")
+# Every file beside a tokenizer.json that is kept with it (Vocabulary.save copies them into a run's vocab/):
+# those, and the chat template that newer model folders keep in a file of its own rather than as
+# tokenizer_config.json's `chat_template` (xbook.infer.chat_template reads either).
+SIDE_FILES = SPECIAL_TOKEN_FILES + ("chat_template.jinja",)
 SPECIAL_NAMES = ("bos", "eos", "pad", "unk")
 # The first input of a model that has no BOS (module docstring).
 DOCUMENT_SEPARATOR = "<|endoftext|>"
@@ -118,13 +122,17 @@ def _named_id(name: str, tokenizer: tokenizers.Tokenizer, size: int, side: Mappi
   return None, ""
 
 
-def _read_side_files(folder: epath.Path) -> dict[str, tuple[Mapping[str, Any], bytes]]:
-  """{name: (parsed, raw bytes)} of the SIDE_FILES present in `folder`."""
+def _read_side_files(folder: epath.Path) -> dict[str, tuple[Mapping[str, Any] | None, bytes]]:
+  """{name: (parsed, raw bytes)} of the SIDE_FILES present in `folder`; parsed is the JSON of a
+  SPECIAL_TOKEN_FILES file, None for the others (kept as they are)."""
   side = {}
   for name in SIDE_FILES:
     path = folder / name
     if path.is_file():
       raw = path.read_bytes()
+      if name not in SPECIAL_TOKEN_FILES:
+        side[name] = None, raw
+        continue
       try:
         side[name] = json.loads(raw), raw
       except json.JSONDecodeError as error:
@@ -141,7 +149,7 @@ def _tokenizer_json_specials(tokenizer: tokenizers.Tokenizer, model: Mapping[str
   if special["unk"][0] is None and isinstance(model.get("unk_token"), str):
     special["unk"] = tokenizer.token_to_id(model["unk_token"]), "tokenizer.json model.unk_token"
   if special["eos"][0] is None:
-    raise ValueError(f"{folder}: no EOS token named in {', '.join(SIDE_FILES)}; trajectories need one to "
+    raise ValueError(f"{folder}: no EOS token named in {', '.join(SPECIAL_TOKEN_FILES)}; trajectories need one to "
                      "end a book: set eos_token in tokenizer_config.json")
   if special["bos"][0] is None:
     separator = tokenizer.token_to_id(DOCUMENT_SEPARATOR)
@@ -157,7 +165,8 @@ def _load_tokenizer_json(file: epath.Path, data: bytes, parsed: Mapping[str, Any
     raise ValueError(f"{file}: tokenizers cannot read it ({error})") from error
   side = _read_side_files(file.parent)
   special = _tokenizer_json_specials(tokenizer, parsed.get("model") or {},
-                                     {name: parsed_side for name, (parsed_side, _) in side.items()},
+                                     {name: parsed_side for name, (parsed_side, _) in side.items()
+                                      if parsed_side is not None},
                                      os.fspath(file.parent))
   files = {file.name: data, **{name: raw for name, (_, raw) in side.items()}}
   return TokenizersVocab(os.fspath(file), files, tokenizer, special)
