@@ -37,6 +37,20 @@ def test_each_subcommand_has_help_with_an_example(command, capsys):
   assert "example:" in out and f"xbook {' '.join(command)}" in out
 
 
+
+def _mesh_help(command: tuple[str, ...]) -> str:
+  parser = cli.build_parser()
+  for name in command:
+    parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[name]
+  return next(a for a in parser._actions if "--mesh" in a.option_strings).help
+
+
+def test_mesh_help_says_whether_the_command_reads_gins_mesh_config():
+  # The decoding commands read --mesh only; `xbook eval` falls back to MeshConfig as gin binds it.
+  for command in (("generate",), ("write",), ("serve",)):
+    assert "reads no MeshConfig from gin" in _mesh_help(command), command
+  assert "default: MeshConfig if gin binds it" in _mesh_help(("eval",))
+
 def test_gin_bindings_are_refused_where_no_gin_config_applies(capsys):
   with pytest.raises(SystemExit):
     cli.main(["vocab", "train", "--scaffolds", "x", "--out", "y", "--gin.train.steps=3"])

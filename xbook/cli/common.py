@@ -57,11 +57,16 @@ def refuse_overwrite(path: str, overwrite: bool, flag: str = "--out") -> None:
 
 
 def add_mesh_flags(p: argparse.ArgumentParser) -> None:
-  """--mesh and --shard_cache_length: decoding on a device mesh (xbook.infer.placement)."""
+  """--mesh and --shard_cache_length: decoding on a device mesh (xbook.infer.placement).
+
+  The decoding commands (generate, write, serve) read the mesh from --mesh only, never from gin's MeshConfig
+  (`xbook eval` has a --mesh of its own that falls back to MeshConfig), and the help says so.
+  """
   p.add_argument("--mesh", default=None, metavar="AXIS=N,...",
                  help="decode on a device mesh, e.g. --mesh tensor=4,sequence=2 (axes data, fsdp, sequence, "
                       "tensor; unnamed ones 1, one may be -1): parameters sharded over tensor (heads, MLP) and "
-                      "fsdp, the KV cache over kv heads; default: one device, or MeshConfig in gin if bound")
+                      "fsdp, the KV cache over kv heads; default: one device (this command reads no MeshConfig "
+                      "from gin: pass --mesh)")
   p.add_argument("--shard_cache_length", action="store_true",
                  help="also shard the KV cache's length over the mesh's sequence axis (long contexts)")
 
