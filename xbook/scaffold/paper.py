@@ -453,82 +453,103 @@ def _dialog_problems(what: str, scores: Sequence[Mapping[str, int]], shares: Seq
 
 async def model_paper(book: Book, record: Mapping[str, Any], ask: CheckedAsk,
                       model: str) -> dict[str, Any]:
-  """The `paper` field of `record` written by a chat backend through `ask` (module docstring)."""
+  """The `paper` field of `record` written by a chat backend through `ask` (module docstring): a plan and a
+  scene breakdown per chapter, the preview and the characters asked for at once, then the book plan."""
   templates = load_templates()
   measured = measured_chapters(book, record)
   names = [{"name": m["name"]} for m in measured]
-
-  async def chapter_plan(m: Mapping[str, Any]) -> dict[str, Any]:
-    word_count = sp.bin_word_count(m["n_words"])
-    prompt = templates["chapter_plan"].format(
-        name=m["name"], word_count=word_count, dialog_percent=round(100 * m["quoted_share"]),
-        dialog=measures.dialog_score(m["quoted_share"]),
-        scenes="\n\n".join(s for scene in m["scenes"] for s in scene["summaries"]))
-    context = sp.StageContext(profile="24b_first_chapter",
-                              chapters=[{"name": m["name"], "word_count": word_count, "embedding": None}])
-
-    def check(text: str) -> list[str]:
-      problems = sp.check_stage("first_chapter_plan", text, context)
-      if problems:
-        return problems
-      if sum(line.startswith("### ") for line in text.split("\n")) != 1:
-        return ["chapter_plan: write exactly one chapter block (one '### ' line)"]
-      block = sp.parse_stage("first_chapter_plan", text, "24b_first_chapter")
-      return _dialog_problems(f"chapter {m['name']!r}", [block["embedding"]], [m["quoted_share"]])
-
-    return sp.parse_stage("first_chapter_plan", await ask("chapter_plan", prompt, check), "24b_first_chapter")
-
-  async def scene_breakdown(i: int, m: Mapping[str, Any]) -> list[dict[str, Any]]:
-    scenes = m["scenes"]
-    listed = "\n\n".join(
-        f"SCENE {k}: {sp.bin_word_count(s['n_words'])} words, {round(100 * s['quoted_share'])}% dialogue\n"
-        + "\n".join(s["summaries"]) for k, s in enumerate(scenes, start=1))
-    prompt = templates["scene_breakdown"].format(name=m["name"], n_scenes=len(scenes), scenes=listed)
-    context = sp.StageContext(chapters=names, chapter=i, n_scenes=len(scenes),
-                              scene_word_counts=[sp.bin_word_count(s["n_words"]) for s in scenes])
-
-    def check(text: str) -> list[str]:
-      problems = sp.check_stage("scene_breakdown", text, context)
-      if problems:
-        return problems
-      parsed = sp.parse_stage("scene_breakdown", text)["scenes"]
-      return _dialog_problems(f"chapter {m['name']!r}", [s["embedding"] for s in parsed],
-                              [s["quoted_share"] for s in scenes])
-
-    return sp.parse_stage("scene_breakdown", await ask("scene_breakdown", prompt, check))["scenes"]
-
-  async def preview() -> dict[str, Any]:
-    title = preview_text(measures.book_title(book.title)) or "Untitled"
-    prompt = templates["book_preview"].format(title=title, synopsis=record["synopsis"])
-
-    def check(text: str) -> list[str]:
-      return sp.check_stage("book_preview", _with_title(text, title), sp.StageContext())
-
-    return sp.parse_stage("book_preview", _with_title(await ask("book_preview", prompt, check), title))["preview"]
-
-  async def characters() -> dict[str, Any]:
-    listed = "\n".join(f"- {c['name']} ({c['role']}, named {c['mentions']} times)"
-                       + (f": {c['description']}" if c["description"] else "") for c in record["characters"])
-    prompt = templates["characters"].format(synopsis=record["synopsis"], characters=listed or "(none found)")
-    check = functools.partial(sp.check_stage, "book_characters_list", context=sp.StageContext())
-    return sp.parse_stage("book_characters_list", await ask("characters", prompt, check))
-
   plans, breakdowns, book_preview, cast = await asyncio.gather(
-      asyncio.gather(*(chapter_plan(m) for m in measured)),
-      asyncio.gather(*(scene_breakdown(i, m) for i, m in enumerate(measured))),
-      preview(), characters())
-  chapters = []
-  for m, plan, scenes in zip(measured, plans, breakdowns):
-    chapters.append({"name": m["name"], "n_words": m["n_words"], "quoted_share": m["quoted_share"],
-                     "embedding": plan["embedding"], "focuses": plan["focuses"], "summary": plan["summary"],
-                     "scenes": [{"title": s["title"], "n_words": ms["n_words"], "quoted_share": ms["quoted_share"],
-                                 "embedding": s["embedding"], "focus": s["focus"], "perspective": s["perspective"],
-                                 "summary": s["summary"], "xbook_scenes": ms["xbook_scenes"]}
-                                for s, ms in zip(scenes, m["scenes"])]})
+      asyncio.gather(*(_model_chapter_plan(m, ask, templates["chapter_plan"]) for m in measured)),
+      asyncio.gather(*(_model_scene_breakdown(i, m, names, ask, templates["scene_breakdown"])
+                       for i, m in enumerate(measured))),
+      _model_preview(book, record, ask, templates["book_preview"]),
+      _model_characters(record, ask, templates["characters"]))
+  chapters = [_paper_chapter(m, plan, scenes) for m, plan, scenes in zip(measured, plans, breakdowns)]
   plan = await _model_book_plan(record, chapters, ask, templates)
   return {"schema": PAPER_SCHEMA, "builder": {"method": "model", "version": VERSION, "model": model},
           "sources": _sources("model", False), "preview": book_preview, "characters": cast,
           "chapters": chapters, **plan}
+
+
+async def _model_chapter_plan(m: Mapping[str, Any], ask: CheckedAsk, template: str) -> dict[str, Any]:
+  """The parsed plan of measured chapter `m` (one 24b first-chapter-plan block, its dialog score within
+  DIALOG_TOLERANCE of the measured one), asked for with the chapter_plan `template`."""
+  word_count = sp.bin_word_count(m["n_words"])
+  prompt = template.format(
+      name=m["name"], word_count=word_count, dialog_percent=round(100 * m["quoted_share"]),
+      dialog=measures.dialog_score(m["quoted_share"]),
+      scenes="\n\n".join(s for scene in m["scenes"] for s in scene["summaries"]))
+  context = sp.StageContext(profile="24b_first_chapter",
+                            chapters=[{"name": m["name"], "word_count": word_count, "embedding": None}])
+
+  def check(text: str) -> list[str]:
+    problems = sp.check_stage("first_chapter_plan", text, context)
+    if problems:
+      return problems
+    if sum(line.startswith("### ") for line in text.split("\n")) != 1:
+      return ["chapter_plan: write exactly one chapter block (one '### ' line)"]
+    block = sp.parse_stage("first_chapter_plan", text, "24b_first_chapter")
+    return _dialog_problems(f"chapter {m['name']!r}", [block["embedding"]], [m["quoted_share"]])
+
+  return sp.parse_stage("first_chapter_plan", await ask("chapter_plan", prompt, check), "24b_first_chapter")
+
+
+async def _model_scene_breakdown(i: int, m: Mapping[str, Any], names: list[dict[str, Any]],
+                                 ask: CheckedAsk, template: str) -> list[dict[str, Any]]:
+  """The parsed scenes of measured chapter `m` (the `i`th of the chapters `names`), one per measured scene,
+  each dialog score within DIALOG_TOLERANCE of the measured one, asked for with the scene_breakdown
+  `template`."""
+  scenes = m["scenes"]
+  listed = "\n\n".join(
+      f"SCENE {k}: {sp.bin_word_count(s['n_words'])} words, {round(100 * s['quoted_share'])}% dialogue\n"
+      + "\n".join(s["summaries"]) for k, s in enumerate(scenes, start=1))
+  prompt = template.format(name=m["name"], n_scenes=len(scenes), scenes=listed)
+  context = sp.StageContext(chapters=names, chapter=i, n_scenes=len(scenes),
+                            scene_word_counts=[sp.bin_word_count(s["n_words"]) for s in scenes])
+
+  def check(text: str) -> list[str]:
+    problems = sp.check_stage("scene_breakdown", text, context)
+    if problems:
+      return problems
+    parsed = sp.parse_stage("scene_breakdown", text)["scenes"]
+    return _dialog_problems(f"chapter {m['name']!r}", [s["embedding"] for s in parsed],
+                            [s["quoted_share"] for s in scenes])
+
+  return sp.parse_stage("scene_breakdown", await ask("scene_breakdown", prompt, check))["scenes"]
+
+
+async def _model_preview(book: Book, record: Mapping[str, Any], ask: CheckedAsk, template: str) -> dict[str, Any]:
+  """The parsed book preview from the record's synopsis, under the title measured from `book` (the
+  model's title line replaced by it), asked for with the book_preview `template`."""
+  title = preview_text(measures.book_title(book.title)) or "Untitled"
+  prompt = template.format(title=title, synopsis=record["synopsis"])
+
+  def check(text: str) -> list[str]:
+    return sp.check_stage("book_preview", _with_title(text, title), sp.StageContext())
+
+  return sp.parse_stage("book_preview", _with_title(await ask("book_preview", prompt, check), title))["preview"]
+
+
+async def _model_characters(record: Mapping[str, Any], ask: CheckedAsk, template: str) -> dict[str, Any]:
+  """The parsed characters list from the record's synopsis and extracted characters, asked for with the
+  characters `template`."""
+  listed = "\n".join(f"- {c['name']} ({c['role']}, named {c['mentions']} times)"
+                     + (f": {c['description']}" if c["description"] else "") for c in record["characters"])
+  prompt = template.format(synopsis=record["synopsis"], characters=listed or "(none found)")
+  check = functools.partial(sp.check_stage, "book_characters_list", context=sp.StageContext())
+  return sp.parse_stage("book_characters_list", await ask("characters", prompt, check))
+
+
+def _paper_chapter(m: Mapping[str, Any], plan: Mapping[str, Any],
+                   scenes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """A chapter of the paper field: measured chapter `m`'s figures with the model's `plan` of it and its
+  `scenes` (the scene breakdown, one per measured scene)."""
+  return {"name": m["name"], "n_words": m["n_words"], "quoted_share": m["quoted_share"],
+          "embedding": plan["embedding"], "focuses": plan["focuses"], "summary": plan["summary"],
+          "scenes": [{"title": s["title"], "n_words": ms["n_words"], "quoted_share": ms["quoted_share"],
+                      "embedding": s["embedding"], "focus": s["focus"], "perspective": s["perspective"],
+                      "summary": s["summary"], "xbook_scenes": ms["xbook_scenes"]}
+                     for s, ms in zip(scenes, m["scenes"])]}
 
 
 def _with_title(text: str, title: str) -> str:

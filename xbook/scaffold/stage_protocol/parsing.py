@@ -7,7 +7,7 @@ the parser accepts blank lines anywhere and ignores trailing spaces (the package
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from xbook.scaffold.stage_protocol.framing import StageFormatError, _check_order
 from xbook.scaffold.stage_protocol.measures import bin_word_count, parse_embedding, preview_words
@@ -280,6 +280,20 @@ def _parse_book_plan(text: str, profile: Profile) -> tuple[dict[str, Any], list[
   `chapters` ([{name, word_count, embedding}], in order)."""
   reader = _Reader(text, "book_plan")
   sections = _read_sections(reader, PLAN_SECTIONS_14B if profile.full_book else PLAN_SECTIONS_24B)
+  out = _read_plan_lists(sections, profile)
+  if not profile.full_book:
+    if "Story Arcs" in sections:
+      out["arcs"] = [{"name": n, "short": b} for n, b in _read_arc_bullets(sections["Story Arcs"], BULLETS["short"])]
+    return out, reader.problems
+  arc_sections = _read_arc_sections_14b(sections)
+  out["arcs"] = _arcs_14b(reader, arc_sections)
+  out["chapters"] = _plan_chapters_14b(reader, arc_sections)
+  return out, reader.problems
+
+
+def _read_plan_lists(sections: Mapping[str, _Reader], profile: Profile) -> dict[str, Any]:
+  """The fields of a book plan that both profiles have, from its `sections` present (a 24b plan's preview
+  first), in the order they are read: preview, world rules, character archetypes, writing style."""
   out: dict[str, Any] = {}
   if not profile.full_book:
     out["preview"] = _read_preview(sections)
@@ -293,14 +307,33 @@ def _parse_book_plan(text: str, profile: Profile) -> tuple[dict[str, Any], list[
   if "Writing Style" in sections:
     out["writing_style"] = sections["Writing Style"].bullets("the writing style", BULLETS["writing_style"])
     sections["Writing Style"].end()
-  if not profile.full_book:
-    if "Story Arcs" in sections:
-      out["arcs"] = [{"name": n, "short": b} for n, b in _read_arc_bullets(sections["Story Arcs"], BULLETS["short"])]
-    return out, reader.problems
-  arc_sections = {}
+  return out
+
+
+class _ArcSections14b(NamedTuple):
+  """The per-arc sections of a 14b book plan as read, each [(arc name, value)] in order ([] if absent).
+
+  Attributes:
+    bullets: {"short", "medium", "long": [(arc name, bullets)]} of the story arc sections present.
+    counts: Number of Chapters, [(arc name, chapter count)].
+    names: Chapter Names, [(arc name, [chapter name])].
+    embeddings: Chapters Embedding Space, [(arc name, [(chapter name, embedding)])].
+    words: Chapters Word Count, [(arc name, [(chapter name, word count)])].
+  """
+
+  bullets: dict[str, list[tuple[str, list[str]]]]
+  counts: list[tuple[str, int]]
+  names: list[tuple[str, list[str]]]
+  embeddings: list[tuple[str, list[tuple[str, Any]]]]
+  words: list[tuple[str, list[tuple[str, Any]]]]
+
+
+def _read_arc_sections_14b(sections: Mapping[str, _Reader]) -> _ArcSections14b:
+  """Read the per-arc sections of a 14b book plan present in `sections` (problems go to their readers)."""
+  bullets = {}
   for field, title in (("short", "Short Story Arcs"), ("medium", "Medium Story Arcs"), ("long", "Long Story Arcs")):
     if title in sections:
-      arc_sections[field] = _read_arc_bullets(sections[title], BULLETS[field])
+      bullets[field] = _read_arc_bullets(sections[title], BULLETS[field])
   counts = []
   if "Number of Chapters" in sections:
     counts = _read_arcs(sections["Number of Chapters"], (1, MAX_ARCS), _read_arc_count)
@@ -314,9 +347,15 @@ def _parse_book_plan(text: str, profile: Profile) -> tuple[dict[str, Any], list[
   if "Chapters Word Count" in sections:
     words = _read_arcs(sections["Chapters Word Count"], (1, MAX_ARCS),
                        lambda r, name: _read_arc_chapter_values(r, name, "word count", _read_bare_word_count))
+  return _ArcSections14b(bullets, counts, names, embeddings, words)
+
+
+def _arcs_14b(reader: _Reader, read: _ArcSections14b) -> list[dict[str, Any]]:
+  """The `arcs` of a 14b plan ([{name, short, medium, long, chapters}], in the short story arcs' order);
+  a section whose arcs differ from the short story arcs' is a problem."""
   titles = {field: [n for n, _ in arcs] for field, arcs in
-            [*arc_sections.items(), ("count", counts), ("names", names), ("embedding", embeddings),
-             ("word_count", words)]}
+            [*read.bullets.items(), ("count", read.counts), ("names", read.names), ("embedding", read.embeddings),
+             ("word_count", read.words)]}
   reference = titles.get("short", [])
   for field, got in titles.items():
     if got != reference:
@@ -325,10 +364,16 @@ def _parse_book_plan(text: str, profile: Profile) -> tuple[dict[str, Any], list[
   for i, name in enumerate(reference):
     arc: dict[str, Any] = {"name": name}
     for field in ("short", "medium", "long"):
-      arc[field] = arc_sections[field][i][1] if field in arc_sections and i < len(arc_sections[field]) else []
-    arc["chapters"] = counts[i][1] if i < len(counts) else 0
+      arc[field] = read.bullets[field][i][1] if field in read.bullets and i < len(read.bullets[field]) else []
+    arc["chapters"] = read.counts[i][1] if i < len(read.counts) else 0
     arcs.append(arc)
-  out["arcs"] = arcs
+  return arcs
+
+
+def _plan_chapters_14b(reader: _Reader, read: _ArcSections14b) -> list[dict[str, Any]]:
+  """The chapters of a 14b plan ([{name, embedding, word_count}], arc by arc in the Chapter Names order); an
+  arc whose chapter count, embeddings or word counts do not match its chapter names is a problem."""
+  names, embeddings, words, counts = read.names, read.embeddings, read.words, read.counts
   plan_chapters = []
   for i in range(len(names)):
     arc_names = names[i][1]
@@ -345,8 +390,7 @@ def _parse_book_plan(text: str, profile: Profile) -> tuple[dict[str, Any], list[
       plan_chapters.append({"name": chapter_name,
                             "embedding": arc_embeddings[j][1] if j < len(arc_embeddings) else {},
                             "word_count": arc_words[j][1] if j < len(arc_words) else None})
-  out["chapters"] = plan_chapters
-  return out, reader.problems
+  return plan_chapters
 
 
 def _read_arc_count(reader: _Reader, name: str) -> int:
