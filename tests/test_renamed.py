@@ -12,10 +12,16 @@ import pytest
 
 from xbook import cli_gin
 from xbook.data import cache
-from xbook.infer.generate import run_plan_order
 from xbook.train import trainer as trainer_lib
+from xbook.train.run_info import RunInfo
 
 from tiny_runs import train_tiny
+
+
+def plan_order_and_profile(run_dir) -> tuple[str, str | None]:
+  """The plan order and profile the run directory's record (RunInfo) reports."""
+  info = RunInfo.read(run_dir)
+  return info.plan_order, info.profile
 
 
 @pytest.fixture
@@ -56,7 +62,7 @@ def test_a_run_configured_with_the_old_name_trains_in_that_plan_order(tmp_path, 
   assert "bind train.plan_order = 'plans_first' instead" in caplog.text
   info = json.loads((tmp_path / "run" / "model.json").read_text())
   assert info["trajectory"]["plan_order"] == "plans_first"
-  assert run_plan_order(tmp_path / "run") == ("plans_first", None)
+  assert plan_order_and_profile(tmp_path / "run") == ("plans_first", None)
 
 
 def test_runs_written_under_the_old_names_report_their_plan_order(tmp_path):
@@ -66,18 +72,18 @@ def test_runs_written_under_the_old_names_report_their_plan_order(tmp_path):
   old_info.mkdir()
   (old_info / "model.json").write_text(json.dumps({**record, "trajectory": {"layout": "paper_stages",
                                                                             "profile": "24b_first_chapter"}}))
-  assert run_plan_order(old_info) == ("paper_stages", "24b_first_chapter")
+  assert plan_order_and_profile(old_info) == ("paper_stages", "24b_first_chapter")
 
   older = tmp_path / "gin_only"  # model.json without `trajectory`: its config.gin says
   older.mkdir()
   (older / "model.json").write_text(json.dumps(record))
   (older / "config.gin").write_text("train.trajectory_layout = 'paper_stages'\n"
                                     "paper_stages.profile = '14b_full_book'\n")
-  assert run_plan_order(older) == ("paper_stages", "14b_full_book")
+  assert plan_order_and_profile(older) == ("paper_stages", "14b_full_book")
   (older / "config.gin").write_text("train.plan_order = 'plans_first'\n")
-  assert run_plan_order(older) == ("plans_first", None)
+  assert plan_order_and_profile(older) == ("plans_first", None)
   (older / "config.gin").unlink()
-  assert run_plan_order(older) == ("interleaved", None)
+  assert plan_order_and_profile(older) == ("interleaved", None)
 
 
 def test_a_cache_recorded_under_the_old_field_name_compares_as_plan_order(tmp_path):

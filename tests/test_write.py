@@ -22,6 +22,7 @@ from xbook.data import trajectory, vocab
 from xbook.gin_flags import configured
 from xbook.infer import write_books
 from xbook.infer import writer as writer_lib
+from xbook.train.run_info import RunInfo
 
 from tiny_runs import train_tiny
 
@@ -54,7 +55,7 @@ def _config(**changes) -> writer_lib.WriteConfig:
 
 def write_book(run_dir, prompt, out, *, seed, config, **options):
   """One book on the engine, as `xbook write --run_dir --prompt` writes it."""
-  backend = write_books.open_backend(str(run_dir), config=config)
+  backend = write_books.open_backend(RunInfo.read(run_dir), config=config)
   try:
     return write_books.write_book(backend, prompt, out, seed=seed, config=config, **options)
   finally:
@@ -314,7 +315,7 @@ def test_books_written_together_equal_their_solo_writes_and_resume_each_on_its_o
   assert resumed.returncode == 0, err[-3000:]
   assert "book-003" in out and "carol" in out and "whale" in out
   config = _config()
-  backend = write_books.open_backend(str(run_dir), config=config, slots=3)
+  backend = write_books.open_backend(RunInfo.read(run_dir), config=config, slots=3)
   try:
     for book in write_books.read_prompts(prompts):
       alone = write_books.write_book(backend, book.prompt, tmp_path / "alone" / book.name, seed=book.seed,
@@ -359,7 +360,7 @@ def test_writing_through_xbook_serve_gives_the_book_written_here(run_dir, tmp_pa
   here = write_book(run_dir, PROMPT, tmp_path / "here", seed=9, config=config)
   args = ("--max_batch", "1", "--max_tokens", str(SEQ_LEN), "--model_name", "tiny")
   with start_server_process(run_dir, args=args) as (_, url):
-    backend = write_books.open_backend(str(run_dir), config=config, base_url=url, model="tiny")
+    backend = write_books.open_backend(RunInfo.read(run_dir), config=config, base_url=url, model="tiny")
     there = write_books.write_book(backend, PROMPT, tmp_path / "there", seed=9, config=config)
   assert [(s["stage"], s["text"]) for s in there["stages"]] == [(s["stage"], s["text"]) for s in here["stages"]]
   assert there["step"] is None and any(s["cached_tokens"] > 0 for s in there["stages"])

@@ -77,25 +77,27 @@ def _add_write(subparsers) -> None:
                       "book.json)")
 
 
-def _check_prompt_fits(args: argparse.Namespace, run) -> None:
-  """Refuse a prompt that, with --max_new_tokens, does not fit the length the run trained at (nothing is cut)."""
-  from xbook.infer.generate import prompt_ids, run_seq_len
-  limit = run_seq_len(args.run_dir)
-  needed = 1 + len(prompt_ids(args.prompt, run.vocabulary))  # BOS, the prompt segment, the premise marker
-  if limit and needed + args.max_new_tokens > limit:
+def _check_prompt_fits(args: argparse.Namespace, seq_len: int | None, vocabulary) -> None:
+  """Refuse a prompt that, with --max_new_tokens, does not fit `seq_len`, the length the run trained at (nothing
+  is cut); None: unrecorded, nothing to check."""
+  from xbook.infer.generate import prompt_ids
+  needed = 1 + len(prompt_ids(args.prompt, vocabulary))  # BOS, the prompt segment, the premise marker
+  if seq_len and needed + args.max_new_tokens > seq_len:
     raise ValueError(f"--prompt is {needed} tokens (with its markers) and --max_new_tokens {args.max_new_tokens}: "
-                     f"{needed + args.max_new_tokens} in all, more than the {limit} tokens {args.run_dir} "
-                     f"trained at; shorten the prompt or lower --max_new_tokens (to at most {limit - needed})")
+                     f"{needed + args.max_new_tokens} in all, more than the {seq_len} tokens {args.run_dir} "
+                     f"trained at; shorten the prompt or lower --max_new_tokens (to at most {seq_len - needed})")
 
 
 def _generate(args: argparse.Namespace) -> int:
-  from xbook.infer import generate_passage, load_run
+  from xbook.infer.generate import generate_passage, load_run
+  from xbook.train.run_info import RunInfo
+  info = RunInfo.read(args.run_dir)  # the run directory is read once, here; what follows takes the record
   mesh = rules = None
   if (mesh_config := flag_mesh_config(args)) is not None:
     from xbook.infer.placement import inference_mesh
     mesh, rules = inference_mesh(mesh_config, args.shard_cache_length)
-  run = load_run(args.run_dir, step=args.step, mesh=mesh, rules=rules)
-  _check_prompt_fits(args, run)
+  run = load_run(info, step=args.step, mesh=mesh, rules=rules)
+  _check_prompt_fits(args, info.seq_len, run.vocabulary)
   text = generate_passage(run, args.prompt, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, seed=args.seed, mesh=mesh, rules=rules)
   print(json.dumps({"step": run.step, "prompt": args.prompt, "text": text}) if args.json
@@ -107,6 +109,7 @@ def _write(args: argparse.Namespace) -> int:
   from xbook.gin_flags import configured
   from xbook.infer import write_books
   from xbook.infer.writer import WriteConfig, check_out_folder
+  from xbook.train.run_info import RunInfo
   if (args.prompt is None) == (args.prompts is None):
     raise cli_gin.GinConfigError("xbook write takes --prompt (one book) or --prompts FILE (many books), not "
                                  f"{'both' if args.prompt is not None else 'neither'}")
@@ -117,8 +120,9 @@ def _write(args: argparse.Namespace) -> int:
       raise ValueError("the prompt is empty: say what book to write, e.g. --prompt 'Write a ghost story'")
     check_out_folder(Path(args.out), args.overwrite)  # before the run is loaded
   api_key = os.environ.get(args.api_key_env) if args.base_url else None
+  info = RunInfo.read(args.run_dir)  # the run directory is read once, here; what follows takes the record
   backend = write_books.open_backend(
-      args.run_dir, config=config, step=args.step, slots=min(len(books), args.concurrency) if books else 1,
+      info, config=config, step=args.step, slots=min(len(books), args.concurrency) if books else 1,
       mesh_config=flag_mesh_config(args), shard_cache_length=args.shard_cache_length, base_url=args.base_url,
       model=args.model, api_key=api_key)
   try:

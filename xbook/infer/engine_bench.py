@@ -22,8 +22,9 @@ from typing import Any
 
 from xbook.infer.decode import SamplingParams
 from xbook.infer.engine import Engine, EngineRequest
-from xbook.infer.generate import load_run, run_seq_len
+from xbook.infer.generate import load_run
 from xbook.infer.structured import GrammarCompiler, GrammarSpec
+from xbook.train.run_info import RunInfo
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,9 +77,10 @@ PERMISSIVE = 'start: TEXT\nTEXT: /[A-Za-z0-9 ,.;:!?\'"\\-\\n]*/'
 
 
 def run(args: argparse.Namespace) -> int:
-  run_ = load_run(args.run_dir)
+  info = RunInfo.read(args.run_dir)  # the run directory is read once, here
+  run_ = load_run(info)
   vocabulary, config = run_.vocabulary, run_.model.config
-  max_len = max(run_seq_len(args.run_dir) or 0, 1 + 16 + args.stages * (args.answer_tokens + args.header_tokens))
+  max_len = max(info.seq_len or 0, 1 + 16 + args.stages * (args.answer_tokens + args.header_tokens))
 
   def engine(**options: Any) -> Engine:
     return Engine(run_.params, config, slots=max(args.rows, 1), max_len=max_len, decode=vocabulary.decode,

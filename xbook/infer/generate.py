@@ -43,17 +43,6 @@ class LoadedRun:
   step: int
 
 
-def run_seq_len(run_dir: str | os.PathLike[str]) -> int | None:
-  """Deprecated: RunInfo.read(run_dir).seq_len (kept for callers that still hold a path)."""
-  return RunInfo.read(run_dir).seq_len
-
-
-def run_plan_order(run_dir: str | os.PathLike[str]) -> tuple[str, str | None]:
-  """Deprecated: (plan_order, profile) of RunInfo.read(run_dir) (kept for callers that still hold a path)."""
-  info = RunInfo.read(run_dir)
-  return info.plan_order, info.profile
-
-
 def load_run(run: RunInfo | str | os.PathLike[str], step: int | None = None, *,
              mesh: jax.sharding.Mesh | None = None, rules: Any = None) -> LoadedRun:
   """Restore a run's parameters (its latest checkpoint unless `step` is given) and load its vocabulary.
@@ -68,8 +57,9 @@ def load_run(run: RunInfo | str | os.PathLike[str], step: int | None = None, *,
     ValueError: a model.json that misstates a field, or a vocabulary larger than the model's embedding.
   """
   info = run if isinstance(run, RunInfo) else RunInfo.read(run)
-  vocabulary = info.load_vocabulary()
-  config = info.model
+  # Everything the record gives is taken here, at once: the vocabulary, the model, a LoRA run's base.
+  vocabulary, config = info.load_vocabulary(), info.model
+  lora_base = info.lora_base() if config.lora is not None else None
   checkpoints = RunCheckpoints(str(info.run_dir))
   try:
     step = step if step is not None else checkpoints.latest_step()
@@ -79,8 +69,8 @@ def load_run(run: RunInfo | str | os.PathLike[str], step: int | None = None, *,
       target = abstract_params(config, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     else:
       target = abstract_params(config, mesh=mesh, rules=rules)
-    if config.lora is not None:  # a LoRA run: its adapters merged into its base once, here
-      params, config = adapters.load_merged(checkpoints, step, target, config, info.lora_base())
+    if lora_base is not None:  # a LoRA run: its adapters merged into its base once, here
+      params, config = adapters.load_merged(checkpoints, step, target, config, lora_base)
     else:
       params = checkpoints.restore(step, target)["params"]
   finally:

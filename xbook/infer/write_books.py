@@ -76,13 +76,13 @@ class WriteBackend:
       self.engine.stop()
 
 
-def open_backend(run_dir: str, *, config: WriteConfig, step: int | None = None, slots: int = 1,
+def open_backend(info: RunInfo, *, config: WriteConfig, step: int | None = None, slots: int = 1,
                  mesh_config: Any = None, shard_cache_length: bool = False, base_url: str | None = None,
                  model: str | None = None, api_key: str | None = None) -> WriteBackend:
-  """Open `run_dir` for writing: on the engine with `slots` books at once (sharded over `mesh_config`'s
-  mesh when given), or, with `base_url`, on that server's `model` (only the run's vocabulary is loaded).
-  `run_dir` is read once, here (its RunInfo); what follows takes the record, not the path."""
-  info = RunInfo.read(run_dir)
+  """Open the run `info` records (its RunInfo, read once at the entry point) for writing: on the engine with
+  `slots` books at once (sharded over `mesh_config`'s mesh when given), or, with `base_url`, on that server's
+  `model` (only the run's vocabulary is loaded). What follows takes the record, never the path."""
+  run_dir = info.run_dir
   context_len = config.context_len or info.seq_len
   if not context_len:
     raise ValueError(f"{info.model_json} does not say which sequence length the run trained at; set "
