@@ -16,7 +16,7 @@ from xbook.data import pieces, trajectory
 from xbook.data.records import read_split
 from xbook.data.spec import TrajectoryFormat
 from xbook.evals import perplexity
-from xbook.infer import load_run
+from xbook.infer.generate import load_run
 from xbook.model import DecoderConfig
 from xbook.train import trainer as trainer_lib
 from xbook.train.mesh import MeshConfig

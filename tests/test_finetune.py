@@ -23,7 +23,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from xbook import cli
 from xbook.data import vocab
-from xbook.infer import load_run
+from xbook.infer.generate import load_run
 from xbook.model import DecoderConfig
 from xbook.train import trainer as trainer_lib
 from xbook.train.input_pipeline import trajectory_batches

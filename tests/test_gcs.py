@@ -264,7 +264,7 @@ def test_a_gs_run_writes_its_run_directory_and_resumes_like_a_local_run(gcs, tmp
   # Its three trainings compile the step once: conftest's session compilation cache serves the other two.
   from etils import epath
 
-  from xbook.infer import load_run
+  from xbook.infer.generate import load_run
   run = f"gs://{BUCKET}/runs/tiny"
   _train(run, scaffold_file, vocab_path, steps=2)
   _train(run, scaffold_file, vocab_path, steps=4)  # restores step 2 from the bucket

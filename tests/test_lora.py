@@ -21,7 +21,7 @@ import transformers
 
 from xbook import cli
 from xbook.gin_flags import parse_gin
-from xbook.infer import load_run
+from xbook.infer.generate import load_run
 from xbook.model import Decoder, DecoderConfig, LoraConfig, abstract_params
 from xbook.model import lora as lora_lib
 from xbook.model.hf import import_hf_checkpoint, load_params, read_peft_adapter

@@ -340,6 +340,20 @@ def test_a_busy_port_is_reported_before_the_model_loads(url, run_dir):
   assert time.monotonic() - started < 60
 
 
+def test_a_busy_port_is_reported_before_jax_is_imported(tmp_path):
+  """`xbook serve` binds its port before it imports the server (and with it jax): a busy port costs a moment."""
+  with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = str(busy.getsockname()[1])
+    code = ("import sys; from xbook.cli import main; "
+            f"status = main(['serve', '--run_dir', {str(tmp_path / 'no_run')!r}, '--port', '{port}']); "
+            "print(status, sorted(m for m in ('jax', 'numpy', 'xbook.infer.serve') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert result.stdout.split() == ["2", "[]"], result.stdout + result.stderr
+  assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+
+
 def test_sigterm_stops_the_server_cleanly(server):
   process, _ = server
   process.send_signal(signal.SIGTERM)

@@ -21,7 +21,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from xbook.data.features import synthetic_batch
-from xbook.infer import generate_passage, load_run, sample_tokens
+from xbook.infer.generate import generate_passage, load_run, sample_tokens
 from xbook.infer.generate import prompt_ids
 from xbook.model import DecoderConfig
 from xbook.scaffold import write_scaffolds

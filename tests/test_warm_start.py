@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from xbook.infer import load_run
+from xbook.infer.generate import load_run
 from xbook.model.hf import save_params
 from xbook.train import trainer as trainer_lib
 from xbook.train import warm_start

@@ -46,6 +46,10 @@ def add_parser(subparsers) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+  from xbook.infer.listen import bind_or_report
+  sock = bind_or_report(args.host, args.port)  # a busy port is reported at once, before jax loads
+  if sock is None:
+    return 2
   from xbook.infer.serve import BatchingConfig, serve
   batching = BatchingConfig(batching=args.batching, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
                             sync_every=args.sync_every, max_waiting=args.max_waiting,
@@ -53,4 +57,4 @@ def _serve(args: argparse.Namespace) -> int:
   return serve(args.run_dir, host=args.host, port=args.port, step=args.step, name=args.model_name,
                max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
                context_len=args.context_len, batching=batching, mesh_config=flag_mesh_config(args),
-               shard_cache_length=args.shard_cache_length)
+               shard_cache_length=args.shard_cache_length, sock=sock)

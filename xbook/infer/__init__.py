@@ -1,5 +1,5 @@
-"""Inference: loading trained runs and sampling from them."""
+"""Inference: loading trained runs and sampling from them.
 
-from xbook.infer.generate import LoadedRun, generate_passage, load_run, sample_tokens
-
-__all__ = ["LoadedRun", "generate_passage", "load_run", "sample_tokens"]
+The package itself imports nothing (so that `xbook serve` can check its port, or `xbook write` its flags,
+before jax loads): import what you use from its modules, e.g. `from xbook.infer.generate import load_run`.
+"""

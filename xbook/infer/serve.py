@@ -58,6 +58,7 @@ from xbook.infer.chat_template import ChatTemplateError, load_chat_template
 from xbook.infer.decode import SamplingParams
 from xbook.infer.engine import Engine, EngineRequest
 from xbook.infer.generate import load_run, prompt_ids
+from xbook.infer.listen import bind_or_report
 from xbook.infer.placement import inference_mesh
 from xbook.infer.serve_engine import ContinuousBatcher
 from xbook.infer.serve_metrics import CONTENT_TYPE, ServeMetrics
@@ -666,21 +667,6 @@ def make_app(model: ServedModel, batching: BatchingConfig = BatchingConfig(), *,
 
 
 # ------------------------------------------------------------------------------------------------ serve
-def bind(host: str, port: int) -> socket.socket:
-  """A socket bound to host:port (0: any free port), not yet listening: until it listens, connections
-  are refused (a client retries elsewhere) rather than left hanging while the model loads. Raises
-  OSError if the port is taken."""
-  family = socket.AF_INET6 if ":" in host else socket.AF_INET
-  sock = socket.socket(family, socket.SOCK_STREAM)
-  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-  try:
-    sock.bind((host, port))
-  except OSError:
-    sock.close()
-    raise
-  return sock
-
-
 def warm_up(model: ServedModel, batching: BatchingConfig) -> None:
   """Compile the programs the first requests need before they come, so that no client times out on a
   compile: static batching, the prefill and decode of every batch size a batch of up to `max_batch`
@@ -706,15 +692,13 @@ def warm_up(model: ServedModel, batching: BatchingConfig) -> None:
 
 def serve(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8000,
           batching: BatchingConfig = BatchingConfig(), mesh_config: Any = None, shard_cache_length: bool = False,
-          **model_args: Any) -> int:
+          sock: socket.socket | None = None, **model_args: Any) -> int:
   """Serve the run in `run_dir` until SIGTERM or Ctrl-C; returns the exit status (2: the port is taken,
-  reported before the model loads). `model_args` go to `load_model`; with a `mesh_config`
-  (xbook.train.mesh.MeshConfig) the model and cache are sharded over its mesh (xbook.infer.placement)."""
-  try:
-    sock = bind(host, port)
-  except OSError as error:
-    print(f"error: cannot listen on {host}:{port} ({error.strerror or error}); stop what uses it or pick "
-          "another --port (0: any free one)", file=sys.stderr, flush=True)
+  reported before the model loads). `sock`: a socket already bound (xbook.infer.listen.bind, as `xbook serve`
+  binds it before importing this module), else host:port is bound here. `model_args` go to `load_model`; with
+  a `mesh_config` (xbook.train.mesh.MeshConfig) the model and cache are sharded over its mesh
+  (xbook.infer.placement)."""
+  if sock is None and (sock := bind_or_report(host, port)) is None:
     return 2
   import uvicorn  # noqa: PLC0415
 
