@@ -663,6 +663,37 @@ def generate(params: dict[str, Any] | PlacedParams, config: DecoderConfig, promp
   Returns:
     One Completion per prompt, in order.
   """
+  rows, limits = _request_rows(prompts, sampling, max_tokens)
+  cache_len = _checked_cache_len(prompts, limits, cache_len, min_bucket)
+  vocab_size_limit = _checked_vocab_size_limit(config, vocab_size_limit)
+  stops = StopStrings([(*stop, *r.stop) for r in rows], decode)
+  rules = tuple(rules or inference_rules())
+  n = len(prompts)
+  batch = 1 << (n - 1).bit_length()  # a power of two: padding rows bound the compiles
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    params = place_params(params, config, dtype=param_dtype, mesh=mesh, rules=rules)
+    started = time.perf_counter()
+    cache, logits = _prefill_batch(params, config, prompts, batch, cache_len=cache_len, cache_dtype=cache_dtype,
+                                   prefill_chunk=prefill_chunk, min_bucket=min_bucket, mesh=mesh, rules=rules)
+    prefill_s = time.perf_counter() - started
+    state = _first_state(logits, limits, batch, min_bucket, mesh)
+    started = time.perf_counter()
+    rows_view = _Rows(stops, n, on_tokens)
+    state = _decode_all(params, config, cache, state, RowSampling.of(rows + [GREEDY] * (batch - n), mesh), rows_view,
+                        cache_len=cache_len, sync_every=sync_every, rules=rules,
+                        stop_token_ids=tuple(stop_token_ids), vocab_size_limit=vocab_size_limit)
+    decode_s = time.perf_counter() - started
+  return _completions(state, prompts, stops, rows_view, prefill_s=prefill_s, decode_s=decode_s)
+
+
+def _request_rows(prompts: Sequence[Sequence[int]], sampling: SamplingParams | Sequence[SamplingParams],
+                  max_tokens: int) -> tuple[list[SamplingParams], list[int]]:
+  """(each prompt's SamplingParams, each one's max_tokens: its own, else `max_tokens`).
+
+  Raises:
+    ValueError: no prompt, an empty prompt, a count of SamplingParams that is neither one nor one per
+      prompt, or a max_tokens below 1.
+  """
   n = len(prompts)
   rows = list(sampling) if isinstance(sampling, Sequence) else [sampling] * n
   if len(rows) != n:
@@ -672,49 +703,69 @@ def generate(params: dict[str, Any] | PlacedParams, config: DecoderConfig, promp
   limits = [r.max_tokens or max_tokens for r in rows]
   if min(limits) < 1:
     raise ValueError(f"max_tokens={max_tokens} must be >= 1")
+  return rows, limits
+
+
+def _checked_cache_len(prompts: Sequence[Sequence[int]], limits: list[int], cache_len: int | None,
+                       min_bucket: int) -> int:
+  """The most slots a row's cache may grow to: `cache_len`, else the longest prompt plus its max_tokens
+  (`limits`) to a power of two from min_bucket. Raises ValueError when a prompt plus its max_tokens does
+  not fit it."""
   needed = max(len(p) + m for p, m in zip(prompts, limits))
   cache_len = cache_len or bucket(needed, minimum=min_bucket)
   if needed > cache_len:
     raise ValueError(f"a prompt plus its max_tokens needs {needed} cache slots but cache_len={cache_len}; "
                      "raise cache_len or lower max_tokens")
+  return cache_len
+
+
+def _checked_vocab_size_limit(config: DecoderConfig, vocab_size_limit: int | None) -> int:
+  """The first id never sampled: `vocab_size_limit`, else every embedding row. Raises ValueError outside
+  [1, config.vocab_size]."""
   vocab_size_limit = config.vocab_size if vocab_size_limit is None else int(vocab_size_limit)
   if not 0 < vocab_size_limit <= config.vocab_size:
     raise ValueError(f"vocab_size_limit={vocab_size_limit} must be in [1, {config.vocab_size}] "
                      "(the tokenizer's size, at most the embedding rows)")
-  stops = StopStrings([(*stop, *r.stop) for r in rows], decode)
-  rules = tuple(rules or inference_rules())
+  return vocab_size_limit
 
-  batch = 1 << (n - 1).bit_length()  # a power of two: padding rows bound the compiles
-  pad = batch - n
-  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    params = place_params(params, config, dtype=param_dtype, mesh=mesh, rules=rules)
-    started = time.perf_counter()
-    # Room for the prompts (prefill attends to all of it); decoding doubles it as needed.
-    first_len = bucket(max(map(len, prompts)), cap=cache_len, minimum=min_bucket)
-    cache = init_cache(config, batch, first_len, cache_dtype, mesh=mesh, rules=rules)
-    cache, logits = prefill(params, config, cache, [*prompts, *[[]] * pad], chunk=prefill_chunk,
-                            min_bucket=min_bucket, rules=rules)
-    jax.block_until_ready(logits)
-    prefill_s = time.perf_counter() - started
-    state = DecodeState(
-        logits=logits, generated=np.zeros((batch, bucket(max(limits), minimum=min_bucket)), np.int32),
-        counts=np.zeros((batch,), np.int32), done=np.asarray([False] * n + [True] * pad),
-        stop_token=np.full((batch,), -1, np.int32), max_tokens=np.asarray(limits + [1] * pad, np.int32))
-    state = jax.device_put(state, default_placement(mesh))
-    started = time.perf_counter()
-    rows_view = _Rows(stops, n, on_tokens)
-    state = _decode_all(params, config, cache, state, RowSampling.of(rows + [GREEDY] * pad, mesh), rows_view,
-                        cache_len=cache_len, sync_every=sync_every, rules=rules,
-                        stop_token_ids=tuple(stop_token_ids), vocab_size_limit=vocab_size_limit)
-    decode_s = time.perf_counter() - started
 
+def _prefill_batch(params: PlacedParams, config: DecoderConfig, prompts: Sequence[Sequence[int]], batch: int, *,
+                   cache_len: int, cache_dtype: Any, prefill_chunk: int, min_bucket: int, mesh: Mesh | None,
+                   rules: tuple) -> tuple[KVCache, jax.Array]:
+  """A cache of `batch` rows (the prompts, then empty padding rows) with room for the longest prompt
+  (prefill attends to all of it; decoding doubles it as needed, up to cache_len), the prompts prefilled
+  into it, and the logits [batch, vocab] after each prompt, computed (blocks until they are)."""
+  first_len = bucket(max(map(len, prompts)), cap=cache_len, minimum=min_bucket)
+  cache = init_cache(config, batch, first_len, cache_dtype, mesh=mesh, rules=rules)
+  cache, logits = prefill(params, config, cache, [*prompts, *[[]] * (batch - len(prompts))], chunk=prefill_chunk,
+                          min_bucket=min_bucket, rules=rules)
+  jax.block_until_ready(logits)
+  return cache, logits
+
+
+def _first_state(logits: jax.Array, limits: list[int], batch: int, min_bucket: int, mesh: Mesh | None
+                 ) -> DecodeState:
+  """The DecodeState before the first decode step, placed (decode.default_placement): the prompts' rows
+  active with their max_tokens (`limits`), the padding rows after them done."""
+  n, pad = len(limits), batch - len(limits)
+  state = DecodeState(
+      logits=logits, generated=np.zeros((batch, bucket(max(limits), minimum=min_bucket)), np.int32),
+      counts=np.zeros((batch,), np.int32), done=np.asarray([False] * n + [True] * pad),
+      stop_token=np.full((batch,), -1, np.int32), max_tokens=np.asarray(limits + [1] * pad, np.int32))
+  return jax.device_put(state, default_placement(mesh))
+
+
+def _completions(state: DecodeState, prompts: Sequence[Sequence[int]], stops: StopStrings, rows: _Rows, *,
+                 prefill_s: float, decode_s: float) -> list[Completion]:
+  """One Completion per prompt from the final state: its ids cut at a matched stop string, and its finish
+  reason (`_Rows.finish`)."""
   generated, counts, stop_token = (np.asarray(x) for x in (state.generated, state.counts, state.stop_token))
   completions = []
-  for row in range(n):
+  for row, prompt in enumerate(prompts):
     ids, text, stop_string = stops.cut(row, generated[row, :counts[row]].tolist())
-    reason, stop_reason = rows_view.finish(row, stop_string, stop_token[row])
+    reason, stop_reason = rows.finish(row, stop_string, stop_token[row])
     completions.append(Completion(token_ids=ids, finish_reason=reason, stop_reason=stop_reason, text=text,
-                                  prompt_tokens=len(prompts[row]), prefill_s=prefill_s, decode_s=decode_s))
+                                  prompt_tokens=len(prompt), prefill_s=prefill_s, decode_s=decode_s))
   return completions
 
 
