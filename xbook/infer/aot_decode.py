@@ -163,9 +163,9 @@ def lower_programs(config: DecoderConfig, target: DecodeTarget, mesh: Any, rules
     if rows == 1:  # the engine prefills its one slot in place
       prefill = decode_lib._prefill_chunk.lower(params, cache, chunk, one(np.int32), logits, config=run_config,
                                                 rules=rules)
-    else:  # one row at a time, gathered from the slots and written back
-      prefill = engine_lib._prefill_rows.lower(params, cache, logits, one(np.int32), chunk, one(np.int32),
-                                               config=run_config, rules=rules)
+    else:  # one row at a time, sliced out of the slots and written back
+      prefill = engine_lib._prefill_row.lower(params, cache, logits, scalar, chunk, one(np.int32),
+                                              config=run_config, rules=rules)
     segment = engine_lib._segment.lower(
         params, cache, logits, vector(np.int32), vector(np.bool_), vector(np.int32),
         _abstract((rows, decode_lib.MAX_STOP_TOKENS), np.int32, replicated), sampling,

@@ -217,13 +217,13 @@ def _segment(params: PlacedParams, cache: KVCache, logits: jax.Array, counts: ja
 
 
 @functools.partial(jax.jit, static_argnames=("config", "rules"), donate_argnames=("cache", "logits"))
-def _prefill_rows(params: PlacedParams, cache: KVCache, logits: jax.Array, rows: jax.Array, tokens: jax.Array,
-                  n_valid: jax.Array, *, config: DecoderConfig, rules: tuple) -> tuple[KVCache, jax.Array]:
-  """decode's prefill chunk for the cache rows `rows` only ([k]; an index past the slots pads): their cache
-  rows and logits are gathered, fed tokens [k, chunk] (n_valid [k] real), and written back."""
+def _prefill_row(params: PlacedParams, cache: KVCache, logits: jax.Array, row: jax.Array, tokens: jax.Array,
+                 n_valid: jax.Array, *, config: DecoderConfig, rules: tuple) -> tuple[KVCache, jax.Array]:
+  """decode's prefill chunk for the one cache row `row` (a scalar index of a slot): its cache row and logits
+  are sliced out, fed tokens [1, chunk] (the first n_valid [1] real), and written back."""
   decode_lib._COMPILES["engine_prefill"] += 1
-  take = lambda x: jnp.take(x, rows, axis=0, mode="clip")  # noqa: E731
-  put = lambda full, part: full.at[rows].set(part, mode="drop")  # noqa: E731
+  take = lambda x: jax.lax.dynamic_slice_in_dim(x, row, 1, axis=0)  # noqa: E731
+  put = lambda full, part: jax.lax.dynamic_update_slice_in_dim(full, part, row, axis=0)  # noqa: E731
   sub = jax.tree.map(take, cache)
   sub, sub_logits = decode_lib._prefill_chunk(params, sub, tokens, n_valid, take(logits), config=config,
                                               rules=rules)
@@ -348,10 +348,6 @@ class Engine:
               "slots": self.slots, "kv_cache_usage": stored / (self.slots * self.cache_cap),
               "cache_len": self.cache.max_len}
 
-  def busy(self) -> bool:
-    with self._lock:
-      return bool(self.waiting) or any(r is not None for r in self.rows)
-
   # ------------------------------------------------------------------------------------------------ step
   def step(self) -> None:
     """Admit, prefill one chunk, decode one segment, settle (see the module docstring)."""
@@ -436,7 +432,7 @@ class Engine:
     need = max(len(self.stored[i]) + len(c) for i, c in enumerate(chunks))
     self._room_for(need)
     width = bucket(max(map(len, chunks)), cap=self.prefill_chunk, minimum=min(MIN_PREFILL_BUCKET, self.prefill_chunk))
-    # Only the rows that prefill are computed, one at a time (a sub-batch of one row, gathered and written
+    # Only the rows that prefill are computed, one at a time (one row sliced out of the cache and written
     # back): the programs are one per chunk width and cache length, whatever the mix of requests.
     for i, chunk in enumerate(chunks):
       if not chunk:
@@ -448,8 +444,8 @@ class Engine:
             self.params, self.cache, self._put(tokens), self._put(np.asarray([len(chunk)], np.int32)), self.logits,
             config=decode_config(self.config), rules=self.rules)
         continue
-      self.cache, self.logits = _prefill_rows(
-          self.params, self.cache, self.logits, self._put(np.asarray([i], np.int32)), self._put(tokens),
+      self.cache, self.logits = _prefill_row(
+          self.params, self.cache, self.logits, self._put(np.asarray(i, np.int32)), self._put(tokens),
           self._put(np.asarray([len(chunk)], np.int32)), config=decode_config(self.config), rules=self.rules)
     jax.block_until_ready(self.logits)
     elapsed = time.perf_counter() - started
