@@ -60,7 +60,8 @@ def vocab_path(scaffold_records, tmp_path_factory):
 
 
 # Every novel of the shared corpus, and its paper-format scaffold record built with the extractive summarizer
-# (about 45 s on one core): the paper-format tests and the stage-grammar tests share them.
+# (about 45 s on one core, spread over the cores by tests/parallel_records.py): the paper-format tests and the
+# stage-grammar tests share them.
 @pytest.fixture(scope="session")
 def novels(corpus_dir):
   from xbook.books import load_book
@@ -69,8 +70,8 @@ def novels(corpus_dir):
 
 @pytest.fixture(scope="session")
 def paper_records(novels):
-  from xbook.scaffold import ExtractiveSummarizer, build_scaffold
-  return {book.id: build_scaffold(book, ExtractiveSummarizer(), plan_format="paper") for book in novels}
+  from parallel_records import build_paper_records
+  return build_paper_records(novels)
 
 
 # One persistent XLA compilation cache for the whole session: a program compiled once (the tiny train step
