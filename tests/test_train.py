@@ -353,13 +353,20 @@ def test_greedy_generation_matches_an_unpadded_forward_pass(trained_run):
   greedy = sample_tokens(run, prefix, max_new_tokens=8, temperature=0.0)
   assert 0 < len(greedy) <= 8
   tokens = prefix + greedy
-  for k in range(len(greedy)):  # token k is the argmax after prefix + greedy[:k], computed without padding
-    seen = jnp.asarray([tokens[:len(prefix) + k]])
-    bos = jnp.full((1, 1), run.vocabulary.bos_id, jnp.int32)
-    inputs = jnp.concatenate([bos, seen], axis=1)  # BOS, then what was seen
+
+  @jax.jit
+  def forward(params, inputs):
     positions = jnp.arange(inputs.shape[1])[None]
-    logits = run.model.apply({"params": run.params}, inputs, jnp.ones_like(inputs), positions)
-    assert int(jnp.argmax(logits[0, -1])) == greedy[k]
+    return run.model.apply({"params": params}, inputs, jnp.ones_like(inputs), positions)[0]
+
+  # BOS, then every token but the last, in one causal forward pass without padding: the logits at position
+  # len(prefix) + k are those after prefix + greedy[:k], so token k is their argmax.
+  inputs = jnp.asarray([[run.vocabulary.bos_id] + tokens[:-1]], jnp.int32)
+  logits = forward(run.params, inputs)
+  assert [int(i) for i in jnp.argmax(logits[len(prefix):], axis=-1)] == greedy
+  # The pass over the prompt alone gives the same logits there: no later token reached an earlier one.
+  np.testing.assert_allclose(forward(run.params, inputs[:, :len(prefix) + 1]), logits[:len(prefix) + 1],
+                             atol=1e-4, rtol=1e-4)
   sampled = sample_tokens(run, prefix, max_new_tokens=8, temperature=1.0, seed=3)
   assert sampled == sample_tokens(run, prefix, max_new_tokens=8, temperature=1.0, seed=3)
   assert isinstance(generate_passage(run, "A ghost story.", max_new_tokens=8), str)
@@ -372,7 +379,7 @@ def test_generation_reads_an_earlier_checkpoint_too(trained_run):
   assert any(not np.array_equal(a, b) for a, b in leaves)
 
 
-def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_from_it(tmp_path, split_scaffold_file, vocab_path):
+def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_from_it(tmp_path, split_scaffold_file, vocab_path, caplog):
   gin_file = tmp_path / "run.gin"
   gin_file.write_text("\n".join([
       "include 'configs/models/tiny.gin'",
@@ -395,9 +402,15 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_from_it(tmp_path, split_
   stopped = read_metrics(run_dir)[-1]["step"]
   assert "after SIGTERM" in output and stopped < 1000
   assert _checkpoint_steps(run_dir) == [stopped]
-  resumed = subprocess.run(command + [f"--gin.train.steps={stopped + 2}"], capture_output=True, text=True)
-  assert resumed.returncode == 0, resumed.stderr
-  assert f"from its checkpoint at step {stopped}" in resumed.stderr
+  # The rerun: the same command in this process (its imports and jax start-up already paid for).
+  from xbook import cli
+  gin.clear_config()
+  try:
+    with caplog.at_level(logging.INFO, logger="xbook"):
+      assert cli.main(command[3:] + [f"--gin.train.steps={stopped + 2}"]) == 0
+  finally:
+    gin.clear_config()
+  assert f"from its checkpoint at step {stopped}" in caplog.text
   assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, stopped + 3))
 
 
