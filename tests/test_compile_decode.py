@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import gin
 import pytest
 
 from xbook.infer import aot_decode
@@ -60,14 +59,20 @@ def test_two_and_four_layer_probes_extrapolate_to_the_full_model():
   assert probed.decode_bytes >= full.decode_bytes
 
 
-def test_xbook_compile_decode_prints_the_report_and_the_largest_batch():
-  result = subprocess.run(
-      [sys.executable, "-m", "xbook.cli", "compile", "--gin_file=configs/models/tiny.gin",
-       "--gin_file=configs/inference/base.gin", "--gin.MeshConfig.tensor=2", "--gin.MeshConfig.fsdp=4",
-       "--topology", "v5e-8", "--decode", "--context_len", "2048", "--largest_batch", "--json"],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  reports = json.loads(result.stdout.strip().splitlines()[-1])
+def test_xbook_compile_decode_prints_the_report_and_the_largest_batch(capsys, monkeypatch):
+  # The command in this process: the libtpu client the tests above started compiles it too.
+  from xbook import cli
+  monkeypatch.chdir(REPO)
+  gin.clear_config()
+  try:
+    status = cli.main(["compile", "--gin_file=configs/models/tiny.gin", "--gin_file=configs/inference/base.gin",
+                       "--gin.MeshConfig.tensor=2", "--gin.MeshConfig.fsdp=4", "--topology", "v5e-8", "--decode",
+                       "--context_len", "2048", "--largest_batch", "--json"])
+  finally:
+    gin.clear_config()
+  out = capsys.readouterr().out
+  assert status == 0, out[-3000:]
+  reports = json.loads(out.strip().splitlines()[-1])
   one = reports["batch_1"]
   largest = next(r for name, r in reports.items() if name.startswith("largest_batch"))
   assert one["fits"] and largest["fits"] and largest["batch"] > 1
