@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import subprocess
@@ -118,32 +119,76 @@ def test_a_step_that_does_not_fit_fails_with_the_numbers():
   assert "GiB per chip but a v5e-8 chip has 16 GiB of HBM" in result.stderr
 
 
-# Step memory of the scaled-down training programs compiled so far, by what decides the program: paper
-# configs that differ only in their data (a plan format, a profile) share one compile.
-_STEP_MEMORY: dict[tuple, dict[str, int]] = {}
+def _scaled_down_trainer(config: Path) -> tuple[trainer_lib.Trainer, aot.TpuTarget]:
+  """The paper config's trainer for its named slice, scaled down to 1 layer and 1/256 of the length."""
+  gin.clear_config()
+  try:
+    parse_gin([str(config)], [])
+    seq_len = gin.query_parameter("train.seq_len")
+    gin.clear_config()
+    parse_gin([str(config)], ["xbook.model.DecoderConfig.n_layers = 1", f"train.seq_len = {seq_len // 256}"])
+    target = configured(aot.TpuTarget)
+    return trainer_lib.trainer_from_gin(topology_devices(parse_slice(target.accelerator), target.num_slices)), target
+  finally:
+    gin.clear_config()
+
+
+@pytest.fixture(scope="module")
+def paper_step_memory(request) -> dict[str, tuple[trainer_lib.Trainer, aot.TpuTarget, dict[str, int] | Exception]]:
+  """{paper config: (its scaled-down trainer, its TPU target, the step memory of its compiled program, or
+  the error that compiling it raised)}, for the configs whose test this session runs.
+
+  They are compiled once for the module, on two threads (the TPU compiler releases the GIL, and the suite
+  runs on 2 cores); configs that differ only in their data (a plan format, a profile) build the same
+  program and share one compile."""
+  selected = [item.callspec.params["config"] for item in request.session.items
+              if item.originalname == test_paper_configs_fit_their_topology_scaled_down.__name__]
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cache
+  # Module-scoped, so set up before the function-scoped `no_compilation_cache`: the cache is off here too.
+  previous = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  cache.reset_cache()
+  try:
+    return _compile_paper_configs(selected)
+  finally:
+    jax.config.update("jax_enable_compilation_cache", previous)
+    cache.reset_cache()
+
+
+def _step_memory_or_error(trainer: trainer_lib.Trainer) -> dict[str, int] | Exception:
+  try:
+    return aot.step_memory(trainer)
+  except Exception as error:  # noqa: BLE001 - raised again by the config's own test
+    return error
+
+
+def _compile_paper_configs(configs: list[Path]) -> dict[str, tuple]:
+  trainers = {config.stem: _scaled_down_trainer(config) for config in configs}
+  programs: dict[tuple, list[str]] = {}
+  for name, (trainer, target) in trainers.items():
+    program = (target.accelerator, target.num_slices, repr({field.name: getattr(trainer, field.name)
+                                                             for field in dataclasses.fields(trainer)
+                                                             if field.name != "devices"}))
+    programs.setdefault(program, []).append(name)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    memories = pool.map(lambda names: _step_memory_or_error(trainers[names[0]][0]), list(programs.values()))
+    by_name = {name: memory for names, memory in zip(programs.values(), memories) for name in names}
+  return {name: (*trainers[name], by_name[name]) for name in trainers}
 
 
 @pytest.mark.parametrize("config", PAPER_CONFIGS, ids=lambda p: p.stem)
-def test_paper_configs_fit_their_topology_scaled_down(gin_config, config):
+def test_paper_configs_fit_their_topology_scaled_down(paper_step_memory, config):
   """Each paper config compiles for its named slice with its own mesh, attention and remat; scaled down
   to 1 layer and 1/256 of the length so that CI can afford it (`xbook compile` runs the full ones).
 
   1/256 leaves 64 to 128 tokens per chip: one attention block per chip, as at 1/64 (256 to 512 tokens,
   below every config's block of 1,024), so the same program in smaller shapes, compiled in a half to a
   quarter of the time."""
-  gin_config([config])
-  seq_len = gin.query_parameter("train.seq_len")
-  gin.clear_config()
-  gin_config([config], ["xbook.model.DecoderConfig.n_layers = 1", f"train.seq_len = {seq_len // 256}"])
-  target = configured(aot.TpuTarget)
+  trainer, target, memory = paper_step_memory[config.stem]
+  if isinstance(memory, Exception):
+    raise memory
   tpu_slice = parse_slice(target.accelerator)
-  trainer = trainer_lib.trainer_from_gin(topology_devices(tpu_slice, target.num_slices))
-  program = (target.accelerator, target.num_slices, repr({field.name: getattr(trainer, field.name)
-                                                           for field in dataclasses.fields(trainer)
-                                                           if field.name != "devices"}))
-  if program not in _STEP_MEMORY:
-    _STEP_MEMORY[program] = aot.step_memory(trainer)
-  memory = _STEP_MEMORY[program]
   total = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["code"]
   assert 0 < total <= tpu_slice.generation.hbm_bytes
   assert trainer.mesh.size == tpu_slice.chips * target.num_slices
