@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import subprocess
@@ -21,14 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIGS = sorted(p for p in (REPO / "configs/paper").glob("*.gin") if p.name != "base.gin")
 # Compiles for TPU slices: the session's compilation cache (conftest) cannot load them back.
 pytestmark = pytest.mark.usefixtures("no_compilation_cache")
-
-
-@pytest.fixture
-def gin_config():
-  """Parse gin files and bindings for one test; cleared afterwards."""
-  gin.clear_config()
-  yield lambda files, bindings=(): parse_gin([str(f) for f in files], list(bindings))
-  gin.clear_config()
 
 
 def test_accelerator_types_name_the_standard_slices():
@@ -64,20 +57,56 @@ def _demo_bindings(*extra: str, seq_len: int = 512) -> list[str]:
   return [f"train.seq_len = {seq_len}", "train.batch_size = 8", *extra]
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
-def test_compiler_flops_match_the_remat_prediction(gin_config, remat):
-  """The unrolled probes count every layer, ring step and block: the ratio to the analytic FLOPs is
-  what recomputation predicts (1.0 without remat, about 4/3 with full remat, plus the flash backward)."""
+@contextlib.contextmanager
+def _compilation_cache_off():
+  """conftest's `no_compilation_cache` for a module-scoped fixture (set up before function-scoped ones)."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cache
+  previous = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", previous)
+    cache.reset_cache()
+
+
+REMATS = ("none", "full")
+
+
+def _remat_trainer(remat: str) -> trainer_lib.Trainer:
   # 256 tokens: 2 ring steps of 2 blocks of 64, so diagonal, full and skipped block pairs all occur, in
   # about two thirds of the time 512 tokens take.
-  gin_config([REPO / "configs/runs/demo_ring.gin"], _demo_bindings(
-      f"xbook.model.DecoderConfig.remat = '{remat}'", "xbook.model.DecoderConfig.d_model = 256",
-      "xbook.model.DecoderConfig.mlp_dim = 1024", "xbook.model.DecoderConfig.n_layers = 3",
-      "xbook.model.DecoderConfig.attention_block = 64", seq_len=256))
-  devices = topology_devices(parse_slice("v5e-8"))
-  trainer = trainer_lib.trainer_from_gin(devices)
+  gin.clear_config()
+  try:
+    parse_gin([str(REPO / "configs/runs/demo_ring.gin")], _demo_bindings(
+        f"xbook.model.DecoderConfig.remat = '{remat}'", "xbook.model.DecoderConfig.d_model = 256",
+        "xbook.model.DecoderConfig.mlp_dim = 1024", "xbook.model.DecoderConfig.n_layers = 3",
+        "xbook.model.DecoderConfig.attention_block = 64", seq_len=256))
+    return trainer_lib.trainer_from_gin(topology_devices(parse_slice("v5e-8")))
+  finally:
+    gin.clear_config()
+
+
+@pytest.fixture(scope="module")
+def remat_probes() -> dict[str, tuple[trainer_lib.Trainer, float]]:
+  """{remat: (the demo ring trainer on a v5e-8 with that remat, the compiler's FLOPs of its step)}: the two
+  settings' probes compiled at the same time, on two threads (the TPU compiler releases the GIL)."""
+  with _compilation_cache_off():
+    trainers = {remat: _remat_trainer(remat) for remat in REMATS}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+      flops_by_remat = dict(zip(REMATS, pool.map(
+          lambda remat: aot.compiler_flops_per_step(trainers[remat], list(trainers[remat].devices)), REMATS)))
+  return {remat: (trainers[remat], flops_by_remat[remat]) for remat in REMATS}
+
+
+@pytest.mark.parametrize("remat", REMATS)
+def test_compiler_flops_match_the_remat_prediction(remat_probes, remat):
+  """The unrolled probes count every layer, ring step and block: the ratio to the analytic FLOPs is
+  what recomputation predicts (1.0 without remat, about 4/3 with full remat, plus the flash backward)."""
+  trainer, compiler = remat_probes[remat]
   assert trainer.model_config.attention == "ring" and trainer.mesh.shape["sequence"] == 2
-  compiler = aot.compiler_flops_per_step(trainer, devices)
   tokens = trainer.batch_size * trainer.seq_len
   analytic = tokens * flops.training_flops_per_token(trainer.model_config, trainer.seq_len, causal=False)
   predicted = aot.predicted_flops_ratio(trainer)
@@ -143,17 +172,8 @@ def paper_step_memory(request) -> dict[str, tuple[trainer_lib.Trainer, aot.TpuTa
   program and share one compile."""
   selected = [item.callspec.params["config"] for item in request.session.items
               if item.originalname == test_paper_configs_fit_their_topology_scaled_down.__name__]
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cache
-  # Module-scoped, so set up before the function-scoped `no_compilation_cache`: the cache is off here too.
-  previous = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
-  cache.reset_cache()
-  try:
+  with _compilation_cache_off():
     return _compile_paper_configs(selected)
-  finally:
-    jax.config.update("jax_enable_compilation_cache", previous)
-    cache.reset_cache()
 
 
 def _step_memory_or_error(trainer: trainer_lib.Trainer) -> dict[str, int] | Exception:
